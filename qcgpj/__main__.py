@@ -1,0 +1,4 @@
+"""``python -m qcgpj`` is the ``qcgpj`` command."""
+from .cli import main
+
+main()

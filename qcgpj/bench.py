@@ -1,0 +1,241 @@
+"""``qcgpj bench``: throughput, dependency latency and submission cost, measured the way users run qcgpj.
+
+Each workload runs in a fresh namespace. With a Redis URL the InputQueue and one executor are started as
+separate processes (as on a cluster) unless ``external`` says executors already serve that namespace; the
+namespace's keys are deleted afterwards. Without a URL everything runs in local mode.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import redis
+
+from .connection import connect
+from .jobs import Jobs
+from .manager import Manager
+
+WORKLOADS = ("tasks", "iterations", "chain", "queue", "submit")
+
+
+@dataclass
+class Result:
+    workload: str
+    what: str
+    value: float
+    unit: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchConfig:
+    url: str | None
+    tasks: int = 10_000
+    chain: int = 1_000
+    submit_jobs: int = 100_000
+    submit_iterations: int = 1_000_000
+    cores: int | None = None
+    external: bool = False
+
+
+class Services:
+    """InputQueue and one executor as child processes on one namespace (unless external)."""
+
+    def __init__(self, cfg: BenchConfig, namespace: str, model_dir: str) -> None:
+        self.cfg, self.namespace, self.dir = cfg, namespace, model_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        if self.cfg.external or self.cfg.url is None:
+            return
+        base = [sys.executable, "-m", "qcgpj"]
+        common = ["--redis-url", self.cfg.url, "-n", self.namespace]
+        cores = ["--cores", str(self.cfg.cores)] if self.cfg.cores else []
+        for args in (["inputqueue", *common], ["worker", *common, *cores, "--wd", self.dir]):
+            self.procs.append(subprocess.Popen(base + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                               start_new_session=True))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+@contextmanager
+def session(cfg: BenchConfig) -> Iterator[tuple[Manager, Services]]:
+    """A manager on a fresh namespace with its services; cleans the namespace afterwards."""
+    ns = f"bench-{uuid.uuid4().hex[:8]}"
+    wd = tempfile.mkdtemp(prefix="qcgpj-bench-")
+    services = Services(cfg, ns, wd)
+    services.start()
+    m = Manager(cfg.url, namespace=ns, cores=cfg.cores, root_wd=wd)
+    try:
+        yield m, services
+    finally:
+        m.finish()
+        services.stop()
+        if cfg.url is not None:
+            _drop_namespace(m.client, ns)
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def _drop_namespace(client: redis.Redis, ns: str) -> None:
+    batch = []
+    for key in client.scan_iter(match=f"qcgpj:{{{ns}}}:*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            client.unlink(*batch)
+            batch = []
+    if batch:
+        client.unlink(*batch)
+
+
+def _wait_executor(m: Manager) -> None:
+    """Executors started as processes take a moment to register; the clock starts before, so it counts."""
+    last = m.store.last_event_id()
+    while not any(e.get("state") == "ALIVE" for e in m.store.executors().values()):
+        last = m.store.wait_event(last, 0.5)
+
+
+def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
+    """Workload a (and d with the no-op model): N single-core /bin/true jobs, the whole run."""
+    t0 = time.perf_counter()
+    with session(cfg) as (m, _):
+        jobs = Jobs()
+        for i in range(cfg.tasks):
+            jobs.add(name=f"t{i}", exec="/bin/true", model=model if model != "default" else None)
+        _wait_executor(m)
+        m.submit(jobs)
+        states = m.wait4all()
+    dt = time.perf_counter() - t0
+    ok = sum(1 for s in states.values() if s == "SUCCEED")
+    name = "queue" if model == "noop" else "tasks"
+    return Result(name, f"{cfg.tasks} jobs, {'no-op launcher' if model == 'noop' else '/bin/true'}",
+                  round(cfg.tasks / dt, 1), "tasks/s", {"seconds": round(dt, 3), "succeeded": ok})
+
+
+def bench_iterations(cfg: BenchConfig) -> Result:
+    """Workload b: one iterative job of N /bin/true iterations."""
+    t0 = time.perf_counter()
+    with session(cfg) as (m, _):
+        _wait_executor(m)
+        m.submit(Jobs().add(name="sweep", exec="/bin/true", iteration=cfg.tasks))
+        state = m.wait4(["sweep"])["sweep"]
+    dt = time.perf_counter() - t0
+    return Result("iterations", f"1 job of {cfg.tasks} iterations", round(cfg.tasks / dt, 1), "tasks/s",
+                  {"seconds": round(dt, 3), "state": state})
+
+
+def bench_chain(cfg: BenchConfig) -> Result:
+    """Workload c: a chain of dependent /bin/true jobs; ms per hop from the first start to the last end."""
+    with session(cfg) as (m, _):
+        jobs = Jobs().add(name="c0", exec="/bin/true")
+        for i in range(1, cfg.chain):
+            jobs.add(name=f"c{i}", exec="/bin/true", after=[f"c{i - 1}"])
+        _wait_executor(m)
+        m.submit(jobs)
+        m.wait4([f"c{cfg.chain - 1}"])
+        first, last = m.info("c0"), m.info(f"c{cfg.chain - 1}")
+    span = last["end"] - first["start"]
+    return Result("chain", f"chain of {cfg.chain} dependent jobs", round(span * 1000 / cfg.chain, 3), "ms/hop",
+                  {"seconds": round(span, 3)})
+
+
+def bench_submit(cfg: BenchConfig) -> list[Result]:
+    """Workload e: submission cost, time and Redis bytes per job, with no executor (nothing runs)."""
+    out = []
+    cfg_noexec = BenchConfig(**{**cfg.__dict__, "external": True})
+    with session(cfg_noexec) as (m, _):
+        if m.local is not None:
+            m.local.executor.stop()
+        mem0 = _used_memory(m.client)
+        jobs = Jobs()
+        t0 = time.perf_counter()
+        for i in range(cfg.submit_jobs):
+            jobs.add(name=f"s{i}", exec="/bin/true")
+        m.submit(jobs)
+        dt = time.perf_counter() - t0
+        mem1 = _used_memory(m.client)
+        out.append(Result("submit", f"{cfg.submit_jobs} separate jobs", round(dt, 3), "s",
+                          {"bytes_per_job": _per(mem1 - mem0, cfg.submit_jobs),
+                           "jobs_per_s": round(cfg.submit_jobs / dt, 1)}))
+        t0 = time.perf_counter()
+        m.submit(Jobs().add(name="big", exec="/bin/true", iteration=cfg.submit_iterations))
+        dt = time.perf_counter() - t0
+        mem2 = _used_memory(m.client)
+        out.append(Result("submit", f"1 job of {cfg.submit_iterations} iterations", round(dt, 3), "s",
+                          {"bytes": mem2 - mem1}))
+    return out
+
+
+def _used_memory(client: redis.Redis) -> int | None:
+    try:
+        return int(client.info("memory")["used_memory"])
+    except (redis.ResponseError, KeyError):
+        return None
+
+
+def _per(delta: int | None, n: int) -> float | None:
+    return None if delta is None else round(delta / n, 1)
+
+
+def run(cfg: BenchConfig, workloads: tuple[str, ...]) -> list[Result]:
+    results: list[Result] = []
+    for w in workloads:
+        if w == "tasks":
+            results.append(bench_tasks(cfg))
+        elif w == "iterations":
+            results.append(bench_iterations(cfg))
+        elif w == "chain":
+            results.append(bench_chain(cfg))
+        elif w == "queue":
+            results.append(bench_tasks(cfg, model="noop"))
+        elif w == "submit":
+            results.extend(bench_submit(cfg))
+    return results
+
+
+@contextmanager
+def private_redis() -> Iterator[str]:
+    """A throw-away redis-server on a free loopback port, for ``qcgpj bench --start-redis``."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server not found on PATH")
+    d = tempfile.mkdtemp(prefix="qcgpj-redis-")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                          "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = connect(url, check=False)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or p.poll() is not None:
+                    raise
+                time.sleep(0.05)   # waiting for an external server to come up: no event to wait on
+        yield url
+    finally:
+        p.terminate()
+        p.wait()
+        shutil.rmtree(d, ignore_errors=True)

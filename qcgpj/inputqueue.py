@@ -1,0 +1,79 @@
+"""The InputQueue: the thin, stateless promoter and placer.
+
+Dependency counting and promotion happen inside the atomic scripts that report results, so the InputQueue is
+off the per-task path: it wakes on events, makes the deep placement pass (the scripts place only a few tasks
+inline), takes the work of executors whose heartbeat stopped back to the queue, and holds a leader lease so
+that a second InputQueue started by mistake only stands by. It keeps no state: killed and restarted, it
+continues from Redis and re-reads the events it had not acknowledged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import redis
+
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "inputqueue"   # one fixed consumer name: a restarted InputQueue re-reads its own unacknowledged events
+
+
+class InputQueue:
+    def __init__(self, client: redis.Redis, namespace: str = "default", max_attempts: int = 3,
+                 check_every: float = 1.0, lease_ttl: float = 5.0, iq_id: str | None = None) -> None:
+        self.store = Store(client, namespace)
+        self.max_attempts = max_attempts
+        self.check_every = check_every
+        self.lease_ttl = lease_ttl
+        self.id = iq_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stop_event = threading.Event()
+        self.leader = False
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Serve until stopped; Redis outages are waited out with backoff."""
+        log.info("inputqueue %s starting", self.id)
+        backoff = 0.1
+        while not self.stop_event.is_set():
+            try:
+                self._serve()
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("inputqueue: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _serve(self) -> None:
+        self.store.ensure_group()
+        next_check = 0.0
+        while not self.stop_event.is_set():
+            if not self._hold_lease():
+                self.stop_event.wait(self.lease_ttl / 3)
+                continue
+            ids = self.store.read_group(CONSUMER, timeout=min(1.0, self.lease_ttl / 3))
+            if time.monotonic() >= next_check:
+                self.check_executors()
+                next_check = time.monotonic() + self.check_every
+            self.store.place()
+            self.store.ack(ids)
+
+    def _hold_lease(self) -> bool:
+        was = self.leader
+        self.leader = self.store.lease(self.id, int(self.lease_ttl * 1000))
+        if self.leader != was:
+            log.info("inputqueue %s: %s", self.id, "acting (leader)" if self.leader else "standing by")
+        return self.leader
+
+    def check_executors(self) -> None:
+        """Executors whose heartbeat key expired are dead: their running and placed tasks go back to READY."""
+        for eid in self.store.dead_executors():
+            requeued, failed = self.store.requeue(eid, self.max_attempts, "lost (no heartbeat)")
+            log.warning("executor %s lost: %d task(s) requeued, %d failed (attempts spent)", eid, requeued, failed)

@@ -1,0 +1,141 @@
+"""Every Redis key name qcgpj uses, in one place.
+
+All keys of one namespace share the prefix ``qcgpj:{NS}:``; the braces are a
+Redis Cluster hash tag, so every key of a namespace lives in one slot and a Lua
+script may touch any of them.  The Lua scripts get the same names through
+:func:`lua_prelude`, generated from the templates below, so no other file
+spells a key.
+
+Key (after the prefix)      type     holds
+-------------------------   ------   ------------------------------------------------
+jobs                        list     job names in submission order
+active                      string   count of jobs not yet in a final state
+job:<name>                  hash     spec (JSON), state, req, deps, pdeps, n, it0, next,
+                                     attempts, executor, created/start/end, exit, message,
+                                     n_SUCCEED/n_FAILED/n_CANCELED/n_OMITTED, done (iterative)
+its:<name>                  hash     iteration -> "STATE|exit|executor|start|end|attempt|message"
+att:<name>                  hash     iteration -> attempt number (only for retried iterations)
+itwait:<name>               hash     iteration -> count of per-iteration parents that succeeded
+children:<name>             set      "w|child" (whole job), "i<k>|child" (iteration k), "p|child" (per iteration)
+pending                     list     ready work not yet placed: "name" (all remaining iterations) or "name:it"
+executors                   set      executor ids
+exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started
+exec:<id>:alive             string   heartbeat, with a TTL
+exec:<id>:ready             list     tasks placed on the executor: "task|cores|nodes|attempt"
+exec:<id>:running           list     tasks it claimed (the reliable-queue processing list)
+exec:<id>:control           list     "cancel <task>" / "drain" commands
+events                      stream   wake-ups and audit: submit, finish, executor joined/lost
+inputqueue:leader           string   the acting InputQueue's id, with a TTL (leader lease)
+"""
+from __future__ import annotations
+
+import re
+
+PREFIX_TEMPLATE = "qcgpj:{{{ns}}}:"
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+# name -> template after the prefix; "{}" is the argument (job name or executor id).
+TEMPLATES: dict[str, str] = {
+    "jobs": "jobs",
+    "active": "active",
+    "job": "job:{}",
+    "its": "its:{}",
+    "att": "att:{}",
+    "itwait": "itwait:{}",
+    "children": "children:{}",
+    "pending": "pending",
+    "executors": "executors",
+    "exec": "exec:{}",
+    "alive": "exec:{}:alive",
+    "ready": "exec:{}:ready",
+    "running": "exec:{}:running",
+    "control": "exec:{}:control",
+    "events": "events",
+    "leader": "inputqueue:leader",
+}
+
+EVENTS_GROUP = "inputqueue"
+
+
+class Keys:
+    """Key names of one namespace."""
+
+    def __init__(self, namespace: str = "default") -> None:
+        if not NAMESPACE_RE.match(namespace):
+            raise ValueError(f"invalid namespace {namespace!r}: use letters, digits, '_', '.', '-'")
+        self.namespace = namespace
+        self.prefix = PREFIX_TEMPLATE.format(ns=namespace)
+
+    def _k(self, name: str, arg: str = "") -> str:
+        return self.prefix + TEMPLATES[name].format(arg)
+
+    @property
+    def jobs(self) -> str:
+        return self._k("jobs")
+
+    @property
+    def active(self) -> str:
+        return self._k("active")
+
+    @property
+    def pending(self) -> str:
+        return self._k("pending")
+
+    @property
+    def executors(self) -> str:
+        return self._k("executors")
+
+    @property
+    def events(self) -> str:
+        return self._k("events")
+
+    @property
+    def leader(self) -> str:
+        return self._k("leader")
+
+    def job(self, name: str) -> str:
+        return self._k("job", name)
+
+    def its(self, name: str) -> str:
+        return self._k("its", name)
+
+    def att(self, name: str) -> str:
+        return self._k("att", name)
+
+    def children(self, name: str) -> str:
+        return self._k("children", name)
+
+    def itwait(self, name: str) -> str:
+        return self._k("itwait", name)
+
+    def exec(self, eid: str) -> str:
+        return self._k("exec", eid)
+
+    def alive(self, eid: str) -> str:
+        return self._k("alive", eid)
+
+    def ready(self, eid: str) -> str:
+        return self._k("ready", eid)
+
+    def running(self, eid: str) -> str:
+        return self._k("running", eid)
+
+    def control(self, eid: str) -> str:
+        return self._k("control", eid)
+
+    def job_keys(self, name: str) -> list[str]:
+        """Every key that belongs to one job (for cleanup)."""
+        return [self.job(name), self.its(name), self.att(name), self.itwait(name), self.children(name)]
+
+
+def lua_prelude() -> str:
+    """Lua definitions of the key names: the scripts derive the prefix from KEYS[1] (always the ``jobs`` key)."""
+    lines = [f"local P = string.sub(KEYS[1], 1, -{len(TEMPLATES['jobs']) + 1})"]
+    for name, template in TEMPLATES.items():
+        if "{}" in template:
+            head, tail = template.split("{}")
+            expr = f"P .. '{head}' .. a" + (f" .. '{tail}'" if tail else "")
+            lines.append(f"local function K_{name}(a) return {expr} end")
+        else:
+            lines.append(f"local K_{name} = P .. '{template}'")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,44 @@
+-- Cancel jobs or iterations. ARGV: now, then task ids ("name" or "name:it").
+-- Returns per id: 'canceled', 'final' (already ended) or 'unknown'. Running work is killed by its executor
+-- on a "cancel <id>" control message; its late report is then ignored because the state is already final.
+NOW = ARGV[1]
+local out = {}
+local function notify(tid)
+  for _, e in ipairs(redis.call('SMEMBERS', K_executors)) do
+    if redis.call('HGET', K_exec(e), 'state') == 'ALIVE' or redis.call('HGET', K_exec(e), 'state') == 'DRAINING' then
+      redis.call('RPUSH', K_control(e), 'cancel ' .. tid)
+    end
+  end
+end
+for i = 2, #ARGV do
+  local tid = ARGV[i]
+  local name, it = split_tid(tid)
+  local jk = K_job(name)
+  local st = redis.call('HGET', jk, 'state')
+  if not st then
+    out[#out + 1] = 'unknown'
+  elseif FINAL[st] then
+    out[#out + 1] = 'final'
+  elseif it == nil then
+    redis.call('HSET', jk, 'state', 'CANCELED', 'end', NOW, 'message', 'canceled')
+    work[#work + 1] = {'job_final', name, nil, 'CANCELED'}
+    if st == 'SCHEDULED' or st == 'EXECUTING' then notify(name) end
+    out[#out + 1] = 'canceled'
+  else
+    local n, it0 = tonumber(redis.call('HGET', jk, 'n') or '0'), tonumber(redis.call('HGET', jk, 'it0') or '0')
+    local rs = record_state(redis.call('HGET', K_its(name), it))
+    if n == 0 or it < it0 or it >= it0 + n then
+      out[#out + 1] = 'unknown'
+    elseif rs and FINAL[rs] then
+      out[#out + 1] = 'final'
+    else
+      redis.call('HSET', jk, 'icancel', 1)
+      task_final(name, it, 'CANCELED', nil, nil, nil, NOW, 0, 'canceled')
+      if rs == 'EXECUTING' then notify(tid) end
+      out[#out + 1] = 'canceled'
+    end
+  end
+end
+propagate()
+emit('cancel', tostring(#ARGV - 1))
+return out

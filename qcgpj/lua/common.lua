@@ -1,0 +1,291 @@
+-- Shared functions of every qcgpj script; store.py prepends the key prelude and this file to each script.
+-- Records of a task: "STATE|exit|executor|start|end|attempt|message".
+local FINAL = {SUCCEED = true, FAILED = true, CANCELED = true, OMITTED = true}
+local NOW = 0  -- set by each script from its ARGV
+
+local function split_tid(tid)
+  local name, it = string.match(tid, '^(.-):(%d+)$')
+  if name then return name, tonumber(it) end
+  return tid, nil
+end
+
+local function parse_entry(entry)  -- "task|cores|nodes|attempt"
+  local tid, c, k, a = string.match(entry, '^(.*)|(%d+)|(%d+)|(%d+)$')
+  return tid, tonumber(c), tonumber(k), tonumber(a)
+end
+
+local function record(state, exit, eid, t0, t1, att, msg)
+  return table.concat({state, exit or '', eid or '', t0 or '', t1 or '', att or 0, msg or ''}, '|')
+end
+
+local function record_state(rec)
+  if not rec then return nil end
+  return string.match(rec, '^([^|]*)')
+end
+
+local function emit(kind, data)
+  redis.call('XADD', K_events, 'MAXLEN', '~', 10000, '*', 'type', kind, 'data', data)
+end
+
+local function push_many(key, items)
+  for i = 1, #items, 1000 do
+    redis.call('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+
+-- Work list of the propagation: {op, name, it, msg}; an explicit stack keeps deep chains off the C stack.
+local work = {}
+
+local function make_ready(name)
+  local jk = K_job(name)
+  redis.call('HSET', jk, 'state', 'READY')
+  local pdeps = tonumber(redis.call('HGET', jk, 'pdeps') or '0')
+  if pdeps == 0 then
+    redis.call('RPUSH', K_pending, name)
+    return
+  end
+  local waiting = redis.call('HGETALL', K_itwait(name))
+  for i = 1, #waiting, 2 do
+    if tonumber(waiting[i + 1]) >= pdeps then
+      redis.call('RPUSH', K_pending, name .. ':' .. waiting[i])
+      redis.call('HDEL', K_itwait(name), waiting[i])
+    end
+  end
+end
+
+local function dec_deps(name)
+  local jk = K_job(name)
+  local left = redis.call('HINCRBY', jk, 'deps', -1)
+  if left <= 0 and redis.call('HGET', jk, 'state') == 'QUEUED' then make_ready(name) end
+end
+
+local function parent_iteration_ok(name, it)  -- one per-iteration parent of name:it succeeded
+  local jk = K_job(name)
+  local h = redis.call('HMGET', jk, 'state', 'pdeps', 'deps')
+  if not h[1] or FINAL[h[1]] then return end
+  local got = redis.call('HINCRBY', K_itwait(name), it, 1)
+  if got >= tonumber(h[2]) and tonumber(h[3] or '0') <= 0 and h[1] ~= 'QUEUED' then
+    redis.call('HDEL', K_itwait(name), it)
+    redis.call('RPUSH', K_pending, name .. ':' .. it)
+  end
+end
+
+local function final_of_iterations(jk)
+  local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED')
+  local n, ok = tonumber(h[1]), tonumber(h[2] or '0')
+  if ok == n then return 'SUCCEED' end
+  if tonumber(h[3] or '0') > 0 then return 'FAILED' end
+  if tonumber(h[4] or '0') > 0 then return 'CANCELED' end
+  return 'OMITTED'
+end
+
+-- A task (job or iteration) reached a final state: record it and queue the consequences.
+local function task_final(name, it, state, exit, eid, t0, t1, att, msg)
+  local jk = K_job(name)
+  if it == nil then
+    redis.call('HSET', jk, 'state', state, 'exit', exit or '', 'start', t0 or '', 'end', t1 or NOW,
+      'message', msg or '')
+    work[#work + 1] = {'job_final', name, nil, state}
+    return
+  end
+  redis.call('HSET', K_its(name), it, record(state, exit, eid, t0, t1 or NOW, att, msg))
+  redis.call('HINCRBY', jk, 'n_' .. state, 1)
+  local done = redis.call('HINCRBY', jk, 'done', 1)
+  if redis.call('HGET', jk, 'itch') then work[#work + 1] = {'it_final', name, it, state} end
+  if done >= tonumber(redis.call('HGET', jk, 'n')) then
+    local st = redis.call('HGET', jk, 'state')
+    if not FINAL[st] then
+      redis.call('HSET', jk, 'state', final_of_iterations(jk), 'end', NOW)
+      work[#work + 1] = {'job_final', name, nil, redis.call('HGET', jk, 'state')}
+    end
+  end
+end
+
+local function omit_job(name, why)
+  local jk = K_job(name)
+  local st = redis.call('HGET', jk, 'state')
+  if not st or FINAL[st] then return end
+  redis.call('HSET', jk, 'state', 'OMITTED', 'end', NOW, 'message', why)
+  work[#work + 1] = {'job_final', name, nil, 'OMITTED'}
+end
+
+local function omit_iteration(name, it, why)
+  local st = redis.call('HGET', K_job(name), 'state')
+  if not st or FINAL[st] then return end
+  if record_state(redis.call('HGET', K_its(name), it)) then
+    local rs = record_state(redis.call('HGET', K_its(name), it))
+    if FINAL[rs] then return end
+  end
+  task_final(name, it, 'OMITTED', nil, nil, nil, NOW, 0, why)
+end
+
+local function on_job_final(name, state)
+  redis.call('DECR', K_active)
+  local why = 'dependency ' .. name .. ' ended ' .. state
+  local n = tonumber(redis.call('HGET', K_job(name), 'n') or '0')
+  local it0 = tonumber(redis.call('HGET', K_job(name), 'it0') or '0')
+  for _, m in ipairs(redis.call('SMEMBERS', K_children(name))) do
+    local rel, child = string.match(m, '^([^|]*)|(.*)$')
+    if rel == 'w' then
+      if state == 'SUCCEED' then dec_deps(child) else omit_job(child, why) end
+    elseif rel == 'p' then
+      if state ~= 'SUCCEED' then
+        for it = it0, it0 + n - 1 do
+          if record_state(redis.call('HGET', K_its(name), it)) ~= 'SUCCEED' then
+            omit_iteration(child, it, 'dependency ' .. name .. ':' .. it .. ' did not succeed')
+          end
+        end
+      end
+    else
+      local k = string.sub(rel, 2)
+      if record_state(redis.call('HGET', K_its(name), k)) ~= 'SUCCEED' then
+        omit_job(child, 'dependency ' .. name .. ':' .. k .. ' did not succeed')
+      end
+    end
+  end
+end
+
+local function on_iteration_final(name, it, state)
+  for _, m in ipairs(redis.call('SMEMBERS', K_children(name))) do
+    local rel, child = string.match(m, '^([^|]*)|(.*)$')
+    if rel == 'p' then
+      if state == 'SUCCEED' then parent_iteration_ok(child, it)
+      else omit_iteration(child, it, 'dependency ' .. name .. ':' .. it .. ' ended ' .. state) end
+    elseif rel == 'i' .. it then
+      if state == 'SUCCEED' then dec_deps(child)
+      else omit_job(child, 'dependency ' .. name .. ':' .. it .. ' ended ' .. state) end
+    end
+  end
+end
+
+local function propagate()
+  while #work > 0 do
+    local w = table.remove(work)
+    if w[1] == 'job_final' then on_job_final(w[2], w[4]) else on_iteration_final(w[2], w[3], w[4]) end
+  end
+end
+
+-- ---------------------------------------------------------------- placement
+local function load_executors()
+  local ex = {}
+  for _, e in ipairs(redis.call('SMEMBERS', K_executors)) do
+    local h = redis.call('HMGET', K_exec(e), 'state', 'free', 'maxnode', 'nnodes', 'total')
+    if h[1] == 'ALIVE' and tonumber(h[2] or '0') > 0 then
+      ex[#ex + 1] = {id = e, free = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),
+                     total = tonumber(h[5]), out = {}, used = 0}
+    end
+  end
+  return ex
+end
+
+local function parse_req(req)  -- "cmin|cmax|kmin|kmax": cmax 0 = no upper bound, k 0 = no node request
+  local a, b, c, d = string.match(req or '1|1|0|0', '^(%d+)|(%d+)|(%d+)|(%d+)$')
+  return tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+end
+
+-- The executor with the most credit that can run the task; returns executor, cores, nodes.
+local function pick(ex, cmin, cmax, kmin, kmax)
+  local best, bc, bk = nil, 0, 0
+  for _, e in ipairs(ex) do
+    local c, k = 0, 0
+    if kmin > 0 then
+      -- numCores is per node when nodes are requested (QCG-PilotJob's convention)
+      k = math.min(kmax > 0 and kmax or e.nnodes, e.nnodes)
+      if k >= kmin then
+        local per = cmax > 0 and math.min(cmax, e.maxnode) or e.maxnode
+        if per >= cmin and k * cmin <= e.free then
+          per = math.min(per, math.floor(e.free / k)); c = k * per
+        end
+      end
+    else
+      local cap = math.min(e.free, e.total)
+      c = cmax > 0 and math.min(cmax, cap) or cap
+      if c < cmin then c = 0 end
+    end
+    if c > 0 and (best == nil or e.free > best.free) then best, bc, bk = e, c, (kmin > 0 and k or 0) end
+  end
+  return best, bc, bk
+end
+
+local function assign(ex, e, tid, c, k, att)
+  e.out[#e.out + 1] = tid .. '|' .. c .. '|' .. k .. '|' .. att
+  e.free = e.free - c
+  e.used = e.used + c
+  if e.free <= 0 then
+    for i, x in ipairs(ex) do if x == e then table.remove(ex, i) break end end
+  end
+end
+
+local function flush_placement(touched)
+  for _, e in ipairs(touched) do
+    if #e.out > 0 then
+      push_many(K_ready(e.id), e.out)
+      redis.call('HINCRBY', K_exec(e.id), 'free', -e.used)
+    end
+  end
+end
+
+local function iteration_attempt(name, it, retried)
+  if not retried then return 0 end
+  return tonumber(redis.call('HGET', K_att(name), it) or '0')
+end
+
+-- Place ready work on executors by credit: scan at most `scan` pending entries, place at most `budget` tasks.
+-- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed.
+local function place(scan, budget)
+  if redis.call('LLEN', K_pending) == 0 then return 0 end
+  local ex = load_executors()
+  if #ex == 0 then return 0 end
+  local touched = {}
+  for _, e in ipairs(ex) do touched[#touched + 1] = e end
+  local placed, drop = 0, {}
+  for _, entry in ipairs(redis.call('LRANGE', K_pending, 0, scan - 1)) do
+    if #ex == 0 or placed >= budget then break end
+    local name, it = split_tid(entry)
+    local jk = K_job(name)
+    local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel')
+    local cmin, cmax, kmin, kmax = parse_req(h[2])
+    if not h[1] or FINAL[h[1]] then
+      drop[#drop + 1] = entry
+    elseif it ~= nil then
+      if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
+        drop[#drop + 1] = entry
+      else
+        local e, c, k = pick(ex, cmin, cmax, kmin, kmax)
+        if e then
+          assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7])); placed = placed + 1
+          drop[#drop + 1] = entry
+          if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED'); h[1] = 'SCHEDULED' end
+        end
+      end
+    elseif h[3] then
+      local nxt, last = tonumber(h[5]), tonumber(h[4]) + tonumber(h[3]) - 1
+      local start = nxt
+      while nxt <= last and placed < budget do
+        if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), nxt)) or ''] then
+          nxt = nxt + 1
+        else
+          local e, c, k = pick(ex, cmin, cmax, kmin, kmax)
+          if not e then break end
+          assign(ex, e, name .. ':' .. nxt, c, k, iteration_attempt(name, nxt, h[7]))
+          placed = placed + 1; nxt = nxt + 1
+        end
+      end
+      if nxt ~= start then
+        redis.call('HSET', jk, 'next', nxt)
+        if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED') end
+      end
+      if nxt > last then drop[#drop + 1] = entry end
+    else
+      local e, c, k = pick(ex, cmin, cmax, kmin, kmax)
+      if e then
+        assign(ex, e, name, c, k, tonumber(h[6] or '0')); placed = placed + 1
+        drop[#drop + 1] = entry
+        redis.call('HSET', jk, 'state', 'SCHEDULED', 'executor', e.id)
+      end
+    end
+  end
+  for _, entry in ipairs(drop) do redis.call('LREM', K_pending, 1, entry) end
+  flush_placement(touched)
+  return placed
+end

@@ -1,0 +1,116 @@
+-- Submit a batch atomically. ARGV: now, count, then per job: name, spec, req, iter ("it0|n" or ""), deps.
+-- deps: space-separated "a" (whole job), "a:3" (iteration 3 of a), "a:*" (per iteration).
+-- Checks everything first and writes nothing on error: returns {'ERR', kind, job, detail}.
+NOW = ARGV[1]
+local count = tonumber(ARGV[2])
+local jobs, batch = {}, {}
+for i = 0, count - 1 do
+  local b = 3 + i * 5
+  local j = {name = ARGV[b], spec = ARGV[b + 1], req = ARGV[b + 2], iter = ARGV[b + 3], deps = {}}
+  for tok in string.gmatch(ARGV[b + 4], '%S+') do j.deps[#j.deps + 1] = tok end
+  jobs[#jobs + 1] = j
+  batch[j.name] = j
+end
+
+local function iter_of(name)  -- it0, n of a job in the batch or in Redis (n nil: not iterative)
+  local j = batch[name]
+  if j then
+    if j.iter == '' then return nil, nil end
+    local a, b = string.match(j.iter, '^(-?%d+)|(%d+)$')
+    return tonumber(a), tonumber(b)
+  end
+  local h = redis.call('HMGET', K_job(name), 'it0', 'n')
+  return tonumber(h[1]), tonumber(h[2])
+end
+
+for _, j in ipairs(jobs) do
+  if redis.call('EXISTS', K_job(j.name)) == 1 then return {'ERR', 'duplicate', j.name, ''} end
+  for _, d in ipairs(j.deps) do
+    local dn, sel = string.match(d, '^(.-):([%d*]+)$')
+    dn = dn or d
+    if not batch[dn] and redis.call('EXISTS', K_job(dn)) == 0 then return {'ERR', 'unknown', j.name, dn} end
+    local it0, n = iter_of(dn)
+    if sel == '*' then
+      local mit0, mn = iter_of(j.name)
+      if not n or not mn or n ~= mn or it0 ~= mit0 then return {'ERR', 'periteration', j.name, dn} end
+    elseif sel then
+      local k = tonumber(sel)
+      if not n or k < it0 or k >= it0 + n then return {'ERR', 'iteration', j.name, d} end
+    end
+  end
+end
+
+local omit = {}
+for _, j in ipairs(jobs) do
+  local jk = K_job(j.name)
+  local fields = {'spec', j.spec, 'state', 'QUEUED', 'req', j.req, 'created', NOW}
+  if j.iter ~= '' then
+    local it0, n = string.match(j.iter, '^(-?%d+)|(%d+)$')
+    for _, v in ipairs({'it0', it0, 'n', n, 'next', it0, 'done', 0}) do fields[#fields + 1] = v end
+  end
+  local deps, pdeps = 0, 0
+  for _, d in ipairs(j.deps) do
+    local dn, sel = string.match(d, '^(.-):([%d*]+)$')
+    dn = dn or d
+    local st = redis.call('HGET', K_job(dn), 'state')   -- nil for a job of this batch
+    if sel == '*' then
+      pdeps = pdeps + 1
+      redis.call('SADD', K_children(dn), 'p|' .. j.name)
+      redis.call('HSET', K_job(dn), 'itch', 1)
+      if st then  -- an existing parent: count its iterations that already succeeded or failed
+        local its = redis.call('HGETALL', K_its(dn))
+        for i = 1, #its, 2 do
+          local rs = record_state(its[i + 1])
+          if rs == 'SUCCEED' then redis.call('HINCRBY', K_itwait(j.name), its[i], 1) end
+        end
+        if FINAL[st] and st ~= 'SUCCEED' then omit[#omit + 1] = {j.name, 'p', dn} end
+      end
+    elseif sel then
+      local rs = st and record_state(redis.call('HGET', K_its(dn), sel))
+      if rs == 'SUCCEED' then
+        -- done already
+      elseif (rs and FINAL[rs]) or (st and FINAL[st]) then
+        omit[#omit + 1] = {j.name, 'w', dn .. ':' .. sel}
+      else
+        deps = deps + 1
+        redis.call('SADD', K_children(dn), 'i' .. sel .. '|' .. j.name)
+        redis.call('HSET', K_job(dn), 'itch', 1)
+      end
+    else
+      if st == 'SUCCEED' then
+        -- done already
+      elseif st and FINAL[st] then
+        omit[#omit + 1] = {j.name, 'w', dn}
+      else
+        deps = deps + 1
+        redis.call('SADD', K_children(dn), 'w|' .. j.name)
+      end
+    end
+  end
+  if deps > 0 then fields[#fields + 1] = 'deps'; fields[#fields + 1] = deps end
+  if pdeps > 0 then fields[#fields + 1] = 'pdeps'; fields[#fields + 1] = pdeps end
+  redis.call('HSET', jk, unpack(fields))
+  j.ready = (deps == 0)
+end
+redis.call('INCRBY', K_active, count)
+push_many(K_jobs, (function() local t = {} for _, j in ipairs(jobs) do t[#t + 1] = j.name end return t end)())
+
+for _, o in ipairs(omit) do
+  if o[2] == 'p' then
+    -- a per-iteration parent that already ended badly: omit the iterations whose parent iteration did not succeed
+    local it0, n = iter_of(o[1])
+    for it = it0, it0 + n - 1 do
+      if record_state(redis.call('HGET', K_its(o[3]), it)) ~= 'SUCCEED' then
+        omit_iteration(o[1], it, 'dependency ' .. o[3] .. ':' .. it .. ' did not succeed')
+      end
+    end
+  else
+    omit_job(o[1], 'dependency ' .. o[3] .. ' did not succeed')
+  end
+end
+for _, j in ipairs(jobs) do
+  if j.ready and redis.call('HGET', K_job(j.name), 'state') == 'QUEUED' then make_ready(j.name) end
+end
+propagate()
+emit('submit', tostring(count))
+return {'OK', place(200, 100000)}

@@ -1,0 +1,261 @@
+"""The client API: submit, query, cancel and wait, against a Redis URL or, with none, in local mode."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import redis
+
+from .connection import check_settings, connect, url_from_env
+from .errors import ResourceError, TimeoutError, UnknownJobError
+from .jobs import Jobs
+from .jobspec import JobSpec, check_batch, parse_job
+from .local import LocalServices
+from .store import FINAL_STATES, Store, parse_record
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]   # (jobs final, jobs asked for)
+
+
+def submit_rows(specs: Sequence[JobSpec]) -> list[tuple[str, str, str, str, str]]:
+    """The store's rows, dependencies first, so a batch split over several script calls stays valid."""
+    rows = []
+    for s in _dependency_order(specs):
+        req = f"{s.cores_min}|{s.cores_max or 0}|{s.nodes_min or 0}|{s.nodes_max or 0}"
+        it = f"{s.iteration.ids().start}|{s.iteration.count}" if s.iteration is not None else ""
+        deps = " ".join(d.job if (d.iteration is None and not d.per_iteration)
+                        else f"{d.job}:{'*' if d.per_iteration else d.iteration}" for d in s.after)
+        rows.append((s.name, s.to_json(), req, it, deps))
+    return rows
+
+
+def _dependency_order(specs: Sequence[JobSpec]) -> list[JobSpec]:
+    by_name = {s.name: s for s in specs}
+    done: set[str] = set()
+    out: list[JobSpec] = []
+    for s in specs:   # iterative DFS; check_batch already rejected cycles
+        stack = [(s, False)]
+        while stack:
+            cur, expanded = stack.pop()
+            if cur.name in done:
+                continue
+            if expanded:
+                done.add(cur.name)
+                out.append(cur)
+                continue
+            stack.append((cur, True))
+            for d in reversed(cur.after):
+                if d.job in by_name and d.job not in done:
+                    stack.append((by_name[d.job], False))
+    return out
+
+
+def _as_specs(jobs: Jobs | Iterable[JobSpec | dict]) -> list[JobSpec]:
+    if isinstance(jobs, Jobs):
+        return jobs.jobs()
+    return [j if isinstance(j, JobSpec) else parse_job(j) for j in jobs]
+
+
+class Manager:
+    """``Manager()`` runs everything in this process (local mode); ``Manager(url)`` talks to a shared Redis."""
+
+    def __init__(self, redis_url: str | None = None, namespace: str = "default", cores: int | None = None,
+                 nodes: str | None = None, root_wd: str | None = None, max_attempts: int = 3,
+                 client: redis.Redis | None = None) -> None:
+        self.local: LocalServices | None = None
+        url = url_from_env(redis_url)
+        if client is not None:
+            self.client = client
+        elif url is None:
+            self.local = LocalServices(namespace=namespace, cores=cores, nodes=nodes, root_wd=root_wd,
+                                       max_attempts=max_attempts)
+            self.client = self.local.client
+        else:
+            self.client = connect(url)
+            check_settings(self.client)
+        self.store = Store(self.client, namespace)
+        if self.local is not None:
+            self.local.start()
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> "Manager":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        """Stop the local services (local mode); a remote queue keeps running for other clients."""
+        if self.local is not None:
+            self.local.stop()
+            self.local = None
+
+    # ------------------------------------------------------------------ submit
+    def max_cores(self) -> tuple[int | None, int | None]:
+        """The largest executor's cores and nodes: the bound of what a job may ask (None: no executor yet)."""
+        execs = [e for e in self.store.executors().values() if e.get("state") in ("ALIVE", "DRAINING")]
+        if self.local is not None:
+            return self.local.total_cores, self.local.total_nodes
+        if not execs:
+            return None, None
+        return max(int(e["total"]) for e in execs), max(int(e["nnodes"]) for e in execs)
+
+    def submit(self, jobs: Jobs | Iterable[JobSpec | dict]) -> list[str]:
+        """Validate the whole batch, then write it; returns the job names. Nothing is written on error."""
+        specs = _as_specs(jobs)
+        max_cores, max_nodes = self.max_cores()
+        check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
+        self._check_node_cores(specs)
+        self.store.submit(submit_rows(specs))
+        return [s.name for s in specs]
+
+    def _check_node_cores(self, specs: Sequence[JobSpec]) -> None:
+        execs = [e for e in self.store.executors().values() if e.get("state") in ("ALIVE", "DRAINING")]
+        if self.local is None and not execs:
+            return
+        best = self.local.max_per_node if self.local is not None else max(int(e["maxnode"]) for e in execs)
+        for s in specs:
+            if s.nodes_min and s.cores_min > best:
+                raise ResourceError(s.name, "resources.numCores",
+                                    f"{s.cores_min} cores per node requested, but the largest node has {best}")
+
+    # ------------------------------------------------------------------ queries
+    def list(self) -> dict[str, str | None]:
+        """All jobs in submission order, with their states."""
+        return self.store.states(self.store.job_names())
+
+    def status(self, names: Sequence[str] | str | None = None) -> dict[str, str | None]:
+        if names is None:
+            return self.list()
+        names = [names] if isinstance(names, str) else list(names)
+        out: dict[str, str | None] = {}
+        jobs = [n for n in names if ":" not in n]
+        out.update(self.store.states(jobs))
+        for n in names:
+            if ":" in n:
+                out[n] = self.info(n)["state"]
+        missing = [n for n, st in out.items() if st is None]
+        if missing:
+            raise UnknownJobError(f"unknown job '{missing[0]}'")
+        return {n: out[n] for n in names}
+
+    def info(self, name: str) -> dict[str, Any]:
+        """Details of a job, or of one iteration with ``name:it``."""
+        job, _, it = name.partition(":")
+        h = self.store.job_hash(job)
+        if it:
+            return self._iteration_info(job, int(it), h)
+        info: dict[str, Any] = {"name": job, "state": h.get("state"), "spec": JobSpec.from_json(h["spec"]).to_dict(),
+                                "attempts": int(h.get("attempts", 0)), "executor": h.get("executor") or None,
+                                "created": _f(h.get("created")), "start": _f(h.get("start")),
+                                "end": _f(h.get("end")), "exit_code": _i(h.get("exit")),
+                                "message": h.get("message", "")}
+        if info["start"] is not None and info["end"] is not None:
+            info["runtime"] = round(info["end"] - info["start"], 3)
+        if "n" in h:
+            counts = {st: int(h.get(f"n_{st}", 0)) for st in ("SUCCEED", "FAILED", "CANCELED", "OMITTED")}
+            info["iterations"] = {"total": int(h["n"]), "start": int(h["it0"]), "finished": int(h.get("done", 0)),
+                                  **counts}
+        return info
+
+    def _iteration_info(self, job: str, it: int, h: dict[str, str]) -> dict[str, Any]:
+        if "n" not in h or not int(h["it0"]) <= it < int(h["it0"]) + int(h["n"]):
+            raise UnknownJobError(f"unknown iteration '{job}:{it}'")
+        rec = self.store.iteration_record(job, it)
+        if rec:
+            info = parse_record(rec)
+        else:
+            info = {"state": _derived_state(h, it), "exit_code": None, "executor": None, "start": None,
+                    "end": None, "attempt": 0, "message": h.get("message", "") if h["state"] in FINAL_STATES else ""}
+        return {"name": f"{job}:{it}", **info}
+
+    def iterations(self, job: str) -> dict[int, dict[str, Any]]:
+        """Every iteration's details at once (one read of the records)."""
+        h = self.store.job_hash(job)
+        if "n" not in h:
+            raise UnknownJobError(f"job '{job}' is not iterative")
+        recs = self.store.iteration_records(job)
+        it0, n = int(h["it0"]), int(h["n"])
+        return {it: (parse_record(recs[str(it)]) if str(it) in recs else {"state": _derived_state(h, it)})
+                for it in range(it0, it0 + n)}
+
+    def resources(self) -> dict[str, Any]:
+        execs = self.store.executors()
+        live = {k: e for k, e in execs.items() if e.get("state") in ("ALIVE", "DRAINING")}
+        total = sum(int(e["total"]) for e in live.values())
+        used = sum(min(int(e["total"]), int(e["total"]) + int(e["prefetch"]) - int(e["free"])) for e in live.values())
+        return {"total_nodes": sum(int(e["nnodes"]) for e in live.values()), "total_cores": total,
+                "used_cores": max(used, 0), "free_cores": max(total - max(used, 0), 0),
+                "executors": execs}
+
+    def cancel(self, names: Sequence[str] | str) -> dict[str, str]:
+        names = [names] if isinstance(names, str) else list(names)
+        res = self.store.cancel(names)
+        unknown = [n for n, r in res.items() if r == "unknown"]
+        if unknown:
+            raise UnknownJobError(f"unknown job '{unknown[0]}'")
+        return res
+
+    # ------------------------------------------------------------------ waiting
+    def wait4(self, names: Sequence[str] | str, timeout: float | None = None,
+              progress: Progress | None = None) -> dict[str, str | None]:
+        """Wait until the named jobs are final; woken by the queue's events, not by polling."""
+        names = [names] if isinstance(names, str) else list(names)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = self.store.last_event_id()
+        while True:
+            states = self.status(names)
+            done = sum(1 for s in states.values() if s in FINAL_STATES)
+            if progress:
+                progress(done, len(names))
+            if done == len(names):
+                return states
+            last = self._wait_event(last, deadline, names)
+
+    def wait4all(self, timeout: float | None = None, progress: Progress | None = None) -> dict[str, str | None]:
+        """Wait until every job in the queue is final."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = self.store.last_event_id()
+        while True:
+            active = self.store.active()
+            if progress:
+                total = self.client.llen(self.store.keys.jobs)
+                progress(total - active, total)
+            if active <= 0:
+                return self.list()
+            last = self._wait_event(last, deadline, ["all jobs"])
+
+    def _wait_event(self, last: str, deadline: float | None, names: Sequence[str]) -> str:
+        wait = 1.0
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError(f"timed out waiting for {', '.join(names[:5])}"
+                                   + (" ..." if len(names) > 5 else ""))
+        if self.local is not None:
+            self.local.check_alive()
+        return self.store.wait_event(last, wait)
+
+    def __repr__(self) -> str:
+        return f"Manager({'local' if self.local else self.client})"
+
+
+def _derived_state(h: dict[str, str], it: int) -> str:
+    """An iteration without a record: placed already, or still as its job."""
+    st = h["state"]
+    if st in FINAL_STATES:
+        return st if st != "SUCCEED" else "SUCCEED"
+    if it < int(h.get("next", h["it0"])) and "pdeps" not in h:
+        return "SCHEDULED"
+    return "READY" if st in ("SCHEDULED", "EXECUTING") else st
+
+
+def _f(v: str | None) -> float | None:
+    return float(v) if v else None
+
+
+def _i(v: str | None) -> int | None:
+    return int(v) if v not in (None, "") else None
+

@@ -1,0 +1,294 @@
+"""The only module that talks to Redis: Lua scripts registered once, and thin typed wrappers around them."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Iterable, Sequence
+
+import redis
+
+from .errors import DependencyError, DuplicateJobError, JobSpecError, UnknownJobError
+from .keys import EVENTS_GROUP, Keys, lua_prelude
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
+SCRIPTS = ("submit", "place", "claim", "finish", "register", "heartbeat", "requeue", "cancel", "lease")
+SUBMIT_CHUNK = 1000
+
+
+def now() -> str:
+    """Timestamps are Unix seconds with milliseconds, as strings: readable with redis-cli, sortable."""
+    return f"{time.time():.3f}"
+
+
+def _load_script(name: str) -> str:
+    return (resources.files("qcgpj") / "lua" / f"{name}.lua").read_text()
+
+
+_SOURCES: dict[str, str] = {}
+
+
+def script_source(name: str) -> str:
+    """Key prelude + shared functions + the script itself, composed once per process."""
+    if name not in _SOURCES:
+        head = lua_prelude() + (_load_script("common") if name != "lease" else "")
+        _SOURCES[name] = head + "\n" + _load_script(name)
+    return _SOURCES[name]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What an executor tells about one finished task."""
+
+    entry: str
+    state: str
+    exit_code: int | None
+    start: str
+    end: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A task as it sits on an executor's lists: ``task|cores|nodes|attempt``."""
+
+    raw: str
+    task: str
+    cores: int
+    nodes: int
+    attempt: int
+
+    @property
+    def job(self) -> str:
+        return self.task.rsplit(":", 1)[0] if ":" in self.task else self.task
+
+    @property
+    def iteration(self) -> int | None:
+        return int(self.task.rsplit(":", 1)[1]) if ":" in self.task else None
+
+    @classmethod
+    def parse(cls, raw: str) -> "Entry":
+        task, cores, nodes, attempt = raw.rsplit("|", 3)
+        return cls(raw, task, int(cores), int(nodes), int(attempt))
+
+
+def parse_record(rec: str) -> dict[str, Any]:
+    """An iteration record ``STATE|exit|executor|start|end|attempt|message`` as a dict."""
+    state, exit_code, eid, t0, t1, att, msg = rec.split("|", 6)
+    return {"state": state, "exit_code": int(exit_code) if exit_code else None, "executor": eid or None,
+            "start": float(t0) if t0 else None, "end": float(t1) if t1 else None,
+            "attempt": int(att or 0), "message": msg}
+
+
+class Store:
+    """Redis access for one namespace. Every state change goes through one atomic Lua script."""
+
+    def __init__(self, client: redis.Redis, namespace: str = "default") -> None:
+        self.r = client
+        self.keys = Keys(namespace)
+        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
+
+    def _run(self, name: str, args: Sequence[Any], client: redis.Redis | None = None) -> Any:
+        return self._scripts[name](keys=[self.keys.jobs], args=list(args), client=client)
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, rows: list[tuple[str, str, str, str, str]]) -> int:
+        """Write a validated, dependency-ordered batch; rows are (name, spec, req, iter, deps). Returns placed count.
+
+        Names and external dependencies are checked for the whole batch before the first chunk is written,
+        so a batch larger than one script call is still rejected whole.
+        """
+        self._precheck(rows)
+        placed = 0
+        for i in range(0, len(rows), SUBMIT_CHUNK):
+            chunk = rows[i:i + SUBMIT_CHUNK]
+            args: list[Any] = [now(), len(chunk)]
+            for row in chunk:
+                args.extend(row)
+            res = self._run("submit", args)
+            if res[0] == "ERR":
+                raise _submit_error(res[1], res[2], res[3])
+            placed += int(res[1])
+        return placed
+
+    def _precheck(self, rows: list[tuple[str, str, str, str, str]]) -> None:
+        names = [row[0] for row in rows]
+        in_batch = set(names)
+        external = sorted({_dep_job(d) for row in rows for d in row[4].split()} - in_batch)
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self.keys.job(name))
+        for name in external:
+            pipe.exists(self.keys.job(name))
+        found = pipe.execute()
+        for name, hit in zip(names, found):
+            if hit:
+                raise DuplicateJobError(name, "name", "a job of that name is already in the queue")
+        missing = {name for name, hit in zip(external, found[len(names):]) if not hit}
+        for row in rows:
+            for d in row[4].split():
+                if _dep_job(d) in missing:
+                    raise DependencyError(row[0], "dependencies.after", f"unknown job '{_dep_job(d)}'")
+
+    # ------------------------------------------------------------------ queries
+    def job_names(self) -> list[str]:
+        return self.r.lrange(self.keys.jobs, 0, -1)
+
+    def states(self, names: Sequence[str]) -> dict[str, str | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(self.keys.job(name), "state")
+        return dict(zip(names, pipe.execute()))
+
+    def active(self) -> int:
+        """Jobs not yet final: the cheap test for 'everything is done'."""
+        return int(self.r.get(self.keys.active) or 0)
+
+    def job_hash(self, name: str) -> dict[str, str]:
+        h = self.r.hgetall(self.keys.job(name))
+        if not h:
+            raise UnknownJobError(f"unknown job '{name}'")
+        return h
+
+    def iteration_record(self, name: str, it: int) -> str | None:
+        return self.r.hget(self.keys.its(name), str(it))
+
+    def iteration_records(self, name: str) -> dict[str, str]:
+        return self.r.hgetall(self.keys.its(name))
+
+    def executors(self) -> dict[str, dict[str, str]]:
+        ids = sorted(self.r.smembers(self.keys.executors))
+        pipe = self.r.pipeline(transaction=False)
+        for eid in ids:
+            pipe.hgetall(self.keys.exec(eid))
+            pipe.exists(self.keys.alive(eid))
+            pipe.llen(self.keys.running(eid))
+        res = pipe.execute()
+        out = {}
+        for i, eid in enumerate(ids):
+            h = dict(res[3 * i])
+            h["alive"] = str(bool(res[3 * i + 1]))
+            h["running"] = str(res[3 * i + 2])
+            out[eid] = h
+        return out
+
+    def specs(self, names: Iterable[str]) -> dict[str, str]:
+        names = list(names)
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(self.keys.job(name), "spec")
+        return dict(zip(names, pipe.execute()))
+
+    def cancel(self, tasks: Sequence[str]) -> dict[str, str]:
+        return dict(zip(tasks, self._run("cancel", [now(), *tasks])))
+
+    # ------------------------------------------------------------------ events (wake-ups)
+    def last_event_id(self) -> str:
+        info = self.r.xrevrange(self.keys.events, count=1)
+        return info[0][0] if info else "0-0"
+
+    def wait_event(self, last_id: str, timeout: float) -> str:
+        """Block until an event after last_id (or the timeout); returns the newest id seen."""
+        res = self.r.xread({self.keys.events: last_id}, count=1000, block=max(1, int(timeout * 1000)))
+        if res:
+            return res[0][1][-1][0]
+        return last_id
+
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.keys.events, EVENTS_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_group(self, consumer: str, timeout: float, count: int = 1000) -> list[str]:
+        """Pending (unacknowledged) events first, so a restarted InputQueue re-reads what it had not handled."""
+        ids: list[str] = []
+        for start in ("0", ">"):
+            res = self.r.xreadgroup(EVENTS_GROUP, consumer, {self.keys.events: start}, count=count,
+                                    block=None if start == "0" else max(1, int(timeout * 1000)))
+            for _stream, entries in res or []:
+                ids.extend(eid for eid, _fields in entries)
+            if ids:
+                break
+        return ids
+
+    def ack(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.r.xack(self.keys.events, EVENTS_GROUP, *ids)
+
+    # ------------------------------------------------------------------ InputQueue side
+    def place(self, scan: int = 1000, budget: int = 100000) -> int:
+        """Placement runs inside the scripts too; this call is the InputQueue's deep pass."""
+        return int(self._run("place", [now(), scan, budget]))
+
+    def lease(self, candidate: str, ttl_ms: int) -> bool:
+        return self._run("lease", [candidate, ttl_ms]) == candidate
+
+    def dead_executors(self) -> list[str]:
+        ids = sorted(self.r.smembers(self.keys.executors))
+        pipe = self.r.pipeline(transaction=False)
+        for eid in ids:
+            pipe.hget(self.keys.exec(eid), "state")
+            pipe.exists(self.keys.alive(eid))
+        res = pipe.execute()
+        return [eid for i, eid in enumerate(ids) if res[2 * i] in ("ALIVE", "DRAINING") and not res[2 * i + 1]]
+
+    def requeue(self, eid: str, max_attempts: int, reason: str, final: str = "DEAD") -> tuple[int, int]:
+        res = self._run("requeue", [eid, now(), max_attempts, reason, final])
+        return int(res[0]), int(res[1])
+
+    # ------------------------------------------------------------------ executor side
+    def register(self, eid: str, ttl: int, host: str, nodes: str, total: int, maxnode: int, nnodes: int,
+                 prefetch: int, pid: int) -> None:
+        self._run("register", [eid, now(), ttl, host, nodes, total, maxnode, nnodes, prefetch, pid])
+
+    def heartbeat(self, eid: str, ttl: int) -> str:
+        return self._run("heartbeat", [eid, now(), ttl])
+
+    def set_executor_state(self, eid: str, state: str) -> None:
+        self.r.hset(self.keys.exec(eid), "state", state)
+
+    def claim(self, eid: str, free: int, max_tasks: int, first: str = "",
+              client: redis.Redis | None = None) -> tuple[bool, list[tuple[Entry, str]]]:
+        """Returns (more work waits on the ready list, [(entry, spec JSON or '' if same job as before)])."""
+        res = self._run("claim", [eid, now(), free, max_tasks, first], client=client)
+        return res[0] == "more", [(Entry.parse(res[i]), res[i + 1]) for i in range(1, len(res), 2)]
+
+    def wait_ready(self, eid: str, timeout: float, client: redis.Redis | None = None) -> str | None:
+        """Block on the executor's ready list; the entry moves to running at once (BLMOVE), so it cannot be lost."""
+        return (client or self.r).blmove(self.keys.ready(eid), self.keys.running(eid), timeout, "LEFT", "RIGHT")
+
+    def finish(self, eid: str, reports: Sequence[Report], client: redis.Redis | None = None) -> int:
+        args: list[Any] = [eid, now(), len(reports)]
+        for rep in reports:
+            args += [rep.entry, rep.state, "" if rep.exit_code is None else rep.exit_code, rep.start, rep.end,
+                     rep.message]
+        return int(self._run("finish", args, client=client))
+
+    def control(self, eid: str, timeout: float, client: redis.Redis | None = None) -> str | None:
+        res = (client or self.r).blpop([self.keys.control(eid)], timeout=timeout)
+        return res[1] if res else None
+
+    def push_control(self, eid: str, command: str) -> None:
+        self.r.rpush(self.keys.control(eid), command)
+
+
+def _dep_job(dep: str) -> str:
+    return dep.split(":", 1)[0]
+
+
+def _submit_error(kind: str, job: str, detail: str) -> JobSpecError:
+    if kind == "duplicate":
+        return DuplicateJobError(job, "name", "a job of that name is already in the queue")
+    if kind == "unknown":
+        return DependencyError(job, "dependencies.after", f"unknown job '{detail}'")
+    if kind == "periteration":
+        return DependencyError(job, "dependencies.after",
+                               f"'{detail}:${{it}}' needs both jobs iterative over the same iterations")
+    if kind == "iteration":
+        return DependencyError(job, "dependencies.after", f"'{detail}' names no iteration of that job")
+    return JobSpecError(job, None, f"rejected by the queue: {kind} {detail}")

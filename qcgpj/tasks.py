@@ -1,0 +1,91 @@
+"""From a claimed entry and its job spec to what a worker plugin launches: substitution, paths, environment."""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .jobspec import JobSpec, substitute
+from .resources import Allocation
+from .store import Entry
+
+from workers import get_worker
+from workers.base import TaskContext, Worker
+
+_BASE_ENV_KEYS = ("QCGPJ_TASK", "QCGPJ_JOB", "QCGPJ_ITERATION", "QCGPJ_NCORES", "QCGPJ_NNODES", "QCGPJ_NODES",
+                  "QCGPJ_CORES", "QCGPJ_NODE_CORES")
+
+
+@dataclass(slots=True)
+class Launch:
+    ctx: TaskContext
+    worker: Worker
+    walltime: float | None
+
+
+class SpecCache:
+    """Job specs by name; specs never change after submit, so a small LRU saves a Redis read per task."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._specs: OrderedDict[str, JobSpec] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, name: str, spec_json: str) -> JobSpec:
+        with self._lock:
+            return self._get(name, spec_json)
+
+    def _get(self, name: str, spec_json: str) -> JobSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            if not spec_json:
+                raise KeyError(name)
+            spec = JobSpec.from_json(spec_json)
+            self._specs[name] = spec
+            if len(self._specs) > self._size:
+                self._specs.popitem(last=False)
+        else:
+            self._specs.move_to_end(name)
+        return spec
+
+
+def variables(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str) -> dict[str, str]:
+    it = entry.iteration
+    itval = spec.iteration.value(it) if (spec.iteration is not None and it is not None) else ""
+    return {"it": "" if it is None else str(it), "itval": itval, "ncores": str(alloc.ncores),
+            "nnodes": str(alloc.nnodes), "nlist": ",".join(alloc.nodes), "root_wd": root_wd, "jname": spec.name}
+
+
+def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, local_node: str) -> Launch:
+    """Everything a worker needs, with ${...} substituted; creates the working directory."""
+    var = variables(spec, entry, alloc, root_wd)
+
+    def sub(text: str | None) -> str | None:
+        return substitute(text, var) if text and "${" in text else text
+
+    if spec.script is not None:
+        argv = ["/bin/bash", "-c", sub(spec.script) or ""]
+    else:
+        argv = [sub(spec.exec) or "", *(sub(a) or "" for a in spec.args)]
+    wd = os.path.join(root_wd, sub(spec.wd) or "") if spec.wd else root_wd
+    os.makedirs(wd, exist_ok=True)
+
+    def path(p: str | None) -> str | None:
+        return os.path.join(wd, sub(p) or "") if p else None
+
+    env = dict(os.environ)
+    for key, value in spec.env.items():
+        env[key] = sub(value) or ""
+    local_cores = [c for node, cores in alloc.parts if node == local_node for c in cores]
+    env.update({
+        "QCGPJ_TASK": entry.task, "QCGPJ_JOB": spec.name, "QCGPJ_ITERATION": var["it"],
+        "QCGPJ_NCORES": var["ncores"], "QCGPJ_NNODES": var["nnodes"], "QCGPJ_NODES": var["nlist"],
+        "QCGPJ_CORES": ",".join(map(str, local_cores)), "QCGPJ_NODE_CORES": alloc.to_text(),
+        "QCGPJ_ROOT_WD": root_wd,
+    })
+    ctx = TaskContext(task_id=entry.task, job=spec.name, iteration=entry.iteration, argv=argv, env=env, cwd=wd,
+                      stdin=path(spec.stdin), stdout=path(spec.stdout), stderr=path(spec.stderr), allocation=alloc,
+                      model_opts=dict(spec.model_opts), modules=list(spec.modules), venv=sub(spec.venv),
+                      local_node=local_node, python_target=sub(spec.exec) if spec.model == "python" else None)
+    return Launch(ctx, get_worker(spec.model), spec.walltime)

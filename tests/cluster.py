@@ -1,0 +1,57 @@
+"""Real qcgpj services as separate processes, for end-to-end tests against a real redis-server."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from qcgpj import Manager
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def qcgpj_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qcgpj", *args]
+
+
+class Cluster:
+    """An InputQueue and executors, each its own process, on one Redis URL and namespace."""
+
+    def __init__(self, url: str, workdir: Path, namespace: str = "default") -> None:
+        self.url, self.workdir, self.namespace = url, workdir, namespace
+        self.procs: list[subprocess.Popen] = []
+        self.env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        p = subprocess.Popen(qcgpj_cmd(*args), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                             env=self.env, start_new_session=True)
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def inputqueue(self, *extra: str) -> subprocess.Popen:
+        return self._spawn("inputqueue", ["inputqueue", "--redis-url", self.url, "-n", self.namespace, *extra])
+
+    def worker(self, cores: int = 2, *extra: str, name: str = "worker") -> subprocess.Popen:
+        return self._spawn(name, ["worker", "--redis-url", self.url, "-n", self.namespace,
+                                  "--cores", str(cores), "--wd", str(self.workdir), *extra])
+
+    def manager(self) -> Manager:
+        return Manager(self.url, namespace=self.namespace)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}" for f in sorted(self.workdir.glob("*.log")))

@@ -1,0 +1,199 @@
+"""The behaviour suite: the same tests on a real redis-server with real service processes, and in local mode."""
+from __future__ import annotations
+
+import os
+import select
+import sys
+import pytest
+
+from qcgpj import DependencyError, DuplicateJobError, Jobs, JobSpecError, Manager, ResourceError, UnknownJobError
+from qcgpj import TimeoutError as QTimeout
+
+from tests.cluster import Cluster
+
+CORES = 4
+
+
+@pytest.fixture(params=["redis", "local"])
+def env(request, tmp_path):
+    """(manager, run directory) for either mode."""
+    if request.param == "local":
+        m = Manager(cores=CORES, root_wd=str(tmp_path))
+        yield m, tmp_path
+        m.finish()
+        return
+    url = request.getfixturevalue("redis_url")
+    cluster = Cluster(url, tmp_path)
+    cluster.inputqueue()
+    cluster.worker(CORES)
+    m = cluster.manager()
+    try:
+        yield m, tmp_path
+    finally:
+        cluster.stop()
+        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+            print(cluster.logs())
+
+
+def wait(m: Manager, names, timeout: float = 60):
+    return m.wait4(names, timeout=timeout)
+
+
+def test_single_job_runs_and_reports(env):
+    m, wd = env
+    m.submit(Jobs().add(name="hello", exec="/bin/sh", args=["-c", "echo hi $GREETING"], env={"GREETING": "there"},
+                        stdout="hello.out"))
+    assert wait(m, ["hello"]) == {"hello": "SUCCEED"}
+    assert (wd / "hello.out").read_text() == "hi there\n"
+    info = m.info("hello")
+    assert info["exit_code"] == 0 and info["runtime"] >= 0 and info["executor"]
+
+
+def test_failure_omits_dependents_transitively(env):
+    m, _ = env
+    jobs = (Jobs().add(name="bad", exec="/bin/false")
+            .add(name="child", exec="/bin/true", after=["bad"])
+            .add(name="grandchild", exec="/bin/true", after=["child"])
+            .add(name="other", exec="/bin/true"))
+    m.submit(jobs)
+    states = wait(m, ["bad", "child", "grandchild", "other"])
+    assert states == {"bad": "FAILED", "child": "OMITTED", "grandchild": "OMITTED", "other": "SUCCEED"}
+    assert "exit code 1" in m.info("bad")["message"]
+    assert "bad" in m.info("child")["message"]
+
+
+def test_dependency_order_is_respected(env):
+    m, wd = env
+    jobs = (Jobs().add(name="first", script="sleep 0.2; echo first >> order.txt")
+            .add(name="second", script="echo second >> order.txt", after=["first"])
+            .add(name="third", script="echo third >> order.txt", after=["second"]))
+    m.submit(jobs)
+    assert set(wait(m, ["first", "second", "third"]).values()) == {"SUCCEED"}
+    assert (wd / "order.txt").read_text().split() == ["first", "second", "third"]
+    assert m.info("second")["start"] >= m.info("first")["end"]
+
+
+def test_iterative_job_substitutes_and_reports_per_iteration(env):
+    m, wd = env
+    m.submit(Jobs().add(name="sweep", exec="/bin/sh", args=["-c", "echo ${it} ${ncores} ${jname}"],
+                        stdout="out/sweep.${it}", iteration={"start": 2, "stop": 7}))
+    assert wait(m, ["sweep"]) == {"sweep": "SUCCEED"}
+    for it in range(2, 7):
+        assert (wd / "out" / f"sweep.{it}").read_text() == f"{it} 1 sweep\n"
+        assert m.info(f"sweep:{it}")["state"] == "SUCCEED"
+    info = m.info("sweep")
+    assert info["iterations"] == {"total": 5, "start": 2, "finished": 5, "SUCCEED": 5, "FAILED": 0,
+                                  "CANCELED": 0, "OMITTED": 0}
+    with pytest.raises(UnknownJobError):
+        m.info("sweep:7")
+
+
+def test_iteration_values_and_partial_failure(env):
+    m, wd = env
+    m.submit(Jobs().add(name="vals", exec="/bin/sh", args=["-c", "echo ${itval}; test ${itval} != b"],
+                        stdout="v.${it}", iteration={"values": ["a", "b", "c"]}))
+    assert wait(m, ["vals"]) == {"vals": "FAILED"}
+    assert [(wd / f"v.{i}").read_text() for i in range(3)] == ["a\n", "b\n", "c\n"]
+    assert [m.info(f"vals:{i}")["state"] for i in range(3)] == ["SUCCEED", "FAILED", "SUCCEED"]
+
+
+def test_per_iteration_and_single_iteration_dependencies(env):
+    m, wd = env
+    jobs = (Jobs().add(name="gen", script="test ${it} != 1 && echo ${it} > gen.${it}", iteration=3)
+            .add(name="use", script="cat gen.${it} > use.${it}", iteration=3, after=["gen:${it}"])
+            .add(name="after2", script="cat gen.2 > after2.out", after=["gen:2"]))
+    m.submit(jobs)
+    states = wait(m, ["gen", "use", "after2"])
+    assert states == {"gen": "FAILED", "use": "FAILED", "after2": "SUCCEED"} or states["use"] == "OMITTED"
+    assert [m.info(f"use:{i}")["state"] for i in range(3)] == ["SUCCEED", "OMITTED", "SUCCEED"]
+    assert (wd / "use.2").read_text() == "2\n" and (wd / "after2.out").read_text() == "2\n"
+
+
+def test_cores_range_and_cpu_binding(env):
+    m, wd = env
+    probe = "import os; print(len(os.sched_getaffinity(0)), os.environ['QCGPJ_NCORES'])"
+    m.submit(Jobs().add(name="wide", exec=sys.executable, args=["-c", probe], stdout="wide.out",
+                        numCores={"min": 2, "max": 3})
+             .add(name="exact", exec=sys.executable, args=["-c", probe], stdout="exact.out", numCores=2))
+    assert set(wait(m, ["wide", "exact"]).values()) == {"SUCCEED"}
+    bound, given = map(int, (wd / "exact.out").read_text().split())
+    assert given == 2 and bound == min(2, os.cpu_count() or 2)
+    _bound, given = map(int, (wd / "wide.out").read_text().split())
+    assert 2 <= given <= 3
+
+
+def test_working_directory_is_created(env):
+    m, wd = env
+    m.submit(Jobs().add(name="w", exec="/bin/pwd", wd="sub/${jname}", stdout="pwd.out"))
+    assert wait(m, ["w"]) == {"w": "SUCCEED"}
+    assert (wd / "sub" / "w" / "pwd.out").read_text().strip() == str(wd / "sub" / "w")
+
+
+def test_cancel_queued_and_running(env):
+    m, wd = env
+    os.mkfifo(wd / "long.pid")   # the task tells its pid through a FIFO: reading it waits for the task to start
+    m.submit(Jobs().add(name="long", script="echo $$ > long.pid; exec sleep 60")
+             .add(name="blocked", exec="/bin/true", after=["long"]))
+    pid = int((wd / "long.pid").read_text())
+    pidfd = os.pidfd_open(pid)
+    assert m.status(["long"]) == {"long": "EXECUTING"}
+    m.cancel(["long"])
+    assert wait(m, ["long", "blocked"]) == {"long": "CANCELED", "blocked": "OMITTED"}
+    assert select.select([pidfd], [], [], 30)[0], "the canceled task is still running"
+
+
+def test_walltime_is_enforced(env):
+    m, _ = env
+    m.submit(Jobs().add(name="slow", exec="/bin/sleep", args=["30"], wt="1s"))
+    assert wait(m, ["slow"]) == {"slow": "FAILED"}
+    assert "walltime" in m.info("slow")["message"]
+
+
+def test_bad_batches_change_nothing(env):
+    m, _ = env
+    before = m.list()
+    with pytest.raises(DependencyError, match="job 'x'.*dependencies.after.*nosuch"):
+        m.submit(Jobs().add(name="ok1", exec="/bin/true").add(name="x", exec="/bin/true", after=["nosuch"]))
+    with pytest.raises(DependencyError, match="cycle"):
+        m.submit(Jobs().add(name="c1", exec="/bin/true", after=["c2"]).add(name="c2", exec="/bin/true", after=["c1"]))
+    with pytest.raises(ResourceError, match="numCores"):
+        m.submit(Jobs().add(name="huge", exec="/bin/true", numCores=10_000))
+    with pytest.raises(DuplicateJobError):
+        m.submit([{"name": "d", "execution": {"exec": "/bin/true"}}, {"name": "d", "execution": {"exec": "/bin/true"}}])
+    with pytest.raises(JobSpecError, match="job 'u'.*field 'execution.bogus'"):
+        m.submit([{"name": "u", "execution": {"exec": "/bin/true", "bogus": 1}}])
+    assert m.list() == before
+    m.submit(Jobs().add(name="once", exec="/bin/true"))
+    with pytest.raises(DuplicateJobError, match="once"):
+        m.submit(Jobs().add(name="fresh", exec="/bin/true").add(name="once", exec="/bin/true"))
+    assert list(m.list()) == list(before) + ["once"]
+
+
+def test_dependency_on_finished_jobs(env):
+    m, _ = env
+    m.submit(Jobs().add(name="done_ok", exec="/bin/true").add(name="done_bad", exec="/bin/false"))
+    wait(m, ["done_ok", "done_bad"])
+    m.submit(Jobs().add(name="late_ok", exec="/bin/true", after=["done_ok"])
+             .add(name="late_bad", exec="/bin/true", after=["done_bad"]))
+    assert wait(m, ["late_ok", "late_bad"]) == {"late_ok": "SUCCEED", "late_bad": "OMITTED"}
+
+
+def test_many_small_jobs_all_finish(env):
+    m, _ = env
+    jobs = Jobs()
+    for i in range(300):
+        jobs.add(name=f"t{i}", exec="/bin/true")
+    m.submit(jobs)
+    states = m.wait4all(timeout=120)
+    assert set(states.values()) == {"SUCCEED"} and len(states) == 300
+
+
+def test_wait_timeout_and_resources(env):
+    m, _ = env
+    m.submit(Jobs().add(name="sleeper", exec="/bin/sleep", args=["30"]))
+    with pytest.raises(QTimeout):
+        m.wait4(["sleeper"], timeout=0.3)
+    res = m.resources()
+    assert res["total_cores"] == CORES and res["total_nodes"] == 1
+    m.cancel("sleeper")
+    assert wait(m, ["sleeper"]) == {"sleeper": "CANCELED"}

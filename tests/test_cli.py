@@ -1,0 +1,111 @@
+"""The command line as a user runs it: real processes, local mode and a real redis-server."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, qcgpj_cmd
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def qcgpj(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    import os
+    e = dict(os.environ, PYTHONPATH=str(REPO))
+    e.pop("QCGPJ_REDIS_URL", None)
+    e.update(env or {})
+    return subprocess.run(qcgpj_cmd(*args), cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+REQUESTS = [
+    {"request": "submit", "jobs": [
+        {"name": "hello", "execution": {"exec": "/bin/echo", "args": ["hello", "${it}"], "stdout": "hello.${it}"},
+         "iteration": {"stop": 3}, "resources": {"numCores": {"exact": 1}}},
+        {"name": "after", "execution": {"script": "cat hello.* > all.txt"},
+         "dependencies": {"after": ["hello"]}},
+    ]},
+    {"request": "control", "command": "finishAfterAllTasksDone"},
+]
+
+
+def test_run_local_mode_succeeds(tmp_path):
+    write(tmp_path / "jobs.json", REQUESTS)
+    res = qcgpj("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "2 jobs: SUCCEED 2" in res.stdout
+    assert (tmp_path / "all.txt").read_text() == "hello 0\nhello 1\nhello 2\n"
+
+
+def test_run_local_mode_exits_nonzero_on_failure(tmp_path):
+    write(tmp_path / "jobs.json", [
+        {"name": "bad", "execution": {"exec": "/bin/false"}},
+        {"name": "dep", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["bad"]}},
+    ])
+    res = qcgpj("run", "jobs.json", cwd=tmp_path)
+    assert res.returncode == 1
+    assert "FAILED 1" in res.stdout and "OMITTED 1" in res.stdout
+    assert "bad: FAILED exit code 1" in res.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[{\"name\": \"a\",", "malformed JSON"),
+    (json.dumps([{"name": "a", "execution": {"exec": "x"}, "bogus": 1}]), "job 'a'"),
+    (json.dumps([{"name": "a", "execution": {"exec": "x"}, "dependencies": {"after": ["zz"]}}]), "zz"),
+    (json.dumps([{"name": "a", "execution": {"exec": "x"}, "resources": {"numCores": 100000}}]), "numCores"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, content, message):
+    write(tmp_path / "jobs.json", content)
+    res = qcgpj("run", "jobs.json", cwd=tmp_path)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+
+
+def test_bad_redis_url_and_redis_down(tmp_path):
+    write(tmp_path / "jobs.json", REQUESTS)
+    res = qcgpj("submit", "jobs.json", "--redis-url", "http://nope", cwd=tmp_path)
+    assert res.returncode != 0 and "bad Redis URL" in res.stderr
+    res = qcgpj("status", "--redis-url", "redis://127.0.0.1:1/0", cwd=tmp_path)
+    assert res.returncode != 0 and "cannot reach Redis" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_remote_commands(tmp_path, redis_url):
+    cluster = Cluster(redis_url, tmp_path)
+    write(tmp_path / "jobs.json", REQUESTS)
+    try:
+        res = qcgpj("submit", "jobs.json", "--redis-url", redis_url, cwd=tmp_path)
+        assert res.returncode == 0 and "submitted 2" in res.stdout
+        dup = qcgpj("submit", "jobs.json", "--redis-url", redis_url, cwd=tmp_path)
+        assert dup.returncode != 0 and "already in the queue" in dup.stderr
+        st = qcgpj("status", "--json", "--redis-url", redis_url, cwd=tmp_path)
+        assert json.loads(st.stdout) == {"hello": "READY", "after": "QUEUED"}
+        cluster.inputqueue()
+        cluster.worker(2, "--exit-when-idle")
+        res = qcgpj("wait", "--timeout", "60", "--redis-url", redis_url, cwd=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+        info = json.loads(qcgpj("info", "hello:1", "--json", "--redis-url", redis_url, cwd=tmp_path).stdout)
+        assert info["state"] == "SUCCEED" and info["exit_code"] == 0
+        lst = qcgpj("list", "--redis-url", redis_url, cwd=tmp_path)
+        assert lst.stdout.split() == ["hello", "SUCCEED", "after", "SUCCEED"]
+        assert cluster.procs[1].wait(timeout=30) == 0   # --exit-when-idle: the worker left by itself
+        assert (tmp_path / "all.txt").read_text() == "hello 0\nhello 1\nhello 2\n"
+    finally:
+        cluster.stop()
+
+
+def test_version_and_help(tmp_path):
+    res = qcgpj("--help", cwd=tmp_path)
+    assert res.returncode == 0 and "run" in res.stdout and "inputqueue" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "qcgpj", "worker", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0 and "--exit-when-idle" in res.stdout
