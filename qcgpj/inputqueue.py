@@ -70,6 +70,8 @@ class InputQueue:
         self.leader = self.store.lease(self.id, int(self.lease_ttl * 1000))
         if self.leader != was:
             log.info("inputqueue %s: %s", self.id, "acting (leader)" if self.leader else "standing by")
+            if self.leader:
+                self.store.emit("leader", self.id)
         return self.leader
 
     def check_executors(self) -> None:

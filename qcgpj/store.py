@@ -197,6 +197,10 @@ class Store:
             return res[0][1][-1][0]
         return last_id
 
+    def emit(self, kind: str, data: str) -> None:
+        """An event from Python (the scripts emit their own): wakes waiters, leaves a trail."""
+        self.r.xadd(self.keys.events, {"type": kind, "data": data}, maxlen=10000, approximate=True)
+
     def ensure_group(self) -> None:
         try:
             self.r.xgroup_create(self.keys.events, EVENTS_GROUP, id="0", mkstream=True)

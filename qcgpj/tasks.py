@@ -71,8 +71,13 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
     wd = os.path.join(root_wd, sub(spec.wd) or "") if spec.wd else root_wd
     os.makedirs(wd, exist_ok=True)
 
-    def path(p: str | None) -> str | None:
-        return os.path.join(wd, sub(p) or "") if p else None
+    def path(p: str | None, create: bool = False) -> str | None:
+        if not p:
+            return None
+        full = os.path.join(wd, sub(p) or "")
+        if create and os.sep in (sub(p) or ""):
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+        return full
 
     env = dict(os.environ)
     for key, value in spec.env.items():
@@ -85,7 +90,7 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
         "QCGPJ_ROOT_WD": root_wd,
     })
     ctx = TaskContext(task_id=entry.task, job=spec.name, iteration=entry.iteration, argv=argv, env=env, cwd=wd,
-                      stdin=path(spec.stdin), stdout=path(spec.stdout), stderr=path(spec.stderr), allocation=alloc,
+                      stdin=path(spec.stdin), stdout=path(spec.stdout, True), stderr=path(spec.stderr, True), allocation=alloc,
                       model_opts=dict(spec.model_opts), modules=list(spec.modules), venv=sub(spec.venv),
                       local_node=local_node, python_target=sub(spec.exec) if spec.model == "python" else None)
     return Launch(ctx, get_worker(spec.model), spec.walltime)

@@ -42,6 +42,16 @@ class Cluster:
     def manager(self) -> Manager:
         return Manager(self.url, namespace=self.namespace)
 
+    def wait_executors(self, m: Manager, n: int = 1, timeout: float = 30) -> None:
+        """Wait, on the queue's events, until n executors are ALIVE."""
+        import time
+        deadline = time.monotonic() + timeout
+        last = "0-0"
+        while sum(e.get("state") == "ALIVE" for e in m.store.executors().values()) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{n} executor(s) did not register\n{self.logs()}")
+            last = m.store.wait_event(last, 0.5)
+
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:

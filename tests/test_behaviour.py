@@ -27,6 +27,7 @@ def env(request, tmp_path):
     cluster.inputqueue()
     cluster.worker(CORES)
     m = cluster.manager()
+    cluster.wait_executors(m)
     try:
         yield m, tmp_path
     finally:

@@ -1,0 +1,222 @@
+"""What an executor owns (nodes and cores, found in the Slurm allocation or on this machine) and how it hands
+out concrete cores to tasks."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Mapping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    cores: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """Concrete cores given to one task: ((node, (core ids...)), ...)."""
+
+    parts: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def ncores(self) -> int:
+        return sum(len(c) for _n, c in self.parts)
+
+    @property
+    def nnodes(self) -> int:
+        return len(self.parts)
+
+    @property
+    def nodes(self) -> list[str]:
+        return [n for n, _c in self.parts]
+
+    def to_text(self) -> str:
+        return ";".join(f"{n}={','.join(map(str, c))}" for n, c in self.parts)
+
+    @classmethod
+    def from_text(cls, s: str) -> "Allocation":
+        parts = []
+        for part in filter(None, s.split(";")):
+            n, _, cores = part.partition("=")
+            parts.append((n, tuple(int(c) for c in cores.split(",") if c)))
+        return cls(tuple(parts))
+
+
+# ---------------------------------------------------------------------- Slurm syntax
+def _split_top(text: str) -> list[str]:
+    """Split on commas outside brackets."""
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if cur:
+        out.append("".join(cur))
+    return [p.strip() for p in out if p.strip()]
+
+
+def _expand_range(spec: str) -> list[str]:
+    out = []
+    for part in spec.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            width = len(lo) if lo.startswith("0") else 0
+            out.extend(str(i).zfill(width) for i in range(int(lo), int(hi) + 1))
+        else:
+            out.append(part)
+    return out
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """Slurm host lists, as ``scontrol show hostnames`` expands them: ``n[1-3,5]``, ``a[01-03]b,c``."""
+    hosts: list[str] = []
+    for item in _split_top(text):
+        m = re.search(r"\[([^\]]+)\]", item)
+        if not m:
+            hosts.append(item)
+            continue
+        head, tail = item[:m.start()], item[m.end():]
+        for mid in _expand_range(m.group(1)):
+            hosts.extend(expand_hostlist(head + mid + tail))
+    return hosts
+
+
+def parse_cpus_per_node(text: str, n_nodes: int) -> list[int]:
+    """``SLURM_JOB_CPUS_PER_NODE``: ``4(x8)``, ``3,1``, ``8(x2),4``."""
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not m:
+            raise ValueError(f"cannot read SLURM_JOB_CPUS_PER_NODE={text!r}")
+        out.extend([int(m.group(1))] * int(m.group(2) or 1))
+    if len(out) != n_nodes:
+        raise ValueError(f"SLURM_JOB_CPUS_PER_NODE={text!r} gives {len(out)} nodes, the node list has {n_nodes}")
+    return out
+
+
+def parse_nodes_option(text: str) -> list[Node]:
+    """``--nodes n1:4,n2:4``."""
+    nodes = []
+    for part in filter(None, text.split(",")):
+        name, _, cores = part.partition(":")
+        if not name or not cores.isdigit() or int(cores) < 1:
+            raise ValueError(f"--nodes: expected NAME:CORES, got {part!r}")
+        nodes.append(Node(name, tuple(range(int(cores)))))
+    if not nodes:
+        raise ValueError("--nodes: no node given")
+    return nodes
+
+
+def discover(cores: int | None = None, nodes: str | None = None,
+             environ: Mapping[str, str] | None = None) -> list[Node]:
+    """The executor's nodes: --nodes, else the Slurm allocation, else this machine (limited by --cores)."""
+    env = os.environ if environ is None else environ
+    if nodes:
+        return parse_nodes_option(nodes)
+    if env.get("SLURM_JOB_ID") and env.get("SLURM_JOB_NODELIST"):
+        names = expand_hostlist(env["SLURM_JOB_NODELIST"])
+        counts = parse_cpus_per_node(env.get("SLURM_JOB_CPUS_PER_NODE", ",".join(["1"] * len(names))), len(names))
+        found = [Node(n, tuple(range(c))) for n, c in zip(names, counts)]
+        if cores is not None:
+            if len(found) != 1:
+                raise ValueError("--cores applies to a one-node allocation only; use --nodes for more")
+            found = [Node(found[0].name, tuple(range(cores)))]
+        return found
+    mine = sorted(os.sched_getaffinity(0))
+    if cores is not None:
+        if cores < 1:
+            raise ValueError("--cores must be at least 1")
+        if cores > len(mine):
+            log.warning("%d cores asked, %d available: tasks will share cores", cores, len(mine))
+            mine = list(range(cores))
+        mine = mine[:cores]
+    return [Node(socket.gethostname().split(".")[0], tuple(mine))]
+
+
+# ---------------------------------------------------------------------- allocation
+class CoreAllocator:
+    """Hands out concrete cores of this executor's nodes. Not thread-safe: the executor holds a lock."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = nodes
+        self._free: dict[str, list[int]] = {n.name: list(n.cores) for n in nodes}
+        self._total = sum(len(n.cores) for n in nodes)
+        self._nfree = self._total
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @property
+    def free(self) -> int:
+        return self._nfree
+
+    @property
+    def max_per_node(self) -> int:
+        return max(len(n.cores) for n in self.nodes)
+
+    def free_per_node(self) -> dict[str, int]:
+        return {n: len(c) for n, c in self._free.items()}
+
+    def can_ever_fit(self, cores: int, nodes: int | None) -> bool:
+        if nodes:
+            return nodes <= len(self.nodes) and cores <= sum(sorted((len(n.cores) for n in self.nodes),
+                                                                   reverse=True)[:nodes])
+        return cores <= self._total
+
+    def allocate(self, cores: int, nodes: int | None = None) -> Allocation | None:
+        """Best fit on one node when possible, else the fewest nodes; with ``nodes``, exactly that many."""
+        if cores > self._nfree:
+            return None
+        plan = self._plan_nodes(cores, nodes) if nodes else self._plan_any(cores)
+        if plan is None:
+            return None
+        parts = []
+        for name, k in plan:
+            free = self._free[name]
+            taken, self._free[name] = free[:k], free[k:]
+            parts.append((name, tuple(taken)))
+        self._nfree -= cores
+        return Allocation(tuple(parts))
+
+    def _plan_any(self, cores: int) -> list[tuple[str, int]] | None:
+        fits = [(len(c), n) for n, c in self._free.items() if len(c) >= cores]
+        if fits:
+            return [(min(fits)[1], cores)]
+        plan, left = [], cores
+        for k, name in sorted(((len(c), n) for n, c in self._free.items() if c), reverse=True):
+            take = min(k, left)
+            plan.append((name, take))
+            left -= take
+            if left == 0:
+                return plan
+        return None
+
+    def _plan_nodes(self, cores: int, nodes: int) -> list[tuple[str, int]] | None:
+        """``cores`` in all, split as evenly as possible over exactly ``nodes`` nodes."""
+        if nodes > len(self._free) or cores < nodes:
+            return None
+        base, extra = divmod(cores, nodes)
+        want = [base + (1 if i < extra else 0) for i in range(nodes)]
+        ranked = sorted(((len(c), n) for n, c in self._free.items()), reverse=True)[:nodes]
+        if any(k < w for (k, _n), w in zip(ranked, want)):
+            return None
+        return [(n, w) for (_k, n), w in zip(ranked, want)]
+
+    def release(self, alloc: Allocation) -> None:
+        for name, cores in alloc.parts:
+            self._free[name].extend(cores)
+            self._free[name].sort()
+            self._nfree += len(cores)

@@ -1,0 +1,178 @@
+"""Nothing is lost: real processes killed with SIGKILL, a real redis-server stopped and started."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from qcgpj import ConnectionError as QConnectionError
+from qcgpj import Jobs, Manager
+from qcgpj.store import Report, Store
+from qcgpj.connection import connect
+
+from tests.cluster import Cluster
+
+
+def wait_for(m: Manager, predicate, timeout: float = 60, what: str = "condition") -> None:
+    """Wait on the queue's events until predicate() holds."""
+    deadline = time.monotonic() + timeout
+    last = m.store.last_event_id()
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        last = m.store.wait_event(last, 0.5)
+
+
+def executing(m: Manager, names) -> int:
+    return sum(1 for s in m.status(names).values() if s == "EXECUTING")
+
+
+def blockers(n: int, prefix: str = "j") -> Jobs:
+    """Jobs that run until the file 'go' exists, so a test decides when they may end."""
+    jobs = Jobs()
+    for i in range(n):
+        jobs.add(name=f"{prefix}{i}", script="while [ ! -e go ]; do sleep 0.05; done")
+    return jobs
+
+
+def test_dead_executor_work_runs_elsewhere(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue()
+        a = c.worker(2, "--ttl", "2", "--heartbeat", "0.5", name="worker-a")
+        m = c.manager()
+        names = m.submit(blockers(5))
+        wait_for(m, lambda: executing(m, names) == 2, what="2 tasks running on executor a")
+        os.kill(a.pid, signal.SIGKILL)          # the executor dies; its orphaned tasks are not its report
+        (tmp_path / "go").touch()
+        c.worker(2, name="worker-b")
+        states = m.wait4(names, timeout=90)
+        assert set(states.values()) == {"SUCCEED"}, c.logs()
+        attempts = sorted(m.info(n)["attempts"] for n in names)
+        assert attempts == [0, 0, 0, 1, 1]   # the two that ran on a were started again, once
+        dead = [e for e in m.resources()["executors"].values() if e["state"] == "DEAD"]
+        assert len(dead) == 1
+    finally:
+        c.stop()
+
+
+def test_attempts_are_bounded(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue("--max-attempts", "1")
+        a = c.worker(1, "--ttl", "2", "--heartbeat", "0.5", name="worker-a")
+        m = c.manager()
+        m.submit(blockers(1))
+        wait_for(m, lambda: executing(m, ["j0"]) == 1, what="j0 running")
+        os.kill(a.pid, signal.SIGKILL)
+        assert m.wait4(["j0"], timeout=60) == {"j0": "FAILED"}
+        assert "lost" in m.info("j0")["message"] and "1 attempts" in m.info("j0")["message"]
+    finally:
+        (tmp_path / "go").touch()
+        c.stop()
+
+
+def test_report_of_a_dead_executor_is_fenced(redis_server):
+    """An executor declared dead that reports later cannot complete a task that was given to another."""
+    client = redis_server.client()
+    client.flushall()
+    store = Store(client, "fence")
+    store.register("e1", 30, "h", "h=1", 1, 1, 1, 0, 1)
+    store.submit([("t", '{"name":"t","execution":{"exec":"/bin/true"}}', "1|1|0|0", "", "")])
+    _more, claimed = store.claim("e1", 1, 1)
+    (entry, _spec), = claimed
+    assert store.requeue("e1", 3, "lost (test)") == (1, 0)
+    assert store.finish("e1", [Report(entry.raw, "SUCCEED", 0, "1", "2")]) == 0
+    h = store.job_hash("t")
+    assert h["state"] == "READY" and h["attempts"] == "1"
+    store.register("e2", 30, "h", "h=1", 1, 1, 1, 0, 1)
+    _more, claimed = store.claim("e2", 1, 1)
+    assert [e.raw for e, _ in claimed] == ["t|1|0|1"]
+    assert store.finish("e2", [Report("t|1|0|1", "SUCCEED", 0, "1", "2")]) == 1
+    assert store.job_hash("t")["state"] == "SUCCEED"
+
+
+def test_sigterm_drains_and_hands_back(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue()
+        a = c.worker(1, "--prefetch", "3", name="worker-a")
+        m = c.manager()
+        names = m.submit(blockers(4))
+        wait_for(m, lambda: executing(m, names) == 1, what="one task running")
+        os.kill(a.pid, signal.SIGTERM)           # drain: finish what runs, hand back what waits
+        (tmp_path / "go").touch()
+        assert a.wait(timeout=60) == 0
+        c.worker(2, name="worker-b")
+        assert set(m.wait4(names, timeout=60).values()) == {"SUCCEED"}
+        assert all(m.info(n)["attempts"] == 0 for n in names)
+        assert sorted(e["state"] for e in m.resources()["executors"].values()) == ["ALIVE", "LEFT"]
+    finally:
+        c.stop()
+
+
+def test_inputqueue_restart_and_standby(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path)
+    try:
+        first = c.inputqueue()
+        m = c.manager()
+        wait_for(m, lambda: m.client.get(m.store.keys.leader) is not None, what="a leader")
+        leader = m.client.get(m.store.keys.leader)
+        c.inputqueue()                           # started by mistake: stands by
+        os.kill(first.pid, signal.SIGKILL)
+        wait_for(m, lambda: m.client.get(m.store.keys.leader) not in (None, leader), timeout=30,
+                 what="the standby to take over")
+        a = c.worker(1, "--ttl", "2", "--heartbeat", "0.5", name="worker-a")
+        names = m.submit(blockers(2))
+        wait_for(m, lambda: executing(m, names) == 1, what="one task running")
+        os.kill(a.pid, signal.SIGKILL)           # the new leader must notice the dead executor
+        (tmp_path / "go").touch()
+        c.worker(1, name="worker-b")
+        assert set(m.wait4(names, timeout=60).values()) == {"SUCCEED"}
+    finally:
+        c.stop()
+
+
+def test_redis_restart_mid_run(fresh_redis, tmp_path):
+    c = Cluster(fresh_redis.url, tmp_path)
+    try:
+        c.inputqueue()
+        c.worker(2)
+        m = c.manager()
+        jobs = Jobs()
+        for i in range(200):
+            jobs.add(name=f"r{i}", exec="/bin/sh", args=["-c", "sleep 0.01"])
+        names = m.submit(jobs)
+        wait_for(m, lambda: sum(s == "SUCCEED" for s in m.status(names).values()) >= 20, what="20 done")
+        fresh_redis.stop()                       # a clean stop: the AOF has everything acknowledged
+        fresh_redis.restart()
+        states = Manager(fresh_redis.url).wait4(names, timeout=120)
+        assert set(states.values()) == {"SUCCEED"}, c.logs()
+    finally:
+        c.stop()
+
+
+def test_namespaces_are_isolated(redis_url, tmp_path):
+    a = Cluster(redis_url, tmp_path, namespace="campaign-a")
+    try:
+        a.inputqueue()
+        a.worker(1)
+        ma, mb = a.manager(), Manager(redis_url, namespace="campaign-b")
+        ma.submit(Jobs().add(name="same", exec="/bin/true"))
+        mb.submit(Jobs().add(name="same", exec="/bin/true"))
+        assert ma.wait4(["same"], timeout=30) == {"same": "SUCCEED"}
+        assert mb.status(["same"]) == {"same": "READY"}   # no executor serves campaign-b
+    finally:
+        a.stop()
+
+
+def test_password_and_wrong_password(tmp_path):
+    from tests.redisproc import RedisServer
+    with RedisServer(password="s3cret") as server:
+        m = Manager(server.url)
+        assert m.list() == {}
+        bad = server.url.replace("s3cret", "wrong")
+        with pytest.raises(QConnectionError, match="refused the credentials"):
+            connect(bad)
+        assert "wrong" not in str(pytest.raises(QConnectionError, connect, bad).value)

@@ -1,0 +1,8 @@
+"""``default`` (also ``local``): one process on this node, bound to the task's cores."""
+from __future__ import annotations
+
+from workers.base import ProcessWorker
+
+
+class LocalWorker(ProcessWorker):
+    name = "default"
