@@ -272,8 +272,9 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
         node_list = discover(cores=cores, nodes=nodes)
     except ValueError as exc:
         raise QcgpjError(str(exc)) from None
+    in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes
     ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
-                  ttl=ttl, exit_when_idle=exit_when_idle)
+                  ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm)
     _on_signals(ex.stop)
     ex.run()
 

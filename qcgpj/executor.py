@@ -27,7 +27,7 @@ import redis
 from .errors import QcgpjError
 from .resources import Allocation, CoreAllocator, Node
 from .store import Entry, Report, Store, now
-from .tasks import SpecCache, build_launch
+from .tasks import SLURM_MODELS, SpecCache, build_launch
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Executor:
     def __init__(self, client: redis.Redis, nodes: list[Node], namespace: str = "default",
                  eid: str | None = None, root_wd: str | None = None, prefetch: int | None = None,
                  heartbeat: float = 2.0, ttl: int = 10, exit_when_idle: bool = False,
-                 claim_batch: int = 64) -> None:
+                 claim_batch: int = 64, slurm: bool = False) -> None:
         self.store = Store(client, namespace)
         self.client = client
         self.nodes = nodes
@@ -50,7 +50,9 @@ class Executor:
         self.heartbeat_every, self.ttl = heartbeat, ttl
         self.exit_when_idle = exit_when_idle
         self.claim_batch = claim_batch
-        self.local_node = nodes[0].name if len(nodes) == 1 else host
+        self.local_node = os.environ.get("SLURMD_NODENAME", host) if slurm else (
+            nodes[0].name if len(nodes) == 1 else host)
+        self.models = SLURM_MODELS if slurm else None
         self._cond = threading.Condition()
         self._running: dict[str, tuple[Entry, object]] = {}   # task id -> (entry, Running or None)
         self._canceled: set[str] = set()
@@ -155,7 +157,7 @@ class Executor:
         state, code, message = "FAILED", None, ""
         try:
             spec = self._spec(entry.job)
-            launch = build_launch(spec, entry, alloc, self.root_wd, self.local_node)
+            launch = build_launch(spec, entry, alloc, self.root_wd, self.local_node, self.models)
             running = launch.worker.start(launch.ctx)
             with self._cond:
                 self._running[entry.task] = (entry, running)

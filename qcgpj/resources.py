@@ -152,6 +152,7 @@ class CoreAllocator:
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = nodes
         self._free: dict[str, list[int]] = {n.name: list(n.cores) for n in nodes}
+        self._order = {n.name: i for i, n in enumerate(nodes)}
         self._total = sum(len(n.cores) for n in nodes)
         self._nfree = self._total
 
@@ -184,7 +185,7 @@ class CoreAllocator:
         if plan is None:
             return None
         parts = []
-        for name, k in plan:
+        for name, k in sorted(plan, key=lambda p: self._order[p[0]]):   # node order of the allocation
             free = self._free[name]
             taken, self._free[name] = free[:k], free[k:]
             parts.append((name, tuple(taken)))

@@ -57,7 +57,11 @@ def variables(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str) -> d
             "nnodes": str(alloc.nnodes), "nlist": ",".join(alloc.nodes), "root_wd": root_wd, "jname": spec.name}
 
 
-def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, local_node: str) -> Launch:
+SLURM_MODELS = {"default": "srun", "threads": "srunthreads"}   # inside an allocation, tasks are srun steps
+
+
+def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, local_node: str,
+                 models: dict[str, str] | None = None) -> Launch:
     """Everything a worker needs, with ${...} substituted; creates the working directory."""
     var = variables(spec, entry, alloc, root_wd)
 
@@ -93,4 +97,5 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
                       stdin=path(spec.stdin), stdout=path(spec.stdout, True), stderr=path(spec.stderr, True), allocation=alloc,
                       model_opts=dict(spec.model_opts), modules=list(spec.modules), venv=sub(spec.venv),
                       local_node=local_node, python_target=sub(spec.exec) if spec.model == "python" else None)
-    return Launch(ctx, get_worker(spec.model), spec.walltime)
+    model = (models or {}).get(spec.model, spec.model)
+    return Launch(ctx, get_worker(model), spec.walltime)

@@ -20,6 +20,7 @@ BUILTIN = {
     "noop": "workers.noop:NoopWorker",
     "srun": "workers.slurm:SrunWorker",
     "srunmpi": "workers.slurm:SrunMpiWorker",
+    "srunthreads": "workers.slurm:SrunThreadsWorker",
     "openmpi": "workers.mpi:OpenMpiWorker",
     "intelmpi": "workers.mpi:IntelMpiWorker",
 }

@@ -117,13 +117,14 @@ class ProcessWorker(Worker):
     bind_cpus: ClassVar[bool] = True
 
     def command(self, ctx: TaskContext) -> list[str]:
-        return ctx.argv
+        """The argv to start; launchers (srun, mpirun) put their prefix before ``wrap_argv(ctx, ctx.argv)``."""
+        return self.wrap_argv(ctx, ctx.argv)
 
     def environment(self, ctx: TaskContext) -> dict[str, str]:
         return ctx.env
 
     def start(self, ctx: TaskContext) -> Running:
-        argv = self.wrap_argv(ctx, self.command(ctx))
+        argv = self.command(ctx)
         files: list[IO] = []
         try:
             stdin = _open(ctx.stdin, "rb", files) if ctx.stdin else subprocess.DEVNULL

@@ -1,0 +1,62 @@
+"""On a real Slurm (2 nodes on loopback, started by .ci/run): an executor inside an allocation uses exactly its
+nodes and cores, and launches tasks as srun steps on them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qcgpj import Jobs, Manager
+
+from tests.cluster import Cluster
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parent.parent
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def salloc(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(["salloc", "-t", "5", *args], cwd=cwd, env=env(), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_discovery_reads_the_allocation(slurm, tmp_path):
+    probe = "import json; from qcgpj.resources import discover; print(json.dumps([[n.name, len(n.cores)] for n in discover()]))"
+    res = salloc("-N2", "--ntasks-per-node=3", sys.executable, "-c", probe, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [["node1", 3], ["node2", 3]]
+
+
+def test_worker_in_salloc_uses_both_nodes(slurm, redis_url, tmp_path):
+    m = Manager(redis_url)
+    m.submit(Jobs()
+             .add(name="spread", script="echo $SLURMD_NODENAME $QCGPJ_NODES; sleep 1", iteration=8,
+                  stdout="spread.${it}")
+             .add(name="wide", script="echo $SLURMD_NODENAME ${nlist}", model="srunmpi", numNodes=2, numCores=1,
+                  stdout="wide.out")
+             .add(name="omp", exec="/bin/sh", args=["-c", "echo $OMP_NUM_THREADS"], model="threads", numCores=2,
+                  stdout="omp.out"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    try:
+        res = salloc("-N2", "--ntasks-per-node=2", sys.executable, "-m", "qcgpj", "worker", "--redis-url",
+                     redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+    finally:
+        cluster.stop()
+    assert m.status(["spread", "wide", "omp"]) == {"spread": "SUCCEED", "wide": "SUCCEED", "omp": "SUCCEED"}
+    used = {(tmp_path / f"spread.{i}").read_text().split()[0] for i in range(8)}
+    assert used == {"node1", "node2"}                       # 4 cores over 2 nodes: both were needed
+    ranks = sorted(line.split()[0] for line in (tmp_path / "wide.out").read_text().splitlines())
+    assert ranks == ["node1", "node2"]                      # the 2-node job saw both nodes
+    assert (tmp_path / "wide.out").read_text().split()[1] == "node1,node2"
+    assert (tmp_path / "omp.out").read_text().strip() == "2"
+    executor = next(iter(m.resources()["executors"].values()))
+    assert executor["nodes"] == "node1=2;node2=2" and executor["state"] == "LEFT"
