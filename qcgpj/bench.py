@@ -120,13 +120,18 @@ def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
         for i in range(cfg.tasks):
             jobs.add(name=f"t{i}", exec="/bin/true", model=model if model != "default" else None)
         _wait_executor(m)
+        t1 = time.perf_counter()
         m.submit(jobs)
+        t2 = time.perf_counter()
         states = m.wait4all()
+        t3 = time.perf_counter()
     dt = time.perf_counter() - t0
+    phases = {"start": round(t1 - t0, 3), "submit": round(t2 - t1, 3), "run": round(t3 - t2, 3),
+              "stop": round(time.perf_counter() - t3, 3)}
     ok = sum(1 for s in states.values() if s == "SUCCEED")
     name = "queue" if model == "noop" else "tasks"
     return Result(name, f"{cfg.tasks} jobs, {'no-op launcher' if model == 'noop' else '/bin/true'}",
-                  round(cfg.tasks / dt, 1), "tasks/s", {"seconds": round(dt, 3), "succeeded": ok})
+                  round(cfg.tasks / dt, 1), "tasks/s", {"seconds": round(dt, 3), "succeeded": ok, **phases})
 
 
 def bench_iterations(cfg: BenchConfig) -> Result:

@@ -26,11 +26,13 @@ CONSUMER = "inputqueue"   # one fixed consumer name: a restarted InputQueue re-r
 
 class InputQueue:
     def __init__(self, client: redis.Redis, namespace: str = "default", max_attempts: int = 3,
-                 check_every: float = 1.0, lease_ttl: float = 5.0, iq_id: str | None = None) -> None:
+                 check_every: float = 1.0, lease_ttl: float = 5.0, iq_id: str | None = None,
+                 min_pass: float = 0.01) -> None:
         self.store = Store(client, namespace)
         self.max_attempts = max_attempts
         self.check_every = check_every
         self.lease_ttl = lease_ttl
+        self.min_pass = min_pass
         self.id = iq_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stop_event = threading.Event()
         self.leader = False
@@ -53,17 +55,21 @@ class InputQueue:
 
     def _serve(self) -> None:
         self.store.ensure_group()
-        next_check = 0.0
+        next_check = next_lease = 0.0
         while not self.stop_event.is_set():
-            if not self._hold_lease():
-                self.stop_event.wait(self.lease_ttl / 3)
-                continue
-            ids = self.store.read_group(CONSUMER, timeout=min(1.0, self.lease_ttl / 3))
+            if time.monotonic() >= next_lease:
+                if not self._hold_lease():
+                    self.stop_event.wait(self.lease_ttl / 3)
+                    continue
+                next_lease = time.monotonic() + self.lease_ttl / 3
+            ids = self.store.read_group(CONSUMER, timeout=min(0.25, self.lease_ttl / 3))
             if time.monotonic() >= next_check:
                 self.check_executors()
                 next_check = time.monotonic() + self.check_every
-            self.store.place()
-            self.store.ack(ids)
+            self.store.place_and_ack(ids)
+            # Coalesce: placement also runs inline in the scripts, so the deep pass need not follow every
+            # event; what arrives meanwhile is read in one batch by the next pass.
+            self.stop_event.wait(self.min_pass)
 
     def _hold_lease(self) -> bool:
         was = self.leader

@@ -178,7 +178,8 @@ class CoreAllocator:
         return cores <= self._total
 
     def allocate(self, cores: int, nodes: int | None = None) -> Allocation | None:
-        """Best fit on one node when possible, else the fewest nodes; with ``nodes``, exactly that many."""
+        """Best fit on one node; a task larger than any node spreads over the fewest nodes; with ``nodes``,
+        exactly that many."""
         if cores > self._nfree:
             return None
         plan = self._plan_nodes(cores, nodes) if nodes else self._plan_any(cores)
@@ -196,6 +197,8 @@ class CoreAllocator:
         fits = [(len(c), n) for n, c in self._free.items() if len(c) >= cores]
         if fits:
             return [(min(fits)[1], cores)]
+        if cores <= self.max_per_node:   # it fits on one node: wait for one rather than split it
+            return None
         plan, left = [], cores
         for k, name in sorted(((len(c), n) for n, c in self._free.items() if c), reverse=True):
             take = min(k, left)

@@ -15,7 +15,7 @@ from .keys import EVENTS_GROUP, Keys, lua_prelude
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
-SCRIPTS = ("submit", "place", "claim", "finish", "register", "heartbeat", "requeue", "cancel", "lease")
+SCRIPTS = ("submit", "place", "sync", "register", "heartbeat", "requeue", "cancel", "lease")
 SUBMIT_CHUNK = 1000
 
 
@@ -91,8 +91,8 @@ class Store:
         self.keys = Keys(namespace)
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
 
-    def _run(self, name: str, args: Sequence[Any], client: redis.Redis | None = None) -> Any:
-        return self._scripts[name](keys=[self.keys.jobs], args=list(args), client=client)
+    def _run(self, name: str, args: Sequence[Any]) -> Any:
+        return self._scripts[name](keys=[self.keys.jobs], args=list(args))
 
     # ------------------------------------------------------------------ submit
     def submit(self, rows: list[tuple[str, str, str, str, str]]) -> int:
@@ -229,6 +229,14 @@ class Store:
         """Placement runs inside the scripts too; this call is the InputQueue's deep pass."""
         return int(self._run("place", [now(), scan, budget]))
 
+    def place_and_ack(self, ids: Sequence[str]) -> None:
+        """The deep pass and the acknowledgement of the events that asked for it, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        self._scripts["place"](keys=[self.keys.jobs], args=[now(), 1000, 100000], client=pipe)
+        if ids:
+            pipe.xack(self.keys.events, EVENTS_GROUP, *ids)
+        pipe.execute()
+
     def lease(self, candidate: str, ttl_ms: int) -> bool:
         return self._run("lease", [candidate, ttl_ms]) == candidate
 
@@ -256,25 +264,27 @@ class Store:
     def set_executor_state(self, eid: str, state: str) -> None:
         self.r.hset(self.keys.exec(eid), "state", state)
 
-    def claim(self, eid: str, free: int, max_tasks: int, first: str = "",
-              client: redis.Redis | None = None) -> tuple[bool, list[tuple[Entry, str]]]:
-        """Returns (more work waits on the ready list, [(entry, spec JSON or '' if same job as before)])."""
-        res = self._run("claim", [eid, now(), free, max_tasks, first], client=client)
-        return res[0] == "more", [(Entry.parse(res[i]), res[i + 1]) for i in range(1, len(res), 2)]
+    def sync(self, eid: str, want: int, adopt: Sequence[str] = (), started: Sequence[tuple[str, str]] = (),
+             finished: Sequence[Report] = ()) -> list[tuple[Entry, str]]:
+        """One executor round trip: report started and finished tasks, claim up to ``want`` more.
 
-    def wait_ready(self, eid: str, timeout: float, client: redis.Redis | None = None) -> str | None:
-        """Block on the executor's ready list; the entry moves to running at once (BLMOVE), so it cannot be lost."""
-        return (client or self.r).blmove(self.keys.ready(eid), self.keys.running(eid), timeout, "LEFT", "RIGHT")
-
-    def finish(self, eid: str, reports: Sequence[Report], client: redis.Redis | None = None) -> int:
-        args: list[Any] = [eid, now(), len(reports)]
-        for rep in reports:
+        Returns [(entry, spec JSON or '' when the same job as the entry before)] for adopted and claimed work.
+        """
+        args: list[Any] = [eid, now(), want, len(adopt), len(started), len(finished), *adopt]
+        for entry, t0 in started:
+            args += [entry, t0]
+        for rep in finished:
             args += [rep.entry, rep.state, "" if rep.exit_code is None else rep.exit_code, rep.start, rep.end,
                      rep.message]
-        return int(self._run("finish", args, client=client))
+        res = self._run("sync", args)
+        return [(Entry.parse(res[i]), res[i + 1]) for i in range(0, len(res), 2)]
 
-    def control(self, eid: str, timeout: float, client: redis.Redis | None = None) -> str | None:
-        res = (client or self.r).blpop([self.keys.control(eid)], timeout=timeout)
+    def wait_ready(self, eid: str, timeout: float) -> str | None:
+        """Block on the executor's ready list; the entry moves to running at once (BLMOVE), so it cannot be lost."""
+        return self.r.blmove(self.keys.ready(eid), self.keys.running(eid), timeout, "LEFT", "RIGHT")
+
+    def control(self, eid: str, timeout: float) -> str | None:
+        res = self.r.blpop([self.keys.control(eid)], timeout=timeout)
         return res[1] if res else None
 
     def push_control(self, eid: str, command: str) -> None:

@@ -80,17 +80,18 @@ def test_report_of_a_dead_executor_is_fenced(redis_server):
     store = Store(client, "fence")
     store.register("e1", 30, "h", "h=1", 1, 1, 1, 0, 1)
     store.submit([("t", '{"name":"t","execution":{"exec":"/bin/true"}}', "1|1|0|0", "", "")])
-    _more, claimed = store.claim("e1", 1, 1)
-    (entry, _spec), = claimed
+    (entry, _spec), = store.sync("e1", 1)
+    store.sync("e1", 0, started=[(entry.raw, "1")])
+    assert store.job_hash("t")["state"] == "EXECUTING"
     assert store.requeue("e1", 3, "lost (test)") == (1, 0)
-    assert store.finish("e1", [Report(entry.raw, "SUCCEED", 0, "1", "2")]) == 0
+    late = [Report(entry.raw, "SUCCEED", 0, "1", "2")]
+    store.sync("e1", 1, started=[(entry.raw, "1")], finished=late)     # the dead executor comes back
     h = store.job_hash("t")
     assert h["state"] == "READY" and h["attempts"] == "1"
     store.register("e2", 30, "h", "h=1", 1, 1, 1, 0, 1)
-    _more, claimed = store.claim("e2", 1, 1)
-    assert [e.raw for e, _ in claimed] == ["t|1|0|1"]
-    assert store.finish("e2", [Report("t|1|0|1", "SUCCEED", 0, "1", "2")]) == 1
-    assert store.job_hash("t")["state"] == "SUCCEED"
+    assert [e.raw for e, _ in store.sync("e2", 1)] == ["t|1|0|1"]
+    store.sync("e2", 0, started=[("t|1|0|1", "3")], finished=[Report("t|1|0|1", "SUCCEED", 0, "3", "4")])
+    assert store.job_hash("t")["state"] == "SUCCEED" and store.job_hash("t")["executor"] == "e2"
 
 
 def test_sigterm_drains_and_hands_back(redis_url, tmp_path):

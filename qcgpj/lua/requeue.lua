@@ -1,19 +1,26 @@
 -- Take back the work of an executor: dead (heartbeat lost) or leaving. ARGV: id, now, max attempts, reason, final state.
--- Tasks it was running count an attempt; tasks only placed on it do not. Past max attempts a task ends FAILED.
+-- Tasks it had started count an attempt; tasks only placed on it or claimed ahead do not. Past max attempts a
+-- task ends FAILED.
 local eid, maxatt, why, final = ARGV[1], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 NOW = ARGV[2]
 local st = redis.call('HGET', K_exec(eid), 'state')
 if not st or st == 'DEAD' or st == 'LEFT' then return {0, 0} end
 local requeued, failed, back = 0, 0, {}
 
-local function take_back(entry, ran)
+local function started_here(name, it, jst)
+  if it == nil then return jst == 'EXECUTING' and redis.call('HGET', K_job(name), 'executor') == eid end
+  local rec = redis.call('HGET', K_its(name), it)
+  return rec ~= false and record_state(rec) == 'EXECUTING' and string.match(rec, '^[^|]*|[^|]*|([^|]*)') == eid
+end
+
+local function take_back(entry)
   local tid, c, k, att = parse_entry(entry)
   local name, it = split_tid(tid)
   local jk = K_job(name)
   local jst = redis.call('HGET', jk, 'state')
   if not jst or FINAL[jst] then return end
   if it ~= nil and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then return end
-  local nxt = ran and att + 1 or att
+  local nxt = started_here(name, it, jst) and att + 1 or att
   if nxt >= maxatt then
     task_final(name, it, 'FAILED', nil, eid, nil, NOW, att,
       'executor ' .. eid .. ' ' .. why .. '; gave up after ' .. nxt .. ' attempts')
@@ -31,8 +38,8 @@ local function take_back(entry, ran)
   requeued = requeued + 1
 end
 
-for _, e in ipairs(redis.call('LRANGE', K_running(eid), 0, -1)) do take_back(e, true) end
-for _, e in ipairs(redis.call('LRANGE', K_ready(eid), 0, -1)) do take_back(e, false) end
+for _, e in ipairs(redis.call('LRANGE', K_running(eid), 0, -1)) do take_back(e) end
+for _, e in ipairs(redis.call('LRANGE', K_ready(eid), 0, -1)) do take_back(e) end
 for i = #back, 1, -1 do redis.call('LPUSH', K_pending, back[i]) end
 redis.call('DEL', K_ready(eid), K_running(eid), K_alive(eid))
 redis.call('HSET', K_exec(eid), 'state', final, 'free', 0, 'ended', NOW)

@@ -1,0 +1,78 @@
+-- One round trip of an executor: what started, what finished, and more work.
+-- ARGV: executor id, now, want, n_adopt, n_started, n_finished, then
+--   adopt entries (moved to running by BLMOVE; to check and describe), started (entry, start time) pairs,
+--   finished (entry, state, exit, start, end, message) 6-tuples.
+-- Returns {entry, spec, entry, spec...} for the adopted and newly claimed entries that are still wanted; spec
+-- is '' when the previous entry was of the same job. Claimed entries stay SCHEDULED until reported started.
+-- A report about an entry no longer in our running list (we were declared dead and it was requeued) is ignored:
+-- that is the fencing that keeps a task from completing twice.
+local eid, want = ARGV[1], tonumber(ARGV[3])
+NOW = ARGV[2]
+local n_adopt, n_started, n_finished = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local ready, running = K_ready(eid), K_running(eid)
+local out, credit, last, finished = {}, 0, nil, 0
+
+local function live(name, it)  -- job (and iteration) not final
+  local st = redis.call('HGET', K_job(name), 'state')
+  if not st or FINAL[st] then return nil end
+  if it ~= nil and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then return nil end
+  return st
+end
+
+local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
+  local tid, c = parse_entry(entry)
+  local name, it = split_tid(tid)
+  if not live(name, it) then
+    redis.call('LREM', running, 1, entry)
+    credit = credit + c
+    return
+  end
+  out[#out + 1] = entry
+  if name ~= last then out[#out + 1] = redis.call('HGET', K_job(name), 'spec'); last = name else out[#out + 1] = '' end
+end
+
+local b = 7
+for i = 1, n_adopt do offer(ARGV[b]); b = b + 1 end
+for i = 1, n_started do
+  local entry, t0 = ARGV[b], ARGV[b + 1]
+  b = b + 2
+  if redis.call('LPOS', running, entry) then
+    local tid, c, k, att = parse_entry(entry)
+    local name, it = split_tid(tid)
+    local st = live(name, it)
+    if st then
+      local jk = K_job(name)
+      if it == nil then
+        redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t0, 'executor', eid)
+      else
+        redis.call('HSET', K_its(name), it, record('EXECUTING', nil, eid, t0, nil, att, nil))
+        if st ~= 'EXECUTING' then redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t0) end
+      end
+    end
+  end
+end
+for i = 1, n_finished do
+  local entry, state, exit, t0, t1, msg = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+  b = b + 6
+  if redis.call('LREM', running, 1, entry) == 1 then
+    local tid, c, k, att = parse_entry(entry)
+    credit = credit + c
+    local name, it = split_tid(tid)
+    if live(name, it) then
+      task_final(name, it, state, exit, eid, t0, t1, att, msg)
+      finished = finished + 1
+    end
+  end
+end
+propagate()
+local alive = redis.call('HGET', K_exec(eid), 'state') ~= 'DEAD'
+if credit > 0 and alive then redis.call('HINCRBY', K_exec(eid), 'free', credit) end
+if credit > 0 then place(50, 1000) end
+while alive and want > 0 do
+  local entry = redis.call('LMOVE', ready, running, 'LEFT', 'RIGHT')
+  if not entry then break end
+  want = want - 1
+  offer(entry)
+end
+if finished > 0 or n_started > 0 then emit('sync', eid .. ' ' .. n_started .. ' ' .. finished) end
+return out
