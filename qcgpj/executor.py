@@ -32,6 +32,8 @@ from .resources import Allocation, CoreAllocator, Node
 from .store import Entry, Report, Store, now
 from .tasks import SLURM_MODELS, SpecCache, build_launch
 
+from workers import get_worker
+
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0002   # hand-offs between threads wait on the GIL; 5 ms (the default) caps throughput
 MAX_BATCH = 500
@@ -51,6 +53,7 @@ class Executor:
         host = socket.gethostname().split(".")[0]
         self.eid = eid or f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.root_wd = os.path.abspath(root_wd or os.getcwd())
+        os.makedirs(self.root_wd, exist_ok=True)
         total = self.allocator.total
         # Everything on our ready list is ours already, so we may claim all of it ahead (look-ahead = prefetch);
         # a larger prefetch batches more per round trip but holds more work back from executors joining later.
@@ -111,8 +114,10 @@ class Executor:
     # ------------------------------------------------------------------ the dispatcher
     def _dispatch(self) -> None:
         while True:
-            self._read_inbox(block=False)
-            self._start_local()
+            # Make all the local progress there is (results in, tasks started) before one round trip reports
+            # it all: with short tasks one call then carries many.
+            while self._read_inbox(block=False) + self._start_local():
+                pass
             want = self._want()
             if self._finished or self._started or self._adopt or (want and not self._ready_empty):
                 got = self._sync(want)
@@ -141,17 +146,20 @@ class Executor:
     def _idle_exit(self) -> bool:
         return self.exit_when_idle and self.store.active() == 0
 
-    def _read_inbox(self, block: bool) -> None:
+    def _read_inbox(self, block: bool) -> int:
+        """Handle what arrived (waiting up to a second if ``block``); returns how many messages."""
         try:
             msg = self._inbox.get(timeout=1.0) if block else self._inbox.get_nowait()
         except queue.Empty:
-            return
+            return 0
+        n = 0
         while True:
             self._handle(*msg)
+            n += 1
             try:
                 msg = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                return n
 
     def _handle(self, kind: str, data: Any) -> None:
         if kind == "done":
@@ -190,19 +198,25 @@ class Executor:
             self._local.append(entry)
         return len(got)
 
-    def _start_local(self) -> None:
-        """Start claimed tasks while their cores are free, in claim order."""
+    def _start_local(self) -> int:
+        """Start claimed tasks while their cores are free, in claim order; returns how many started."""
+        n = 0
         while self._local and not self._stop.is_set():
             entry = self._local[0]
             alloc = self.allocator.allocate(entry.cores, entry.nodes or None)
             if alloc is None:
-                return
+                return n
             self._local.popleft()
+            n += 1
             spec = self._spec(entry.job)
             with self._lock:
                 self._running[entry.task] = (entry, alloc, None)
             self._started.append((entry.raw, now()))
-            self._pool.submit(self._run_task, entry, alloc, spec)
+            if get_worker(self.models.get(spec.model, spec.model) if self.models else spec.model).runs_inline:
+                self._run_task(entry, alloc, spec)
+            else:
+                self._pool.submit(self._run_task, entry, alloc, spec)
+        return n
 
     def _spec(self, job: str) -> JobSpec:
         try:

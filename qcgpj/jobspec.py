@@ -141,7 +141,26 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, s: str) -> "JobSpec":
-        return parse_job(json.loads(s))
+        """Rebuild a stored spec. It was validated when submitted, so this skips the checks: executors read
+        one spec per job on the hot path."""
+        d = json.loads(s)
+        ex, res = d["execution"], d.get("resources", {})
+        r = _Reader(d["name"])
+        spec = cls(d["name"], ex.get("exec"), ex.get("script"), ex.get("args", []), ex.get("env", {}),
+                   ex.get("stdin"), ex.get("stdout"), ex.get("stderr"), ex.get("wd"), ex.get("model", "default"),
+                   ex.get("model_opts", {}), ex.get("modules", []), ex.get("venv"))
+        if "numCores" in res:
+            spec.cores_min, spec.cores_max = r.count(res["numCores"], "resources.numCores")
+        if "numNodes" in res:
+            spec.nodes_min, spec.nodes_max = r.count(res["numNodes"], "resources.numNodes")
+        if "wt" in res:
+            spec.walltime = parse_walltime(res["wt"])
+        if "dependencies" in d:
+            spec.after = [Dependency.parse(a, spec.name) for a in d["dependencies"]["after"]]
+        if "iteration" in d:
+            spec.iteration = _read_iteration(r, d["iteration"])
+        spec.attributes = d.get("attributes", {})
+        return spec
 
 
 def _range_dict(lo: int, hi: int | None) -> Any:

@@ -96,6 +96,9 @@ class Worker(ABC):
     """A launch mode, found by its ``name`` through the ``qcgpj.workers`` entry-point group."""
 
     name: ClassVar[str]
+    #: True for a worker whose tasks end as soon as they start: the executor then runs them in its dispatcher
+    #: thread instead of handing them to a task thread.
+    runs_inline: ClassVar[bool] = False
 
     @abstractmethod
     def start(self, ctx: TaskContext) -> Running:

@@ -19,6 +19,7 @@ class _Done(Running):
 
 class NoopWorker(Worker):
     name = "noop"
+    runs_inline = True
 
     def start(self, ctx: TaskContext) -> Running:
         return _Done()
