@@ -73,6 +73,7 @@ class Executor:
         self._canceled: set[str] = set()
         self._lock = threading.Lock()               # guards _running and _canceled against task threads
         self._specs = SpecCache()
+        self._env: dict[str, str] = {}
         self._stop = threading.Event()
         self._want_work = threading.Event()
         self._dead = False
@@ -85,6 +86,7 @@ class Executor:
     def start(self) -> None:
         """Register and start the helper threads; :meth:`serve` is the dispatcher."""
         sys.setswitchinterval(SWITCH_INTERVAL)
+        self._env = dict(os.environ)   # the tasks' base environment, as it is when the executor starts
         maxnode = max(len(n.cores) for n in self.nodes)
         nodes_text = ";".join(f"{n.name}={len(n.cores)}" for n in self.nodes)
         self.store.register(self.eid, self.ttl, socket.gethostname(), nodes_text, self.allocator.total,
@@ -212,11 +214,17 @@ class Executor:
             with self._lock:
                 self._running[entry.task] = (entry, alloc, None)
             self._started.append((entry.raw, now()))
-            if get_worker(self.models.get(spec.model, spec.model) if self.models else spec.model).runs_inline:
+            if self._inline(spec.model):
                 self._run_task(entry, alloc, spec)
             else:
                 self._pool.submit(self._run_task, entry, alloc, spec)
         return n
+
+    def _inline(self, model: str) -> bool:
+        try:
+            return get_worker(self.models.get(model, model) if self.models else model).runs_inline
+        except QcgpjError:   # an unknown model: the task thread reports it as the task's failure
+            return False
 
     def _spec(self, job: str) -> JobSpec:
         try:
@@ -229,7 +237,7 @@ class Executor:
         t0 = now()
         state, code, message = "FAILED", None, ""
         try:
-            launch = build_launch(spec, entry, alloc, self.root_wd, self.local_node, self.models)
+            launch = build_launch(spec, entry, alloc, self.root_wd, self.local_node, self.models, self._env)
             running = launch.worker.start(launch.ctx)
             with self._lock:
                 self._running[entry.task] = (entry, alloc, running)

@@ -55,24 +55,15 @@ def variables(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str) -> d
             "nnodes": str(alloc.nnodes), "nlist": ",".join(alloc.nodes), "root_wd": root_wd, "jname": spec.name}
 
 
-_BASE_ENV: dict[str, str] | None = None
-
-
-def base_environment() -> dict[str, str]:
-    """The executor's environment, read once: os.environ decodes every variable on each copy, which costs more
-    than the rest of preparing a task."""
-    global _BASE_ENV
-    if _BASE_ENV is None:
-        _BASE_ENV = dict(os.environ)
-    return _BASE_ENV
-
-
 SLURM_MODELS = {"default": "srun", "threads": "srunthreads"}   # inside an allocation, tasks are srun steps
 
 
 def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, local_node: str,
-                 models: dict[str, str] | None = None) -> Launch:
-    """Everything a worker needs, with ${...} substituted; creates the working directory."""
+                 models: dict[str, str] | None = None, base_env: dict[str, str] | None = None) -> Launch:
+    """Everything a worker needs, with ${...} substituted; creates the working directory.
+
+    ``base_env`` is the executor's environment read once when it started: copying os.environ decodes every
+    variable each time, which costs more than the rest of preparing a task."""
     var = variables(spec, entry, alloc, root_wd)
 
     def sub(text: str | None) -> str | None:
@@ -94,7 +85,7 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
             os.makedirs(os.path.dirname(full), exist_ok=True)
         return full
 
-    env = base_environment().copy()
+    env = (base_env if base_env is not None else dict(os.environ)).copy()
     for key, value in spec.env.items():
         env[key] = sub(value) or ""
     local_cores = [c for node, cores in alloc.parts if node == local_node for c in cores]

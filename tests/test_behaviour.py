@@ -198,3 +198,20 @@ def test_wait_timeout_and_resources(env):
     assert res["total_cores"] == CORES and res["total_nodes"] == 1
     m.cancel("sleeper")
     assert wait(m, ["sleeper"]) == {"sleeper": "CANCELED"}
+
+
+def test_cancel_one_iteration(env):
+    m, wd = env
+    m.submit(Jobs().add(name="sw", script="while [ ! -e go ]; do sleep 0.05; done", iteration=3)
+             .add(name="after_sw", exec="/bin/true", after=["sw"]))
+    import time
+    deadline = time.monotonic() + 30
+    last = m.store.last_event_id()
+    while m.info("sw:1")["state"] != "EXECUTING":   # woken by the queue's events
+        assert time.monotonic() < deadline
+        last = m.store.wait_event(last, 0.5)
+    assert m.cancel(["sw:1"]) == {"sw:1": "canceled"}
+    (wd / "go").touch()
+    assert wait(m, ["sw", "after_sw"]) == {"sw": "CANCELED", "after_sw": "OMITTED"}
+    assert [m.info(f"sw:{i}")["state"] for i in range(3)] == ["SUCCEED", "CANCELED", "SUCCEED"]
+    assert m.cancel(["sw:1"]) == {"sw:1": "final"}

@@ -60,3 +60,22 @@ def test_worker_in_salloc_uses_both_nodes(slurm, redis_url, tmp_path):
     assert (tmp_path / "omp.out").read_text().strip() == "2"
     executor = next(iter(m.resources()["executors"].values()))
     assert executor["nodes"] == "node1=2;node2=2" and executor["state"] == "LEFT"
+
+
+def test_two_allocations_share_one_queue(slurm, redis_url, tmp_path):
+    m = Manager(redis_url)
+    m.submit(Jobs().add(name="work", script="echo $SLURMD_NODENAME $SLURM_JOB_ID; sleep 2", iteration=8,
+                        stdout="work.${it}"))
+    workers = [subprocess.Popen(["salloc", "-t", "5", "-N1", f"--nodelist={node}", "--ntasks-per-node=2",
+                                 sys.executable, "-m", "qcgpj", "worker", "--redis-url", redis_url, "--wd",
+                                 str(tmp_path), "--exit-when-idle", "--prefetch", "0"],
+                                cwd=tmp_path, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+               for node in ("node1", "node2")]
+    outputs = [w.communicate(timeout=180)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert m.status(["work"]) == {"work": "SUCCEED"}
+    seen = {tuple((tmp_path / f"work.{i}").read_text().split()) for i in range(8)}
+    assert {node for node, _job in seen} == {"node1", "node2"}
+    assert len({job for _node, job in seen}) == 2                 # two allocations, two Slurm jobs
+    assert len(m.resources()["executors"]) == 2

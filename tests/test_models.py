@@ -1,0 +1,109 @@
+"""Execution models as plugins: MPI launchers, venv and modules, and a plugin another package adds."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from qcgpj import Jobs, Manager
+from workers import available_models, get_worker
+
+
+def executable(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """Local mode pretending to own two nodes of two cores (the launchers only need their names)."""
+    m = Manager(nodes="n1:2,n2:2", root_wd=str(tmp_path))
+    yield m, tmp_path
+    m.finish()
+
+
+def test_openmpi_gets_hosts_and_ranks(two_nodes):
+    m, wd = two_nodes
+    fake = executable(wd / "mpirun", 'echo "$@" > mpirun.args\nshift 6\nexec "$@"\n')
+    m.submit(Jobs().add(name="mpi", exec="/bin/echo", args=["rank"], model="openmpi", numNodes=2, numCores=2,
+                        model_opts={"mpirun": str(fake), "mpirun_args": ["--bind-to", "core"]}, stdout="mpi.out"))
+    assert m.wait4(["mpi"], timeout=60) == {"mpi": "SUCCEED"}
+    assert (wd / "mpirun.args").read_text().split() == [
+        "--bind-to", "core", "--host", "n1:2,n2:2", "-np", "4", "/bin/echo", "rank"]
+
+
+def test_intelmpi_gets_a_machinefile(two_nodes):
+    m, wd = two_nodes
+    fake = executable(wd / "mpirun", 'echo "$@" > mpirun.args\ncat "$2" > machinefile.seen\n')
+    m.submit(Jobs().add(name="impi", exec="./app", model="intelmpi", numNodes=2, numCores=1,
+                        model_opts={"mpirun": str(fake)}))
+    assert m.wait4(["impi"], timeout=60) == {"impi": "SUCCEED"}
+    args = (wd / "mpirun.args").read_text().split()
+    assert args[0] == "-machinefile" and args[2:] == ["-n", "2", "./app"]
+    assert (wd / "machinefile.seen").read_text() == "n1:1\nn2:1\n"
+
+
+def test_venv_and_modules_are_applied(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    executable(bin_dir / "module", 'echo "$@" >> modules.log\n')   # stands in for Lmod's module command
+    old_path = os.environ["PATH"]
+    os.environ["PATH"] = f"{bin_dir}:{old_path}"
+    try:
+        with Manager(cores=1, root_wd=str(tmp_path)) as m:
+            m.submit(Jobs().add(name="py", exec="python", args=["-c", "import sys; print(sys.prefix)"],
+                                venv=str(venv), modules=["gcc/12", "openmpi"], stdout="py.out"))
+            assert m.wait4(["py"], timeout=60) == {"py": "SUCCEED"}
+    finally:
+        os.environ["PATH"] = old_path
+    assert (tmp_path / "py.out").read_text().strip() == str(venv)
+    assert (tmp_path / "modules.log").read_text().splitlines() == ["load gcc/12", "load openmpi"]
+
+
+def test_a_third_party_plugin_is_found_through_entry_points(tmp_path, monkeypatch):
+    (tmp_path / "shoutplugin.py").write_text(textwrap.dedent('''
+        from workers.base import ProcessWorker
+
+        class ShoutWorker(ProcessWorker):
+            """Runs the task's command through tr, upper-casing what it prints."""
+            name = "shout"
+
+            def command(self, ctx):
+                import shlex
+                return ["/bin/sh", "-c", " ".join(map(shlex.quote, ctx.argv)) + " | tr a-z A-Z"]
+    '''))
+    dist = tmp_path / "shoutplugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shoutplugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[qcgpj.workers]\nshout = shoutplugin:ShoutWorker\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "shout" in available_models()
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="loud", exec="/bin/echo", args=["hello"], model="shout", stdout="loud.out"))
+        assert m.wait4(["loud"], timeout=60) == {"loud": "SUCCEED"}
+    assert (tmp_path / "loud.out").read_text() == "HELLO\n"
+    assert type(get_worker("shout")).__name__ == "ShoutWorker"
+
+
+def test_unknown_model_fails_the_task_with_a_clear_message(tmp_path):
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="odd", exec="/bin/true", model="nosuchmodel"))
+        assert m.wait4(["odd"], timeout=60) == {"odd": "FAILED"}
+        assert "unknown execution model 'nosuchmodel'" in m.info("odd")["message"]
+
+
+def test_python_callable_model(tmp_path):
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="call", exec="os:makedirs", args=[str(tmp_path / "made")], model="python")
+                 .add(name="boom", exec="os:makedirs", args=[str(tmp_path / "made")], model="python",
+                      after=["call"]))
+        assert m.wait4(["call", "boom"], timeout=60) == {"call": "SUCCEED", "boom": "FAILED"}
+    assert (tmp_path / "made").is_dir()

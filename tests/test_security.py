@@ -1,0 +1,101 @@
+"""TLS and passwords, isolation of names, and a queue that redis-cli can read: no pickles anywhere."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from qcgpj import Jobs, JobSpecError, Manager
+
+from tests.cluster import Cluster
+from tests.redisproc import free_port
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """A private redis-server that speaks only TLS, with a self-signed certificate."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not found: cannot make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                             "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+                             str(cert), "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    import redis
+    import time
+    deadline = time.monotonic() + 10
+    while True:   # waiting for an external server to come up: no event to wait on
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline and proc.poll() is None, "TLS redis-server did not start"
+            time.sleep(0.05)
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+def test_rediss_tls_end_to_end(tls_redis, tmp_path):
+    c = Cluster(tls_redis, tmp_path)
+    try:
+        c.inputqueue()
+        c.worker(1)
+        m = c.manager()
+        m.submit(Jobs().add(name="secure", exec="/bin/true"))
+        assert m.wait4(["secure"], timeout=60) == {"secure": "SUCCEED"}
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("name", ["a}b", "a:b", "x y", "{ns}", "a|b", "", "../x"])
+def test_job_names_cannot_reach_other_keys(name):
+    with pytest.raises(JobSpecError, match="name"):
+        Jobs().add(name=name, exec="/bin/true")
+
+
+def test_everything_in_redis_is_plain_text(redis_url, tmp_path):
+    """What redis-cli shows is all there is: strings and JSON, never a pickle."""
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue()
+        c.worker(2)
+        m = c.manager()
+        m.submit(Jobs().add(name="a", exec="/bin/echo", args=["x"], iteration=3)
+                 .add(name="b", exec="/bin/false", after=["a"]).add(name="c", exec="/bin/true", after=["b"]))
+        m.wait4(["a", "b", "c"], timeout=60)
+    finally:
+        c.stop()
+    r = m.client
+    keys = list(r.scan_iter("qcgpj:{default}:*"))
+    assert keys and all(k.startswith("qcgpj:{default}:") for k in r.scan_iter("*"))
+    values = []
+    for k in keys:
+        kind = r.type(k)
+        if kind == "hash":
+            values += r.hvals(k)
+        elif kind == "list":
+            values += r.lrange(k, 0, -1)
+        elif kind == "set":
+            values += list(r.smembers(k))
+        elif kind == "string":
+            values.append(r.get(k))
+        elif kind == "stream":
+            values += [v for _id, fields in r.xrange(k) for v in fields.values()]
+    assert all(v.isprintable() for v in values)
+    spec = json.loads(r.hget("qcgpj:{default}:job:a", "spec"))
+    assert spec["execution"] == {"exec": "/bin/echo", "args": ["x"]}
+    assert r.hget("qcgpj:{default}:its:a", "1").startswith("SUCCEED|0|")
+
+
+def test_manager_with_tls_url_needs_a_reachable_server():
+    from qcgpj import ConnectionError as QConnectionError
+    with pytest.raises(QConnectionError, match="cannot reach Redis"):
+        Manager(f"rediss://127.0.0.1:{free_port()}/0")
