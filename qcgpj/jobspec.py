@@ -24,6 +24,7 @@ JOB_FIELDS = {"name", "execution", "resources", "dependencies", "iteration", "at
 EXEC_FIELDS = {"exec", "script", "args", "env", "stdin", "stdout", "stderr", "wd", "model", "model_opts",
                "modules", "venv"}
 RES_FIELDS = {"numCores", "numNodes", "wt"}
+_PATH_FIELDS = frozenset({"stdin", "stdout", "stderr", "wd", "venv"})
 RANGE_FIELDS = {"exact", "min", "max"}
 IGNORED_REQUESTS = {"listJobs", "status", "jobInfo", "resourcesInfo", "notify", "cancelJob", "removeJob",
                     "finish", "control"}
@@ -301,17 +302,21 @@ def _read_execution(r: _Reader, spec: JobSpec, ex: dict) -> None:
     spec.script = r.str_(ex.get("script"), "execution.script")
     if (spec.exec is None) == (spec.script is None):
         raise r.fail("execution", "exactly one of 'exec' and 'script' is required")
-    spec.args = r.strlist(ex.get("args"), "execution.args", numbers=True)
-    spec.env = r.strdict(ex.get("env"), "execution.env")
-    for key in ("stdin", "stdout", "stderr", "wd", "venv"):
-        setattr(spec, key, r.str_(ex.get(key), f"execution.{key}"))
+    if "args" in ex:
+        spec.args = r.strlist(ex["args"], "execution.args", numbers=True)
+    if "env" in ex:
+        spec.env = r.strdict(ex["env"], "execution.env")
+    for key in _PATH_FIELDS.intersection(ex):   # most jobs set few of these: look only at those present
+        setattr(spec, key, r.str_(ex[key], f"execution.{key}"))
     model = ex.get("model")
     if model is not None:
         if not isinstance(model, str) or not MODEL_RE.match(model):
             raise r.fail("execution.model", f"must be a model name like 'default' or 'threads', got {model!r}")
         spec.model = model
-    spec.model_opts = r.dict_(ex.get("model_opts"), "execution.model_opts")
-    spec.modules = r.strlist(ex.get("modules"), "execution.modules")
+    if "model_opts" in ex:
+        spec.model_opts = r.dict_(ex["model_opts"], "execution.model_opts")
+    if "modules" in ex:
+        spec.modules = r.strlist(ex["modules"], "execution.modules")
     if spec.model == "python" and (spec.exec is None or ":" not in spec.exec):
         raise r.fail("execution.exec", "the python model needs 'package.module:function'")
 

@@ -116,22 +116,29 @@ class Store:
 
     def _precheck(self, rows: list[tuple[str, str, str, str, str]]) -> None:
         names = [row[0] for row in rows]
-        in_batch = set(names)
-        external = sorted({_dep_job(d) for row in rows for d in row[4].split()} - in_batch)
-        pipe = self.r.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(self.keys.job(name))
-        for name in external:
-            pipe.exists(self.keys.job(name))
-        found = pipe.execute()
-        for name, hit in zip(names, found):
-            if hit:
-                raise DuplicateJobError(name, "name", "a job of that name is already in the queue")
-        missing = {name for name, hit in zip(external, found[len(names):]) if not hit}
+        for name in self._existing(names):
+            raise DuplicateJobError(name, "name", "a job of that name is already in the queue")
+        external = sorted({_dep_job(d) for row in rows for d in row[4].split()} - set(names))
+        missing = set(external) - set(self._existing(external))
         for row in rows:
             for d in row[4].split():
                 if _dep_job(d) in missing:
                     raise DependencyError(row[0], "dependencies.after", f"unknown job '{_dep_job(d)}'")
+
+    def _existing(self, names: list[str]) -> list[str]:
+        """Which of these jobs exist: one EXISTS per thousand names; only a hit is looked at name by name."""
+        out: list[str] = []
+        pipe = self.r.pipeline(transaction=False)
+        chunks = [names[i:i + 1000] for i in range(0, len(names), 1000)]
+        for chunk in chunks:
+            pipe.exists(*[self.keys.job(n) for n in chunk])
+        for chunk, count in zip(chunks, pipe.execute()):
+            if count:
+                pipe = self.r.pipeline(transaction=False)
+                for n in chunk:
+                    pipe.exists(self.keys.job(n))
+                out += [n for n, hit in zip(chunk, pipe.execute()) if hit]
+        return out
 
     # ------------------------------------------------------------------ queries
     def job_names(self) -> list[str]:

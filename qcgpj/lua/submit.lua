@@ -40,9 +40,10 @@ for _, j in ipairs(jobs) do
   end
 end
 
-local omit = {}
+local omit, ready_now = {}, {}
 for _, j in ipairs(jobs) do
   local jk = K_job(j.name)
+  local omitted_before = #omit
   local fields = {'spec', j.spec, 'state', 'QUEUED', 'req', j.req, 'created', NOW}
   if j.iter ~= '' then
     local it0, n = string.match(j.iter, '^(-?%d+)|(%d+)$')
@@ -89,9 +90,15 @@ for _, j in ipairs(jobs) do
   end
   if deps > 0 then fields[#fields + 1] = 'deps'; fields[#fields + 1] = deps end
   if pdeps > 0 then fields[#fields + 1] = 'pdeps'; fields[#fields + 1] = pdeps end
-  redis.call('HSET', jk, unpack(fields))
   j.ready = (deps == 0)
+  if j.ready and pdeps == 0 and #omit == omitted_before then
+    fields[4] = 'READY'   -- nothing to wait for: ready at once, queued below in one RPUSH
+    ready_now[#ready_now + 1] = j.name
+    j.ready = false
+  end
+  redis.call('HSET', jk, unpack(fields))
 end
+push_many(K_pending, ready_now)
 redis.call('INCRBY', K_active, count)
 push_many(K_jobs, (function() local t = {} for _, j in ipairs(jobs) do t[#t + 1] = j.name end return t end)())
 
