@@ -1,33 +1,42 @@
 """The job model: QCG-PilotJob's job description, parsed and checked field by field.
 
-Validation is hand-written over small typed readers rather than a JSON Schema: it must cost microseconds per
-job (100,000 jobs are submitted in seconds) and every error must name the job and the dotted field.
+The checks are hand-written over plain dicts, not a JSON Schema: a job must cost a few microseconds (100,000 jobs
+are built and submitted in about a second), and every error must name the job and the dotted field so the user
+can fix the file. The same checks serve request files (``parse_job``) and the Python builder (``make_job``).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
+import operator
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from json.encoder import encode_basestring_ascii as _q
+from typing import Any
 
 from .errors import DependencyError, DuplicateJobError, JobSpecError, ResourceError
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
-MODEL_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-WT_RE = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$")
+# Names go into Redis keys and 'name:it' task ids: no ':', '|', spaces, braces; fullmatch, so no trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
+MODEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+KNOWN_MODELS = frozenset({"default", "threads", "openmpi", "intelmpi", "srunmpi", "python"})
+WT_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d*)?)s)?")
+SECONDS_RE = re.compile(r"\d+(?:\.\d*)?")
 SUBST_RE = re.compile(r"\$\{(\w+)\}")
+AFTER = "dependencies.after"
 
-JOB_FIELDS = {"name", "execution", "resources", "dependencies", "iteration", "attributes"}
-EXEC_FIELDS = {"exec", "script", "args", "env", "stdin", "stdout", "stderr", "wd", "model", "model_opts",
-               "modules", "venv"}
-RES_FIELDS = {"numCores", "numNodes", "wt"}
-_PATH_FIELDS = frozenset({"stdin", "stdout", "stderr", "wd", "venv"})
-RANGE_FIELDS = {"exact", "min", "max"}
-IGNORED_REQUESTS = {"listJobs", "status", "jobInfo", "resourcesInfo", "notify", "cancelJob", "removeJob",
-                    "finish", "control"}
+JOB_FIELDS = frozenset({"name", "execution", "resources", "dependencies", "iteration", "attributes"})
+EXEC_FIELDS = frozenset({"exec", "script", "args", "env", "stdin", "stdout", "stderr", "wd", "model", "model_opts",
+                         "modules", "venv"})
+RES_FIELDS = frozenset({"numCores", "numNodes", "wt", "nodeCrs"})
+COUNT_FIELDS = frozenset({"exact", "min", "max", "scheduler"})
+ITER_FIELDS = frozenset({"start", "stop", "values"})
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +55,12 @@ class Iteration:
         return range(self.start, self.stop)
 
     def value(self, it: int) -> str:
-        return str(self.values[it - self.start]) if self.values is not None else str(it)
+        return str(it) if self.values is None else str(self.values[it - self.start])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"values": list(self.values)} if self.values is not None else {"start": self.start, "stop": self.stop}
+        if self.values is not None:
+            return {"values": list(self.values)}
+        return {"stop": self.stop} if self.start == 0 else {"start": self.start, "stop": self.stop}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,29 +72,29 @@ class Dependency:
     per_iteration: bool = False
 
     @classmethod
-    def parse(cls, text: Any, owner: str) -> "Dependency":
-        if not isinstance(text, str) or not text:
-            raise DependencyError(owner, "dependencies.after", f"expected a job name, got {text!r}")
+    def parse(cls, text: Any, owner: str) -> Dependency:
+        if not isinstance(text, str):
+            raise DependencyError(owner, AFTER, f"must be a job name, got {_show(text)}")
         job, sep, it = text.partition(":")
-        if not NAME_RE.match(job):
-            raise DependencyError(owner, "dependencies.after", f"invalid job name {job!r}")
+        if NAME_RE.fullmatch(job) is None:
+            raise DependencyError(owner, AFTER, f"'{text}': {job!r} is not a valid job name")
         if not sep:
             return cls(job)
         if it == "${it}":
-            return cls(job, per_iteration=True)
-        if it.isdigit():
-            return cls(job, iteration=int(it))
-        raise DependencyError(owner, "dependencies.after", f"'{text}': after ':' expected an iteration or ${{it}}")
+            return cls(job, None, True)
+        if it.isascii() and it.isdigit():
+            return cls(job, int(it))
+        raise DependencyError(owner, AFTER, f"'{text}': expected 'job', 'job:N' or 'job:${{it}}'")
 
     def __str__(self) -> str:
         if self.per_iteration:
-            return f"{self.job}:${{it}}"
+            return self.job + ":${it}"
         return self.job if self.iteration is None else f"{self.job}:{self.iteration}"
 
 
 @dataclass(slots=True)
 class JobSpec:
-    """One job as submitted; stored as its QCG-PilotJob JSON (``to_json``), read back by the executors."""
+    """One job as submitted; stored as its QCG-PilotJob JSON (``to_json``) and read back by the executors."""
 
     name: str
     exec: str | None = None
@@ -109,354 +120,513 @@ class JobSpec:
 
     @property
     def n_iterations(self) -> int:
-        return self.iteration.count if self.iteration is not None else 1
+        return 1 if self.iteration is None else self.iteration.count
 
     def to_dict(self) -> dict[str, Any]:
-        ex: dict[str, Any] = {"exec": self.exec} if self.exec is not None else {"script": self.script}
-        for key in ("args", "env", "stdin", "stdout", "stderr", "wd", "model_opts", "modules", "venv"):
-            value = getattr(self, key)
-            if value:
-                ex[key] = value
-        if self.model != "default":
-            ex["model"] = self.model
-        d: dict[str, Any] = {"name": self.name, "execution": ex}
-        res: dict[str, Any] = {}
-        if (self.cores_min, self.cores_max) != (1, 1):
-            res["numCores"] = _range_dict(self.cores_min, self.cores_max)
-        if self.nodes_min is not None:
-            res["numNodes"] = _range_dict(self.nodes_min, self.nodes_max)
-        if self.walltime is not None:
-            res["wt"] = f"{self.walltime:g}s"
-        if res:
-            d["resources"] = res
-        if self.after:
-            d["dependencies"] = {"after": [str(a) for a in self.after]}
-        if self.iteration is not None:
-            d["iteration"] = self.iteration.to_dict()
-        if self.attributes:
-            d["attributes"] = self.attributes
-        return d
+        """The QCG-PilotJob description, without empty or default fields (a fresh copy)."""
+        return json.loads(self.to_json())
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        """Compact JSON, written by hand: it is on the submit path of every job, where the general encoder
+        costs several times more. Strings are escaped as ``json.dumps`` does."""
+        ex = []
+        if self.exec:
+            ex.append('"exec":' + _q(self.exec))
+        if self.script:
+            ex.append('"script":' + _q(self.script))
+        if self.args:
+            ex.append('"args":[' + ",".join(map(_q, self.args)) + "]")
+        if self.env:
+            ex.append('"env":{' + ",".join([_q(k) + ":" + _q(v) for k, v in self.env.items()]) + "}")
+        for key, value in (("stdin", self.stdin), ("stdout", self.stdout), ("stderr", self.stderr), ("wd", self.wd)):
+            if value:
+                ex.append(f'"{key}":' + _q(value))
+        if self.model != "default":
+            ex.append('"model":' + _q(self.model))
+        if self.model_opts:
+            ex.append('"model_opts":' + _ENCODE(self.model_opts))
+        if self.modules:
+            ex.append('"modules":[' + ",".join(map(_q, self.modules)) + "]")
+        if self.venv:
+            ex.append('"venv":' + _q(self.venv))
+        out = ['{"name":', _q(self.name), ',"execution":{', ",".join(ex), "}"]
+        res = []
+        if self.cores_min != 1 or self.cores_max != 1:
+            res.append('"numCores":' + _count_json(self.cores_min, self.cores_max))
+        if self.nodes_min is not None:
+            res.append('"numNodes":' + _count_json(self.nodes_min, self.nodes_max))
+        if self.walltime is not None:
+            res.append('"wt":"' + format_walltime(self.walltime) + '"')
+        if res:
+            out.append(',"resources":{' + ",".join(res) + "}")
+        if self.after:
+            out.append(',"dependencies":{"after":[' + ",".join([_q(str(a)) for a in self.after]) + "]}")
+        if self.iteration is not None:
+            out.append(',"iteration":' + _ENCODE(self.iteration.to_dict()))
+        if self.attributes:
+            out.append(',"attributes":' + _ENCODE(self.attributes))
+        out.append("}")
+        return "".join(out)
 
     @classmethod
-    def from_json(cls, s: str) -> "JobSpec":
-        """Rebuild a stored spec. It was validated when submitted, so this skips the checks: executors read
-        one spec per job on the hot path."""
+    def from_json(cls, s: str) -> JobSpec:
+        """Rebuild a stored spec. It was checked when submitted, so this trusts it: executors read one per job."""
         d = json.loads(s)
         ex, res = d["execution"], d.get("resources", {})
-        r = _Reader(d["name"])
-        spec = cls(d["name"], ex.get("exec"), ex.get("script"), ex.get("args", []), ex.get("env", {}),
+        cores = _count_trusted(res.get("numCores"), 1)
+        nodes = _count_trusted(res.get("numNodes"), None)
+        it = d.get("iteration")
+        if it is not None:
+            values = it.get("values")
+            it = Iteration(0, len(values), tuple(values)) if values is not None else Iteration(it.get("start", 0),
+                                                                                               it["stop"])
+        wt = res.get("wt")
+        after = [Dependency.parse(a, d["name"]) for a in d["dependencies"]["after"]] if "dependencies" in d else []
+        return cls(d["name"], ex.get("exec"), ex.get("script"), ex.get("args", []), ex.get("env", {}),
                    ex.get("stdin"), ex.get("stdout"), ex.get("stderr"), ex.get("wd"), ex.get("model", "default"),
-                   ex.get("model_opts", {}), ex.get("modules", []), ex.get("venv"))
-        if "numCores" in res:
-            spec.cores_min, spec.cores_max = r.count(res["numCores"], "resources.numCores")
-        if "numNodes" in res:
-            spec.nodes_min, spec.nodes_max = r.count(res["numNodes"], "resources.numNodes")
-        if "wt" in res:
-            spec.walltime = parse_walltime(res["wt"])
-        if "dependencies" in d:
-            spec.after = [Dependency.parse(a, spec.name) for a in d["dependencies"]["after"]]
-        if "iteration" in d:
-            spec.iteration = _read_iteration(r, d["iteration"])
-        spec.attributes = d.get("attributes", {})
-        return spec
+                   ex.get("model_opts", {}), ex.get("modules", []), ex.get("venv"), cores[0], cores[1], nodes[0],
+                   nodes[1], None if wt is None else parse_walltime(wt), after, it, d.get("attributes", {}))
 
 
-def _range_dict(lo: int, hi: int | None) -> Any:
+def _count_dict(lo: int, hi: int | None) -> dict[str, int]:
     if hi == lo:
         return {"exact": lo}
     return {"min": lo} if hi is None else {"min": lo, "max": hi}
 
 
-# ---------------------------------------------------------------------- small typed readers
-class _Reader:
-    """Reads one job's dict, raising errors that name the job and the dotted field."""
-
-    def __init__(self, job: str | None) -> None:
-        self.job = job
-
-    def fail(self, fld: str, msg: str) -> JobSpecError:
-        return JobSpecError(self.job, fld, msg)
-
-    def known(self, d: Mapping[str, Any], allowed: set[str], where: str) -> None:
-        for key in d:
-            if key not in allowed:
-                path = f"{where}.{key}" if where else key
-                raise self.fail(path, f"unknown field (known: {', '.join(sorted(allowed))})")
-
-    def dict_(self, value: Any, fld: str) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(fld, f"must be an object, got {type(value).__name__}")
-        return value
-
-    def str_(self, value: Any, fld: str) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self.fail(fld, f"must be a non-empty string, got {value!r}")
-        return value
-
-    def strlist(self, value: Any, fld: str, numbers: bool = False) -> list[str]:
-        if value is None:
-            return []
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list):
-            raise self.fail(fld, f"must be a list, got {type(value).__name__}")
-        out = []
-        for i, v in enumerate(value):
-            if isinstance(v, str) or (numbers and isinstance(v, (int, float)) and not isinstance(v, bool)):
-                out.append(str(v))
-            else:
-                raise self.fail(f"{fld}[{i}]", f"must be a string, got {v!r}")
-        return out
-
-    def strdict(self, value: Any, fld: str) -> dict[str, str]:
-        d = self.dict_(value, fld)
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                raise self.fail(f"{fld}.{k}", f"must be a string, got {v!r}")
-            out[str(k)] = str(v)
-        return out
-
-    def count(self, value: Any, fld: str) -> tuple[int, int | None]:
-        """An int, {exact}, or {min, max}: (min, max) with max None for no upper bound."""
-        if _is_int(value):
-            return self.positive(value, fld), self.positive(value, fld)
-        d = self.dict_(value, fld)
-        self.known(d, RANGE_FIELDS, fld)
-        if "exact" in d:
-            if "min" in d or "max" in d:
-                raise self.fail(fld, "'exact' excludes 'min' and 'max'")
-            n = self.positive(d["exact"], f"{fld}.exact")
-            return n, n
-        if "min" not in d and "max" not in d:
-            raise self.fail(fld, "expected an integer, {exact} or {min, max}")
-        lo = self.positive(d.get("min", 1), f"{fld}.min")
-        hi = self.positive(d["max"], f"{fld}.max") if "max" in d else None
-        if hi is not None and hi < lo:
-            raise self.fail(f"{fld}.max", f"max {hi} is less than min {lo}")
-        return lo, hi
-
-    def positive(self, value: Any, fld: str) -> int:
-        if not _is_int(value) or value < 1:
-            raise self.fail(fld, f"must be a positive integer, got {value!r}")
-        return int(value)
+def _count_json(lo: int, hi: int | None) -> str:
+    if hi == lo:
+        return f'{{"exact":{lo}}}'
+    return f'{{"min":{lo}}}' if hi is None else f'{{"min":{lo},"max":{hi}}}'
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _count_trusted(v: Any, default: int | None) -> tuple[Any, Any]:
+    if v is None:
+        return default, default
+    if isinstance(v, int):
+        return v, v
+    if "exact" in v:
+        return v["exact"], v["exact"]
+    return v.get("min", 1), v.get("max")
+
+
+# ---------------------------------------------------------------------- small checks
+def _show(v: Any) -> str:
+    """A value for an error message: its JSON type and a short repr."""
+    kind = {dict: "object", list: "array", tuple: "array", str: "string", bool: "boolean", int: "integer",
+            float: "number", type(None): "null"}.get(type(v), type(v).__name__)
+    text = repr(v)
+    return f"{kind} {text[:60] + '...' if len(text) > 63 else text}"
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
+        raise JobSpecError(name if isinstance(name, str) and name else None, "name",
+                           "required; 1-200 letters, digits, '_', '.' or '-', not starting with '.' or '-' "
+                           f"(no ':', '|', spaces or braces), got {_show(name)}")
+    return name
+
+
+def _str(job: str, v: Any, fld: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise JobSpecError(job, fld, f"must be a non-empty string, got {_show(v)}")
+    return v
+
+
+def _dict(job: str, v: Any, fld: str) -> dict:
+    if not isinstance(v, dict):
+        raise JobSpecError(job, fld, f"must be an object, got {_show(v)}")
+    return v
+
+
+def _known(job: str | None, d: dict, allowed: frozenset, where: str) -> None:
+    for key in d:
+        if key not in allowed:
+            raise JobSpecError(job, f"{where}.{key}" if where else str(key),
+                               f"unknown field (known: {', '.join(sorted(allowed))})")
+
+
+def _arg(job: str, v: Any, fld: str) -> str:
+    """A string, or a number turned into one (QCG-PilotJob accepts numeric arguments)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    raise JobSpecError(job, fld, f"must be a string or a number, got {_show(v)}")
+
+
+def _strlist(job: str, v: Any, fld: str, numbers: bool) -> list[str]:
+    if isinstance(v, str) and not numbers:
+        return [_str(job, v, fld)]
+    if not isinstance(v, (list, tuple)):
+        raise JobSpecError(job, fld, f"must be a list, got {_show(v)}")
+    if numbers:
+        return [x if type(x) is str else _arg(job, x, f"{fld}[{i}]") for i, x in enumerate(v)]
+    return [_str(job, x, f"{fld}[{i}]") for i, x in enumerate(v)]
+
+
+def _env(job: str, v: Any) -> dict[str, str]:
+    out = {}
+    for k, x in _dict(job, v, "execution.env").items():
+        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
+            raise JobSpecError(job, "execution.env", f"{k!r} is not a variable name")
+        out[k] = x if type(x) is str else _arg(job, x, f"execution.env.{k}")
+    return out
+
+
+def _positive(job: str, v: Any, fld: str, least: int = 1) -> int:
+    if type(v) is int and v >= least:
+        return v
+    n = None
+    if not isinstance(v, (bool, float)):
+        try:
+            n = operator.index(v)   # numpy integers are welcome too
+        except TypeError:
+            pass
+    if n is None or n < least:
+        raise JobSpecError(job, fld, f"must be a {'positive' if least else 'non-negative'} integer, got {_show(v)}")
+    return n
+
+
+def _count(job: str, v: Any, fld: str) -> tuple[int, int | None]:
+    """An integer, ``{exact}`` or ``{min, max}`` -> (min, max); max None means no upper bound."""
+    if not isinstance(v, dict):
+        n = _positive(job, v, fld)
+        return n, n
+    _known(job, v, COUNT_FIELDS, fld)
+    if v.get("scheduler") is not None:
+        _warn_once(f"'{fld}.scheduler' (QCG-PilotJob's iteration resource scheduler) is ignored by qcgpj: "
+                   "each iteration gets between min and max as the executor finds them free")
+    exact, lo, hi = v.get("exact"), v.get("min"), v.get("max")
+    if exact is not None:
+        if lo is not None or hi is not None:
+            raise JobSpecError(job, fld, "'exact' cannot be combined with 'min' or 'max'")
+        n = _positive(job, exact, fld + ".exact")
+        return n, n
+    if lo is None and hi is None:
+        raise JobSpecError(job, fld, "needs 'exact', 'min' or 'max'")
+    lo = 1 if lo is None else _positive(job, lo, fld + ".min")
+    hi = None if hi is None else _positive(job, hi, fld + ".max")
+    if hi is not None and hi < lo:
+        raise JobSpecError(job, fld + ".max", f"must not be less than min ({lo}), got {hi}")
+    return lo, hi
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def _plain(job: str, v: Any, fld: str) -> None:
+    """Free-form values (attributes, model_opts) must survive JSON unchanged."""
+    if v is None or isinstance(v, (str, bool, int)):
+        return
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise JobSpecError(job, fld, f"must be a finite number, got {v!r}")
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise JobSpecError(job, fld, f"keys must be strings, got {_show(k)}")
+            _plain(job, x, f"{fld}.{k}")
+    elif isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            _plain(job, x, f"{fld}[{i}]")
+    else:
+        raise JobSpecError(job, fld, f"must be JSON data (string, number, boolean, null, list, object), got {_show(v)}")
 
 
 def parse_walltime(s: Any) -> float:
-    """'1h2m3s', '10m', '30s', '2h', '1d' or a number of seconds."""
+    """Seconds from '1h2m3s', '10m', '30s', '2h', '1d', '90' or a number; ValueError (TypeError) if malformed."""
     if isinstance(s, (int, float)) and not isinstance(s, bool):
-        if s <= 0:
-            raise ValueError("must be positive")
-        return float(s)
-    if not isinstance(s, str) or not s.strip():
-        raise ValueError(f"expected a duration like '1h30m', got {s!r}")
-    m = WT_RE.match(s)
-    if not m or not any(m.groups()):
-        raise ValueError(f"expected a duration like '1h30m' or '90s', got {s!r}")
-    d, h, mi, sec = m.groups()
-    total = int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0)
-    if total <= 0:
-        raise ValueError("must be positive")
-    return total
+        seconds = float(s)
+    elif isinstance(s, str):
+        text = s.replace(" ", "").lower()
+        if SECONDS_RE.fullmatch(text):
+            seconds = float(text)
+        else:
+            m = WT_RE.fullmatch(text)
+            if m is None or not text:
+                raise ValueError(f"expected a duration like '1h30m', '10m', '45s' or a number of seconds, got {s!r}")
+            d, h, mi, sec = m.groups()
+            seconds = int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0)
+    else:
+        raise TypeError(f"expected a duration like '1h30m' or a number of seconds, got {_show(s)}")
+    if not 0.001 <= seconds < math.inf:
+        raise ValueError(f"must be a positive duration of at least 1ms, got {s!r}")
+    return seconds
 
 
-def parse_job(d: Any) -> JobSpec:
-    """One QCG-PilotJob job description -> JobSpec; raises JobSpecError naming the job and field."""
-    if not isinstance(d, dict):
-        raise JobSpecError(None, None, f"a job description must be an object, got {type(d).__name__}")
-    name = d.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise JobSpecError(name if isinstance(name, str) else None, "name",
-                           "required; letters, digits, '_', '.', '-' (no ':', spaces or braces), at most 200")
-    r = _Reader(name)
-    r.known(d, JOB_FIELDS, "")
-    spec = JobSpec(name=name)
-    _read_execution(r, spec, r.dict_(d.get("execution"), "execution"))
-    _read_resources(r, spec, r.dict_(d.get("resources"), "resources"))
-    deps = r.dict_(d.get("dependencies"), "dependencies")
-    r.known(deps, {"after"}, "dependencies")
-    after = deps.get("after")
-    if after is not None and not isinstance(after, (list, str)):
-        raise r.fail("dependencies.after", "must be a list of job names")
-    spec.after = [Dependency.parse(a, name) for a in ([after] if isinstance(after, str) else after or [])]
-    if "iteration" in d and d["iteration"] is not None:
-        spec.iteration = _read_iteration(r, d["iteration"])
-    spec.attributes = r.dict_(d.get("attributes"), "attributes")
+def format_walltime(seconds: float) -> str:
+    """The 'XhYmZs' form QCG-PilotJob reads; fractions of a second (our extension) as seconds."""
+    if seconds != int(seconds):
+        return repr(float(seconds)) + "s"   # no exponent: parse_walltime allows no less than 1ms
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((h, "h"), (m, "m"), (s, "s")) if n) or "0s"
+
+
+# ---------------------------------------------------------------------- building a spec
+def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, env: Any = None,
+             stdin: Any = None, stdout: Any = None, stderr: Any = None, wd: Any = None, model: Any = None,
+             model_opts: Any = None, modules: Any = None, venv: Any = None, numCores: Any = None,
+             numNodes: Any = None, wt: Any = None, after: Any = None, iteration: Any = None,
+             attributes: Any = None) -> JobSpec:
+    """A checked JobSpec from the fields of a description (None = absent); the builder and the parser share it."""
+    job = _check_name(name)
+    if exec is not None:
+        _str(job, exec, "execution.exec")
+    if script is not None:
+        _str(job, script, "execution.script")
+    if (exec is None) == (script is None):
+        raise JobSpecError(job, "execution", "exactly one of 'exec' and 'script' is required")
+    args = [] if args is None else _strlist(job, args, "execution.args", True)
+    if script is not None and args:
+        raise JobSpecError(job, "execution.args", "'args' go with 'exec'; a 'script' is run as written")
+    spec = JobSpec(job, exec, script, args, {} if env is None else _env(job, env))
+    for key, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr), ("wd", wd), ("venv", venv)):
+        if value is not None:
+            setattr(spec, key, _str(job, value, "execution." + key))
+    if model is not None:
+        spec.model = _model(job, model, exec)
+    if model_opts is not None:
+        _plain(job, _dict(job, model_opts, "execution.model_opts"), "execution.model_opts")
+        spec.model_opts = dict(model_opts)
+    if modules is not None:
+        spec.modules = _strlist(job, modules, "execution.modules", False)
+    if numCores is not None:
+        spec.cores_min, spec.cores_max = _count(job, numCores, "resources.numCores")
+    if numNodes is not None:
+        spec.nodes_min, spec.nodes_max = _count(job, numNodes, "resources.numNodes")
+    if wt is not None:
+        try:
+            spec.walltime = parse_walltime(wt)
+        except (ValueError, TypeError) as exc:
+            raise JobSpecError(job, "resources.wt", str(exc)) from None
+    if after is not None:
+        spec.after = _after(job, after)
+    if iteration is not None:
+        spec.iteration = _iteration(job, iteration)
+    elif spec.after and any(d.per_iteration for d in spec.after):
+        raise DependencyError(job, AFTER, "'job:${it}' is only for iterative jobs")
+    if attributes is not None:
+        _plain(job, _dict(job, attributes, "attributes"), "attributes")
+        spec.attributes = dict(attributes)
     return spec
 
 
-def _read_execution(r: _Reader, spec: JobSpec, ex: dict) -> None:
-    r.known(ex, EXEC_FIELDS, "execution")
-    spec.exec = r.str_(ex.get("exec"), "execution.exec")
-    spec.script = r.str_(ex.get("script"), "execution.script")
-    if (spec.exec is None) == (spec.script is None):
-        raise r.fail("execution", "exactly one of 'exec' and 'script' is required")
-    if "args" in ex:
-        spec.args = r.strlist(ex["args"], "execution.args", numbers=True)
-    if "env" in ex:
-        spec.env = r.strdict(ex["env"], "execution.env")
-    for key in _PATH_FIELDS.intersection(ex):   # most jobs set few of these: look only at those present
-        setattr(spec, key, r.str_(ex[key], f"execution.{key}"))
-    model = ex.get("model")
-    if model is not None:
-        if not isinstance(model, str) or not MODEL_RE.match(model):
-            raise r.fail("execution.model", f"must be a model name like 'default' or 'threads', got {model!r}")
-        spec.model = model
-    if "model_opts" in ex:
-        spec.model_opts = r.dict_(ex["model_opts"], "execution.model_opts")
-    if "modules" in ex:
-        spec.modules = r.strlist(ex["modules"], "execution.modules")
-    if spec.model == "python" and (spec.exec is None or ":" not in spec.exec):
-        raise r.fail("execution.exec", "the python model needs 'package.module:function'")
+def _model(job: str, model: Any, exec: Any) -> str:
+    if not isinstance(model, str) or MODEL_RE.fullmatch(model) is None:
+        raise JobSpecError(job, "execution.model", f"must be a model name like 'default' or 'openmpi', got {_show(model)}")
+    if model.lower() in KNOWN_MODELS:   # QCG-PilotJob ignores the case of its models; plugins keep theirs
+        model = model.lower()
+    if model == "python" and (exec is None or ":" not in exec):
+        raise JobSpecError(job, "execution.exec", "the python model runs 'package.module:function' given as 'exec'")
+    return model
 
 
-def _read_resources(r: _Reader, spec: JobSpec, res: dict) -> None:
-    r.known(res, RES_FIELDS, "resources")
-    if res.get("numCores") is not None:
-        spec.cores_min, spec.cores_max = r.count(res["numCores"], "resources.numCores")
-    if res.get("numNodes") is not None:
-        spec.nodes_min, spec.nodes_max = r.count(res["numNodes"], "resources.numNodes")
-    if res.get("wt") is not None:
-        try:
-            spec.walltime = parse_walltime(res["wt"])
-        except ValueError as exc:
-            raise r.fail("resources.wt", str(exc)) from None
+def _after(job: str, after: Any) -> list[Dependency]:
+    if not isinstance(after, (list, tuple)):
+        raise JobSpecError(job, AFTER, f"must be a list of job names, got {_show(after)}")
+    deps: list[Dependency] = []
+    for text in after:
+        dep = Dependency.parse(text, job)
+        if dep.job == job:
+            raise DependencyError(job, AFTER, f"'{text}': a job cannot depend on itself")
+        if dep not in deps:   # a repeated name would be counted twice and never reach zero
+            deps.append(dep)
+    return deps
 
 
-def _read_iteration(r: _Reader, it: Any) -> Iteration:
-    if _is_int(it):
-        it = {"stop": it}
-    d = r.dict_(it, "iteration")
-    r.known(d, {"start", "stop", "values"}, "iteration")
-    if "values" in d:
-        if "start" in d or "stop" in d:
-            raise r.fail("iteration", "'values' excludes 'start' and 'stop'")
-        vals = d["values"]
-        if not isinstance(vals, list) or not vals:
-            raise r.fail("iteration.values", "must be a non-empty list")
-        return Iteration(0, len(vals), tuple(vals))
-    if "stop" not in d:
-        raise r.fail("iteration.stop", "required (or 'values')")
-    start = d.get("start", 0)
-    for key, v in (("start", start), ("stop", d["stop"])):
-        if not _is_int(v) or v < 0:
-            raise r.fail(f"iteration.{key}", f"must be a non-negative integer, got {v!r}")
-    if d["stop"] <= start:
-        raise r.fail("iteration.stop", f"must be greater than start ({start})")
-    return Iteration(start, d["stop"])
+def _iteration(job: str, v: Any) -> Iteration:
+    _known(job, _dict(job, v, "iteration"), ITER_FIELDS, "iteration")
+    values = v.get("values")
+    if values is not None:
+        if v.get("start") is not None or v.get("stop") is not None:
+            raise JobSpecError(job, "iteration", "'values' cannot be combined with 'start' or 'stop'")
+        if not isinstance(values, (list, tuple)) or not values:
+            raise JobSpecError(job, "iteration.values", f"must be a non-empty list, got {_show(values)}")
+        for i, x in enumerate(values):
+            if not isinstance(x, (str, int, float)) or isinstance(x, bool) or (type(x) is float and
+                                                                             not math.isfinite(x)):
+                raise JobSpecError(job, f"iteration.values[{i}]", f"must be a string or a number, got {_show(x)}")
+        return Iteration(0, len(values), tuple(values))
+    if v.get("stop") is None:
+        raise JobSpecError(job, "iteration.stop", "required (or 'values')")
+    start = 0 if v.get("start") is None else _positive(job, v["start"], "iteration.start", 0)
+    stop = _positive(job, v["stop"], "iteration.stop", 0)
+    if stop <= start:
+        raise JobSpecError(job, "iteration.stop", f"must be greater than start ({start}), got {stop}")
+    return Iteration(start, stop)
 
 
-# ---------------------------------------------------------------------- files and batches
+def parse_job(d: Any) -> JobSpec:
+    """One QCG-PilotJob job description -> JobSpec; raises JobSpecError naming the job and field.
+
+    A null value counts as absent: QCG-PilotJob itself writes ``"script": null`` next to ``"exec"``."""
+    if not isinstance(d, dict):
+        raise JobSpecError(None, None, f"a job description must be an object, got {_show(d)}")
+    job = _check_name(d.get("name"))
+    _known(job, d, JOB_FIELDS, "")
+    ex = d.get("execution")
+    if ex is None:
+        raise JobSpecError(job, "execution", "required: an object with 'exec' or 'script'")
+    _known(job, _dict(job, ex, "execution"), EXEC_FIELDS, "execution")
+    res = d.get("resources")
+    res = {} if res is None else _dict(job, res, "resources")
+    _known(job, res, RES_FIELDS, "resources")
+    if res.get("nodeCrs"):
+        raise JobSpecError(job, "resources.nodeCrs", "consumable resources (such as GPUs) are not supported by qcgpj")
+    deps = d.get("dependencies")
+    deps = {} if deps is None else _dict(job, deps, "dependencies")
+    _known(job, deps, frozenset({"after"}), "dependencies")
+    return make_job(job, **ex, numCores=res.get("numCores"), numNodes=res.get("numNodes"), wt=res.get("wt"),
+                    after=deps.get("after"), iteration=d.get("iteration"), attributes=d.get("attributes"))
+
+
+# ---------------------------------------------------------------------- request files
+IGNORED_REQUESTS = frozenset({"listJobs", "jobStatus", "jobInfo", "status", "resourcesInfo", "cancelJob",
+                              "removeJob", "notify", "register"})
+
+
 def parse_jobs_text(text: str) -> tuple[list[JobSpec], bool]:
-    """A request file (QCG-PilotJob's requests, or a bare list of jobs) -> (jobs, finish after all done)."""
+    """A request file: QCG-PilotJob's list of requests, or a bare list of job descriptions (its
+    ``Jobs.save_to_file``). Returns the jobs and whether ``finishAfterAllTasksDone`` was asked for."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise JobSpecError(None, None, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    if isinstance(data, dict):
-        data = [data]
     if not isinstance(data, list):
-        raise JobSpecError(None, None, "expected a list of requests or of job descriptions")
+        raise JobSpecError(None, None, f"expected a list of requests or of job descriptions, got {_show(data)}")
     jobs: list[JobSpec] = []
     finish = False
     for i, item in enumerate(data):
         if isinstance(item, dict) and "request" in item:
-            req = item["request"]
-            if req == "submit":
-                sub = item.get("jobs")
-                if not isinstance(sub, list):
-                    raise JobSpecError(None, f"[{i}].jobs", "a submit request needs a list of jobs")
-                jobs.extend(parse_job(j) for j in sub)
-            elif req == "control" and item.get("command") == "finishAfterAllTasksDone":
-                finish = True
-            elif req in IGNORED_REQUESTS:
-                log.warning("request %d (%s) is not needed by qcgpj and was ignored", i, req)
-            else:
-                raise JobSpecError(None, f"[{i}].request", f"unknown request {req!r}")
+            finish = _request(item, f"[{i}]", jobs) or finish
         else:
-            jobs.append(parse_job(item))
+            jobs.append(_job_at(item, f"[{i}]"))
     return jobs, finish
+
+
+def _request(req: dict, where: str, jobs: list[JobSpec]) -> bool:
+    """Apply one request; True for finishAfterAllTasksDone."""
+    kind = req["request"]
+    if not isinstance(kind, str):
+        raise JobSpecError(None, where + ".request", f"must be a request name, got {_show(kind)}")
+    if kind == "submit":
+        _known(None, req, frozenset({"request", "jobs"}), where)
+        sub = req.get("jobs")
+        if not isinstance(sub, list) or not sub:
+            raise JobSpecError(None, where + ".jobs", "a submit request needs a non-empty list of jobs")
+        jobs.extend(_job_at(j, f"{where}.jobs[{k}]") for k, j in enumerate(sub))
+    elif kind == "control":
+        if req.get("command") != "finishAfterAllTasksDone":
+            raise JobSpecError(None, where + ".command", f"unknown control command {req.get('command')!r} "
+                                                         "(known: finishAfterAllTasksDone)")
+        return True
+    elif kind == "finish":
+        log.info("request %s: 'finish' read; qcgpj ends when the jobs are done", where)
+    elif kind in IGNORED_REQUESTS:
+        log.warning("request %s (%s) has no meaning in a qcgpj file and is ignored", where, kind)
+    else:
+        raise JobSpecError(None, where + ".request", f"unknown request {kind!r}")
+    return False
+
+
+def _job_at(item: Any, where: str) -> JobSpec:
+    """parse_job, with the position in the file when the job has no usable name to point at."""
+    try:
+        return parse_job(item)
+    except JobSpecError as exc:
+        if exc.job is not None:
+            raise
+        fld = where if exc.field is None else f"{where}.{exc.field}"
+        raise type(exc)(None, fld, exc.message) from None
 
 
 def parse_jobs_file(path: str) -> tuple[list[JobSpec], bool]:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    except OSError as exc:
-        raise JobSpecError(None, None, f"cannot read {path}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobSpecError(None, None, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return parse_jobs_text(text)
 
 
+# ---------------------------------------------------------------------- batches
 def check_batch(jobs: list[JobSpec], max_cores: int | None = None, max_nodes: int | None = None) -> set[str]:
     """Checks that need the whole batch; returns the dependencies outside it (the store checks they exist)."""
     by_name: dict[str, JobSpec] = {}
     for j in jobs:
         if j.name in by_name:
-            raise DuplicateJobError(j.name, "name", "used twice in this batch")
+            raise DuplicateJobError(j.name, "name", "used by more than one job of this batch")
         by_name[j.name] = j
     external: set[str] = set()
     for j in jobs:
-        _check_resources(j, max_cores, max_nodes)
+        _check_fits(j, max_cores, max_nodes)
         for dep in j.after:
             if dep.job == j.name:
-                raise DependencyError(j.name, "dependencies.after", "a job cannot depend on itself")
+                raise DependencyError(j.name, AFTER, f"'{dep}': a job cannot depend on itself")
+            if dep.per_iteration and j.iteration is None:
+                raise DependencyError(j.name, AFTER, f"'{dep}' is only for iterative jobs")
             parent = by_name.get(dep.job)
             if parent is None:
                 external.add(dep.job)
-                continue
-            if dep.per_iteration and (j.iteration is None or parent.iteration is None
-                                      or j.iteration.ids() != parent.iteration.ids()):
-                raise DependencyError(j.name, "dependencies.after",
-                                      f"'{dep}' needs both jobs iterative over the same iterations")
-            if dep.iteration is not None and (parent.iteration is None or dep.iteration not in parent.iteration.ids()):
-                raise DependencyError(j.name, "dependencies.after", f"'{dep}' names no iteration of '{dep.job}'")
+            else:
+                _check_iterations(j, dep, parent)
     _check_cycles(jobs, by_name)
     return external
 
 
-def _check_resources(j: JobSpec, max_cores: int | None, max_nodes: int | None) -> None:
-    nodes = j.nodes_min or 1
-    if max_cores is not None and j.cores_min * nodes > max_cores:
+def _check_iterations(j: JobSpec, dep: Dependency, parent: JobSpec) -> None:
+    pit = parent.iteration
+    if dep.per_iteration and (pit is None or j.iteration is None or pit.ids() != j.iteration.ids()):
+        have = "is not iterative" if pit is None else f"has iterations {pit.start}..{pit.stop - 1}"
+        raise DependencyError(j.name, AFTER, f"'{dep}' needs '{dep.job}' to have the same iterations as "
+                                             f"this job ({j.iteration.start}..{j.iteration.stop - 1}), "
+                                             f"but it {have}")
+    if dep.iteration is not None and (pit is None or dep.iteration not in pit.ids()):
+        have = "is not iterative" if pit is None else f"has iterations {pit.start}..{pit.stop - 1}"
+        raise DependencyError(j.name, AFTER, f"'{dep}': '{dep.job}' {have}")
+
+
+def _check_fits(j: JobSpec, max_cores: int | None, max_nodes: int | None) -> None:
+    cores = j.cores_min * (j.nodes_min or 1)   # with numNodes, numCores is per node
+    if max_cores is not None and cores > max_cores:
         raise ResourceError(j.name, "resources.numCores",
-                            f"{j.cores_min * nodes} cores requested, but the largest executor has {max_cores}")
+                            f"needs at least {cores} cores, but the largest executor has {max_cores}")
     if max_nodes is not None and j.nodes_min is not None and j.nodes_min > max_nodes:
         raise ResourceError(j.name, "resources.numNodes",
-                            f"{j.nodes_min} nodes requested, but the largest executor has {max_nodes}")
+                            f"needs at least {j.nodes_min} nodes, but the largest executor has {max_nodes}")
 
 
 def _check_cycles(jobs: list[JobSpec], by_name: dict[str, JobSpec]) -> None:
-    state: dict[str, int] = {}   # 1 = on the current path, 2 = done
+    """Iterative depth-first search (a chain of 100,000 jobs must not hit the recursion limit)."""
+    state: dict[str, int] = {}   # 1: on the current path, 2: done
     for root in jobs:
         if root.name in state:
             continue
-        path = [root.name]
-        stack = [iter([d.job for d in root.after if d.job in by_name])]
+        path, stack = [root.name], [iter(root.after)]
         state[root.name] = 1
         while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
+            dep = next(stack[-1], None)
+            if dep is None:
                 stack.pop()
                 state[path.pop()] = 2
-            elif state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt]
-                raise DependencyError(nxt, "dependencies.after", "dependency cycle: " + " -> ".join(cycle))
-            elif nxt not in state:
-                state[nxt] = 1
-                path.append(nxt)
-                stack.append(iter([d.job for d in by_name[nxt].after if d.job in by_name]))
+            elif dep.job in by_name:
+                mark = state.get(dep.job)
+                if mark == 1:
+                    cycle = path[path.index(dep.job):] + [dep.job]
+                    raise DependencyError(dep.job, AFTER, "dependency cycle: " + " -> ".join(cycle))
+                if mark is None:
+                    state[dep.job] = 1
+                    path.append(dep.job)
+                    stack.append(iter(by_name[dep.job].after))
 
 
 def substitute(text: str, variables: Mapping[str, str]) -> str:
-    """Replace ${name} for the known names; anything else (a shell's ${HOME}) is left alone."""
+    """Replace ${name} for the names given; others (a shell's ${HOME}) stay as written."""
+    if "${" not in text:
+        return text
     return SUBST_RE.sub(lambda m: variables.get(m.group(1), m.group(0)), text)
