@@ -37,6 +37,8 @@ from workers import get_worker
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0002   # hand-offs between threads wait on the GIL; 5 ms (the default) caps throughput
 MAX_BATCH = 500
+REPORT_BATCH = 64      # reports that are sent at once, without waiting for REPORT_DELAY
+REPORT_DELAY = 0.005   # seconds a report may wait for others while work goes on (none when nothing runs)
 PREFETCH_MIN = 16
 
 
@@ -69,6 +71,7 @@ class Executor:
         self._started: list[tuple[str, str]] = []    # (entry, start time) not yet reported
         self._finished: list[Report] = []
         self._adopt: list[str] = []
+        self._oldest: float | None = None            # when the oldest unreported start or end happened
         self._running: dict[str, tuple[Entry, Allocation, Any]] = {}   # task -> (entry, cores, Running or None)
         self._canceled: set[str] = set()
         self._lock = threading.Lock()               # guards _running and _canceled against task threads
@@ -121,7 +124,7 @@ class Executor:
             while self._read_inbox(block=False) + self._start_local():
                 pass
             want = self._want()
-            if self._finished or self._started or self._adopt or (want and not self._ready_empty):
+            if self._sync_due(want):
                 got = self._sync(want)
                 self._ready_empty = want > 0 and got < want
                 if got:
@@ -132,12 +135,30 @@ class Executor:
                 return
             if want and not self._local:
                 self._want_work.set()      # the waiter blocks in BLMOVE for us
-            self._read_inbox(block=True)
+            self._read_inbox(block=True, timeout=self._report_wait())
+
+    def _sync_due(self, want: int) -> bool:
+        """Round trips are what a busy executor spends its time on: batch reports while work goes on, but
+        report at once when nothing runs (a dependent job may be waiting for exactly this report)."""
+        if self._adopt:
+            return True
+        with self._lock:
+            unreported = len(self._finished) + len(self._started)
+            if unreported and (not self._running or unreported >= REPORT_BATCH or self._report_wait() == 0):
+                return True
+            return bool(want) and not self._ready_empty and len(self._local) < self.allocator.total
+
+    def _report_wait(self) -> float:
+        """Seconds until the oldest unreported event is due (1.0 when there is none)."""
+        if self._oldest is None:
+            return 1.0
+        return max(0.0, self._oldest + REPORT_DELAY - time.monotonic())
 
     def _want(self) -> int:
         if self._stop.is_set():
             return 0
-        return max(0, self.allocator.free + self.lookahead - len(self._local) - len(self._adopt))
+        with self._lock:
+            return max(0, self.allocator.free + self.lookahead - len(self._local) - len(self._adopt))
 
     def _busy(self) -> bool:
         return bool(self._running or self._finished or self._started)
@@ -148,10 +169,10 @@ class Executor:
     def _idle_exit(self) -> bool:
         return self.exit_when_idle and self.store.active() == 0
 
-    def _read_inbox(self, block: bool) -> int:
-        """Handle what arrived (waiting up to a second if ``block``); returns how many messages."""
+    def _read_inbox(self, block: bool, timeout: float = 1.0) -> int:
+        """Handle what arrived (waiting up to ``timeout`` if ``block``); returns how many messages."""
         try:
-            msg = self._inbox.get(timeout=1.0) if block else self._inbox.get_nowait()
+            msg = self._inbox.get(timeout=max(timeout, 0.0005)) if block else self._inbox.get_nowait()
         except queue.Empty:
             return 0
         n = 0
@@ -164,16 +185,7 @@ class Executor:
                 return n
 
     def _handle(self, kind: str, data: Any) -> None:
-        if kind == "done":
-            report, alloc = data
-            with self._lock:
-                entry = self._running.pop(Entry.parse(report.entry).task)[0]
-                if entry.task in self._canceled:
-                    self._canceled.discard(entry.task)
-                    report = Report(report.entry, "CANCELED", report.exit_code, report.start, report.end, "canceled")
-            self.allocator.release(alloc)
-            self._finished.append(report)
-        elif kind == "adopt":
+        if kind == "adopt":
             self._adopt.append(data)
             self._ready_empty = False
         elif kind == "control":
@@ -183,42 +195,58 @@ class Executor:
 
     def _sync(self, want: int) -> int:
         """One round trip; returns the number of entries received."""
-        finished, self._finished = self._finished[:MAX_BATCH], self._finished[MAX_BATCH:]
-        started, self._started = self._started, []
+        with self._lock:
+            finished, self._finished = self._finished[:MAX_BATCH], self._finished[MAX_BATCH:]
+            started, self._started = self._started, []
+            self._oldest = time.monotonic() if self._finished else None
         adopt, self._adopt = self._adopt, []
         try:
             got = self.store.sync(self.eid, want, adopt, started, finished)
         except (redis.ConnectionError, redis.TimeoutError) as exc:   # keep everything and try again
             log.warning("executor %s: Redis unavailable (%s); retrying", self.eid, exc)
-            self._finished[:0], self._started[:0], self._adopt[:0] = finished, started, adopt
+            with self._lock:
+                self._finished[:0], self._started[:0] = finished, started
+            self._adopt[:0] = adopt
             self._stop.wait(1.0)
             return 0
         self.tasks_done += len(finished)
         for entry, spec_json in got:
             if spec_json:
                 self._specs.get(entry.job, spec_json)
-            self._local.append(entry)
+        with self._lock:
+            self._local.extend(entry for entry, _spec in got)
         return len(got)
 
+    def _take_local(self) -> tuple[Entry, Allocation] | None:
+        """With the lock held: the next claimed task, in claim order, if its cores are free; marked running."""
+        if not self._local or self._stop.is_set():
+            return None
+        entry = self._local[0]
+        alloc = self.allocator.allocate(entry.cores, entry.nodes or None)
+        if alloc is None:
+            return None
+        self._local.popleft()
+        self._running[entry.task] = (entry, alloc, None)
+        self._started.append((entry.raw, now()))
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        return entry, alloc
+
     def _start_local(self) -> int:
-        """Start claimed tasks while their cores are free, in claim order; returns how many started."""
+        """Start claimed tasks while their cores are free; returns how many started."""
         n = 0
-        while self._local and not self._stop.is_set():
-            entry = self._local[0]
-            alloc = self.allocator.allocate(entry.cores, entry.nodes or None)
-            if alloc is None:
-                return n
-            self._local.popleft()
-            n += 1
-            spec = self._spec(entry.job)
+        while True:
             with self._lock:
-                self._running[entry.task] = (entry, alloc, None)
-            self._started.append((entry.raw, now()))
+                got = self._take_local()
+            if got is None:
+                return n
+            n += 1
+            entry, alloc = got
+            spec = self._spec(entry.job)
             if self._inline(spec.model):
                 self._run_task(entry, alloc, spec)
             else:
                 self._pool.submit(self._run_task, entry, alloc, spec)
-        return n
 
     def _inline(self, model: str) -> bool:
         try:
@@ -234,6 +262,27 @@ class Executor:
 
     # ------------------------------------------------------------------ one task (pool thread)
     def _run_task(self, entry: Entry, alloc: Allocation, spec: JobSpec) -> None:
+        """Run a task; then, while claimed work waits and its cores are free, go on with the next one here: a
+        freed core is reused at once, without waiting for the dispatcher (which may be in a round trip)."""
+        while True:
+            report = self._execute(entry, alloc, spec)
+            with self._lock:
+                self._running.pop(entry.task, None)
+                if entry.task in self._canceled:
+                    self._canceled.discard(entry.task)
+                    report = Report(report.entry, "CANCELED", report.exit_code, report.start, report.end, "canceled")
+                self.allocator.release(alloc)
+                self._finished.append(report)
+                if self._oldest is None:
+                    self._oldest = time.monotonic()
+                got = self._take_local()
+            self._inbox.put(("done", None))
+            if got is None:
+                return
+            entry, alloc = got
+            spec = self._spec(entry.job)
+
+    def _execute(self, entry: Entry, alloc: Allocation, spec: JobSpec) -> Report:
         t0 = now()
         state, code, message = "FAILED", None, ""
         try:
@@ -258,7 +307,7 @@ class Executor:
         except Exception as exc:   # a task must always be reported, whatever broke
             log.exception("task %s: launch failed", entry.task)
             message = f"launch failed: {exc}"
-        self._inbox.put(("done", (Report(entry.raw, state, code, t0, now(), message), alloc)))
+        return Report(entry.raw, state, code, t0, now(), message)
 
     # ------------------------------------------------------------------ control
     def _on_control(self, cmd: str) -> None:
@@ -270,10 +319,12 @@ class Executor:
             self._cancel(lambda task: task == arg or task.startswith(arg + ":"))
 
     def _cancel(self, match: Callable[[str], bool]) -> None:
-        for entry in [e for e in self._local if match(e.task)]:   # claimed, not started: just give back
-            self._local.remove(entry)
-            self._finished.append(Report(entry.raw, "CANCELED", None, now(), now(), "canceled"))
         with self._lock:
+            for entry in [e for e in self._local if match(e.task)]:   # claimed, not started: just give back
+                self._local.remove(entry)
+                self._finished.append(Report(entry.raw, "CANCELED", None, now(), now(), "canceled"))
+                if self._oldest is None:
+                    self._oldest = time.monotonic()
             victims = [(task, run) for task, (_e, _a, run) in self._running.items() if match(task)]
             self._canceled.update(task for task, _run in victims)
         for task, run in victims:
@@ -285,7 +336,8 @@ class Executor:
         log.error("executor %s was declared %s; its tasks were given to others: stopping", self.eid, state)
         self._dead = True
         self._stop.set()
-        self._local.clear()
+        with self._lock:
+            self._local.clear()
         self._cancel(lambda task: True)
 
     # ------------------------------------------------------------------ helper threads

@@ -64,7 +64,7 @@ class ProcessRunning(Running):
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
-        self._killed = threading.Event()
+        self._killed = False
 
     @property
     def pid(self) -> int | None:
@@ -77,9 +77,9 @@ class ProcessRunning(Running):
             return None
 
     def kill(self) -> None:
-        if self._killed.is_set():
+        if self._killed:
             return
-        self._killed.set()
+        self._killed = True
         self._signal(signal.SIGTERM)
         t = threading.Timer(KILL_GRACE, self._signal, args=(signal.SIGKILL,))
         t.daemon = True
