@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import select
 import sys
+import time
 import pytest
 
 from qcgpj import DependencyError, DuplicateJobError, Jobs, JobSpecError, Manager, ResourceError, UnknownJobError
@@ -38,6 +39,15 @@ def env(request, tmp_path):
 
 def wait(m: Manager, names, timeout: float = 60):
     return m.wait4(names, timeout=timeout)
+
+
+def wait_state(m: Manager, name: str, state: str, timeout: float = 30) -> None:
+    """Wait, woken by the queue's events, until a job or iteration reaches a state."""
+    deadline = time.monotonic() + timeout
+    last = m.store.last_event_id()
+    while m.info(name)["state"] != state:
+        assert time.monotonic() < deadline, f"{name} never reached {state}"
+        last = m.store.wait_event(last, 0.5)
 
 
 def test_single_job_runs_and_reports(env):
@@ -137,7 +147,7 @@ def test_cancel_queued_and_running(env):
              .add(name="blocked", exec="/bin/true", after=["long"]))
     pid = int((wd / "long.pid").read_text())
     pidfd = os.pidfd_open(pid)
-    assert m.status(["long"]) == {"long": "EXECUTING"}
+    wait_state(m, "long", "EXECUTING")   # starts are reported in batches, within milliseconds
     m.cancel(["long"])
     assert wait(m, ["long", "blocked"]) == {"long": "CANCELED", "blocked": "OMITTED"}
     assert select.select([pidfd], [], [], 30)[0], "the canceled task is still running"
@@ -204,12 +214,7 @@ def test_cancel_one_iteration(env):
     m, wd = env
     m.submit(Jobs().add(name="sw", script="while [ ! -e go ]; do sleep 0.05; done", iteration=3)
              .add(name="after_sw", exec="/bin/true", after=["sw"]))
-    import time
-    deadline = time.monotonic() + 30
-    last = m.store.last_event_id()
-    while m.info("sw:1")["state"] != "EXECUTING":   # woken by the queue's events
-        assert time.monotonic() < deadline
-        last = m.store.wait_event(last, 0.5)
+    wait_state(m, "sw:1", "EXECUTING")
     assert m.cancel(["sw:1"]) == {"sw:1": "canceled"}
     (wd / "go").touch()
     assert wait(m, ["sw", "after_sw"]) == {"sw": "CANCELED", "after_sw": "OMITTED"}
