@@ -66,14 +66,20 @@ class Services:
                                                start_new_session=True))
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_processes(self.procs)
+
+
+def stop_processes(procs: list[subprocess.Popen], grace: float = 30) -> None:
+    """SIGTERM to each process group (services drain on it), SIGKILL to what is left after ``grace`` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any, Callable
 
 import click
+import redis
 
 from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
@@ -30,6 +31,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except QcgpjError as exc:
             raise click.ClickException(str(exc)) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:   # lost after the client's retries
+            raise click.ClickException(f"lost the connection to Redis: {exc}") from None
     return wrapper
 
 
