@@ -259,11 +259,13 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @click.option("--heartbeat", type=float, default=2.0, show_default=True, help="Seconds between heartbeats.")
 @click.option("--ttl", type=int, default=10, show_default=True, help="Seconds without heartbeat before it is dead.")
 @click.option("--id", "eid", default=None, help="Executor id (default: host-pid-random).")
+@click.option("--reconcile", type=float, default=5.0, show_default=True,
+              help="Seconds between checks of the running list against what this worker knows.")
 @verbose_option
 @_errors
 def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes: str | None, wd: str | None,
                 exit_when_idle: bool, prefetch: int | None, heartbeat: float, ttl: int, eid: str | None,
-                verbose: int) -> None:
+                reconcile: float, verbose: int) -> None:
     """qcgpj-worker: an executor that runs the queue's tasks on this allocation's cores."""
     from .executor import Executor
     from .resources import discover
@@ -277,7 +279,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
         raise QcgpjError(str(exc)) from None
     in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes
     ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
-                  ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm)
+                  ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile)
     _on_signals(ex.stop)
     ex.run()
 

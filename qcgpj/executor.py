@@ -48,7 +48,7 @@ class Executor:
     def __init__(self, client: redis.Redis, nodes: list[Node], namespace: str = "default",
                  eid: str | None = None, root_wd: str | None = None, prefetch: int | None = None,
                  lookahead: int | None = None, heartbeat: float = 2.0, ttl: int = 10,
-                 exit_when_idle: bool = False, slurm: bool = False) -> None:
+                 exit_when_idle: bool = False, slurm: bool = False, reconcile: float = 5.0) -> None:
         self.store = Store(client, namespace)
         self.allocator = CoreAllocator(nodes)
         self.nodes = nodes
@@ -71,6 +71,9 @@ class Executor:
         self._started: list[tuple[str, str]] = []    # (entry, start time) not yet reported
         self._finished: list[Report] = []
         self._adopt: list[str] = []
+        self.reconcile_every = reconcile
+        self._next_reconcile = time.monotonic() + reconcile
+        self._suspects: set[str] = set()             # unknown running-list entries seen at the last check
         self._oldest: float | None = None            # when the oldest unreported start or end happened
         self._running: dict[str, tuple[Entry, Allocation, Any]] = {}   # task -> (entry, cores, Running or None)
         self._canceled: set[str] = set()
@@ -131,6 +134,8 @@ class Executor:
                     continue
             if self._stop.is_set() and not self._busy():
                 return
+            if time.monotonic() >= self._next_reconcile:
+                self._reconcile()
             if self._idle() and self._idle_exit():
                 return
             if want and not self._local:
@@ -153,6 +158,26 @@ class Executor:
         if self._oldest is None:
             return 1.0
         return max(0.0, self._oldest + REPORT_DELAY - time.monotonic())
+
+    def _reconcile(self) -> None:
+        """Entries in our running list in Redis that we do not know were claimed before a Redis crash lost the
+        writes that reported them (AOF everysec). Seen unknown twice in a row (so not a claim in flight),
+        they go back to the queue. Runs in the dispatcher, so it never races our own round trips."""
+        self._next_reconcile = time.monotonic() + self.reconcile_every
+        try:
+            listed = self.store.running_entries(self.eid)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return
+        with self._lock:
+            known = {e.raw for e in self._local} | {e.raw for e, _a, _r in self._running.values()}
+            known |= {r.entry for r in self._finished} | {entry for entry, _t in self._started}
+        known |= set(self._adopt)
+        unknown = {e for e in listed if e not in known}
+        orphans, self._suspects = unknown & self._suspects, unknown - self._suspects
+        if orphans:
+            back = self.store.release(self.eid, sorted(orphans))
+            log.warning("executor %s: %d task(s) in our running list were unknown to us (lost Redis writes?); "
+                        "%d went back to the queue", self.eid, len(orphans), back)
 
     def _want(self) -> int:
         if self._stop.is_set():

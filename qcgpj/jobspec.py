@@ -1,8 +1,8 @@
 """The job model: QCG-PilotJob's job description, parsed and checked field by field.
 
-The checks are hand-written over plain dicts, not a JSON Schema: a job must cost a few microseconds (100,000 jobs
-are built and submitted in about a second), and every error must name the job and the dotted field so the user
-can fix the file. The same checks serve request files (``parse_job``) and the Python builder (``make_job``).
+The checks are hand-written over plain dicts, not a JSON Schema: a job must cost microseconds (a batch of 100,000
+jobs is built and serialised in about a second), and every error must name the job and the dotted field so the
+user can fix the file. The same checks serve request files (``parse_job``) and the Python builder (``make_job``).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
@@ -35,6 +36,8 @@ EXEC_FIELDS = frozenset({"exec", "script", "args", "env", "stdin", "stdout", "st
 RES_FIELDS = frozenset({"numCores", "numNodes", "wt", "nodeCrs"})
 COUNT_FIELDS = frozenset({"exact", "min", "max", "scheduler"})
 ITER_FIELDS = frozenset({"start", "stop", "values"})
+DEP_FIELDS = frozenset({"after"})
+SUBMIT_FIELDS = frozenset({"request", "jobs"})
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _warned: set[str] = set()
 
@@ -94,12 +97,15 @@ class Dependency:
 
 @dataclass(slots=True)
 class JobSpec:
-    """One job as submitted; stored as its QCG-PilotJob JSON (``to_json``) and read back by the executors."""
+    """One job as submitted; stored as its QCG-PilotJob JSON (``to_json``) and read back by the executors.
+
+    Sequences are tuples: a spec does not change once built, and a tuple of strings is one object less per job
+    for the garbage collector to walk (100,000 jobs in a batch)."""
 
     name: str
     exec: str | None = None
     script: str | None = None
-    args: list[str] = field(default_factory=list)
+    args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     stdin: str | None = None
     stdout: str | None = None
@@ -107,14 +113,14 @@ class JobSpec:
     wd: str | None = None
     model: str = "default"
     model_opts: dict[str, Any] = field(default_factory=dict)
-    modules: list[str] = field(default_factory=list)
+    modules: tuple[str, ...] = ()
     venv: str | None = None
     cores_min: int = 1
     cores_max: int | None = 1
     nodes_min: int | None = None
     nodes_max: int | None = None
     walltime: float | None = None
-    after: list[Dependency] = field(default_factory=list)
+    after: tuple[Dependency, ...] = ()
     iteration: Iteration | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
 
@@ -129,44 +135,48 @@ class JobSpec:
     def to_json(self) -> str:
         """Compact JSON, written by hand: it is on the submit path of every job, where the general encoder
         costs several times more. Strings are escaped as ``json.dumps`` does."""
-        ex = []
-        if self.exec:
-            ex.append('"exec":' + _q(self.exec))
+        ex = ',"exec":' + _q(self.exec) if self.exec else ""
         if self.script:
-            ex.append('"script":' + _q(self.script))
+            ex += ',"script":' + _q(self.script)
         if self.args:
-            ex.append('"args":[' + ",".join(map(_q, self.args)) + "]")
+            ex += ',"args":[' + ",".join(map(_q, self.args)) + "]"
         if self.env:
-            ex.append('"env":{' + ",".join([_q(k) + ":" + _q(v) for k, v in self.env.items()]) + "}")
-        for key, value in (("stdin", self.stdin), ("stdout", self.stdout), ("stderr", self.stderr), ("wd", self.wd)):
-            if value:
-                ex.append(f'"{key}":' + _q(value))
+            ex += ',"env":{' + ",".join([_q(k) + ":" + _q(v) for k, v in self.env.items()]) + "}"
+        if self.stdin:
+            ex += ',"stdin":' + _q(self.stdin)
+        if self.stdout:
+            ex += ',"stdout":' + _q(self.stdout)
+        if self.stderr:
+            ex += ',"stderr":' + _q(self.stderr)
+        if self.wd:
+            ex += ',"wd":' + _q(self.wd)
         if self.model != "default":
-            ex.append('"model":' + _q(self.model))
+            ex += ',"model":' + _q(self.model)
         if self.model_opts:
-            ex.append('"model_opts":' + _ENCODE(self.model_opts))
+            ex += ',"model_opts":' + _ENCODE(self.model_opts)
         if self.modules:
-            ex.append('"modules":[' + ",".join(map(_q, self.modules)) + "]")
+            ex += ',"modules":[' + ",".join(map(_q, self.modules)) + "]"
         if self.venv:
-            ex.append('"venv":' + _q(self.venv))
-        out = ['{"name":', _q(self.name), ',"execution":{', ",".join(ex), "}"]
-        res = []
-        if self.cores_min != 1 or self.cores_max != 1:
-            res.append('"numCores":' + _count_json(self.cores_min, self.cores_max))
+            ex += ',"venv":' + _q(self.venv)
+        out = '{"name":' + _q(self.name) + ',"execution":{' + ex[1:] + "}"
+        res = "" if self.cores_min == 1 and self.cores_max == 1 else \
+            ',"numCores":' + _count_json(self.cores_min, self.cores_max)
         if self.nodes_min is not None:
-            res.append('"numNodes":' + _count_json(self.nodes_min, self.nodes_max))
+            res += ',"numNodes":' + _count_json(self.nodes_min, self.nodes_max)
         if self.walltime is not None:
-            res.append('"wt":"' + format_walltime(self.walltime) + '"')
+            res += ',"wt":"' + format_walltime(self.walltime) + '"'
         if res:
-            out.append(',"resources":{' + ",".join(res) + "}")
+            out += ',"resources":{' + res[1:] + "}"
         if self.after:
-            out.append(',"dependencies":{"after":[' + ",".join([_q(str(a)) for a in self.after]) + "]}")
-        if self.iteration is not None:
-            out.append(',"iteration":' + _ENCODE(self.iteration.to_dict()))
+            out += ',"dependencies":{"after":[' + ",".join([_q(str(a)) for a in self.after]) + "]}"
+        it = self.iteration
+        if it is not None:
+            out += ',"iteration":' + (_ENCODE(it.to_dict()) if it.values is not None else
+                                      f'{{"stop":{it.stop}}}' if it.start == 0 else
+                                      f'{{"start":{it.start},"stop":{it.stop}}}')
         if self.attributes:
-            out.append(',"attributes":' + _ENCODE(self.attributes))
-        out.append("}")
-        return "".join(out)
+            out += ',"attributes":' + _ENCODE(self.attributes)
+        return out + "}"
 
     @classmethod
     def from_json(cls, s: str) -> JobSpec:
@@ -177,21 +187,14 @@ class JobSpec:
         nodes = _count_trusted(res.get("numNodes"), None)
         it = d.get("iteration")
         if it is not None:
-            values = it.get("values")
-            it = Iteration(0, len(values), tuple(values)) if values is not None else Iteration(it.get("start", 0),
-                                                                                               it["stop"])
+            it = Iteration(it.get("start", 0), it["stop"]) if "values" not in it else \
+                Iteration(0, len(it["values"]), tuple(it["values"]))
         wt = res.get("wt")
-        after = [Dependency.parse(a, d["name"]) for a in d["dependencies"]["after"]] if "dependencies" in d else []
-        return cls(d["name"], ex.get("exec"), ex.get("script"), ex.get("args", []), ex.get("env", {}),
+        after = tuple(Dependency.parse(a, d["name"]) for a in d["dependencies"]["after"]) if "dependencies" in d else ()
+        return cls(d["name"], ex.get("exec"), ex.get("script"), tuple(ex.get("args", ())), ex.get("env", {}),
                    ex.get("stdin"), ex.get("stdout"), ex.get("stderr"), ex.get("wd"), ex.get("model", "default"),
-                   ex.get("model_opts", {}), ex.get("modules", []), ex.get("venv"), cores[0], cores[1], nodes[0],
+                   ex.get("model_opts", {}), tuple(ex.get("modules", ())), ex.get("venv"), cores[0], cores[1], nodes[0],
                    nodes[1], None if wt is None else parse_walltime(wt), after, it, d.get("attributes", {}))
-
-
-def _count_dict(lo: int, hi: int | None) -> dict[str, int]:
-    if hi == lo:
-        return {"exact": lo}
-    return {"min": lo} if hi is None else {"min": lo, "max": hi}
 
 
 def _count_json(lo: int, hi: int | None) -> str:
@@ -240,29 +243,39 @@ def _dict(job: str, v: Any, fld: str) -> dict:
 
 
 def _known(job: str | None, d: dict, allowed: frozenset, where: str) -> None:
+    if allowed.issuperset(d):
+        return
     for key in d:
         if key not in allowed:
             raise JobSpecError(job, f"{where}.{key}" if where else str(key),
                                f"unknown field (known: {', '.join(sorted(allowed))})")
 
 
-def _arg(job: str, v: Any, fld: str) -> str:
-    """A string, or a number turned into one (QCG-PilotJob accepts numeric arguments)."""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return str(v)
-    raise JobSpecError(job, fld, f"must be a string or a number, got {_show(v)}")
+_NUMBER = (int, float)
 
 
-def _strlist(job: str, v: Any, fld: str, numbers: bool) -> list[str]:
+def _strlist(job: str, v: Any, fld: str, numbers: bool) -> tuple[str, ...]:
+    """A list of strings (or one string for modules); numbers in args become strings, as QCG-PilotJob does."""
     if isinstance(v, str) and not numbers:
-        return [_str(job, v, fld)]
-    if not isinstance(v, (list, tuple)):
+        v = [v]
+    elif not isinstance(v, (list, tuple)):
         raise JobSpecError(job, fld, f"must be a list, got {_show(v)}")
     if numbers:
-        return [x if type(x) is str else _arg(job, x, f"{fld}[{i}]") for i, x in enumerate(v)]
-    return [_str(job, x, f"{fld}[{i}]") for i, x in enumerate(v)]
+        out = [x if type(x) is str else str(x) if type(x) in _NUMBER else _arg(x) for x in v]
+    else:
+        out = [x if type(x) is str and x else None for x in v]
+    if None in out:
+        i = out.index(None)
+        raise JobSpecError(job, f"{fld}[{i}]", f"must be a {'string or a number' if numbers else 'non-empty string'}, "
+                                               f"got {_show(v[i])}")
+    return tuple(out)
+
+
+def _arg(v: Any) -> str | None:
+    """The rare cases: str and number subclasses (numpy's) are welcome, booleans and the rest are not."""
+    if isinstance(v, str):
+        return v
+    return str(v) if isinstance(v, _NUMBER) and not isinstance(v, bool) else None
 
 
 def _env(job: str, v: Any) -> dict[str, str]:
@@ -270,7 +283,9 @@ def _env(job: str, v: Any) -> dict[str, str]:
     for k, x in _dict(job, v, "execution.env").items():
         if not isinstance(k, str) or not k or "=" in k or "\0" in k:
             raise JobSpecError(job, "execution.env", f"{k!r} is not a variable name")
-        out[k] = x if type(x) is str else _arg(job, x, f"execution.env.{k}")
+        out[k] = x if type(x) is str else _arg(x)
+        if out[k] is None:
+            raise JobSpecError(job, f"execution.env.{k}", f"must be a string or a number, got {_show(x)}")
     return out
 
 
@@ -290,6 +305,8 @@ def _positive(job: str, v: Any, fld: str, least: int = 1) -> int:
 
 def _count(job: str, v: Any, fld: str) -> tuple[int, int | None]:
     """An integer, ``{exact}`` or ``{min, max}`` -> (min, max); max None means no upper bound."""
+    if type(v) is int and v >= 1:
+        return v, v
     if not isinstance(v, dict):
         n = _positive(job, v, fld)
         return n, n
@@ -339,32 +356,35 @@ def _plain(job: str, v: Any, fld: str) -> None:
 
 def parse_walltime(s: Any) -> float:
     """Seconds from '1h2m3s', '10m', '30s', '2h', '1d', '90' or a number; ValueError (TypeError) if malformed."""
-    if isinstance(s, (int, float)) and not isinstance(s, bool):
-        seconds = float(s)
-    elif isinstance(s, str):
-        text = s.replace(" ", "").lower()
-        if SECONDS_RE.fullmatch(text):
-            seconds = float(text)
-        else:
-            m = WT_RE.fullmatch(text)
-            if m is None or not text:
-                raise ValueError(f"expected a duration like '1h30m', '10m', '45s' or a number of seconds, got {s!r}")
-            d, h, mi, sec = m.groups()
-            seconds = int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0)
-    else:
+    if isinstance(s, str):
+        return _walltime_text(s)
+    if not isinstance(s, (int, float)) or isinstance(s, bool):
         raise TypeError(f"expected a duration like '1h30m' or a number of seconds, got {_show(s)}")
-    if not 0.001 <= seconds < math.inf:
+    if not 0.001 <= s < math.inf:
         raise ValueError(f"must be a positive duration of at least 1ms, got {s!r}")
-    return seconds
+    return float(s)
 
 
+@lru_cache(maxsize=1024)   # a batch repeats a few walltimes many times
+def _walltime_text(s: str) -> float:
+    text = s.replace(" ", "").lower()
+    if SECONDS_RE.fullmatch(text):
+        return parse_walltime(float(text))
+    m = WT_RE.fullmatch(text)
+    if m is None or not text:
+        raise ValueError(f"expected a duration like '1h30m', '10m', '45s' or a number of seconds, got {s!r}")
+    d, h, mi, sec = m.groups()
+    return parse_walltime(int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0))
+
+
+@lru_cache(maxsize=1024)
 def format_walltime(seconds: float) -> str:
     """The 'XhYmZs' form QCG-PilotJob reads; fractions of a second (our extension) as seconds."""
     if seconds != int(seconds):
         return repr(float(seconds)) + "s"   # no exponent: parse_walltime allows no less than 1ms
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
-    return "".join(f"{n}{unit}" for n, unit in ((h, "h"), (m, "m"), (s, "s")) if n) or "0s"
+    return "".join(f"{n}{unit}" for n, unit in ((h, "h"), (m, "m"), (s, "s")) if n)
 
 
 # ---------------------------------------------------------------------- building a spec
@@ -373,47 +393,47 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
              model_opts: Any = None, modules: Any = None, venv: Any = None, numCores: Any = None,
              numNodes: Any = None, wt: Any = None, after: Any = None, iteration: Any = None,
              attributes: Any = None) -> JobSpec:
-    """A checked JobSpec from the fields of a description (None = absent); the builder and the parser share it."""
-    job = _check_name(name)
-    if exec is not None:
+    """A checked JobSpec from the fields of a description (None = absent); the builder and the parser share it.
+    Written for speed (one constructor call, no temporary objects on the common paths): it runs once per job."""
+    job = name if type(name) is str and NAME_RE.fullmatch(name) else _check_name(name)
+    if exec is not None and (type(exec) is not str or not exec):
         _str(job, exec, "execution.exec")
     if script is not None:
         _str(job, script, "execution.script")
     if (exec is None) == (script is None):
         raise JobSpecError(job, "execution", "exactly one of 'exec' and 'script' is required")
-    args = [] if args is None else _strlist(job, args, "execution.args", True)
+    args = () if args is None else _strlist(job, args, "execution.args", True)
     if script is not None and args:
         raise JobSpecError(job, "execution.args", "'args' go with 'exec'; a 'script' is run as written")
-    spec = JobSpec(job, exec, script, args, {} if env is None else _env(job, env))
-    for key, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr), ("wd", wd), ("venv", venv)):
-        if value is not None:
-            setattr(spec, key, _str(job, value, "execution." + key))
-    if model is not None:
-        spec.model = _model(job, model, exec)
-    if model_opts is not None:
-        _plain(job, _dict(job, model_opts, "execution.model_opts"), "execution.model_opts")
-        spec.model_opts = dict(model_opts)
-    if modules is not None:
-        spec.modules = _strlist(job, modules, "execution.modules", False)
-    if numCores is not None:
-        spec.cores_min, spec.cores_max = _count(job, numCores, "resources.numCores")
-    if numNodes is not None:
-        spec.nodes_min, spec.nodes_max = _count(job, numNodes, "resources.numNodes")
+    if stdin is not None:   # one test per field: a loop over them would cost more than the checks
+        _str(job, stdin, "execution.stdin")
+    if stdout is not None:
+        _str(job, stdout, "execution.stdout")
+    if stderr is not None:
+        _str(job, stderr, "execution.stderr")
+    if wd is not None:
+        _str(job, wd, "execution.wd")
+    if venv is not None:
+        _str(job, venv, "execution.venv")
+    cores = (1, 1) if numCores is None else _count(job, numCores, "resources.numCores")
+    nodes = (None, None) if numNodes is None else _count(job, numNodes, "resources.numNodes")
     if wt is not None:
         try:
-            spec.walltime = parse_walltime(wt)
+            wt = parse_walltime(wt)
         except (ValueError, TypeError) as exc:
             raise JobSpecError(job, "resources.wt", str(exc)) from None
-    if after is not None:
-        spec.after = _after(job, after)
-    if iteration is not None:
-        spec.iteration = _iteration(job, iteration)
-    elif spec.after and any(d.per_iteration for d in spec.after):
-        raise DependencyError(job, AFTER, "'job:${it}' is only for iterative jobs")
-    if attributes is not None:
-        _plain(job, _dict(job, attributes, "attributes"), "attributes")
-        spec.attributes = dict(attributes)
-    return spec
+    return JobSpec(job, exec, script, args, {} if env is None else _env(job, env), stdin, stdout, stderr, wd,
+                   "default" if model is None else _model(job, model, exec),
+                   {} if model_opts is None else _plain_dict(job, model_opts, "execution.model_opts"),
+                   () if modules is None else _strlist(job, modules, "execution.modules", False), venv,
+                   cores[0], cores[1], nodes[0], nodes[1], wt, () if after is None else _after(job, after),
+                   None if iteration is None else _iteration(job, iteration),
+                   {} if attributes is None else _plain_dict(job, attributes, "attributes"))
+
+
+def _plain_dict(job: str, v: Any, fld: str) -> dict:
+    _plain(job, _dict(job, v, fld), fld)
+    return dict(v)
 
 
 def _model(job: str, model: Any, exec: Any) -> str:
@@ -426,17 +446,35 @@ def _model(job: str, model: Any, exec: Any) -> str:
     return model
 
 
-def _after(job: str, after: Any) -> list[Dependency]:
+def _after(job: str, after: Any) -> tuple[Dependency, ...]:
     if not isinstance(after, (list, tuple)):
-        raise JobSpecError(job, AFTER, f"must be a list of job names, got {_show(after)}")
-    deps: list[Dependency] = []
-    for text in after:
-        dep = Dependency.parse(text, job)
+        raise DependencyError(job, AFTER, f"must be a list of job names, got {_show(after)}")
+    if len(after) == 1:   # the common case, without the cost of removing repeats
+        deps: tuple[Dependency, ...] = (_dependency(after[0], job),)
+    else:                 # a repeated name would be counted twice and never reach zero
+        deps = tuple(dict.fromkeys([_dependency(text, job) for text in after]))
+    for dep in deps:
         if dep.job == job:
-            raise DependencyError(job, AFTER, f"'{text}': a job cannot depend on itself")
-        if dep not in deps:   # a repeated name would be counted twice and never reach zero
-            deps.append(dep)
+            raise DependencyError(job, AFTER, f"'{dep}': a job cannot depend on itself")
     return deps
+
+
+def _dependency(text: Any, job: str) -> Dependency:
+    """Dependency.parse through a cache: many jobs of a batch often wait for the same one."""
+    try:
+        return _cached_dependency(text)
+    except (DependencyError, TypeError):
+        return Dependency.parse(text, job)   # raises again, naming the job
+
+
+@lru_cache(maxsize=4096)   # Dependency and Iteration are frozen, so jobs may share them
+def _cached_dependency(text: str) -> Dependency:
+    return Dependency.parse(text, "")
+
+
+@lru_cache(maxsize=1024)
+def _range_iteration(start: int, stop: int) -> Iteration:
+    return Iteration(start, stop)
 
 
 def _iteration(job: str, v: Any) -> Iteration:
@@ -458,7 +496,7 @@ def _iteration(job: str, v: Any) -> Iteration:
     stop = _positive(job, v["stop"], "iteration.stop", 0)
     if stop <= start:
         raise JobSpecError(job, "iteration.stop", f"must be greater than start ({start}), got {stop}")
-    return Iteration(start, stop)
+    return _range_iteration(start, stop)
 
 
 def parse_job(d: Any) -> JobSpec:
@@ -480,9 +518,12 @@ def parse_job(d: Any) -> JobSpec:
         raise JobSpecError(job, "resources.nodeCrs", "consumable resources (such as GPUs) are not supported by qcgpj")
     deps = d.get("dependencies")
     deps = {} if deps is None else _dict(job, deps, "dependencies")
-    _known(job, deps, frozenset({"after"}), "dependencies")
-    return make_job(job, **ex, numCores=res.get("numCores"), numNodes=res.get("numNodes"), wt=res.get("wt"),
-                    after=deps.get("after"), iteration=d.get("iteration"), attributes=d.get("attributes"))
+    _known(job, deps, DEP_FIELDS, "dependencies")
+    get = ex.get
+    return make_job(job, get("exec"), get("script"), get("args"), get("env"), get("stdin"), get("stdout"),
+                    get("stderr"), get("wd"), get("model"), get("model_opts"), get("modules"), get("venv"),
+                    res.get("numCores"), res.get("numNodes"), res.get("wt"), deps.get("after"), d.get("iteration"),
+                    d.get("attributes"))
 
 
 # ---------------------------------------------------------------------- request files
@@ -515,7 +556,7 @@ def _request(req: dict, where: str, jobs: list[JobSpec]) -> bool:
     if not isinstance(kind, str):
         raise JobSpecError(None, where + ".request", f"must be a request name, got {_show(kind)}")
     if kind == "submit":
-        _known(None, req, frozenset({"request", "jobs"}), where)
+        _known(None, req, SUBMIT_FIELDS, where)
         sub = req.get("jobs")
         if not isinstance(sub, list) or not sub:
             raise JobSpecError(None, where + ".jobs", "a submit request needs a non-empty list of jobs")
@@ -568,10 +609,8 @@ def check_batch(jobs: list[JobSpec], max_cores: int | None = None, max_nodes: in
         for dep in j.after:
             if dep.job == j.name:
                 raise DependencyError(j.name, AFTER, f"'{dep}': a job cannot depend on itself")
-            if dep.per_iteration and j.iteration is None:
-                raise DependencyError(j.name, AFTER, f"'{dep}' is only for iterative jobs")
             parent = by_name.get(dep.job)
-            if parent is None:
+            if parent is None and not (dep.per_iteration and j.iteration is None):
                 external.add(dep.job)
             else:
                 _check_iterations(j, dep, parent)
@@ -579,16 +618,21 @@ def check_batch(jobs: list[JobSpec], max_cores: int | None = None, max_nodes: in
     return external
 
 
-def _check_iterations(j: JobSpec, dep: Dependency, parent: JobSpec) -> None:
-    pit = parent.iteration
+def _check_iterations(j: JobSpec, dep: Dependency, parent: JobSpec | None) -> None:
+    """'a:${it}' pairs iteration i with a:i, so both need the same ids; 'a:N' needs a:N to exist."""
+    pit = None if parent is None else parent.iteration
     if dep.per_iteration and (pit is None or j.iteration is None or pit.ids() != j.iteration.ids()):
-        have = "is not iterative" if pit is None else f"has iterations {pit.start}..{pit.stop - 1}"
-        raise DependencyError(j.name, AFTER, f"'{dep}' needs '{dep.job}' to have the same iterations as "
-                                             f"this job ({j.iteration.start}..{j.iteration.stop - 1}), "
-                                             f"but it {have}")
+        raise DependencyError(j.name, AFTER, f"'{dep}' needs both jobs iterative over the same iterations "
+                                             f"('{j.name}': {_ids(j)}, '{dep.job}': {_ids(parent)})")
     if dep.iteration is not None and (pit is None or dep.iteration not in pit.ids()):
-        have = "is not iterative" if pit is None else f"has iterations {pit.start}..{pit.stop - 1}"
-        raise DependencyError(j.name, AFTER, f"'{dep}': '{dep.job}' {have}")
+        raise DependencyError(j.name, AFTER, f"'{dep}' names no iteration of '{dep.job}' ({_ids(parent)})")
+
+
+def _ids(spec: JobSpec | None) -> str:
+    if spec is None:
+        return "not in this batch"
+    it = spec.iteration
+    return "not iterative" if it is None else f"iterations {it.start}..{it.stop - 1}"
 
 
 def _check_fits(j: JobSpec, max_cores: int | None, max_nodes: int | None) -> None:

@@ -15,7 +15,7 @@ from .keys import EVENTS_GROUP, Keys, lua_prelude
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
-SCRIPTS = ("submit", "place", "sync", "register", "heartbeat", "requeue", "cancel", "lease")
+SCRIPTS = ("submit", "place", "sync", "release", "register", "heartbeat", "requeue", "cancel", "lease")
 SUBMIT_CHUNK = 1000
 
 
@@ -285,6 +285,13 @@ class Store:
                      rep.message]
         res = self._run("sync", args)
         return [(Entry.parse(res[i]), res[i + 1]) for i in range(0, len(res), 2)]
+
+    def running_entries(self, eid: str) -> list[str]:
+        return self.r.lrange(self.keys.running(eid), 0, -1)
+
+    def release(self, eid: str, entries: Sequence[str]) -> int:
+        """Give back running-list entries the executor does not know; returns how many went back to READY."""
+        return int(self._run("release", [eid, now(), *entries])) if entries else 0
 
     def wait_ready(self, eid: str, timeout: float) -> str | None:
         """Block on the executor's ready list; the entry moves to running at once (BLMOVE), so it cannot be lost."""

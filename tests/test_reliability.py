@@ -177,3 +177,27 @@ def test_password_and_wrong_password(tmp_path):
         with pytest.raises(QConnectionError, match="refused the credentials"):
             connect(bad)
         assert "wrong" not in str(pytest.raises(QConnectionError, connect, bad).value)
+
+
+def test_running_entries_the_executor_does_not_know_are_given_back(redis_url, tmp_path):
+    """After a Redis crash loses its last second of writes, an executor's running list may hold a task it
+    already reported or never claimed; the executor gives such entries back rather than keep them forever."""
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.worker(1, "--id", "w1", "--reconcile", "0.2")
+        m = c.manager()
+        c.wait_executors(m)
+        m.submit(Jobs().add(name="stale", script="test -e go"))
+        m.wait4(["stale"], timeout=30)                        # ran once and FAILED: 'go' did not exist
+        r = m.client
+        (tmp_path / "go").touch()
+        # What a lost write leaves behind: the job back in EXECUTING, its entry in w1's running list.
+        r.hset(m.store.keys.job("stale"), mapping={"state": "EXECUTING", "executor": "w1"})
+        r.incr(m.store.keys.active)
+        r.rpush(m.store.keys.running("w1"), "stale|1|0|0")
+        r.hincrby(m.store.keys.exec("w1"), "free", -1)
+        assert m.wait4(["stale"], timeout=30) == {"stale": "SUCCEED"}, c.logs()
+        assert r.llen(m.store.keys.running("w1")) == 0
+        assert "unknown to us" in (tmp_path / "worker.log").read_text()
+    finally:
+        c.stop()
