@@ -15,7 +15,7 @@ import redis
 
 from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
-from .jobspec import parse_jobs_file
+from .batch import parse_jobs_file
 from .bench import WORKLOADS
 from .manager import Manager
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import DuplicateJobError, JobSpecError, UnknownJobError
-from .jobspec import JobSpec, make_job, parse_job, parse_jobs_file
+from .batch import parse_jobs_file
+from .jobspec import JobSpec, make_job, parse_job
 
 
 class Jobs:

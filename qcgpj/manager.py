@@ -10,7 +10,8 @@ import redis
 from .connection import check_settings, connect, url_from_env
 from .errors import ResourceError, TimeoutError, UnknownJobError
 from .jobs import Jobs
-from .jobspec import JobSpec, check_batch, parse_job
+from .batch import check_batch
+from .jobspec import JobSpec, parse_job
 from .store import FINAL_STATES, Store, parse_record
 
 log = logging.getLogger(__name__)

@@ -15,15 +15,13 @@ from qcgpj.errors import (
     UnknownJobError,
 )
 from qcgpj.jobs import Jobs
+from qcgpj.batch import check_batch, parse_jobs_file, parse_jobs_text
 from qcgpj.jobspec import (
     Dependency,
     Iteration,
     JobSpec,
-    check_batch,
     format_walltime,
     parse_job,
-    parse_jobs_file,
-    parse_jobs_text,
     parse_walltime,
     substitute,
 )

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from qcgpj import DependencyError, Jobs, JobSpecError
-from qcgpj.jobspec import Dependency, JobSpec, check_batch, parse_job, parse_jobs_text, parse_walltime, substitute
+from qcgpj.batch import check_batch, parse_jobs_text
+from qcgpj.jobspec import Dependency, JobSpec, parse_job, parse_walltime, substitute
 from qcgpj.resources import Allocation, CoreAllocator, Node, discover, expand_hostlist, parse_cpus_per_node
 
 
