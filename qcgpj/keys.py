@@ -123,11 +123,6 @@ class Keys:
     def control(self, eid: str) -> str:
         return self._k("control", eid)
 
-    def job_keys(self, name: str) -> list[str]:
-        """Every key that belongs to one job (for cleanup)."""
-        return [self.job(name), self.its(name), self.att(name), self.itwait(name), self.children(name)]
-
-
 def lua_prelude() -> str:
     """Lua definitions of the key names: the scripts derive the prefix from KEYS[1] (always the ``jobs`` key)."""
     lines = [f"local P = string.sub(KEYS[1], 1, -{len(TEMPLATES['jobs']) + 1})"]

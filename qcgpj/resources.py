@@ -168,15 +168,6 @@ class CoreAllocator:
     def max_per_node(self) -> int:
         return max(len(n.cores) for n in self.nodes)
 
-    def free_per_node(self) -> dict[str, int]:
-        return {n: len(c) for n, c in self._free.items()}
-
-    def can_ever_fit(self, cores: int, nodes: int | None) -> bool:
-        if nodes:
-            return nodes <= len(self.nodes) and cores <= sum(sorted((len(n.cores) for n in self.nodes),
-                                                                   reverse=True)[:nodes])
-        return cores <= self._total
-
     def allocate(self, cores: int, nodes: int | None = None) -> Allocation | None:
         """Best fit on one node; a task larger than any node spreads over the fewest nodes; with ``nodes``,
         exactly that many."""

@@ -227,15 +227,6 @@ class Store:
                 break
         return ids
 
-    def ack(self, ids: Sequence[str]) -> None:
-        if ids:
-            self.r.xack(self.keys.events, EVENTS_GROUP, *ids)
-
-    # ------------------------------------------------------------------ InputQueue side
-    def place(self, scan: int = 1000, budget: int = 100000) -> int:
-        """Placement runs inside the scripts too; this call is the InputQueue's deep pass."""
-        return int(self._run("place", [now(), scan, budget]))
-
     def place_and_ack(self, ids: Sequence[str]) -> None:
         """The deep pass and the acknowledgement of the events that asked for it, in one round trip."""
         pipe = self.r.pipeline(transaction=False)
@@ -268,9 +259,6 @@ class Store:
     def heartbeat(self, eid: str, ttl: int) -> str:
         return self._run("heartbeat", [eid, now(), ttl])
 
-    def set_executor_state(self, eid: str, state: str) -> None:
-        self.r.hset(self.keys.exec(eid), "state", state)
-
     def sync(self, eid: str, want: int, adopt: Sequence[str] = (), started: Sequence[tuple[str, str]] = (),
              finished: Sequence[Report] = ()) -> list[tuple[Entry, str]]:
         """One executor round trip: report started and finished tasks, claim up to ``want`` more.
@@ -300,10 +288,6 @@ class Store:
     def control(self, eid: str, timeout: float) -> str | None:
         res = self.r.blpop([self.keys.control(eid)], timeout=timeout)
         return res[1] if res else None
-
-    def push_control(self, eid: str, command: str) -> None:
-        self.r.rpush(self.keys.control(eid), command)
-
 
 def _dep_job(dep: str) -> str:
     return dep.split(":", 1)[0]
