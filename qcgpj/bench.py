@@ -23,6 +23,7 @@ import redis
 
 from .connection import connect
 from .jobs import Jobs
+from .keys import Keys
 from .manager import Manager
 
 WORKLOADS = ("tasks", "iterations", "chain", "queue", "submit")
@@ -46,6 +47,7 @@ class BenchConfig:
     submit_iterations: int = 1_000_000
     cores: int | None = None
     external: bool = False
+    namespace: str = "default"   # the namespace served by external executors
 
 
 class Services:
@@ -83,32 +85,59 @@ def stop_processes(procs: list[subprocess.Popen], grace: float = 30) -> None:
 
 
 @contextmanager
-def session(cfg: BenchConfig) -> Iterator[tuple[Manager, Services]]:
-    """A manager on a fresh namespace with its services; cleans the namespace afterwards."""
-    ns = f"bench-{uuid.uuid4().hex[:8]}"
+def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager, str]]:
+    """A manager and a prefix for job names. On its own services, a fresh namespace that is dropped afterwards;
+    with external executors, their namespace, from which only this run's jobs are removed afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    shared = executors and cfg.external and cfg.url is not None
+    ns = cfg.namespace if shared else f"bench-{tag}"
     wd = tempfile.mkdtemp(prefix="qcgpj-bench-")
     services = Services(cfg, ns, wd)
-    services.start()
+    if executors:
+        services.start()
     m = Manager(cfg.url, namespace=ns, cores=cfg.cores, root_wd=wd)
+    prefix = f"b{tag}-" if shared else ""
     try:
-        yield m, services
+        yield m, prefix
     finally:
         m.finish()
         services.stop()
-        if cfg.url is not None:
-            _drop_namespace(m.client, ns)
+        if shared:
+            _drop_jobs(m.client, ns, prefix)
+        elif cfg.url is not None:
+            _unlink_matching(m.client, f"qcgpj:{{{ns}}}:*")
         shutil.rmtree(wd, ignore_errors=True)
 
 
-def _drop_namespace(client: redis.Redis, ns: str) -> None:
+def _unlink_matching(client: redis.Redis, pattern: str) -> None:
     batch = []
-    for key in client.scan_iter(match=f"qcgpj:{{{ns}}}:*", count=10_000):
+    for key in client.scan_iter(match=pattern, count=10_000):
         batch.append(key)
         if len(batch) >= 10_000:
             client.unlink(*batch)
             batch = []
     if batch:
         client.unlink(*batch)
+
+
+def _drop_jobs(client: redis.Redis, ns: str, prefix: str) -> None:
+    """Remove this run's jobs from a namespace that others use: their keys, and their names from ``jobs``."""
+    keys = Keys(ns)
+    for kind in ("job", "its", "att", "itwait", "children"):
+        _unlink_matching(client, getattr(keys, kind)(prefix + "*"))
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(keys.jobs)
+                kept = [n for n in pipe.lrange(keys.jobs, 0, -1) if not n.startswith(prefix)]
+                pipe.multi()
+                pipe.delete(keys.jobs)
+                for i in range(0, len(kept), 10_000):
+                    pipe.rpush(keys.jobs, *kept[i:i + 10_000])
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
 
 
 def _wait_executor(m: Manager) -> None:
@@ -121,10 +150,10 @@ def _wait_executor(m: Manager) -> None:
 def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
     """Workload a (and d with the no-op model): N single-core /bin/true jobs, the whole run."""
     t0 = time.perf_counter()
-    with session(cfg) as (m, _):
+    with session(cfg) as (m, px):
         jobs = Jobs()
         for i in range(cfg.tasks):
-            jobs.add(name=f"t{i}", exec="/bin/true", model=model if model != "default" else None)
+            jobs.add(name=f"{px}t{i}", exec="/bin/true", model=model if model != "default" else None)
         _wait_executor(m)
         t1 = time.perf_counter()
         m.submit(jobs)
@@ -143,10 +172,10 @@ def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
 def bench_iterations(cfg: BenchConfig) -> Result:
     """Workload b: one iterative job of N /bin/true iterations."""
     t0 = time.perf_counter()
-    with session(cfg) as (m, _):
+    with session(cfg) as (m, px):
         _wait_executor(m)
-        m.submit(Jobs().add(name="sweep", exec="/bin/true", iteration=cfg.tasks))
-        state = m.wait4(["sweep"])["sweep"]
+        m.submit(Jobs().add(name=f"{px}sweep", exec="/bin/true", iteration=cfg.tasks))
+        state = m.wait4([f"{px}sweep"])[f"{px}sweep"]
     dt = time.perf_counter() - t0
     return Result("iterations", f"1 job of {cfg.tasks} iterations", round(cfg.tasks / dt, 1), "tasks/s",
                   {"seconds": round(dt, 3), "state": state})
@@ -154,14 +183,14 @@ def bench_iterations(cfg: BenchConfig) -> Result:
 
 def bench_chain(cfg: BenchConfig) -> Result:
     """Workload c: a chain of dependent /bin/true jobs; ms per hop from the first start to the last end."""
-    with session(cfg) as (m, _):
-        jobs = Jobs().add(name="c0", exec="/bin/true")
+    with session(cfg) as (m, px):
+        jobs = Jobs().add(name=f"{px}c0", exec="/bin/true")
         for i in range(1, cfg.chain):
-            jobs.add(name=f"c{i}", exec="/bin/true", after=[f"c{i - 1}"])
+            jobs.add(name=f"{px}c{i}", exec="/bin/true", after=[f"{px}c{i - 1}"])
         _wait_executor(m)
         m.submit(jobs)
-        m.wait4([f"c{cfg.chain - 1}"])
-        first, last = m.info("c0"), m.info(f"c{cfg.chain - 1}")
+        m.wait4([f"{px}c{cfg.chain - 1}"])
+        first, last = m.info(f"{px}c0"), m.info(f"{px}c{cfg.chain - 1}")
     span = last["end"] - first["start"]
     return Result("chain", f"chain of {cfg.chain} dependent jobs", round(span * 1000 / cfg.chain, 3), "ms/hop",
                   {"seconds": round(span, 3)})
@@ -170,8 +199,7 @@ def bench_chain(cfg: BenchConfig) -> Result:
 def bench_submit(cfg: BenchConfig) -> list[Result]:
     """Workload e: submission cost, time and Redis bytes per job, with no executor (nothing runs)."""
     out = []
-    cfg_noexec = BenchConfig(**{**cfg.__dict__, "external": True})
-    with session(cfg_noexec) as (m, _):
+    with session(cfg, executors=False) as (m, _):
         if m.local is not None:
             m.local.executor.stop()
         mem0 = _used_memory(m.client)

@@ -294,13 +294,16 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
 @click.option("--submit-jobs", type=int, default=100_000, show_default=True)
 @click.option("--submit-iterations", type=int, default=1_000_000, show_default=True)
 @click.option("--cores", type=int, default=None, help="Executor cores (default: this machine's).")
-@click.option("--external", is_flag=True, help="Use executors already serving the namespace given by -n.")
+@click.option("--external", is_flag=True,
+              help="Use executors already serving the namespace given by -n (only this run's jobs are removed "
+                   "afterwards).")
+@ns_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable figures.")
 @verbose_option
 @_errors
 def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], tasks: int, chain: int,
-          submit_jobs: int, submit_iterations: int, cores: int | None, external: bool, as_json: bool,
-          verbose: int) -> None:
+          submit_jobs: int, submit_iterations: int, cores: int | None, external: bool, namespace: str,
+          as_json: bool, verbose: int) -> None:
     """Measure throughput, dependency latency and submission cost on this machine."""
     from contextlib import nullcontext
 
@@ -309,7 +312,8 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
     ctx = private_redis() if start_redis else nullcontext(redis_url)
     with ctx as url:
         cfg = BenchConfig(url, tasks=tasks, chain=chain, submit_jobs=submit_jobs,
-                          submit_iterations=submit_iterations, cores=cores, external=external)
+                          submit_iterations=submit_iterations, cores=cores, external=external,
+                          namespace=namespace)
         results = run_bench(cfg, workloads or WORKLOADS)
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in results], indent=1))

@@ -1,9 +1,10 @@
 """The Executor (``qcgpj-worker``): owns the cores of one allocation, claims tasks and runs them.
 
-One dispatcher thread owns all the executor's state and reads one inbox. Each round trip to Redis (one script,
-``sync``) reports what started and what finished, places new work and claims the next tasks, up to the free
-cores plus a look-ahead, so that under load a single call serves many tasks. Around it:
-- task threads launch through a worker plugin and wait for the exit (spawning from several threads);
+One dispatcher thread owns all the executor's state and waits in one epoll: on the pidfds of the running tasks
+(a task's end wakes it directly), and on a wake-up pipe for messages from the helper threads. Each round
+trip to Redis (one script, ``sync``) reports what started and what finished, places new work and claims the next
+tasks, up to the free cores plus a look-ahead, so that under load a single call serves many tasks. Around it:
+- launcher threads, one per CPU and pinned to it, start the tasks that are bound to CPUs (``launching``);
 - the waiter blocks in BLMOVE when the dispatcher wants work and the ready list is empty;
 - the heartbeat keeps the alive key fresh and learns when the InputQueue declared us dead;
 - the control listener receives cancel and drain commands.
@@ -12,9 +13,11 @@ executor that dies at any point loses nothing: the InputQueue gives that list ba
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import queue
+import select
 import socket
 import sys
 import threading
@@ -22,17 +25,17 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import redis
 
 from .errors import QcgpjError
 from .jobspec import JobSpec
-from .resources import Allocation, CoreAllocator, Node
+from .launching import PIDFD, CpuMap, Launchers, Slot
+from .resources import CoreAllocator, Node
 from .store import Entry, Report, Store, now
 from .tasks import SLURM_MODELS, SpecCache, build_launch
-
-from workers import get_worker
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0002   # hand-offs between threads wait on the GIL; 5 ms (the default) caps throughput
@@ -40,6 +43,35 @@ MAX_BATCH = 500
 REPORT_BATCH = 64      # reports that are sent at once, without waiting for REPORT_DELAY
 REPORT_DELAY = 0.005   # seconds a report may wait for others while work goes on (none when nothing runs)
 PREFETCH_MIN = 16
+
+
+class Poll:
+    """epoll's interface over poll(2), where there is no epoll (nor pidfds: only the wake-up pipe is in it)."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+
+    def register(self, fd: int, events: int) -> None:
+        self._poll.register(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        self._poll.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._poll.poll(timeout * 1000)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one round trip reports and asks for."""
+
+    want: int
+    adopt: list[str]
+    started: list[tuple[str, str]]
+    finished: list[Report]
 
 
 class Executor:
@@ -66,25 +98,38 @@ class Executor:
         self.local_node = os.environ.get("SLURMD_NODENAME", host) if slurm else (
             nodes[0].name if len(nodes) == 1 else host)
         self.models = SLURM_MODELS if slurm else None
-        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        self._wake_lock = threading.Lock()          # helper threads may post while the executor closes
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        # epoll, not a selectors wrapper: launcher threads register pidfds while the dispatcher waits in it.
+        self._epoll = select.epoll() if hasattr(select, "epoll") else Poll()
+        self._epoll.register(self._wake_r, select.POLLIN)
+        self._by_fd: dict[int, Slot] = {}
         self._local: deque[Entry] = deque()          # claimed, waiting for cores
-        self._started: list[tuple[str, str]] = []    # (entry, start time) not yet reported
+        self._started: dict[str, str] = {}           # entry -> start time, not yet reported
         self._finished: list[Report] = []
         self._adopt: list[str] = []
         self.reconcile_every = reconcile
         self._next_reconcile = time.monotonic() + reconcile
         self._suspects: set[str] = set()             # unknown running-list entries seen at the last check
         self._oldest: float | None = None            # when the oldest unreported start or end happened
-        self._running: dict[str, tuple[Entry, Allocation, Any]] = {}   # task -> (entry, cores, Running or None)
-        self._canceled: set[str] = set()
-        self._lock = threading.Lock()               # guards _running and _canceled against task threads
+        self._running: dict[str, Slot] = {}          # task -> its slot, from taking its cores to its end
+        self._deadlines: list[tuple[float, int, str]] = []   # (walltime end, seq, task): a heap
+        self._seq = 0
         self._specs = SpecCache()
         self._env: dict[str, str] = {}
+        self._cpus = CpuMap()
+        self._launchers = Launchers(self._start_in_launcher)
         self._stop = threading.Event()
         self._want_work = threading.Event()
         self._dead = False
         self._ready_empty = False
-        self._pool = ThreadPoolExecutor(max_workers=max(4, total + 2), thread_name_prefix="qcgpj-task")
+        self._inflight: Batch | None = None         # the round trip the syncer thread is making
+        self._syncq: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._retry_at = 0.0
+        self._pool = ThreadPoolExecutor(max_workers=max(4, total + 2), thread_name_prefix="qcgpj-wait")
         self._threads: list[threading.Thread] = []
         self.tasks_done = 0
 
@@ -98,7 +143,7 @@ class Executor:
         self.store.register(self.eid, self.ttl, socket.gethostname(), nodes_text, self.allocator.total,
                             maxnode, len(self.nodes), self.prefetch, os.getpid())
         log.info("executor %s: %d cores on %d node(s)", self.eid, self.allocator.total, len(self.nodes))
-        for target in (self._wait_loop, self._heartbeat_loop, self._control_loop):
+        for target in (self._wait_loop, self._heartbeat_loop, self._control_loop, self._sync_loop):
             t = threading.Thread(target=target, name=f"qcgpj-{target.__name__.strip('_')}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -117,41 +162,76 @@ class Executor:
     def stop(self) -> None:
         """Stop claiming; running tasks finish and are reported, the look-ahead is handed back (drain)."""
         self._stop.set()
-        self._inbox.put(("wake", None))
+        self._post("wake", None)
+
+    def _post(self, kind: str, data: Any) -> None:
+        """A message for the dispatcher, from any thread."""
+        self._inbox.put((kind, data))
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"x")
+                except BlockingIOError:   # the pipe is full: the dispatcher wakes anyway
+                    pass
 
     # ------------------------------------------------------------------ the dispatcher
     def _dispatch(self) -> None:
         while True:
             # Make all the local progress there is (results in, tasks started) before one round trip reports
             # it all: with short tasks one call then carries many.
-            while self._read_inbox(block=False) + self._start_local():
+            while self._read_inbox() + self._start_local():
                 pass
             want = self._want()
             if self._sync_due(want):
-                got = self._sync(want)
-                self._ready_empty = want > 0 and got < want
-                if got:
+                batch = self._take_batch(want)
+                if self._running:
+                    # Tasks run meanwhile: the syncer thread waits for Redis, and this thread goes on reaping
+                    # and starting the claimed work, so cores do not idle for the length of a round trip.
+                    self._inflight = batch
+                    self._syncq.put(batch)
+                elif self._apply(batch, self._send(batch)):
                     continue
             if self._stop.is_set() and not self._busy():
                 return
-            if time.monotonic() >= self._next_reconcile:
+            if time.monotonic() >= self._next_reconcile and self._inflight is None:
                 self._reconcile()
             if self._idle() and self._idle_exit():
                 return
             if want and not self._local:
                 self._want_work.set()      # the waiter blocks in BLMOVE for us
-            self._read_inbox(block=True, timeout=self._report_wait())
+            self._wait(self._timeout())
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep in epoll until a task ends, a message arrives or ``timeout``; then handle the ends."""
+        for fd, _events in self._epoll.poll(timeout):
+            if fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            elif (slot := self._by_fd.pop(fd, None)) is not None:
+                self._reap(slot)
+        self._check_deadlines()
+
+    def _timeout(self) -> float:
+        t = self._report_wait()
+        if self._retry_at:
+            t = min(t, max(self._retry_at - time.monotonic(), 0.0))
+        if self._deadlines:
+            t = min(t, self._deadlines[0][0] - time.monotonic())
+        return max(t, 0.0005)
 
     def _sync_due(self, want: int) -> bool:
         """Round trips are what a busy executor spends its time on: batch reports while work goes on, but
         report at once when nothing runs (a dependent job may be waiting for exactly this report)."""
+        if self._inflight is not None or time.monotonic() < self._retry_at:
+            return False
         if self._adopt:
             return True
-        with self._lock:
-            unreported = len(self._finished) + len(self._started)
-            if unreported and (not self._running or unreported >= REPORT_BATCH or self._report_wait() == 0):
-                return True
-            return bool(want) and not self._ready_empty and len(self._local) < self.allocator.total
+        unreported = len(self._finished) + len(self._started)
+        if unreported and (not self._running or unreported >= REPORT_BATCH or self._report_wait() == 0):
+            return True
+        return bool(want) and not self._ready_empty and len(self._local) < self.allocator.total
 
     def _report_wait(self) -> float:
         """Seconds until the oldest unreported event is due (1.0 when there is none)."""
@@ -168,10 +248,8 @@ class Executor:
             listed = self.store.running_entries(self.eid)
         except (redis.ConnectionError, redis.TimeoutError):
             return
-        with self._lock:
-            known = {e.raw for e in self._local} | {e.raw for e, _a, _r in self._running.values()}
-            known |= {r.entry for r in self._finished} | {entry for entry, _t in self._started}
-        known |= set(self._adopt)
+        known = {e.raw for e in self._local} | {slot.entry.raw for slot in self._running.values()}
+        known |= {r.entry for r in self._finished} | set(self._started) | set(self._adopt)
         unknown = {e for e in listed if e not in known}
         orphans, self._suspects = unknown & self._suspects, unknown - self._suspects
         if orphans:
@@ -182,157 +260,222 @@ class Executor:
     def _want(self) -> int:
         if self._stop.is_set():
             return 0
-        with self._lock:
-            return max(0, self.allocator.free + self.lookahead - len(self._local) - len(self._adopt))
+        return max(0, self.allocator.free + self.lookahead - len(self._local) - len(self._adopt))
 
     def _busy(self) -> bool:
-        return bool(self._running or self._finished or self._started)
+        return bool(self._running or self._finished or self._started) or self._inflight is not None
 
     def _idle(self) -> bool:
-        return not (self._running or self._local or self._finished or self._started or self._adopt)
+        return not (self._running or self._local or self._finished or self._started or self._adopt
+                    or self._inflight)
 
     def _idle_exit(self) -> bool:
         return self.exit_when_idle and self.store.active() == 0
 
-    def _read_inbox(self, block: bool, timeout: float = 1.0) -> int:
-        """Handle what arrived (waiting up to ``timeout`` if ``block``); returns how many messages."""
-        try:
-            msg = self._inbox.get(timeout=max(timeout, 0.0005)) if block else self._inbox.get_nowait()
-        except queue.Empty:
-            return 0
+    def _read_inbox(self) -> int:
+        """Handle the messages that arrived; returns how many."""
         n = 0
         while True:
-            self._handle(*msg)
-            n += 1
             try:
-                msg = self._inbox.get_nowait()
+                kind, data = self._inbox.get_nowait()
             except queue.Empty:
                 return n
+            n += 1
+            if kind == "ended":
+                slot, code = data
+                self._finish(slot, code)
+            elif kind == "synced":
+                self._inflight = None
+                self._apply(*data)
+            elif kind == "adopt":
+                self._adopt.append(data)
+                self._ready_empty = False
+            elif kind == "control":
+                self._on_control(data)
+            elif kind == "dead":
+                self._on_dead(data)
 
-    def _handle(self, kind: str, data: Any) -> None:
-        if kind == "adopt":
-            self._adopt.append(data)
-            self._ready_empty = False
-        elif kind == "control":
-            self._on_control(data)
-        elif kind == "dead":
-            self._on_dead(data)
+    def _take_batch(self, want: int) -> Batch:
+        batch = Batch(want, self._adopt, list(self._started.items()), self._finished[:MAX_BATCH])
+        self._finished = self._finished[MAX_BATCH:]
+        self._adopt, self._started = [], {}
+        self._oldest = time.monotonic() if self._finished else None
+        return batch
 
-    def _sync(self, want: int) -> int:
-        """One round trip; returns the number of entries received."""
-        with self._lock:
-            finished, self._finished = self._finished[:MAX_BATCH], self._finished[MAX_BATCH:]
-            started, self._started = self._started, []
-            self._oldest = time.monotonic() if self._finished else None
-        adopt, self._adopt = self._adopt, []
+    def _send(self, batch: Batch) -> list[tuple[Entry, str]] | None:
+        """The round trip (in the dispatcher or the syncer thread); None when Redis could not be reached."""
         try:
-            got = self.store.sync(self.eid, want, adopt, started, finished)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:   # keep everything and try again
+            return self.store.sync(self.eid, batch.want, batch.adopt, batch.started, batch.finished)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("executor %s: Redis unavailable (%s); retrying", self.eid, exc)
-            with self._lock:
-                self._finished[:0], self._started[:0] = finished, started
-            self._adopt[:0] = adopt
-            self._stop.wait(1.0)
+            return None
+
+    def _apply(self, batch: Batch, got: list[tuple[Entry, str]] | None) -> int:
+        """Take in what a round trip returned; returns the number of entries received."""
+        if got is None:   # keep everything and try again in a second
+            self._finished[:0] = batch.finished
+            self._started = {**dict(batch.started), **self._started}
+            self._adopt[:0] = batch.adopt
+            self._retry_at = time.monotonic() + 1.0
             return 0
-        self.tasks_done += len(finished)
+        self._retry_at = 0.0
+        self.tasks_done += len(batch.finished)
         for entry, spec_json in got:
             if spec_json:
                 self._specs.get(entry.job, spec_json)
-        with self._lock:
-            self._local.extend(entry for entry, _spec in got)
+            self._local.append(entry)
+        self._ready_empty = batch.want > 0 and len(got) < batch.want
         return len(got)
 
-    def _take_local(self) -> tuple[Entry, Allocation] | None:
-        """With the lock held: the next claimed task, in claim order, if its cores are free; marked running."""
-        if not self._local or self._stop.is_set():
-            return None
-        entry = self._local[0]
-        alloc = self.allocator.allocate(entry.cores, entry.nodes or None)
-        if alloc is None:
-            return None
-        self._local.popleft()
-        self._running[entry.task] = (entry, alloc, None)
-        self._started.append((entry.raw, now()))
+    def _sync_loop(self) -> None:
+        while True:
+            batch = self._syncq.get()
+            if batch is None:
+                return
+            self._post("synced", (batch, self._send(batch)))
+
+    # ------------------------------------------------------------------ starting tasks
+    def _start_local(self) -> int:
+        """Start claimed tasks, in claim order, while their cores are free; returns how many started."""
+        n = 0
+        while self._local and not self._stop.is_set():
+            entry = self._local[0]
+            alloc = self.allocator.allocate(entry.cores, entry.nodes or None)
+            if alloc is None:
+                break
+            self._local.popleft()
+            slot = Slot(entry, alloc, now())
+            self._running[entry.task] = slot
+            self._started[entry.raw] = slot.start
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            self._launch(slot)
+            n += 1
+        return n
+
+    def _launch(self, slot: Slot) -> None:
+        """Prepare the task here; start it here, or from the launcher thread of its CPUs when it is bound."""
+        try:
+            slot.launch = build_launch(self._spec(slot.entry.job), slot.entry, slot.alloc, self.root_wd,
+                                       self.local_node, self.models, self._env)
+        except QcgpjError as exc:
+            slot.message = str(exc)
+        except Exception as exc:   # a task must always be reported, whatever broke
+            log.exception("task %s: launch failed", slot.entry.task)
+            slot.message = f"launch failed: {exc}"
+        if slot.launch is None:
+            self._finish(slot, None)
+            return
+        if slot.launch.walltime:
+            self._seq += 1
+            slot.seq = self._seq
+            heapq.heappush(self._deadlines, (time.monotonic() + slot.launch.walltime, slot.seq, slot.entry.task))
+        cpus = (self._cpus.binding(slot.launch.ctx.local_cores())
+                if getattr(slot.launch.worker, "bind_cpus", False) else None)
+        if cpus is not None:
+            self._launchers.submit(cpus, slot)
+        else:
+            self._start_task(slot, here=True)
+
+    def _start_in_launcher(self, slot: Slot) -> None:
+        self._start_task(slot, here=False)
+
+    def _start_task(self, slot: Slot, here: bool) -> None:
+        """Start the task; ``here`` in the dispatcher, else in a launcher thread (which only posts)."""
+        try:
+            running = slot.launch.worker.start(slot.launch.ctx)
+        except QcgpjError as exc:
+            slot.message = str(exc)
+        except Exception as exc:
+            log.exception("task %s: launch failed", slot.entry.task)
+            slot.message = f"launch failed: {exc}"
+        else:
+            slot.running = running
+            if slot.canceled:
+                running.kill()
+            code = running.poll()
+            if code is None:
+                self._watch(slot)
+                return
+            if here:
+                self._finish(slot, code)
+            else:
+                self._post("ended", (slot, code))
+            return
+        if here:
+            self._finish(slot, None)
+        else:
+            self._post("ended", (slot, None))
+
+    def _watch(self, slot: Slot) -> None:
+        """Learn of the task's end: through its pidfd in the dispatcher's epoll (registered from whichever thread
+        started it), or from a waiter thread."""
+        pid = slot.running.pid
+        if PIDFD and pid is not None:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                slot.fd = fd
+                self._by_fd[fd] = slot
+                self._epoll.register(fd, select.POLLIN)
+                return
+        slot.waiter = True
+        self._pool.submit(self._wait_thread, slot)
+
+    def _wait_thread(self, slot: Slot) -> None:
+        walltime = slot.launch.walltime
+        code = slot.running.wait(walltime)
+        if code is None:
+            slot.message = f"walltime limit of {walltime:g}s exceeded"
+            slot.running.kill()
+            code = slot.running.wait(None)
+        self._post("ended", (slot, code))
+
+    def _reap(self, slot: Slot) -> None:
+        self._epoll.unregister(slot.fd)
+        os.close(slot.fd)
+        slot.fd = None
+        code = slot.running.poll()
+        self._finish(slot, code if code is not None else slot.running.wait(None))
+
+    def _check_deadlines(self) -> None:
+        """Walltime of tasks watched through pidfds (a waiter thread enforces its own)."""
+        t = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= t:
+            _deadline, seq, task = heapq.heappop(self._deadlines)
+            slot = self._running.get(task)
+            if slot is None or slot.seq != seq or slot.waiter or slot.message:
+                continue
+            if slot.running is None:   # a launcher thread is still starting it
+                heapq.heappush(self._deadlines, (t + 0.01, seq, task))
+                break
+            slot.message = f"walltime limit of {slot.launch.walltime:g}s exceeded"
+            slot.running.kill()
+
+    def _finish(self, slot: Slot, code: int | None) -> None:
+        """The task ended (``code`` None: it never started): free its cores and queue its report."""
+        entry = slot.entry
+        if self._running.get(entry.task) is slot:
+            del self._running[entry.task]
+        self.allocator.release(slot.alloc)
+        self._started.pop(entry.raw, None)   # its end reports its start too
+        if slot.canceled:
+            state, message = "CANCELED", "canceled"
+        elif code == 0 and not slot.message:
+            state, message = "SUCCEED", ""
+        else:
+            state, message = "FAILED", slot.message or f"exit code {code}"
+        self._finished.append(Report(entry.raw, state, code, slot.start, now(), message))
         if self._oldest is None:
             self._oldest = time.monotonic()
-        return entry, alloc
-
-    def _start_local(self) -> int:
-        """Start claimed tasks while their cores are free; returns how many started."""
-        n = 0
-        while True:
-            with self._lock:
-                got = self._take_local()
-            if got is None:
-                return n
-            n += 1
-            entry, alloc = got
-            spec = self._spec(entry.job)
-            if self._inline(spec.model):
-                self._run_task(entry, alloc, spec)
-            else:
-                self._pool.submit(self._run_task, entry, alloc, spec)
-
-    def _inline(self, model: str) -> bool:
-        try:
-            return get_worker(self.models.get(model, model) if self.models else model).runs_inline
-        except QcgpjError:   # an unknown model: the task thread reports it as the task's failure
-            return False
 
     def _spec(self, job: str) -> JobSpec:
         try:
             return self._specs.get(job, "")
         except KeyError:   # evicted from the cache: read it again
             return self._specs.get(job, self.store.specs([job])[job] or "")
-
-    # ------------------------------------------------------------------ one task (pool thread)
-    def _run_task(self, entry: Entry, alloc: Allocation, spec: JobSpec) -> None:
-        """Run a task; then, while claimed work waits and its cores are free, go on with the next one here: a
-        freed core is reused at once, without waiting for the dispatcher (which may be in a round trip)."""
-        while True:
-            report = self._execute(entry, alloc, spec)
-            with self._lock:
-                self._running.pop(entry.task, None)
-                if entry.task in self._canceled:
-                    self._canceled.discard(entry.task)
-                    report = Report(report.entry, "CANCELED", report.exit_code, report.start, report.end, "canceled")
-                self.allocator.release(alloc)
-                self._finished.append(report)
-                if self._oldest is None:
-                    self._oldest = time.monotonic()
-                got = self._take_local()
-            self._inbox.put(("done", None))
-            if got is None:
-                return
-            entry, alloc = got
-            spec = self._spec(entry.job)
-
-    def _execute(self, entry: Entry, alloc: Allocation, spec: JobSpec) -> Report:
-        t0 = now()
-        state, code, message = "FAILED", None, ""
-        try:
-            launch = build_launch(spec, entry, alloc, self.root_wd, self.local_node, self.models, self._env)
-            running = launch.worker.start(launch.ctx)
-            with self._lock:
-                self._running[entry.task] = (entry, alloc, running)
-                canceled = entry.task in self._canceled
-            if canceled:
-                running.kill()
-            code = running.wait(launch.walltime)
-            if code is None:
-                running.kill()
-                code = running.wait(None)
-                message = f"walltime limit of {launch.walltime:g}s exceeded"
-            elif code == 0:
-                state = "SUCCEED"
-            else:
-                message = f"exit code {code}"
-        except QcgpjError as exc:
-            message = str(exc)
-        except Exception as exc:   # a task must always be reported, whatever broke
-            log.exception("task %s: launch failed", entry.task)
-            message = f"launch failed: {exc}"
-        return Report(entry.raw, state, code, t0, now(), message)
 
     # ------------------------------------------------------------------ control
     def _on_control(self, cmd: str) -> None:
@@ -344,25 +487,23 @@ class Executor:
             self._cancel(lambda task: task == arg or task.startswith(arg + ":"))
 
     def _cancel(self, match: Callable[[str], bool]) -> None:
-        with self._lock:
-            for entry in [e for e in self._local if match(e.task)]:   # claimed, not started: just give back
-                self._local.remove(entry)
-                self._finished.append(Report(entry.raw, "CANCELED", None, now(), now(), "canceled"))
-                if self._oldest is None:
-                    self._oldest = time.monotonic()
-            victims = [(task, run) for task, (_e, _a, run) in self._running.items() if match(task)]
-            self._canceled.update(task for task, _run in victims)
-        for task, run in victims:
-            log.info("executor %s: canceling %s", self.eid, task)
-            if run is not None:
-                run.kill()
+        for entry in [e for e in self._local if match(e.task)]:   # claimed, not started: just give back
+            self._local.remove(entry)
+            self._finished.append(Report(entry.raw, "CANCELED", None, now(), now(), "canceled"))
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+        for task, slot in self._running.items():
+            if match(task):
+                log.info("executor %s: canceling %s", self.eid, task)
+                slot.canceled = True   # a launcher thread that has not started it yet kills it at once
+                if slot.running is not None:
+                    slot.running.kill()
 
     def _on_dead(self, state: str) -> None:
         log.error("executor %s was declared %s; its tasks were given to others: stopping", self.eid, state)
         self._dead = True
         self._stop.set()
-        with self._lock:
-            self._local.clear()
+        self._local.clear()
         self._cancel(lambda task: True)
 
     # ------------------------------------------------------------------ helper threads
@@ -378,7 +519,7 @@ class Executor:
                 continue
             if entry:
                 self._want_work.clear()
-                self._inbox.put(("adopt", entry))
+                self._post("adopt", entry)
 
     def _heartbeat_loop(self) -> None:
         while True:
@@ -388,7 +529,7 @@ class Executor:
                 log.warning("executor %s: heartbeat failed: %s", self.eid, exc)
                 state = "ALIVE"
             if state in ("DEAD", "LEFT") and not self._stop.is_set():
-                self._inbox.put(("dead", state))
+                self._post("dead", state)
                 return
             if self._stop.wait(self.heartbeat_every) and not self._running:
                 return
@@ -401,18 +542,26 @@ class Executor:
                 time.sleep(1.0)
                 continue
             if cmd:
-                self._inbox.put(("control", cmd))
+                self._post("control", cmd)
 
     def _shutdown(self) -> None:
         self._stop.set()
+        self._launchers.stop()
         self._pool.shutdown(wait=True)
         # The waiter may still block in BLMOVE: no need to wait for it. requeue marks us LEFT and empties our
         # ready list in one step, and placement never feeds an executor that is not ALIVE, so nothing can
         # reach our running list after the hand-back.
-        self._read_inbox(block=False)
+        self._syncq.put(None)
+        self._read_inbox()
         while (self._finished or self._started) and not self._dead:
-            self._sync(0)
+            if not self._apply(b := self._take_batch(0), self._send(b)) and self._retry_at:
+                self._stop.wait(1.0)
         if not self._dead:
             # Hand back what is still placed on us or claimed ahead (never started), so it runs elsewhere.
             self.store.requeue(self.eid, 1 << 30, "left", final="LEFT")
         log.info("executor %s: stopped after %d task(s)", self.eid, self.tasks_done)
+        self._epoll.close()
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1

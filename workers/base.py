@@ -54,27 +54,26 @@ class Running(ABC):
     def kill(self) -> None:
         """End it, with everything it started; idempotent."""
 
+    def poll(self) -> int | None:
+        """The exit code if it has ended, else None, without blocking."""
+        return self.wait(0)
+
     @property
     def pid(self) -> int | None:
+        """A process whose end the executor can watch (through its pidfd) instead of blocking a thread."""
         return None
 
 
-class ProcessRunning(Running):
+class _ProcessGroup(Running):
     """A process in its own session: killing its process group reaches everything it started."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
         self._killed = False
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid
-
-    def wait(self, timeout: float | None) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        return self._pid
 
     def kill(self) -> None:
         if self._killed:
@@ -87,9 +86,26 @@ class ProcessRunning(Running):
 
     def _signal(self, sig: int) -> None:
         try:
-            os.killpg(self.proc.pid, sig)
+            os.killpg(self._pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class ProcessRunning(_ProcessGroup):
+    """A process started through ``subprocess.Popen``."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        super().__init__(proc.pid)
+        self.proc = proc
+
+    def wait(self, timeout: float | None) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
 
 
 class Worker(ABC):
@@ -127,7 +143,12 @@ class ProcessWorker(Worker):
         return ctx.env
 
     def start(self, ctx: TaskContext) -> Running:
+        """Called in a thread bound to the task's CPUs (when ``bind_cpus``): the process inherits the binding.
+
+        Popen, not os.posix_spawn: both vfork, but Popen releases the GIL while the child execs (~0.1 ms),
+        so other threads of the executor keep working meanwhile."""
         argv = self.command(ctx)
+        env = self.environment(ctx)
         files: list[IO] = []
         try:
             stdin = _open(ctx.stdin, "rb", files) if ctx.stdin else subprocess.DEVNULL
@@ -136,8 +157,8 @@ class ProcessWorker(Worker):
                 stderr: Any = subprocess.STDOUT
             else:
                 stderr = _open(ctx.stderr, "wb", files) if ctx.stderr else subprocess.DEVNULL
-            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=ctx.cwd,
-                                    env=self.environment(ctx), start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=ctx.cwd, env=env,
+                                    start_new_session=True, close_fds=True)
         except FileNotFoundError as exc:
             raise LaunchError(f"task {ctx.task_id}: cannot run '{argv[0]}': {exc.strerror}") from None
         except PermissionError as exc:
@@ -145,8 +166,6 @@ class ProcessWorker(Worker):
         finally:
             for f in files:
                 f.close()
-        if self.bind_cpus:
-            _bind(proc.pid, ctx.local_cores())
         return ProcessRunning(proc)
 
 
@@ -157,14 +176,3 @@ def _open(path: str, mode: str, files: list[IO]) -> IO:
         raise LaunchError(f"cannot open {path}: {exc.strerror}") from None
     files.append(f)
     return f
-
-
-def _bind(pid: int, cores: list[int]) -> None:
-    """Pin the task to its cores (after spawn, keeping Popen on its fast path; children inherit it)."""
-    if not cores:
-        return
-    ncpu = os.cpu_count() or 1
-    try:
-        os.sched_setaffinity(pid, {c % ncpu for c in cores})
-    except (ProcessLookupError, OSError):   # it may already have exited
-        pass
