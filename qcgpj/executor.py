@@ -184,9 +184,9 @@ class Executor:
             want = self._want()
             if self._sync_due(want):
                 batch = self._take_batch(want)
-                if self._running:
-                    # Tasks run meanwhile: the syncer thread waits for Redis, and this thread goes on reaping
-                    # and starting the claimed work, so cores do not idle for the length of a round trip.
+                if self._running or self._local:
+                    # Tasks run or wait meanwhile: the syncer thread waits for Redis, and this thread goes on
+                    # reaping and starting the claimed work, so cores do not idle for the length of a round trip.
                     self._inflight = batch
                     self._syncq.put(batch)
                 elif self._apply(batch, self._send(batch)):
@@ -231,7 +231,10 @@ class Executor:
         unreported = len(self._finished) + len(self._started)
         if unreported and (not self._running or unreported >= REPORT_BATCH or self._report_wait() == 0):
             return True
-        return bool(want) and not self._ready_empty and len(self._local) < self.allocator.total
+        # Claim again before the claimed work runs out (at half the look-ahead), so that the next batch arrives
+        # while the cores are still busy with this one.
+        low = max(self.allocator.total, self.lookahead // 2)
+        return bool(want) and not self._ready_empty and len(self._local) < low
 
     def _report_wait(self) -> float:
         """Seconds until the oldest unreported event is due (1.0 when there is none)."""

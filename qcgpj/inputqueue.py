@@ -27,7 +27,7 @@ CONSUMER = "inputqueue"   # one fixed consumer name: a restarted InputQueue re-r
 class InputQueue:
     def __init__(self, client: redis.Redis, namespace: str = "default", max_attempts: int = 3,
                  check_every: float = 1.0, lease_ttl: float = 5.0, iq_id: str | None = None,
-                 min_pass: float = 0.01) -> None:
+                 min_pass: float = 0.05) -> None:
         self.store = Store(client, namespace)
         self.max_attempts = max_attempts
         self.check_every = check_every

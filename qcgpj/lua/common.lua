@@ -121,9 +121,10 @@ end
 
 local function on_job_final(name, state)
   redis.call('DECR', K_active)
+  local h = redis.call('HMGET', K_job(name), 'kids', 'n', 'it0')
+  if not h[1] then return end  -- no job depends on it (the common case: skip the children set)
   local why = 'dependency ' .. name .. ' ended ' .. state
-  local n = tonumber(redis.call('HGET', K_job(name), 'n') or '0')
-  local it0 = tonumber(redis.call('HGET', K_job(name), 'it0') or '0')
+  local n, it0 = tonumber(h[2] or '0'), tonumber(h[3] or '0')
   for _, m in ipairs(redis.call('SMEMBERS', K_children(name))) do
     local rel, child = string.match(m, '^([^|]*)|(.*)$')
     if rel == 'w' then
@@ -238,23 +239,24 @@ local function place(scan, budget)
   if #ex == 0 then return 0 end
   local touched = {}
   for _, e in ipairs(ex) do touched[#touched + 1] = e end
-  local placed, drop = 0, {}
-  for _, entry in ipairs(redis.call('LRANGE', K_pending, 0, scan - 1)) do
+  local placed, drop, pos = 0, {}, 0
+  for i, entry in ipairs(redis.call('LRANGE', K_pending, 0, scan - 1)) do
     if #ex == 0 or placed >= budget then break end
+    pos = i
     local name, it = split_tid(entry)
     local jk = K_job(name)
     local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel')
     local cmin, cmax, kmin, kmax = parse_req(h[2])
     if not h[1] or FINAL[h[1]] then
-      drop[#drop + 1] = entry
+      drop[#drop + 1] = {pos, entry}
     elseif it ~= nil then
       if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
-        drop[#drop + 1] = entry
+        drop[#drop + 1] = {pos, entry}
       else
         local e, c, k = pick(ex, cmin, cmax, kmin, kmax)
         if e then
           assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7])); placed = placed + 1
-          drop[#drop + 1] = entry
+          drop[#drop + 1] = {pos, entry}
           if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED'); h[1] = 'SCHEDULED' end
         end
       end
@@ -275,17 +277,21 @@ local function place(scan, budget)
         redis.call('HSET', jk, 'next', nxt)
         if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED') end
       end
-      if nxt > last then drop[#drop + 1] = entry end
+      if nxt > last then drop[#drop + 1] = {pos, entry} end
     else
       local e, c, k = pick(ex, cmin, cmax, kmin, kmax)
       if e then
         assign(ex, e, name, c, k, tonumber(h[6] or '0')); placed = placed + 1
-        drop[#drop + 1] = entry
+        drop[#drop + 1] = {pos, entry}
         redis.call('HSET', jk, 'state', 'SCHEDULED', 'executor', e.id)
       end
     end
   end
-  for _, entry in ipairs(drop) do redis.call('LREM', K_pending, 1, entry) end
+  -- Placed entries are mostly a prefix of the list: trim it in one call, remove the others one by one.
+  local prefix = 0
+  while prefix < #drop and drop[prefix + 1][1] == prefix + 1 do prefix = prefix + 1 end
+  if prefix > 0 then redis.call('LTRIM', K_pending, prefix, -1) end
+  for j = prefix + 1, #drop do redis.call('LREM', K_pending, 1, drop[j][2]) end
   flush_placement(touched)
   return placed
 end

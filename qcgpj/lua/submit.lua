@@ -57,7 +57,7 @@ for _, j in ipairs(jobs) do
     if sel == '*' then
       pdeps = pdeps + 1
       redis.call('SADD', K_children(dn), 'p|' .. j.name)
-      redis.call('HSET', K_job(dn), 'itch', 1)
+      redis.call('HSET', K_job(dn), 'itch', 1, 'kids', 1)
       if st then  -- an existing parent: count its iterations that already succeeded or failed
         local its = redis.call('HGETALL', K_its(dn))
         for i = 1, #its, 2 do
@@ -75,7 +75,7 @@ for _, j in ipairs(jobs) do
       else
         deps = deps + 1
         redis.call('SADD', K_children(dn), 'i' .. sel .. '|' .. j.name)
-        redis.call('HSET', K_job(dn), 'itch', 1)
+        redis.call('HSET', K_job(dn), 'itch', 1, 'kids', 1)
       end
     else
       if st == 'SUCCEED' then
@@ -85,6 +85,7 @@ for _, j in ipairs(jobs) do
       else
         deps = deps + 1
         redis.call('SADD', K_children(dn), 'w|' .. j.name)
+        redis.call('HSET', K_job(dn), 'kids', 1)
       end
     end
   end

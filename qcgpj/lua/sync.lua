@@ -22,13 +22,24 @@ end
 local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
   local tid, c = parse_entry(entry)
   local name, it = split_tid(tid)
-  if not live(name, it) then
+  local spec = ''
+  local ok
+  if name ~= last then
+    local h = redis.call('HMGET', K_job(name), 'state', 'spec')
+    ok = h[1] and not FINAL[h[1]]
+    if ok and it ~= nil then ok = not FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] end
+    spec = h[2]
+  else
+    ok = live(name, it)
+  end
+  if not ok then
     redis.call('LREM', running, 1, entry)
     credit = credit + c
     return
   end
   out[#out + 1] = entry
-  if name ~= last then out[#out + 1] = redis.call('HGET', K_job(name), 'spec'); last = name else out[#out + 1] = '' end
+  out[#out + 1] = spec
+  last = name
 end
 
 local b = 7
