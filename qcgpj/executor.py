@@ -43,6 +43,9 @@ MAX_BATCH = 500
 REPORT_BATCH = 64      # reports that are sent at once, without waiting for REPORT_DELAY
 REPORT_DELAY = 0.005   # seconds a report may wait for others while work goes on (none when nothing runs)
 PREFETCH_MIN = 16
+PREFETCH_MAX = 256      # beyond this, one round trip's script runs long enough to starve the cores meanwhile
+PREFETCH_WINDOW = 0.05   # seconds of work an adaptive prefetch holds at the current rate
+ADAPT_EVERY = 0.1        # seconds of work between adaptations
 
 
 class Poll:
@@ -72,6 +75,7 @@ class Batch:
     adopt: list[str]
     started: list[tuple[str, str]]
     finished: list[Report]
+    prefetch: int | None = None   # a new prefetch (credit) for this executor
 
 
 class Executor:
@@ -79,7 +83,7 @@ class Executor:
 
     def __init__(self, client: redis.Redis, nodes: list[Node], namespace: str = "default",
                  eid: str | None = None, root_wd: str | None = None, prefetch: int | None = None,
-                 lookahead: int | None = None, heartbeat: float = 2.0, ttl: int = 10,
+                 heartbeat: float = 2.0, ttl: int = 10,
                  exit_when_idle: bool = False, slurm: bool = False, reconcile: float = 5.0) -> None:
         self.store = Store(client, namespace)
         self.allocator = CoreAllocator(nodes)
@@ -90,9 +94,14 @@ class Executor:
         os.makedirs(self.root_wd, exist_ok=True)
         total = self.allocator.total
         # Everything on our ready list is ours already, so we may claim all of it ahead (look-ahead = prefetch);
-        # a larger prefetch batches more per round trip but holds more work back from executors joining later.
+        # a larger prefetch batches more per round trip but holds more work back from other executors. Unless
+        # given, it adapts: about PREFETCH_WINDOW seconds of work at the rate tasks end here, so short tasks
+        # get deep batches and long ones keep the default.
         self.prefetch = max(total, PREFETCH_MIN) if prefetch is None else prefetch
-        self.lookahead = self.prefetch if lookahead is None else lookahead
+        self._adaptive = prefetch is None
+        self._prefetch_min = self.prefetch
+        self._adapted_at = time.monotonic()
+        self._ended_since = 0
         self.heartbeat_every, self.ttl = heartbeat, ttl
         self.exit_when_idle = exit_when_idle
         self.local_node = os.environ.get("SLURMD_NODENAME", host) if slurm else (
@@ -121,6 +130,7 @@ class Executor:
         self._specs = SpecCache()
         self._env: dict[str, str] = {}
         self._cpus = CpuMap()
+        self._home: int | None = None
         self._launchers = Launchers(self._start_in_launcher)
         self._stop = threading.Event()
         self._want_work = threading.Event()
@@ -154,10 +164,14 @@ class Executor:
         self.serve()
 
     def serve(self) -> None:
+        # The dispatcher is the launcher of the first core's CPU, the one a lone task (a chain of dependent
+        # jobs) gets: such tasks start without a hand-off to another thread.
+        self._home = self._cpus.pin_home(self.allocator.first_local_core(self.local_node))
         try:
             self._dispatch()
         finally:
             self._shutdown()
+            self._cpus.unpin()
 
     def stop(self) -> None:
         """Stop claiming; running tasks finish and are reported, the look-ahead is handed back (drain)."""
@@ -195,8 +209,10 @@ class Executor:
                 return
             if time.monotonic() >= self._next_reconcile and self._inflight is None:
                 self._reconcile()
-            if self._idle() and self._idle_exit():
-                return
+            if self._idle():
+                self._adapted_at, self._ended_since = time.monotonic(), 0   # the rate counts busy time only
+                if self._idle_exit():
+                    return
             if want and not self._local:
                 self._want_work.set()      # the waiter blocks in BLMOVE for us
             self._wait(self._timeout())
@@ -233,7 +249,7 @@ class Executor:
             return True
         # Claim again before the claimed work runs out (at half the look-ahead), so that the next batch arrives
         # while the cores are still busy with this one.
-        low = max(self.allocator.total, self.lookahead // 2)
+        low = max(self.allocator.total, self.prefetch // 2)
         return bool(want) and not self._ready_empty and len(self._local) < low
 
     def _report_wait(self) -> float:
@@ -263,7 +279,7 @@ class Executor:
     def _want(self) -> int:
         if self._stop.is_set():
             return 0
-        return max(0, self.allocator.free + self.lookahead - len(self._local) - len(self._adopt))
+        return max(0, self.allocator.free + self.prefetch - len(self._local) - len(self._adopt))
 
     def _busy(self) -> bool:
         return bool(self._running or self._finished or self._started) or self._inflight is not None
@@ -299,16 +315,27 @@ class Executor:
                 self._on_dead(data)
 
     def _take_batch(self, want: int) -> Batch:
-        batch = Batch(want, self._adopt, list(self._started.items()), self._finished[:MAX_BATCH])
+        batch = Batch(want, self._adopt, list(self._started.items()), self._finished[:MAX_BATCH], self._adapt())
         self._finished = self._finished[MAX_BATCH:]
         self._adopt, self._started = [], {}
         self._oldest = time.monotonic() if self._finished else None
         return batch
 
+    def _adapt(self) -> int | None:
+        """A new prefetch when the rate at which tasks end here asks for one (changes under 25% are ignored)."""
+        t = time.monotonic()
+        if not self._adaptive or t - self._adapted_at < ADAPT_EVERY:
+            return None
+        rate = self._ended_since / (t - self._adapted_at)
+        self._adapted_at, self._ended_since = t, 0
+        target = min(PREFETCH_MAX, max(self._prefetch_min, int(rate * PREFETCH_WINDOW), self.prefetch // 2))
+        return target if abs(target - self.prefetch) * 4 > self.prefetch else None
+
     def _send(self, batch: Batch) -> list[tuple[Entry, str]] | None:
         """The round trip (in the dispatcher or the syncer thread); None when Redis could not be reached."""
         try:
-            return self.store.sync(self.eid, batch.want, batch.adopt, batch.started, batch.finished)
+            return self.store.sync(self.eid, batch.want, batch.adopt, batch.started, batch.finished,
+                                   batch.prefetch)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("executor %s: Redis unavailable (%s); retrying", self.eid, exc)
             return None
@@ -323,6 +350,9 @@ class Executor:
             return 0
         self._retry_at = 0.0
         self.tasks_done += len(batch.finished)
+        if batch.prefetch is not None:
+            log.debug("executor %s: prefetch %d -> %d", self.eid, self.prefetch, batch.prefetch)
+            self.prefetch = batch.prefetch
         for entry, spec_json in got:
             if spec_json:
                 self._specs.get(entry.job, spec_json)
@@ -375,10 +405,24 @@ class Executor:
             heapq.heappush(self._deadlines, (time.monotonic() + slot.launch.walltime, slot.seq, slot.entry.task))
         cpus = (self._cpus.binding(slot.launch.ctx.local_cores())
                 if getattr(slot.launch.worker, "bind_cpus", False) else None)
-        if cpus is not None:
-            self._launchers.submit(cpus, slot)
+        if self._home is None:
+            if cpus is None:
+                self._start_task(slot, here=True)
+            else:
+                self._launchers.submit(cpus, slot)
+        elif cpus is None or min(cpus) == self._home:
+            # This thread is pinned to the home CPU: start the task here, with the thread's mask set to the
+            # task's CPUs (all of them when it is not bound) for the spawn; widening never migrates the thread.
+            mask = self._cpus.all if cpus is None else cpus
+            if len(mask) > 1:
+                os.sched_setaffinity(0, mask)
+            try:
+                self._start_task(slot, here=True)
+            finally:
+                if len(mask) > 1:
+                    os.sched_setaffinity(0, {self._home})
         else:
-            self._start_task(slot, here=True)
+            self._launchers.submit(cpus, slot)
 
     def _start_in_launcher(self, slot: Slot) -> None:
         self._start_task(slot, here=False)
@@ -471,6 +515,7 @@ class Executor:
         else:
             state, message = "FAILED", slot.message or f"exit code {code}"
         self._finished.append(Report(entry.raw, state, code, slot.start, now(), message))
+        self._ended_since += 1
         if self._oldest is None:
             self._oldest = time.monotonic()
 

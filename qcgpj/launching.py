@@ -54,6 +54,18 @@ class CpuMap:
             self.cpus = []
         self.all = frozenset(self.cpus)
 
+    def pin_home(self, core: int | None) -> int | None:
+        """Pin the calling thread to the CPU of ``core``; returns that CPU (None: nothing to bind here)."""
+        cpus = self.binding([core]) if core is not None else None
+        if cpus is None:
+            return None
+        os.sched_setaffinity(0, cpus)
+        return min(cpus)
+
+    def unpin(self) -> None:
+        if self.cpus:
+            os.sched_setaffinity(0, self.all)
+
     def binding(self, cores: list[int]) -> frozenset[int] | None:
         """The CPUs to bind a task on these cores to, or None when binding would not restrict it."""
         if not self.cpus or not cores:

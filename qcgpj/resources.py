@@ -168,6 +168,13 @@ class CoreAllocator:
     def max_per_node(self) -> int:
         return max(len(n.cores) for n in self.nodes)
 
+    def first_local_core(self, node: str) -> int | None:
+        """The core a lone one-core task on ``node`` gets (cores are handed out lowest first)."""
+        for n in self.nodes:
+            if n.name == node and n.cores:
+                return min(n.cores)
+        return None
+
     def allocate(self, cores: int, nodes: int | None = None) -> Allocation | None:
         """Best fit on one node; a task larger than any node spreads over the fewest nodes; with ``nodes``,
         exactly that many."""

@@ -260,12 +260,14 @@ class Store:
         return self._run("heartbeat", [eid, now(), ttl])
 
     def sync(self, eid: str, want: int, adopt: Sequence[str] = (), started: Sequence[tuple[str, str]] = (),
-             finished: Sequence[Report] = ()) -> list[tuple[Entry, str]]:
-        """One executor round trip: report started and finished tasks, claim up to ``want`` more.
+             finished: Sequence[Report] = (), prefetch: int | None = None) -> list[tuple[Entry, str]]:
+        """One executor round trip: report started and finished tasks, claim up to ``want`` more, and change
+        the executor's prefetch (its placement credit beyond its cores) if ``prefetch`` is given.
 
         Returns [(entry, spec JSON or '' when the same job as the entry before)] for adopted and claimed work.
         """
-        args: list[Any] = [eid, now(), want, len(adopt), len(started), len(finished), *adopt]
+        args: list[Any] = [eid, now(), want, len(adopt), len(started), len(finished),
+                           "" if prefetch is None else prefetch, *adopt]
         for entry, t0 in started:
             args += [entry, t0]
         for rep in finished:

@@ -151,12 +151,12 @@ class ProcessWorker(Worker):
         env = self.environment(ctx)
         files: list[IO] = []
         try:
-            stdin = _open(ctx.stdin, "rb", files) if ctx.stdin else subprocess.DEVNULL
-            stdout = _open(ctx.stdout, "wb", files) if ctx.stdout else subprocess.DEVNULL
+            stdin = _open(ctx.stdin, "rb", files) if ctx.stdin else _devnull()
+            stdout = _open(ctx.stdout, "wb", files) if ctx.stdout else _devnull()
             if ctx.stderr and ctx.stderr == ctx.stdout:
                 stderr: Any = subprocess.STDOUT
             else:
-                stderr = _open(ctx.stderr, "wb", files) if ctx.stderr else subprocess.DEVNULL
+                stderr = _open(ctx.stderr, "wb", files) if ctx.stderr else _devnull()
             proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=ctx.cwd, env=env,
                                     start_new_session=True, close_fds=True)
         except FileNotFoundError as exc:
@@ -167,6 +167,16 @@ class ProcessWorker(Worker):
             for f in files:
                 f.close()
         return ProcessRunning(proc)
+
+
+_DEVNULL: list[int] = []
+
+
+def _devnull() -> int:
+    """One /dev/null descriptor for all tasks (Popen's DEVNULL opens and closes one per process)."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_RDWR))
+    return _DEVNULL[0]
 
 
 def _open(path: str, mode: str, files: list[IO]) -> IO:

@@ -36,10 +36,10 @@ end
 -- Work list of the propagation: {op, name, it, msg}; an explicit stack keeps deep chains off the C stack.
 local work = {}
 
-local function make_ready(name)
+local function make_ready(name, pdeps)  -- pdeps: its per-iteration parent count, if already read
   local jk = K_job(name)
   redis.call('HSET', jk, 'state', 'READY')
-  local pdeps = tonumber(redis.call('HGET', jk, 'pdeps') or '0')
+  pdeps = tonumber(pdeps or redis.call('HGET', jk, 'pdeps') or '0')
   if pdeps == 0 then
     redis.call('RPUSH', K_pending, name)
     return
@@ -56,7 +56,9 @@ end
 local function dec_deps(name)
   local jk = K_job(name)
   local left = redis.call('HINCRBY', jk, 'deps', -1)
-  if left <= 0 and redis.call('HGET', jk, 'state') == 'QUEUED' then make_ready(name) end
+  if left > 0 then return end
+  local h = redis.call('HMGET', jk, 'state', 'pdeps')
+  if h[1] == 'QUEUED' then make_ready(name, h[2] or '0') end
 end
 
 local function parent_iteration_ok(name, it)  -- one per-iteration parent of name:it succeeded
@@ -234,13 +236,14 @@ end
 -- Place ready work on executors by credit: scan at most `scan` pending entries, place at most `budget` tasks.
 -- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed.
 local function place(scan, budget)
-  if redis.call('LLEN', K_pending) == 0 then return 0 end
+  local entries = redis.call('LRANGE', K_pending, 0, scan - 1)
+  if #entries == 0 then return 0 end
   local ex = load_executors()
   if #ex == 0 then return 0 end
   local touched = {}
   for _, e in ipairs(ex) do touched[#touched + 1] = e end
   local placed, drop, pos = 0, {}, 0
-  for i, entry in ipairs(redis.call('LRANGE', K_pending, 0, scan - 1)) do
+  for i, entry in ipairs(entries) do
     if #ex == 0 or placed >= budget then break end
     pos = i
     local name, it = split_tid(entry)

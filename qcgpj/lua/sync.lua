@@ -1,5 +1,5 @@
 -- One round trip of an executor: what started, what finished, and more work.
--- ARGV: executor id, now, want, n_adopt, n_started, n_finished, then
+-- ARGV: executor id, now, want, n_adopt, n_started, n_finished, new prefetch ('' to keep it), then
 --   adopt entries (moved to running by BLMOVE; to check and describe), started (entry, start time) pairs,
 --   finished (entry, state, exit, start, end, message) 6-tuples.
 -- Returns {entry, spec, entry, spec...} for the adopted and newly claimed entries that are still wanted; spec
@@ -42,7 +42,7 @@ local function offer(entry)  -- a claimed entry: hand it out, or drop it if its 
   last = name
 end
 
-local b = 7
+local b = 8
 for i = 1, n_adopt do offer(ARGV[b]); b = b + 1 end
 for i = 1, n_started do
   local entry, t0 = ARGV[b], ARGV[b + 1]
@@ -77,13 +77,22 @@ for i = 1, n_finished do
 end
 propagate()
 local alive = redis.call('HGET', K_exec(eid), 'state') ~= 'DEAD'
-if credit > 0 and alive then redis.call('HINCRBY', K_exec(eid), 'free', credit) end
-if credit > 0 then place(50, 1000) end
-while alive and want > 0 do
-  local entry = redis.call('LMOVE', ready, running, 'LEFT', 'RIGHT')
-  if not entry then break end
-  want = want - 1
-  offer(entry)
+local prefetch = tonumber(ARGV[7])
+if prefetch and alive then  -- the executor's look-ahead changed: so does its credit
+  local old = tonumber(redis.call('HGET', K_exec(eid), 'prefetch') or '0')
+  redis.call('HSET', K_exec(eid), 'prefetch', prefetch)
+  credit = credit + prefetch - old
+end
+if credit ~= 0 and alive then redis.call('HINCRBY', K_exec(eid), 'free', credit) end
+if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
+local n = alive and want > 0 and math.min(want, redis.call('LLEN', ready)) or 0
+if n <= 2 then
+  for i = 1, n do offer(redis.call('LMOVE', ready, running, 'LEFT', 'RIGHT')) end
+elseif n > 0 then  -- a batch: three calls instead of one per entry
+  local got = redis.call('LRANGE', ready, 0, n - 1)
+  redis.call('LTRIM', ready, n, -1)
+  push_many(running, got)
+  for _, entry in ipairs(got) do offer(entry) end
 end
 if finished > 0 or n_started > 0 then emit('sync', eid .. ' ' .. n_started .. ' ' .. finished) end
 return out
