@@ -191,10 +191,9 @@ class Executor:
     # ------------------------------------------------------------------ the dispatcher
     def _dispatch(self) -> None:
         while True:
-            # Make all the local progress there is (results in, tasks started) before one round trip reports
-            # it all: with short tasks one call then carries many.
-            while self._read_inbox() + self._start_local():
-                pass
+            # Local progress (results in, tasks started) first, so that one round trip reports it all; but
+            # the next claim goes out as soon as the claimed work runs low, before it runs out.
+            moved = self._read_inbox() + self._start_local()
             want = self._want()
             if self._sync_due(want):
                 batch = self._take_batch(want)
@@ -205,6 +204,8 @@ class Executor:
                     self._syncq.put(batch)
                 elif self._apply(batch, self._send(batch)):
                     continue
+            if moved:
+                continue
             if self._stop.is_set() and not self._busy():
                 return
             if time.monotonic() >= self._next_reconcile and self._inflight is None:
@@ -247,10 +248,12 @@ class Executor:
         unreported = len(self._finished) + len(self._started)
         if unreported and (not self._running or unreported >= REPORT_BATCH or self._report_wait() == 0):
             return True
-        # Claim again before the claimed work runs out (at half the look-ahead), so that the next batch arrives
-        # while the cores are still busy with this one.
-        low = max(self.allocator.total, self.prefetch // 2)
-        return bool(want) and not self._ready_empty and len(self._local) < low
+        return bool(want) and not self._ready_empty and len(self._local) < self._low()
+
+    def _low(self) -> int:
+        """Claim again before the claimed work runs out (below half the look-ahead), so that the next batch
+        arrives while the cores are still busy with this one."""
+        return max(self.allocator.total, self.prefetch // 2)
 
     def _report_wait(self) -> float:
         """Seconds until the oldest unreported event is due (1.0 when there is none)."""
@@ -370,8 +373,10 @@ class Executor:
     # ------------------------------------------------------------------ starting tasks
     def _start_local(self) -> int:
         """Start claimed tasks, in claim order, while their cores are free; returns how many started."""
-        n = 0
+        n, low = 0, self._low()
         while self._local and not self._stop.is_set():
+            if n and len(self._local) < low and self._inflight is None and not self._ready_empty:
+                break   # below the low-water mark: let the dispatcher send the next claim first
             entry = self._local[0]
             alloc = self.allocator.allocate(entry.cores, entry.nodes or None)
             if alloc is None:
@@ -410,6 +415,8 @@ class Executor:
                 self._start_task(slot, here=True)
             else:
                 self._launchers.submit(cpus, slot)
+        elif cpus is None and slot.launch.worker.runs_inline:
+            self._start_task(slot, here=True)   # nothing is spawned: no mask to set
         elif cpus is None or min(cpus) == self._home:
             # This thread is pinned to the home CPU: start the task here, with the thread's mask set to the
             # task's CPUs (all of them when it is not bound) for the spawn; widening never migrates the thread.

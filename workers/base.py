@@ -112,8 +112,8 @@ class Worker(ABC):
     """A launch mode, found by its ``name`` through the ``qcgpj.workers`` entry-point group."""
 
     name: ClassVar[str]
-    #: True for a worker whose tasks end as soon as they start: the executor then runs them in its dispatcher
-    #: thread instead of handing them to a task thread.
+    #: True for a worker whose ``start`` does the whole task in the calling thread and starts no process or
+    #: thread (so the executor sets no CPU mask around it).
     runs_inline: ClassVar[bool] = False
 
     @abstractmethod
