@@ -164,9 +164,15 @@ def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
     phases = {"start": round(t1 - t0, 3), "submit": round(t2 - t1, 3), "run": round(t3 - t2, 3),
               "stop": round(time.perf_counter() - t3, 3)}
     ok = sum(1 for s in states.values() if s == "SUCCEED")
-    name = "queue" if model == "noop" else "tasks"
-    return Result(name, f"{cfg.tasks} jobs, {'no-op launcher' if model == 'noop' else '/bin/true'}",
-                  round(cfg.tasks / dt, 1), "tasks/s", {"seconds": round(dt, 3), "succeeded": ok, **phases})
+    if model == "noop":
+        # The queue's own ceiling: from the first submit until every task is final (starting and stopping the
+        # services is process start-up, not queueing); the whole command's rate is in the details.
+        span = t3 - t1
+        return Result("queue", f"{cfg.tasks} jobs, no-op launcher", round(cfg.tasks / span, 1), "tasks/s",
+                      {"seconds": round(span, 3), "succeeded": ok, "whole_per_s": round(cfg.tasks / dt, 1),
+                       **phases})
+    return Result("tasks", f"{cfg.tasks} jobs, /bin/true", round(cfg.tasks / dt, 1), "tasks/s",
+                  {"seconds": round(dt, 3), "succeeded": ok, **phases})
 
 
 def bench_iterations(cfg: BenchConfig) -> Result:

@@ -297,11 +297,8 @@ class Executor:
     def _read_inbox(self) -> int:
         """Handle the messages that arrived; returns how many."""
         n = 0
-        while True:
-            try:
-                kind, data = self._inbox.get_nowait()
-            except queue.Empty:
-                return n
+        while not self._inbox.empty():
+            kind, data = self._inbox.get_nowait()   # only this thread takes from the inbox
             n += 1
             if kind == "ended":
                 slot, code = data
@@ -316,6 +313,7 @@ class Executor:
                 self._on_control(data)
             elif kind == "dead":
                 self._on_dead(data)
+        return n
 
     def _take_batch(self, want: int) -> Batch:
         batch = Batch(want, self._adopt, list(self._started.items()), self._finished[:MAX_BATCH], self._adapt())
