@@ -612,6 +612,7 @@ class Executor:
         if not self._dead:
             # Hand back what is still placed on us or claimed ahead (never started), so it runs elsewhere.
             self.store.requeue(self.eid, 1 << 30, "left", final="LEFT")
+        self.store.close()
         log.info("executor %s: stopped after %d task(s)", self.eid, self.tasks_done)
         self._epoll.close()
         with self._wake_lock:
