@@ -133,6 +133,20 @@ def test_cores_range_and_cpu_binding(env):
     assert 2 <= given <= 3
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_concurrent_one_core_tasks_are_bound_to_different_cpus(env):
+    """Each of two one-core tasks that run at once is bound to its own CPU, whichever thread started it."""
+    m, wd = env
+    probe = ("import os, sys, time; open(sys.argv[1] + '.out', 'w').write(repr(sorted(os.sched_getaffinity(0))));"
+             "t = time.monotonic() + 30\n"
+             "while not os.path.exists(sys.argv[2] + '.out') and time.monotonic() < t: time.sleep(0.01)")
+    m.submit(Jobs().add(name="a", exec=sys.executable, args=["-c", probe, "a", "b"])
+             .add(name="b", exec=sys.executable, args=["-c", probe, "b", "a"]))
+    assert wait(m, ["a", "b"]) == {"a": "SUCCEED", "b": "SUCCEED"}
+    a, b = (eval((wd / f"{n}.out").read_text()) for n in "ab")
+    assert len(a) == len(b) == 1 and a != b
+
+
 def test_working_directory_is_created(env):
     m, wd = env
     m.submit(Jobs().add(name="w", exec="/bin/pwd", wd="sub/${jname}", stdout="pwd.out"))

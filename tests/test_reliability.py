@@ -94,6 +94,22 @@ def test_report_of_a_dead_executor_is_fenced(redis_server):
     assert store.job_hash("t")["state"] == "SUCCEED" and store.job_hash("t")["executor"] == "e2"
 
 
+def test_prefetch_change_moves_the_placement_credit(redis_server):
+    """An executor that changes its prefetch (the adaptive look-ahead) gets that much more or less credit."""
+    client = redis_server.client()
+    client.flushall()
+    store = Store(client, "credit")
+    store.register("e1", 30, "h", "h=2", 2, 2, 1, 16, 1)
+    assert client.hmget(store.keys.exec("e1"), "free", "prefetch") == ["18", "16"]
+    store.sync("e1", 0, prefetch=100)
+    assert client.hmget(store.keys.exec("e1"), "free", "prefetch") == ["102", "100"]
+    store.submit([(f"t{i}", '{"name":"t%d","execution":{"exec":"/bin/true"}}' % i, "1|1|0|0", "", "")
+                  for i in range(150)])
+    assert client.llen(store.keys.ready("e1")) == 102   # placement follows the new credit
+    store.sync("e1", 0, prefetch=40)
+    assert client.hmget(store.keys.exec("e1"), "free", "prefetch") == ["-60", "40"]
+
+
 def test_sigterm_drains_and_hands_back(redis_url, tmp_path):
     c = Cluster(redis_url, tmp_path)
     try:
