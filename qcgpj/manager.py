@@ -208,13 +208,15 @@ class Manager:
         names = [names] if isinstance(names, str) else list(names)
         deadline = None if timeout is None else time.monotonic() + timeout
         last = self.store.last_event_id()
+        states: dict[str, str | None] = {}
+        open_names = names   # a final state never changes: only the others are read again
         while True:
-            states = self.status(names)
-            done = sum(1 for s in states.values() if s in FINAL_STATES)
+            states.update(self.status(open_names))
+            open_names = [n for n in open_names if states[n] not in FINAL_STATES]
             if progress:
-                progress(done, len(names))
-            if done == len(names):
-                return states
+                progress(len(names) - len(open_names), len(names))
+            if not open_names:
+                return {n: states[n] for n in names}
             last = self._wait_event(last, deadline, names)
 
     def wait4all(self, timeout: float | None = None, progress: Progress | None = None) -> dict[str, str | None]:
