@@ -48,6 +48,7 @@ class BenchConfig:
     cores: int | None = None
     external: bool = False
     namespace: str = "default"   # the namespace served by external executors
+    private: bool = False        # a server started for this run and thrown away after it: nothing to clean
 
 
 class Services:
@@ -104,7 +105,7 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
         services.stop()
         if shared:
             _drop_jobs(m.client, ns, prefix)
-        elif cfg.url is not None:
+        elif cfg.url is not None and not cfg.private:
             _unlink_matching(m.client, f"qcgpj:{{{ns}}}:*")
         shutil.rmtree(wd, ignore_errors=True)
 

@@ -313,7 +313,7 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
     with ctx as url:
         cfg = BenchConfig(url, tasks=tasks, chain=chain, submit_jobs=submit_jobs,
                           submit_iterations=submit_iterations, cores=cores, external=external,
-                          namespace=namespace)
+                          namespace=namespace, private=start_redis)
         results = run_bench(cfg, workloads or WORKLOADS)
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in results], indent=1))
