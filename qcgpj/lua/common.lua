@@ -82,12 +82,13 @@ local function final_of_iterations(jk)
 end
 
 -- A task (job or iteration) reached a final state: record it and queue the consequences.
-local function task_final(name, it, state, exit, eid, t0, t1, att, msg)
+-- childless: the caller already knows that no job depends on this one (saves reading it again)
+local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childless)
   local jk = K_job(name)
   if it == nil then
     redis.call('HSET', jk, 'state', state, 'exit', exit or '', 'start', t0 or '', 'end', t1 or NOW,
       'message', msg or '')
-    work[#work + 1] = {'job_final', name, nil, state}
+    work[#work + 1] = {'job_final', name, nil, state, childless}
     return
   end
   redis.call('HSET', K_its(name), it, record(state, exit, eid, t0, t1 or NOW, att, msg))
@@ -121,8 +122,9 @@ local function omit_iteration(name, it, why)
   task_final(name, it, 'OMITTED', nil, nil, nil, NOW, 0, why)
 end
 
-local function on_job_final(name, state)
+local function on_job_final(name, state, childless)
   redis.call('DECR', K_active)
+  if childless then return end
   local h = redis.call('HMGET', K_job(name), 'kids', 'n', 'it0')
   if not h[1] then return end  -- no job depends on it (the common case: skip the children set)
   local why = 'dependency ' .. name .. ' ended ' .. state
@@ -164,7 +166,7 @@ end
 local function propagate()
   while #work > 0 do
     local w = table.remove(work)
-    if w[1] == 'job_final' then on_job_final(w[2], w[4]) else on_iteration_final(w[2], w[3], w[4]) end
+    if w[1] == 'job_final' then on_job_final(w[2], w[4], w[5]) else on_iteration_final(w[2], w[3], w[4]) end
   end
 end
 

@@ -69,8 +69,10 @@ for i = 1, n_finished do
     local tid, c, k, att = parse_entry(entry)
     credit = credit + c
     local name, it = split_tid(tid)
-    if live(name, it) then
-      task_final(name, it, state, exit, eid, t0, t1, att, msg)
+    local h = redis.call('HMGET', K_job(name), 'state', 'kids')
+    if h[1] and not FINAL[h[1]]
+        and (it == nil or not FINAL[record_state(redis.call('HGET', K_its(name), it)) or '']) then
+      task_final(name, it, state, exit, eid, t0, t1, att, msg, not h[2])
       finished = finished + 1
     end
   end
