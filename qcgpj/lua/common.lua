@@ -122,19 +122,20 @@ local function omit_iteration(name, it, why)
   task_final(name, it, 'OMITTED', nil, nil, nil, NOW, 0, why)
 end
 
+-- childless: true, false (it has children) or nil (not known yet: read it)
 local function on_job_final(name, state, childless)
   redis.call('DECR', K_active)
-  if childless then return end
-  local h = redis.call('HMGET', K_job(name), 'kids', 'n', 'it0')
-  if not h[1] then return end  -- no job depends on it (the common case: skip the children set)
+  if childless == nil then childless = not redis.call('HGET', K_job(name), 'kids') end
+  if childless then return end  -- no job depends on it (the common case: skip the children set)
   local why = 'dependency ' .. name .. ' ended ' .. state
-  local n, it0 = tonumber(h[2] or '0'), tonumber(h[3] or '0')
   for _, m in ipairs(redis.call('SMEMBERS', K_children(name))) do
     local rel, child = string.match(m, '^([^|]*)|(.*)$')
     if rel == 'w' then
       if state == 'SUCCEED' then dec_deps(child) else omit_job(child, why) end
     elseif rel == 'p' then
       if state ~= 'SUCCEED' then
+        local h = redis.call('HMGET', K_job(name), 'n', 'it0')
+        local n, it0 = tonumber(h[1] or '0'), tonumber(h[2] or '0')
         for it = it0, it0 + n - 1 do
           if record_state(redis.call('HGET', K_its(name), it)) ~= 'SUCCEED' then
             omit_iteration(child, it, 'dependency ' .. name .. ':' .. it .. ' did not succeed')
