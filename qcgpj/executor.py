@@ -1,7 +1,7 @@
 """The Executor (``qcgpj-worker``): owns the cores of one allocation, claims tasks and runs them.
 
-One dispatcher thread owns all the executor's state and waits in one epoll: on the pidfds of the running tasks
-(a task's end wakes it directly), and on a wake-up pipe for messages from the helper threads. Each round
+One dispatcher thread owns all the executor's state and sleeps in its ``Runner`` (``launching``): on the pidfds of
+the running tasks (a task's end wakes it directly) and on a wake-up pipe for messages from the helper threads. Each round
 trip to Redis (one script, ``sync``) reports what started and what finished, places new work and claims the next
 tasks, up to the free cores plus a look-ahead, so that under load a single call serves many tasks. Around it:
 - launcher threads, one per CPU and pinned to it, start the tasks that are bound to CPUs (``launching``);
@@ -13,18 +13,15 @@ executor that dies at any point loses nothing: the InputQueue gives that list ba
 """
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import queue
-import select
 import socket
 import sys
 import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,7 +29,7 @@ import redis
 
 from .errors import QcgpjError
 from .jobspec import JobSpec
-from .launching import PIDFD, CpuMap, Launchers, Slot
+from .launching import Runner, Slot
 from .resources import CoreAllocator, Node
 from .store import Entry, Report, Store, now
 from .tasks import SLURM_MODELS, SpecCache, build_launch
@@ -46,25 +43,6 @@ PREFETCH_MIN = 16
 PREFETCH_MAX = 256      # beyond this, one round trip's script runs long enough to starve the cores meanwhile
 PREFETCH_WINDOW = 0.05   # seconds of work an adaptive prefetch holds at the current rate
 ADAPT_EVERY = 0.1        # seconds of work between adaptations
-
-
-class Poll:
-    """epoll's interface over poll(2), where there is no epoll (nor pidfds: only the wake-up pipe is in it)."""
-
-    def __init__(self) -> None:
-        self._poll = select.poll()
-
-    def register(self, fd: int, events: int) -> None:
-        self._poll.register(fd, events)
-
-    def unregister(self, fd: int) -> None:
-        self._poll.unregister(fd)
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        return self._poll.poll(timeout * 1000)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 @dataclass(slots=True)
@@ -108,14 +86,7 @@ class Executor:
             nodes[0].name if len(nodes) == 1 else host)
         self.models = SLURM_MODELS if slurm else None
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        self._wake_lock = threading.Lock()          # helper threads may post while the executor closes
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        # epoll, not a selectors wrapper: launcher threads register pidfds while the dispatcher waits in it.
-        self._epoll = select.epoll() if hasattr(select, "epoll") else Poll()
-        self._epoll.register(self._wake_r, select.POLLIN)
-        self._by_fd: dict[int, Slot] = {}
+        self._runner = Runner(self._finish, self._post, waiters=max(4, total + 2))
         self._local: deque[Entry] = deque()          # claimed, waiting for cores
         self._started: dict[str, str] = {}           # entry -> start time, not yet reported
         self._finished: list[Report] = []
@@ -125,13 +96,8 @@ class Executor:
         self._suspects: set[str] = set()             # unknown running-list entries seen at the last check
         self._oldest: float | None = None            # when the oldest unreported start or end happened
         self._running: dict[str, Slot] = {}          # task -> its slot, from taking its cores to its end
-        self._deadlines: list[tuple[float, int, str]] = []   # (walltime end, seq, task): a heap
-        self._seq = 0
         self._specs = SpecCache()
         self._env: dict[str, str] = {}
-        self._cpus = CpuMap()
-        self._home: int | None = None
-        self._launchers = Launchers(self._start_in_launcher)
         self._stop = threading.Event()
         self._want_work = threading.Event()
         self._dead = False
@@ -139,7 +105,6 @@ class Executor:
         self._inflight: Batch | None = None         # the round trip the syncer thread is making
         self._syncq: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._retry_at = 0.0
-        self._pool = ThreadPoolExecutor(max_workers=max(4, total + 2), thread_name_prefix="qcgpj-wait")
         self._threads: list[threading.Thread] = []
         self.tasks_done = 0
 
@@ -166,12 +131,11 @@ class Executor:
     def serve(self) -> None:
         # The dispatcher is the launcher of the first core's CPU, the one a lone task (a chain of dependent
         # jobs) gets: such tasks start without a hand-off to another thread.
-        self._home = self._cpus.pin_home(self.allocator.first_local_core(self.local_node))
+        self._runner.pin_home(self.allocator.first_local_core(self.local_node))
         try:
             self._dispatch()
         finally:
             self._shutdown()
-            self._cpus.unpin()
 
     def stop(self) -> None:
         """Stop claiming; running tasks finish and are reported, the look-ahead is handed back (drain)."""
@@ -181,12 +145,7 @@ class Executor:
     def _post(self, kind: str, data: Any) -> None:
         """A message for the dispatcher, from any thread."""
         self._inbox.put((kind, data))
-        with self._wake_lock:
-            if self._wake_w >= 0:
-                try:
-                    os.write(self._wake_w, b"x")
-                except BlockingIOError:   # the pipe is full: the dispatcher wakes anyway
-                    pass
+        self._runner.wake()
 
     # ------------------------------------------------------------------ the dispatcher
     def _dispatch(self) -> None:
@@ -216,26 +175,15 @@ class Executor:
                     return
             if want and not self._local:
                 self._want_work.set()      # the waiter blocks in BLMOVE for us
-            self._wait(self._timeout())
-
-    def _wait(self, timeout: float) -> None:
-        """Sleep in epoll until a task ends, a message arrives or ``timeout``; then handle the ends."""
-        for fd, _events in self._epoll.poll(timeout):
-            if fd == self._wake_r:
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-            elif (slot := self._by_fd.pop(fd, None)) is not None:
-                self._reap(slot)
-        self._check_deadlines()
+            self._runner.wait(self._timeout())   # tasks that end are reported through _finish
 
     def _timeout(self) -> float:
         t = self._report_wait()
         if self._retry_at:
             t = min(t, max(self._retry_at - time.monotonic(), 0.0))
-        if self._deadlines:
-            t = min(t, self._deadlines[0][0] - time.monotonic())
+        deadline = self._runner.next_deadline()
+        if deadline is not None:
+            t = min(t, deadline - time.monotonic())
         return max(t, 0.0005)
 
     def _sync_due(self, want: int) -> bool:
@@ -390,7 +338,7 @@ class Executor:
         return n
 
     def _launch(self, slot: Slot) -> None:
-        """Prepare the task here; start it here, or from the launcher thread of its CPUs when it is bound."""
+        """Prepare the task (substitutions, directories, environment) and hand it to the runner."""
         try:
             slot.launch = build_launch(self._spec(slot.entry.job), slot.entry, slot.alloc, self.root_wd,
                                        self.local_node, self.models, self._env)
@@ -402,113 +350,12 @@ class Executor:
         if slot.launch is None:
             self._finish(slot, None)
             return
-        if slot.launch.walltime:
-            self._seq += 1
-            slot.seq = self._seq
-            heapq.heappush(self._deadlines, (time.monotonic() + slot.launch.walltime, slot.seq, slot.entry.task))
-        cpus = (self._cpus.binding(slot.launch.ctx.local_cores())
-                if getattr(slot.launch.worker, "bind_cpus", False) else None)
-        if self._home is None:
-            if cpus is None:
-                self._start_task(slot, here=True)
-            else:
-                self._launchers.submit(cpus, slot)
-        elif cpus is None and slot.launch.worker.runs_inline:
-            self._start_task(slot, here=True)   # nothing is spawned: no mask to set
-        elif cpus is None or min(cpus) == self._home:
-            # This thread is pinned to the home CPU: start the task here, with the thread's mask set to the
-            # task's CPUs (all of them when it is not bound) for the spawn; widening never migrates the thread.
-            mask = self._cpus.all if cpus is None else cpus
-            if len(mask) > 1:
-                os.sched_setaffinity(0, mask)
-            try:
-                self._start_task(slot, here=True)
-            finally:
-                if len(mask) > 1:
-                    os.sched_setaffinity(0, {self._home})
-        else:
-            self._launchers.submit(cpus, slot)
-
-    def _start_in_launcher(self, slot: Slot) -> None:
-        self._start_task(slot, here=False)
-
-    def _start_task(self, slot: Slot, here: bool) -> None:
-        """Start the task; ``here`` in the dispatcher, else in a launcher thread (which only posts)."""
-        try:
-            running = slot.launch.worker.start(slot.launch.ctx)
-        except QcgpjError as exc:
-            slot.message = str(exc)
-        except Exception as exc:
-            log.exception("task %s: launch failed", slot.entry.task)
-            slot.message = f"launch failed: {exc}"
-        else:
-            slot.running = running
-            if slot.canceled:
-                running.kill()
-            code = running.poll()
-            if code is None:
-                self._watch(slot)
-                return
-            if here:
-                self._finish(slot, code)
-            else:
-                self._post("ended", (slot, code))
-            return
-        if here:
-            self._finish(slot, None)
-        else:
-            self._post("ended", (slot, None))
-
-    def _watch(self, slot: Slot) -> None:
-        """Learn of the task's end: through its pidfd in the dispatcher's epoll (registered from whichever thread
-        started it), or from a waiter thread."""
-        pid = slot.running.pid
-        if PIDFD and pid is not None:
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                fd = -1
-            if fd >= 0:
-                slot.fd = fd
-                self._by_fd[fd] = slot
-                self._epoll.register(fd, select.POLLIN)
-                return
-        slot.waiter = True
-        self._pool.submit(self._wait_thread, slot)
-
-    def _wait_thread(self, slot: Slot) -> None:
-        walltime = slot.launch.walltime
-        code = slot.running.wait(walltime)
-        if code is None:
-            slot.message = f"walltime limit of {walltime:g}s exceeded"
-            slot.running.kill()
-            code = slot.running.wait(None)
-        self._post("ended", (slot, code))
-
-    def _reap(self, slot: Slot) -> None:
-        self._epoll.unregister(slot.fd)
-        os.close(slot.fd)
-        slot.fd = None
-        code = slot.running.poll()
-        self._finish(slot, code if code is not None else slot.running.wait(None))
-
-    def _check_deadlines(self) -> None:
-        """Walltime of tasks watched through pidfds (a waiter thread enforces its own)."""
-        t = time.monotonic()
-        while self._deadlines and self._deadlines[0][0] <= t:
-            _deadline, seq, task = heapq.heappop(self._deadlines)
-            slot = self._running.get(task)
-            if slot is None or slot.seq != seq or slot.waiter or slot.message:
-                continue
-            if slot.running is None:   # a launcher thread is still starting it
-                heapq.heappush(self._deadlines, (t + 0.01, seq, task))
-                break
-            slot.message = f"walltime limit of {slot.launch.walltime:g}s exceeded"
-            slot.running.kill()
+        self._runner.start(slot)
 
     def _finish(self, slot: Slot, code: int | None) -> None:
         """The task ended (``code`` None: it never started): free its cores and queue its report."""
         entry = slot.entry
+        slot.ended = True
         if self._running.get(entry.task) is slot:
             del self._running[entry.task]
         self.allocator.release(slot.alloc)
@@ -599,8 +446,7 @@ class Executor:
 
     def _shutdown(self) -> None:
         self._stop.set()
-        self._launchers.stop()
-        self._pool.shutdown(wait=True)
+        self._runner.stop()
         # The waiter may still block in BLMOVE: no need to wait for it. requeue marks us LEFT and empties our
         # ready list in one step, and placement never feeds an executor that is not ALIVE, so nothing can
         # reach our running list after the hand-back.
@@ -614,8 +460,4 @@ class Executor:
             self.store.requeue(self.eid, 1 << 30, "left", final="LEFT")
         self.store.close()
         log.info("executor %s: stopped after %d task(s)", self.eid, self.tasks_done)
-        self._epoll.close()
-        with self._wake_lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_w = -1
+        self._runner.close()

@@ -11,13 +11,18 @@ waiter thread per task blocks in ``Running.wait``.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import queue
+import select
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .errors import QcgpjError
 from .resources import Allocation
 from .store import Entry
 
@@ -40,7 +45,8 @@ class Slot:
     waiter: bool = False            # a waiter thread waits for it instead
     canceled: bool = False
     message: str = ""               # why it ended other than by its exit code (walltime, launch error)
-    seq: int = 0                    # tells its walltime entry from those of earlier slots of the same task
+    seq: int = 0                    # orders walltime entries of the same deadline
+    ended: bool = False
 
 
 class CpuMap:
@@ -116,3 +122,192 @@ class Launchers:
             q.put(None)
         for t in self._threads:
             t.join(timeout=5)
+
+
+class Poll:
+    """epoll's interface over poll(2), where there is no epoll (nor pidfds: only the wake-up pipe is in it)."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+
+    def register(self, fd: int, events: int) -> None:
+        self._poll.register(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        self._poll.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._poll.poll(timeout * 1000)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+Ended = Callable[[Slot, "int | None"], None]
+
+
+class Runner:
+    """Starts prepared tasks and learns of their ends, for the executor's dispatcher thread.
+
+    ``ended(slot, code)`` is called in the dispatcher thread (``code`` None: it never started); other threads
+    report through ``post("ended", (slot, code))``, which the dispatcher reads from its inbox. The dispatcher
+    sleeps in :meth:`wait`, on the pidfds of the tasks and a wake-up pipe (epoll, not a selectors wrapper:
+    launcher threads register pidfds while the dispatcher waits in it)."""
+
+    def __init__(self, ended: Ended, post: Callable[[str, Any], None], waiters: int) -> None:
+        self._ended, self._post = ended, post
+        self.cpus = CpuMap()
+        self.home: int | None = None
+        self._launchers = Launchers(lambda slot: self._start(slot, here=False))
+        self._pool = ThreadPoolExecutor(max_workers=waiters, thread_name_prefix="qcgpj-wait")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()   # helper threads may post while the executor closes
+        self._epoll = select.epoll() if hasattr(select, "epoll") else Poll()
+        self._epoll.register(self._wake_r, select.POLLIN)
+        self._by_fd: dict[int, Slot] = {}
+        self._deadlines: list[tuple[float, int, Slot]] = []   # (walltime end, seq, slot): a heap
+        self._seq = 0
+
+    # ------------------------------------------------------------------ the dispatcher's side
+    def pin_home(self, core: int | None) -> None:
+        """The dispatcher becomes the launcher of the CPU of ``core``, the one a lone task (a chain of dependent
+        jobs) gets: such tasks start without a hand-off to another thread."""
+        self.home = self.cpus.pin_home(core)
+
+    def start(self, slot: Slot) -> None:
+        """Start a prepared task: here, or from the launcher thread of its CPUs when it is bound elsewhere."""
+        launch = slot.launch
+        if launch.walltime:
+            self._seq += 1
+            slot.seq = self._seq
+            heapq.heappush(self._deadlines, (time.monotonic() + launch.walltime, slot.seq, slot))
+        cpus = self.cpus.binding(launch.ctx.local_cores()) if getattr(launch.worker, "bind_cpus", False) else None
+        if self.home is None:
+            if cpus is None:
+                self._start(slot, here=True)
+            else:
+                self._launchers.submit(cpus, slot)
+        elif cpus is None and launch.worker.runs_inline:
+            self._start(slot, here=True)   # nothing is spawned: no mask to set
+        elif cpus is None or min(cpus) == self.home:
+            # This thread is pinned to the home CPU: start the task here, with the thread's mask set to the
+            # task's CPUs (all of them when it is not bound) for the spawn; widening never migrates the thread.
+            mask = self.cpus.all if cpus is None else cpus
+            if len(mask) > 1:
+                os.sched_setaffinity(0, mask)
+            try:
+                self._start(slot, here=True)
+            finally:
+                if len(mask) > 1:
+                    os.sched_setaffinity(0, {self.home})
+        else:
+            self._launchers.submit(cpus, slot)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a task ends, the pipe is written or ``timeout``; report the ends, enforce walltimes."""
+        for fd, _events in self._epoll.poll(timeout):
+            if fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            elif (slot := self._by_fd.pop(fd, None)) is not None:
+                self._reap(slot)
+        self._check_deadlines()
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def wake(self) -> None:
+        """Wake the dispatcher (from any thread)."""
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"x")
+                except BlockingIOError:   # the pipe is full: the dispatcher wakes anyway
+                    pass
+
+    def stop(self) -> None:
+        self._launchers.stop()
+        self._pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        self.cpus.unpin()
+        self._epoll.close()
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1
+
+    # ------------------------------------------------------------------ any thread
+    def _start(self, slot: Slot, here: bool) -> None:
+        """Start the task; ``here`` in the dispatcher, else in a launcher thread (which only posts)."""
+        code: int | None = None
+        try:
+            running = slot.launch.worker.start(slot.launch.ctx)
+        except QcgpjError as exc:
+            slot.message = str(exc)
+        except Exception as exc:   # a task must always be reported, whatever broke
+            log.exception("task %s: launch failed", slot.entry.task)
+            slot.message = f"launch failed: {exc}"
+        else:
+            slot.running = running
+            if slot.canceled:
+                running.kill()
+            code = running.poll()
+            if code is None:
+                self._watch(slot)
+                return
+        if here:
+            self._ended(slot, code)
+        else:
+            self._post("ended", (slot, code))
+
+    def _watch(self, slot: Slot) -> None:
+        """Learn of the task's end: through its pidfd in the epoll (registered from whichever thread started it),
+        or from a waiter thread."""
+        pid = slot.running.pid
+        if PIDFD and pid is not None:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                slot.fd = fd
+                self._by_fd[fd] = slot
+                self._epoll.register(fd, select.POLLIN)
+                return
+        slot.waiter = True
+        self._pool.submit(self._wait_thread, slot)
+
+    def _wait_thread(self, slot: Slot) -> None:
+        walltime = slot.launch.walltime
+        code = slot.running.wait(walltime)
+        if code is None:
+            slot.message = f"walltime limit of {walltime:g}s exceeded"
+            slot.running.kill()
+            code = slot.running.wait(None)
+        self._post("ended", (slot, code))
+
+    # ------------------------------------------------------------------ the dispatcher's side, again
+    def _reap(self, slot: Slot) -> None:
+        self._epoll.unregister(slot.fd)
+        os.close(slot.fd)
+        slot.fd = None
+        code = slot.running.poll()
+        self._ended(slot, code if code is not None else slot.running.wait(None))
+
+    def _check_deadlines(self) -> None:
+        """Walltimes of tasks watched through pidfds (a waiter thread enforces its own)."""
+        t = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= t:
+            _deadline, seq, slot = heapq.heappop(self._deadlines)
+            if slot.ended or slot.waiter or slot.message:
+                continue
+            if slot.running is None:   # a launcher thread is still starting it
+                heapq.heappush(self._deadlines, (t + 0.01, seq, slot))
+                break
+            slot.message = f"walltime limit of {slot.launch.walltime:g}s exceeded"
+            slot.running.kill()
