@@ -1,8 +1,8 @@
 """The Executor (``qcgpj-worker``): owns the cores of one allocation, claims tasks and runs them.
 
 One dispatcher thread owns all the executor's state and sleeps in its ``Runner`` (``launching``): on the pidfds of
-the running tasks (a task's end wakes it directly) and on a wake-up pipe for messages from the helper threads. Each round
-trip to Redis (one script, ``sync``) reports what started and what finished, places new work and claims the next
+the running tasks (a task's end wakes it directly) and on a wake-up pipe for messages from the helper threads. Each
+round trip to Redis (one script, ``sync``) reports what started and what finished, places new work and claims the next
 tasks, up to the free cores plus a look-ahead, so that under load a single call serves many tasks. Around it:
 - launcher threads, one per CPU and pinned to it, start the tasks that are bound to CPUs (``launching``);
 - the waiter blocks in BLMOVE when the dispatcher wants work and the ready list is empty;

@@ -83,5 +83,8 @@ class InputQueue:
     def check_executors(self) -> None:
         """Executors whose heartbeat key expired are dead: their running and placed tasks go back to READY."""
         for eid in self.store.dead_executors():
-            requeued, failed = self.store.requeue(eid, self.max_attempts, "lost (no heartbeat)")
+            taken = self.store.requeue(eid, self.max_attempts, "lost (no heartbeat)")
+            if taken is None:   # it left, or its heartbeat came back, since dead_executors() looked
+                continue
+            requeued, failed = taken
             log.warning("executor %s lost: %d task(s) requeued, %d failed (attempts spent)", eid, requeued, failed)

@@ -438,7 +438,8 @@ def _plain_dict(job: str, v: Any, fld: str) -> dict:
 
 def _model(job: str, model: Any, exec: Any) -> str:
     if not isinstance(model, str) or MODEL_RE.fullmatch(model) is None:
-        raise JobSpecError(job, "execution.model", f"must be a model name like 'default' or 'openmpi', got {_show(model)}")
+        raise JobSpecError(job, "execution.model",
+                           f"must be a model name like 'default' or 'openmpi', got {_show(model)}")
     if model.lower() in KNOWN_MODELS:   # QCG-PilotJob ignores the case of its models; plugins keep theirs
         model = model.lower()
     if model == "python" and (exec is None or ":" not in exec):

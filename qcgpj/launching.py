@@ -65,7 +65,11 @@ class CpuMap:
         cpus = self.binding([core]) if core is not None else None
         if cpus is None:
             return None
-        os.sched_setaffinity(0, cpus)
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as exc:   # a restricted container, say: run unpinned, start everything from launchers
+            log.warning("cannot pin the dispatcher to CPU %s: %s", min(cpus), exc)
+            return None
         return min(cpus)
 
     def unpin(self) -> None:
@@ -78,6 +82,13 @@ class CpuMap:
             return None
         cpus = frozenset(self.cpus[c % len(self.cpus)] for c in cores)
         return None if cpus == self.all else cpus
+
+
+def _set_affinity(cpus: set[int] | frozenset[int]) -> None:
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as exc:   # the task starts anyway, without the binding
+        log.warning("cannot set the CPU mask %s: %s", sorted(cpus), exc)
 
 
 class Launchers:
@@ -100,22 +111,25 @@ class Launchers:
 
     def _serve(self, cpu: int, q: queue.SimpleQueue) -> None:
         home = {cpu}
-        os.sched_setaffinity(0, home)
+        try:
+            os.sched_setaffinity(0, home)
+        except OSError as exc:   # tasks still start, without the binding
+            log.warning("launcher %d: cannot pin to its CPU: %s", cpu, exc)
         while True:
             item = q.get()
             if item is None:
                 return
             cpus, slot = item
             wide = len(cpus) > 1   # the thread is on ``cpu``, which is in ``cpus``: widening never migrates it
-            if wide:
-                os.sched_setaffinity(0, cpus)
             try:
+                if wide:
+                    _set_affinity(cpus)
                 self._start(slot)
             except Exception:   # _start reports its own failures; this only keeps the thread alive
                 log.exception("launcher %d: unexpected error", cpu)
             finally:
                 if wide:
-                    os.sched_setaffinity(0, home)
+                    _set_affinity(home)
 
     def stop(self) -> None:
         for q in self._queues.values():
@@ -196,12 +210,12 @@ class Runner:
             # task's CPUs (all of them when it is not bound) for the spawn; widening never migrates the thread.
             mask = self.cpus.all if cpus is None else cpus
             if len(mask) > 1:
-                os.sched_setaffinity(0, mask)
+                _set_affinity(mask)
             try:
                 self._start(slot, here=True)
             finally:
                 if len(mask) > 1:
-                    os.sched_setaffinity(0, {self.home})
+                    _set_affinity({self.home})
         else:
             self._launchers.submit(cpus, slot)
 

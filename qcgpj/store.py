@@ -192,7 +192,7 @@ class Store:
 
     def executors(self) -> dict[str, dict[str, str]]:
         ids = sorted(self.r.smembers(self.keys.executors))
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.r.pipeline(transaction=True)   # state and heartbeat read together: a leaving executor is not dead
         for eid in ids:
             pipe.hgetall(self.keys.exec(eid))
             pipe.exists(self.keys.alive(eid))
@@ -264,16 +264,17 @@ class Store:
 
     def dead_executors(self) -> list[str]:
         ids = sorted(self.r.smembers(self.keys.executors))
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.r.pipeline(transaction=True)   # state and heartbeat read together: a leaving executor is not dead
         for eid in ids:
             pipe.hget(self.keys.exec(eid), "state")
             pipe.exists(self.keys.alive(eid))
         res = pipe.execute()
         return [eid for i, eid in enumerate(ids) if res[2 * i] in ("ALIVE", "DRAINING") and not res[2 * i + 1]]
 
-    def requeue(self, eid: str, max_attempts: int, reason: str, final: str = "DEAD") -> tuple[int, int]:
+    def requeue(self, eid: str, max_attempts: int, reason: str, final: str = "DEAD") -> tuple[int, int] | None:
+        """Tasks (requeued, failed), or None when the executor had already left or (for DEAD) is alive again."""
         res = self._run("requeue", [eid, now(), max_attempts, reason, final])
-        return int(res[0]), int(res[1])
+        return (int(res[0]), int(res[1])) if int(res[2]) else None
 
     # ------------------------------------------------------------------ executor side
     def register(self, eid: str, ttl: int, host: str, nodes: str, total: int, maxnode: int, nnodes: int,

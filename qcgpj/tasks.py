@@ -96,7 +96,8 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
         "QCGPJ_ROOT_WD": root_wd,
     })
     ctx = TaskContext(task_id=entry.task, job=spec.name, iteration=entry.iteration, argv=argv, env=env, cwd=wd,
-                      stdin=path(spec.stdin), stdout=path(spec.stdout, True), stderr=path(spec.stderr, True), allocation=alloc,
+                      stdin=path(spec.stdin), stdout=path(spec.stdout, True), stderr=path(spec.stderr, True),
+                      allocation=alloc,
                       model_opts=dict(spec.model_opts), modules=list(spec.modules), venv=sub(spec.venv),
                       local_node=local_node, python_target=sub(spec.exec) if spec.model == "python" else None)
     model = (models or {}).get(spec.model, spec.model)

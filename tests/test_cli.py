@@ -109,3 +109,44 @@ def test_version_and_help(tmp_path):
     res = subprocess.run([sys.executable, "-m", "qcgpj", "worker", "--help"], capture_output=True, text=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0 and "--exit-when-idle" in res.stdout
+
+
+SMALL = ["--tasks", "40", "--chain", "5", "--submit-jobs", "200", "--submit-iterations", "1000", "--json"]
+
+
+def test_bench_reports_every_workload(redis_url, tmp_path):
+    """The benchmark a user runs against their Redis: every workload ran to completion, and nothing is left."""
+    res = qcgpj("bench", "--redis-url", redis_url, *SMALL, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [(r["workload"], r["unit"]) for r in rows] == [
+        ("tasks", "tasks/s"), ("iterations", "tasks/s"), ("chain", "ms/hop"), ("queue", "tasks/s"),
+        ("submit", "s"), ("submit", "s")]
+    tasks, iterations, chain, queue, jobs, one_job = rows
+    assert tasks["extra"]["succeeded"] == queue["extra"]["succeeded"] == 40
+    assert iterations["extra"]["state"] == "SUCCEED"
+    assert min(tasks["value"], iterations["value"], chain["value"], queue["value"], jobs["value"]) > 0
+    assert jobs["extra"]["bytes_per_job"] > 0 and "bytes" in one_job["extra"]
+    import redis
+    assert not redis.Redis.from_url(redis_url).keys("qcgpj:{bench-*")   # the namespaces were dropped
+
+
+def test_bench_on_external_executors_leaves_their_namespace_clean(redis_url, tmp_path):
+    """--external runs on executors already serving a namespace and removes only its own jobs afterwards."""
+    cluster = Cluster(redis_url, tmp_path, namespace="shared")
+    cluster.inputqueue()
+    cluster.worker(2)
+    try:
+        m = cluster.manager()
+        cluster.wait_executors(m)
+        from qcgpj import Jobs
+        m.submit(Jobs().add(name="mine", exec="/bin/true"))
+        res = qcgpj("bench", "--redis-url", redis_url, "--external", "-n", "shared", "-w", "tasks", "-w", "chain",
+                    *SMALL, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert {r["workload"] for r in json.loads(res.stdout)} == {"tasks", "chain"}
+        assert m.store.job_names() == ["mine"]                       # the bench's jobs are gone, ours is not
+        assert m.wait4(["mine"], timeout=30) == {"mine": "SUCCEED"}
+        assert [e["state"] for e in m.store.executors().values()] == ["ALIVE"]
+    finally:
+        cluster.stop()

@@ -83,7 +83,12 @@ def test_report_of_a_dead_executor_is_fenced(redis_server):
     (entry, _spec), = store.sync("e1", 1)
     store.sync("e1", 0, started=[(entry.raw, "1")])
     assert store.job_hash("t")["state"] == "EXECUTING"
+    assert store.requeue("e1", 3, "lost (test)") is None     # its heartbeat is still there: not dead, untouched
+    assert store.job_hash("t")["state"] == "EXECUTING"
+    client.delete(store.keys.alive("e1"))                     # the heartbeat expires
+    assert store.dead_executors() == ["e1"]
     assert store.requeue("e1", 3, "lost (test)") == (1, 0)
+    assert store.requeue("e1", 3, "lost (test)") is None     # a second check finds nothing to do
     late = [Report(entry.raw, "SUCCEED", 0, "1", "2")]
     store.sync("e1", 1, started=[(entry.raw, "1")], finished=late)     # the dead executor comes back
     h = store.job_hash("t")

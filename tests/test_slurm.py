@@ -28,7 +28,8 @@ def salloc(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedP
 
 
 def test_discovery_reads_the_allocation(slurm, tmp_path):
-    probe = "import json; from qcgpj.resources import discover; print(json.dumps([[n.name, len(n.cores)] for n in discover()]))"
+    probe = ("import json; from qcgpj.resources import discover; "
+             "print(json.dumps([[n.name, len(n.cores)] for n in discover()]))")
     res = salloc("-N2", "--ntasks-per-node=3", sys.executable, "-c", probe, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [["node1", 3], ["node2", 3]]

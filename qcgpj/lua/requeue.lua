@@ -1,10 +1,13 @@
--- Take back the work of an executor: dead (heartbeat lost) or leaving. ARGV: id, now, max attempts, reason, final state.
+-- Take back the work of an executor: dead (heartbeat lost) or leaving.
+-- ARGV: id, now, max attempts, reason, final state.
 -- Tasks it had started count an attempt; tasks only placed on it or claimed ahead do not. Past max attempts a
--- task ends FAILED.
+-- task ends FAILED. Returns {requeued, failed, acted}: acted is 0 when there was nothing to take back (the
+-- executor already left, or, for a death, its heartbeat is back: the check that called us raced with it).
 local eid, maxatt, why, final = ARGV[1], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 NOW = ARGV[2]
 local st = redis.call('HGET', K_exec(eid), 'state')
-if not st or st == 'DEAD' or st == 'LEFT' then return {0, 0} end
+if not st or st == 'DEAD' or st == 'LEFT' then return {0, 0, 0} end
+if final == 'DEAD' and redis.call('EXISTS', K_alive(eid)) == 1 then return {0, 0, 0} end
 local requeued, failed, back = 0, 0, {}
 
 local function started_here(name, it, jst)
@@ -32,7 +35,8 @@ local function take_back(entry)
   else
     redis.call('HSET', K_att(name), it, nxt)
     redis.call('HSET', jk, 'retried', 1)
-    redis.call('HSET', K_its(name), it, record('READY', nil, nil, nil, nil, nxt, 'requeued: executor ' .. eid .. ' ' .. why))
+    local msg = 'requeued: executor ' .. eid .. ' ' .. why
+    redis.call('HSET', K_its(name), it, record('READY', nil, nil, nil, nil, nxt, msg))
   end
   back[#back + 1] = tid
   requeued = requeued + 1
@@ -46,4 +50,4 @@ redis.call('HSET', K_exec(eid), 'state', final, 'free', 0, 'ended', NOW)
 propagate()
 emit('executor', eid .. ' ' .. why)
 place(1000, 100000)
-return {requeued, failed}
+return {requeued, failed, 1}
