@@ -96,7 +96,9 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
     services = Services(cfg, ns, wd)
     if executors:
         services.start()
-    m = Manager(cfg.url, namespace=ns, cores=cfg.cores, root_wd=wd)
+    # A server started for the run keeps nothing on disk on purpose: no warning about that.
+    client = connect(cfg.url) if cfg.private and cfg.url is not None else None
+    m = Manager(cfg.url, namespace=ns, cores=cfg.cores, root_wd=wd, client=client)
     prefix = f"b{tag}-" if shared else ""
     try:
         yield m, prefix

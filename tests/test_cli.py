@@ -131,6 +131,15 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
     assert not redis.Redis.from_url(redis_url).keys("qcgpj:{bench-*")   # the namespaces were dropped
 
 
+def test_bench_start_redis_runs_on_a_private_server_without_warnings(tmp_path):
+    """--start-redis: a throw-away server, started and stopped by the bench; its lack of persistence is chosen,
+    so no warning about it."""
+    res = qcgpj("bench", "--start-redis", "-w", "chain", *SMALL, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert [r["workload"] for r in json.loads(res.stdout)] == ["chain"]
+    assert "WARNING" not in res.stderr, res.stderr
+
+
 def test_bench_on_external_executors_leaves_their_namespace_clean(redis_url, tmp_path):
     """--external runs on executors already serving a namespace and removes only its own jobs afterwards."""
     cluster = Cluster(redis_url, tmp_path, namespace="shared")
