@@ -159,9 +159,10 @@ def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
             jobs.add(name=f"{px}t{i}", exec="/bin/true", model=model if model != "default" else None)
         _wait_executor(m)
         t1 = time.perf_counter()
-        m.submit(jobs)
+        names = m.submit(jobs)
         t2 = time.perf_counter()
-        states = m.wait4all()
+        # On shared executors other jobs may sit in the namespace: wait for (and count) only ours.
+        states = m.wait4(names) if px else m.wait4all()
         t3 = time.perf_counter()
     dt = time.perf_counter() - t0
     phases = {"start": round(t1 - t0, 3), "submit": round(t2 - t1, 3), "run": round(t3 - t2, 3),

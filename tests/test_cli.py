@@ -153,7 +153,9 @@ def test_bench_on_external_executors_leaves_their_namespace_clean(redis_url, tmp
         res = qcgpj("bench", "--redis-url", redis_url, "--external", "-n", "shared", "-w", "tasks", "-w", "chain",
                     *SMALL, cwd=tmp_path)
         assert res.returncode == 0, res.stderr
-        assert {r["workload"] for r in json.loads(res.stdout)} == {"tasks", "chain"}
+        rows = {r["workload"]: r for r in json.loads(res.stdout)}
+        assert set(rows) == {"tasks", "chain"}
+        assert rows["tasks"]["extra"]["succeeded"] == 40                # its own jobs, not "mine"
         assert m.store.job_names() == ["mine"]                       # the bench's jobs are gone, ours is not
         assert m.wait4(["mine"], timeout=30) == {"mine": "SUCCEED"}
         assert [e["state"] for e in m.store.executors().values()] == ["ALIVE"]
