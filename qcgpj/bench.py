@@ -221,14 +221,14 @@ def bench_submit(cfg: BenchConfig) -> list[Result]:
         dt = time.perf_counter() - t0
         mem1 = _used_memory(m.client)
         out.append(Result("submit", f"{cfg.submit_jobs} separate jobs", round(dt, 3), "s",
-                          {"bytes_per_job": _per(mem1 - mem0, cfg.submit_jobs),
+                          {"bytes_per_job": _per(_delta(mem0, mem1), cfg.submit_jobs),
                            "jobs_per_s": round(cfg.submit_jobs / dt, 1)}))
         t0 = time.perf_counter()
         m.submit(Jobs().add(name="big", exec="/bin/true", iteration=cfg.submit_iterations))
         dt = time.perf_counter() - t0
         mem2 = _used_memory(m.client)
         out.append(Result("submit", f"1 job of {cfg.submit_iterations} iterations", round(dt, 3), "s",
-                          {"bytes": mem2 - mem1}))
+                          {"bytes": _delta(mem1, mem2)}))
     return out
 
 
@@ -237,6 +237,11 @@ def _used_memory(client: redis.Redis) -> int | None:
         return int(client.info("memory")["used_memory"])
     except (redis.ResponseError, KeyError):
         return None
+
+
+def _delta(before: int | None, after: int | None) -> int | None:
+    """Memory growth; None where the server does not say (fakeredis in local mode has no INFO memory)."""
+    return None if before is None or after is None else after - before
 
 
 def _per(delta: int | None, n: int) -> float | None:

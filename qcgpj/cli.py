@@ -321,7 +321,7 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
     click.echo(f"qcgpj bench ({'redis ' + url if url else 'local mode'}, {os.cpu_count()} cpus)")
     click.echo(f"{'workload':<11} {'what':<36} {'value':>10}  unit      details")
     for r in results:
-        extra = " ".join(f"{k}={v}" for k, v in r.extra.items())
+        extra = " ".join(f"{k}={v}" for k, v in r.extra.items() if v is not None)   # None: not measurable here
         click.echo(f"{r.workload:<11} {r.what:<36} {r.value:>10}  {r.unit:<9} {extra}")
 
 

@@ -131,6 +131,16 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
     assert not redis.Redis.from_url(redis_url).keys("qcgpj:{bench-*")   # the namespaces were dropped
 
 
+def test_bench_in_local_mode_runs_every_workload(tmp_path):
+    """No Redis at all: every workload runs on fakeredis; memory figures are absent, not an error."""
+    res = qcgpj("bench", *SMALL, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["workload"] for r in rows] == ["tasks", "iterations", "chain", "queue", "submit", "submit"]
+    assert rows[0]["extra"]["succeeded"] == 40
+    assert rows[4]["extra"]["bytes_per_job"] is None and rows[4]["extra"]["jobs_per_s"] > 0
+
+
 def test_bench_start_redis_runs_on_a_private_server_without_warnings(tmp_path):
     """--start-redis: a throw-away server, started and stopped by the bench; its lack of persistence is chosen,
     so no warning about it."""
