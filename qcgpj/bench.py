@@ -23,7 +23,6 @@ import redis
 
 from .connection import connect
 from .jobs import Jobs
-from .keys import Keys
 from .manager import Manager
 
 WORKLOADS = ("tasks", "iterations", "chain", "queue", "submit")
@@ -106,41 +105,10 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
         m.finish()
         services.stop()
         if shared:
-            _drop_jobs(m.client, ns, prefix)
+            m.store.drop_jobs(prefix)
         elif cfg.url is not None and not cfg.private:
-            _unlink_matching(m.client, f"qcgpj:{{{ns}}}:*")
+            m.store.drop_namespace()
         shutil.rmtree(wd, ignore_errors=True)
-
-
-def _unlink_matching(client: redis.Redis, pattern: str) -> None:
-    batch = []
-    for key in client.scan_iter(match=pattern, count=10_000):
-        batch.append(key)
-        if len(batch) >= 10_000:
-            client.unlink(*batch)
-            batch = []
-    if batch:
-        client.unlink(*batch)
-
-
-def _drop_jobs(client: redis.Redis, ns: str, prefix: str) -> None:
-    """Remove this run's jobs from a namespace that others use: their keys, and their names from ``jobs``."""
-    keys = Keys(ns)
-    for kind in ("job", "its", "att", "itwait", "children"):
-        _unlink_matching(client, getattr(keys, kind)(prefix + "*"))
-    with client.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(keys.jobs)
-                kept = [n for n in pipe.lrange(keys.jobs, 0, -1) if not n.startswith(prefix)]
-                pipe.multi()
-                pipe.delete(keys.jobs)
-                for i in range(0, len(kept), 10_000):
-                    pipe.rpush(keys.jobs, *kept[i:i + 10_000])
-                pipe.execute()
-                return
-            except redis.WatchError:
-                continue
 
 
 def _wait_executor(m: Manager) -> None:

@@ -203,6 +203,11 @@ class Executor:
         arrives while the cores are still busy with this one."""
         return max(self.allocator.total, self.prefetch // 2)
 
+    def _unreported(self) -> None:
+        """A start or end to report happened: the report may wait REPORT_DELAY from the oldest of them."""
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+
     def _report_wait(self) -> float:
         """Seconds until the oldest unreported event is due (1.0 when there is none)."""
         if self._oldest is None:
@@ -236,8 +241,7 @@ class Executor:
         return bool(self._running or self._finished or self._started) or self._inflight is not None
 
     def _idle(self) -> bool:
-        return not (self._running or self._local or self._finished or self._started or self._adopt
-                    or self._inflight)
+        return not (self._busy() or self._local or self._adopt)
 
     def _idle_exit(self) -> bool:
         return self.exit_when_idle and self.store.active() == 0
@@ -331,8 +335,7 @@ class Executor:
             slot = Slot(entry, alloc, now())
             self._running[entry.task] = slot
             self._started[entry.raw] = slot.start
-            if self._oldest is None:
-                self._oldest = time.monotonic()
+            self._unreported()
             self._launch(slot)
             n += 1
         return n
@@ -368,8 +371,7 @@ class Executor:
             state, message = "FAILED", slot.message or f"exit code {code}"
         self._finished.append(Report(entry.raw, state, code, slot.start, now(), message))
         self._ended_since += 1
-        if self._oldest is None:
-            self._oldest = time.monotonic()
+        self._unreported()
 
     def _spec(self, job: str) -> JobSpec:
         try:
@@ -390,8 +392,7 @@ class Executor:
         for entry in [e for e in self._local if match(e.task)]:   # claimed, not started: just give back
             self._local.remove(entry)
             self._finished.append(Report(entry.raw, "CANCELED", None, now(), now(), "canceled"))
-            if self._oldest is None:
-                self._oldest = time.monotonic()
+            self._unreported()
         for task, slot in self._running.items():
             if match(task):
                 log.info("executor %s: canceling %s", self.eid, task)
@@ -453,8 +454,10 @@ class Executor:
         self._syncq.put(None)
         self._read_inbox()
         while (self._finished or self._started) and not self._dead:
-            if not self._apply(b := self._take_batch(0), self._send(b)) and self._retry_at:
-                self._stop.wait(1.0)
+            batch = self._take_batch(0)
+            self._apply(batch, self._send(batch))
+            if self._retry_at:   # Redis is away: keep the reports and try again in a second (_stop is set)
+                time.sleep(1.0)
         if not self._dead:
             # Hand back what is still placed on us or claimed ahead (never started), so it runs elsewhere.
             self.store.requeue(self.eid, 1 << 30, "left", final="LEFT")

@@ -55,6 +55,7 @@ TEMPLATES: dict[str, str] = {
 }
 
 EVENTS_GROUP = "inputqueue"
+JOB_KINDS = ("job", "its", "att", "itwait", "children")   # the keys that belong to one job
 
 
 class Keys:
@@ -107,6 +108,10 @@ class Keys:
 
     def itwait(self, name: str) -> str:
         return self._k("itwait", name)
+
+    def of_job(self, name: str) -> list[str]:
+        """Every key of job ``name`` (a name prefix gives the prefixes of the keys of those jobs)."""
+        return [self._k(kind, name) for kind in JOB_KINDS]
 
     def exec(self, eid: str) -> str:
         return self._k("exec", eid)

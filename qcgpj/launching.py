@@ -19,8 +19,9 @@ import select
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import QcgpjError
 from .resources import Allocation
@@ -63,12 +64,7 @@ class CpuMap:
     def pin_home(self, core: int | None) -> int | None:
         """Pin the calling thread to the CPU of ``core``; returns that CPU (None: nothing to bind here)."""
         cpus = self.binding([core]) if core is not None else None
-        if cpus is None:
-            return None
-        try:
-            os.sched_setaffinity(0, cpus)
-        except OSError as exc:   # a restricted container, say: run unpinned, start everything from launchers
-            log.warning("cannot pin the dispatcher to CPU %s: %s", min(cpus), exc)
+        if cpus is None or not _set_affinity(cpus):   # refused: run unpinned, start everything from launchers
             return None
         return min(cpus)
 
@@ -84,11 +80,29 @@ class CpuMap:
         return None if cpus == self.all else cpus
 
 
-def _set_affinity(cpus: set[int] | frozenset[int]) -> None:
+def _set_affinity(cpus: set[int] | frozenset[int]) -> bool:
+    """Set the calling thread's CPU mask; False (and a warning) where that is refused (a restricted container):
+    tasks then start anyway, without the binding."""
     try:
         os.sched_setaffinity(0, cpus)
-    except OSError as exc:   # the task starts anyway, without the binding
+        return True
+    except OSError as exc:
         log.warning("cannot set the CPU mask %s: %s", sorted(cpus), exc)
+        return False
+
+
+@contextmanager
+def _widened(home: int, cpus: frozenset[int]) -> Iterator[None]:
+    """The calling thread, pinned to ``home``, runs on ``cpus`` meanwhile, so that a process started now
+    inherits them; ``home`` is one of them, so neither change migrates the thread."""
+    wide = len(cpus) > 1
+    if wide:
+        _set_affinity(cpus)
+    try:
+        yield
+    finally:
+        if wide:
+            _set_affinity({home})
 
 
 class Launchers:
@@ -110,26 +124,17 @@ class Launchers:
         q.put((cpus, slot))
 
     def _serve(self, cpu: int, q: queue.SimpleQueue) -> None:
-        home = {cpu}
-        try:
-            os.sched_setaffinity(0, home)
-        except OSError as exc:   # tasks still start, without the binding
-            log.warning("launcher %d: cannot pin to its CPU: %s", cpu, exc)
+        _set_affinity({cpu})
         while True:
             item = q.get()
             if item is None:
                 return
             cpus, slot = item
-            wide = len(cpus) > 1   # the thread is on ``cpu``, which is in ``cpus``: widening never migrates it
             try:
-                if wide:
-                    _set_affinity(cpus)
-                self._start(slot)
+                with _widened(cpu, cpus):
+                    self._start(slot)
             except Exception:   # _start reports its own failures; this only keeps the thread alive
                 log.exception("launcher %d: unexpected error", cpu)
-            finally:
-                if wide:
-                    _set_affinity(home)
 
     def stop(self) -> None:
         for q in self._queues.values():
@@ -198,26 +203,15 @@ class Runner:
             slot.seq = self._seq
             heapq.heappush(self._deadlines, (time.monotonic() + launch.walltime, slot.seq, slot))
         cpus = self.cpus.binding(launch.ctx.local_cores()) if getattr(launch.worker, "bind_cpus", False) else None
-        if self.home is None:
-            if cpus is None:
-                self._start(slot, here=True)
-            else:
-                self._launchers.submit(cpus, slot)
-        elif cpus is None and launch.worker.runs_inline:
-            self._start(slot, here=True)   # nothing is spawned: no mask to set
-        elif cpus is None or min(cpus) == self.home:
-            # This thread is pinned to the home CPU: start the task here, with the thread's mask set to the
-            # task's CPUs (all of them when it is not bound) for the spawn; widening never migrates the thread.
-            mask = self.cpus.all if cpus is None else cpus
-            if len(mask) > 1:
-                _set_affinity(mask)
-            try:
-                self._start(slot, here=True)
-            finally:
-                if len(mask) > 1:
-                    _set_affinity({self.home})
+        if cpus is not None and min(cpus) != self.home:
+            self._launchers.submit(cpus, slot)   # bound to another CPU (or this thread is not pinned)
+        elif self.home is None or launch.worker.runs_inline:
+            self._start(slot, here=True)         # no mask to set: this thread is unpinned, or nothing is spawned
         else:
-            self._launchers.submit(cpus, slot)
+            # This thread is pinned to the home CPU: a task started here gets its CPUs (all of them when it is
+            # not bound) through the thread's mask, widened for the spawn.
+            with _widened(self.home, self.cpus.all if cpus is None else cpus):
+                self._start(slot, here=True)
 
     def wait(self, timeout: float) -> None:
         """Sleep until a task ends, the pipe is written or ``timeout``; report the ends, enforce walltimes."""

@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
@@ -112,6 +112,42 @@ class Store:
             self._conn.disconnect()
             raise
 
+    # ------------------------------------------------------------------ removal (bench clean-up)
+    def drop_namespace(self) -> None:
+        """Delete every key of the namespace."""
+        self._unlink(lambda key: True)
+
+    def drop_jobs(self, prefix: str) -> None:
+        """Remove the (final) jobs whose names start with ``prefix`` from a namespace that others go on using:
+        their keys, and their names from the job list (rewritten in one transaction)."""
+        starts = tuple(self.keys.of_job(prefix))
+        self._unlink(lambda key: key.startswith(starts))
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.keys.jobs)
+                    kept = [n for n in pipe.lrange(self.keys.jobs, 0, -1) if not n.startswith(prefix)]
+                    pipe.multi()
+                    pipe.delete(self.keys.jobs)
+                    for i in range(0, len(kept), 10_000):
+                        pipe.rpush(self.keys.jobs, *kept[i:i + 10_000])
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def _unlink(self, wanted: Callable[[str], bool]) -> None:
+        """One SCAN over the namespace; UNLINK of the wanted keys in batches."""
+        batch: list[str] = []
+        for key in self.r.scan_iter(match=self.keys.prefix + "*", count=10_000):
+            if wanted(key):
+                batch.append(key)
+            if len(batch) >= 10_000:
+                self.r.unlink(*batch)
+                batch = []
+        if batch:
+            self.r.unlink(*batch)
+
     def close(self) -> None:
         """Give back the kept connection."""
         if self._conn is not None:
@@ -192,7 +228,7 @@ class Store:
 
     def executors(self) -> dict[str, dict[str, str]]:
         ids = sorted(self.r.smembers(self.keys.executors))
-        pipe = self.r.pipeline(transaction=True)   # state and heartbeat read together: a leaving executor is not dead
+        pipe = self.r.pipeline(transaction=False)
         for eid in ids:
             pipe.hgetall(self.keys.exec(eid))
             pipe.exists(self.keys.alive(eid))
@@ -263,8 +299,9 @@ class Store:
         return self._run("lease", [candidate, ttl_ms]) == candidate
 
     def dead_executors(self) -> list[str]:
+        """Candidates only: one that leaves meanwhile looks dead here; ``requeue`` checks again, atomically."""
         ids = sorted(self.r.smembers(self.keys.executors))
-        pipe = self.r.pipeline(transaction=True)   # state and heartbeat read together: a leaving executor is not dead
+        pipe = self.r.pipeline(transaction=False)
         for eid in ids:
             pipe.hget(self.keys.exec(eid), "state")
             pipe.exists(self.keys.alive(eid))

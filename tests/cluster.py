@@ -42,6 +42,14 @@ class Cluster:
     def manager(self) -> Manager:
         return Manager(self.url, namespace=self.namespace)
 
+    def serving(self, cores: int = 2, *worker_args: str) -> Manager:
+        """An InputQueue and one worker, registered: the usual queue, and a manager on it."""
+        self.inputqueue()
+        self.worker(cores, *worker_args)
+        m = self.manager()
+        self.wait_executors(m)
+        return m
+
     def wait_executors(self, m: Manager, n: int = 1, timeout: float = 30) -> None:
         """Wait, on the queue's events, until n executors are ALIVE."""
         import time

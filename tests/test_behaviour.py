@@ -234,3 +234,18 @@ def test_cancel_one_iteration(env):
     assert wait(m, ["sw", "after_sw"]) == {"sw": "CANCELED", "after_sw": "OMITTED"}
     assert [m.info(f"sw:{i}")["state"] for i in range(3)] == ["SUCCEED", "CANCELED", "SUCCEED"]
     assert m.cancel(["sw:1"]) == {"sw:1": "final"}
+
+
+def test_prefetch_follows_the_rate_of_short_tasks(redis_url, tmp_path):
+    """An executor that ends many short tasks claims deeper batches: its prefetch (the placement credit beyond its
+    cores) rises from the minimum it registered with."""
+    cluster = Cluster(redis_url, tmp_path, namespace="adapt")
+    try:
+        m = cluster.serving(2)
+        (before,) = [int(e["prefetch"]) for e in m.store.executors().values()]
+        m.submit(Jobs().add(name="sweep", exec="/bin/true", model="noop", iteration=20_000))
+        assert m.wait4(["sweep"], timeout=120) == {"sweep": "SUCCEED"}
+        (after,) = [int(e["prefetch"]) for e in m.store.executors().values()]
+        assert after > before
+    finally:
+        cluster.stop()

@@ -153,11 +153,8 @@ def test_bench_start_redis_runs_on_a_private_server_without_warnings(tmp_path):
 def test_bench_on_external_executors_leaves_their_namespace_clean(redis_url, tmp_path):
     """--external runs on executors already serving a namespace and removes only its own jobs afterwards."""
     cluster = Cluster(redis_url, tmp_path, namespace="shared")
-    cluster.inputqueue()
-    cluster.worker(2)
     try:
-        m = cluster.manager()
-        cluster.wait_executors(m)
+        m = cluster.serving(2)
         from qcgpj import Jobs
         m.submit(Jobs().add(name="mine", exec="/bin/true"))
         res = qcgpj("bench", "--redis-url", redis_url, "--external", "-n", "shared", "-w", "tasks", "-w", "chain",
@@ -167,6 +164,8 @@ def test_bench_on_external_executors_leaves_their_namespace_clean(redis_url, tmp
         assert set(rows) == {"tasks", "chain"}
         assert rows["tasks"]["extra"]["succeeded"] == 40                # its own jobs, not "mine"
         assert m.store.job_names() == ["mine"]                       # the bench's jobs are gone, ours is not
+        assert list(m.client.scan_iter(m.store.keys.job("*"))) == [m.store.keys.job("mine")]
+        assert not list(m.client.scan_iter(m.store.keys.children("*")))   # the chain's links went with it
         assert m.wait4(["mine"], timeout=30) == {"mine": "SUCCEED"}
         assert [e["state"] for e in m.store.executors().values()] == ["ALIVE"]
     finally:

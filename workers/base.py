@@ -1,6 +1,7 @@
 """The interface of launch modes: a Worker turns a TaskContext into something Running."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -64,16 +65,26 @@ class Running(ABC):
         return None
 
 
-class _ProcessGroup(Running):
-    """A process in its own session: killing its process group reaches everything it started."""
+class ProcessRunning(Running):
+    """A process started through ``subprocess.Popen`` in its own session: killing its process group reaches
+    everything it started."""
 
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
         self._killed = False
 
     @property
     def pid(self) -> int | None:
-        return self._pid
+        return self.proc.pid
+
+    def wait(self, timeout: float | None) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
 
     def kill(self) -> None:
         if self._killed:
@@ -86,26 +97,9 @@ class _ProcessGroup(Running):
 
     def _signal(self, sig: int) -> None:
         try:
-            os.killpg(self._pid, sig)
+            os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-class ProcessRunning(_ProcessGroup):
-    """A process started through ``subprocess.Popen``."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        super().__init__(proc.pid)
-        self.proc = proc
-
-    def wait(self, timeout: float | None) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
 
 
 class Worker(ABC):
@@ -145,8 +139,8 @@ class ProcessWorker(Worker):
     def start(self, ctx: TaskContext) -> Running:
         """Called in a thread bound to the task's CPUs (when ``bind_cpus``): the process inherits the binding.
 
-        Popen, not os.posix_spawn: both vfork, but Popen releases the GIL while the child execs (~0.1 ms),
-        so other threads of the executor keep working meanwhile."""
+        Popen, not os.posix_spawn: both vfork, but os.posix_spawn cannot set the working directory (Python
+        3.11) and holds the GIL until the child has exec'd, which Popen does not (CPython gh-104372)."""
         argv = self.command(ctx)
         env = self.environment(ctx)
         files: list[IO] = []
@@ -169,14 +163,10 @@ class ProcessWorker(Worker):
         return ProcessRunning(proc)
 
 
-_DEVNULL: list[int] = []
-
-
+@functools.cache
 def _devnull() -> int:
     """One /dev/null descriptor for all tasks (Popen's DEVNULL opens and closes one per process)."""
-    if not _DEVNULL:
-        _DEVNULL.append(os.open(os.devnull, os.O_RDWR))
-    return _DEVNULL[0]
+    return os.open(os.devnull, os.O_RDWR)
 
 
 def _open(path: str, mode: str, files: list[IO]) -> IO:

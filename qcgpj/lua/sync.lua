@@ -12,33 +12,27 @@ local n_adopt, n_started, n_finished = tonumber(ARGV[4]), tonumber(ARGV[5]), ton
 local ready, running = K_ready(eid), K_running(eid)
 local out, credit, last, finished = {}, 0, nil, 0
 
-local function live(name, it)  -- job (and iteration) not final
-  local st = redis.call('HGET', K_job(name), 'state')
-  if not st or FINAL[st] then return nil end
+-- The job's state, and `field` of its hash read in the same call, while the job (and the iteration) is not
+-- final; nil once it is.
+local function live(name, it, field)
+  local h = redis.call('HMGET', K_job(name), 'state', field or 'state')
+  if not h[1] or FINAL[h[1]] then return nil end
   if it ~= nil and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then return nil end
-  return st
+  return h[1], h[2]
 end
 
 local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
   local tid, c = parse_entry(entry)
   local name, it = split_tid(tid)
-  local spec = ''
-  local ok
-  if name ~= last then
-    local h = redis.call('HMGET', K_job(name), 'state', 'spec')
-    ok = h[1] and not FINAL[h[1]]
-    if ok and it ~= nil then ok = not FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] end
-    spec = h[2]
-  else
-    ok = live(name, it)
-  end
-  if not ok then
+  local first = name ~= last   -- the spec goes out once per run of entries of one job
+  local st, spec = live(name, it, first and 'spec' or nil)
+  if not st then
     redis.call('LREM', running, 1, entry)
     credit = credit + c
     return
   end
   out[#out + 1] = entry
-  out[#out + 1] = spec
+  out[#out + 1] = first and spec or ''
   last = name
 end
 
@@ -69,10 +63,9 @@ for i = 1, n_finished do
     local tid, c, k, att = parse_entry(entry)
     credit = credit + c
     local name, it = split_tid(tid)
-    local h = redis.call('HMGET', K_job(name), 'state', 'kids')
-    if h[1] and not FINAL[h[1]]
-        and (it == nil or not FINAL[record_state(redis.call('HGET', K_its(name), it)) or '']) then
-      task_final(name, it, state, exit, eid, t0, t1, att, msg, not h[2])
+    local st, kids = live(name, it, 'kids')
+    if st then
+      task_final(name, it, state, exit, eid, t0, t1, att, msg, not kids)
       finished = finished + 1
     end
   end
