@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]   # (jobs final, jobs asked for)
 CHECK_INTERVAL = 0.02   # seconds: the most often a waiting client re-reads states
+FULL_CHECK = 1.0        # seconds between re-reads of every open name (in between, only the oldest ones)
+FRONT = 128             # names read at a time from the oldest open one on
 
 
 def submit_rows(specs: Sequence[JobSpec]) -> list[tuple[str, str, str, str, str]]:
@@ -210,14 +212,31 @@ class Manager:
         last = self.store.last_event_id()
         states: dict[str, str | None] = {}
         open_names = names   # a final state never changes: only the others are read again
+        full_at = 0.0
         while True:
-            states.update(self.status(open_names))
-            open_names = [n for n in open_names if states[n] not in FINAL_STATES]
+            full = time.monotonic() >= full_at
+            if full:
+                full_at = time.monotonic() + FULL_CHECK
+            open_names = self._still_open(open_names, states, full)
             if progress:
                 progress(len(names) - len(open_names), len(names))
             if not open_names:
                 return {n: states[n] for n in names}
             last = self._wait_event(last, deadline, names)
+
+    def _still_open(self, open_names: list[str], states: dict[str, str | None], full: bool) -> list[str]:
+        """The names not final yet, reading their states into ``states``. Jobs mostly end in the order they
+        were submitted, so between full re-reads only the oldest are read, FRONT at a time up to the first
+        group not all final: a client waiting for 10,000 jobs costs a few hundred reads per wake-up, not
+        10,000 (which, every 20 ms, took most of a core from the tasks)."""
+        step = max(len(open_names), 1) if full else FRONT
+        for i in range(0, len(open_names), step):
+            group = open_names[i:i + step]
+            states.update(self.status(group))
+            left = [n for n in group if states[n] not in FINAL_STATES]
+            if left:
+                return left + open_names[i + step:]
+        return []
 
     def wait4all(self, timeout: float | None = None, progress: Progress | None = None) -> dict[str, str | None]:
         """Wait until every job in the queue is final."""

@@ -6,6 +6,7 @@ import select
 import sys
 import time
 import pytest
+import redis
 
 from qcgpj import DependencyError, DuplicateJobError, Jobs, JobSpecError, Manager, ResourceError, UnknownJobError
 from qcgpj import TimeoutError as QTimeout
@@ -249,3 +250,35 @@ def test_prefetch_follows_the_rate_of_short_tasks(redis_url, tmp_path):
         assert after > before
     finally:
         cluster.stop()
+
+
+def test_waiting_for_many_jobs_rereads_only_the_oldest_open_ones(redis_url, monkeypatch):
+    """A client waiting for N jobs that end in submission order reads, on each wake-up, the oldest jobs still
+    open, not all N again: otherwise waiting for a large sweep takes a core from the tasks it waits for."""
+    m = Manager(redis_url, namespace="front")
+    n, step = 2000, 100
+    jobs = Jobs()
+    for i in range(n):
+        jobs.add(name=f"j{i}", exec="/bin/true")
+    names = m.submit(jobs)   # no executor: they stay open until canceled
+    reads: list[int] = []
+    execute = redis.client.Pipeline.execute
+
+    def counting(pipe, raise_on_error=True):
+        reads.append(sum(1 for args, _ in pipe.command_stack if args[0] == "HGET"))
+        return execute(pipe, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
+    ended = 0
+
+    def end_next(done: int, total: int) -> None:   # each wake-up ends the next jobs, in order
+        nonlocal ended
+        assert done <= ended and total == n
+        if ended < n:
+            m.cancel(names[ended:ended + step])
+            ended += step
+
+    states = m.wait4(names, timeout=120, progress=end_next)
+    assert set(states.values()) == {"CANCELED"} and len(states) == n
+    # All re-read at each of the n/step wake-ups would be n * (n/step + 1) / 2 = 21,000 reads.
+    assert sum(reads) <= 5 * n
