@@ -2,7 +2,8 @@
 
 Each workload runs in a fresh namespace. With a Redis URL the InputQueue and one executor are started as
 separate processes (as on a cluster) unless ``external`` says executors already serve that namespace; the
-namespace's keys are deleted afterwards. Without a URL everything runs in local mode.
+namespace's keys are deleted afterwards. Without a URL everything runs in local mode. The ``spawn`` workload
+uses no queue: it measures how fast this machine starts short processes, the limit of the ``tasks`` workload.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -25,7 +27,7 @@ from .connection import connect
 from .jobs import Jobs
 from .manager import Manager
 
-WORKLOADS = ("tasks", "iterations", "chain", "queue", "submit")
+WORKLOADS = ("spawn", "tasks", "iterations", "chain", "queue", "submit")
 
 
 @dataclass
@@ -116,6 +118,26 @@ def _wait_executor(m: Manager) -> None:
     last = m.store.last_event_id()
     while not any(e.get("state") == "ALIVE" for e in m.store.executors().values()):
         last = m.store.wait_event(last, 0.5)
+
+
+def bench_spawn(cfg: BenchConfig) -> Result:
+    """The machine's own limit for workload a, with no queue at all: N /bin/true started and waited for from
+    one thread per core, as the executor starts them (own session, /dev/null for stdio). Short tasks cannot
+    run faster than this here; the tasks row says which share of it the queue reaches."""
+    threads = cfg.cores or os.cpu_count() or 1
+    per, extra = divmod(cfg.tasks, threads)
+
+    def spawn(n: int) -> None:
+        for _ in range(n):
+            subprocess.Popen(["/bin/true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True).wait()
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(spawn, [per + (1 if i < extra else 0) for i in range(threads)]))
+    dt = time.perf_counter() - t0
+    return Result("spawn", f"{cfg.tasks} /bin/true, no queue", round(cfg.tasks / dt, 1), "tasks/s",
+                  {"seconds": round(dt, 3), "threads": threads})
 
 
 def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
@@ -219,7 +241,9 @@ def _per(delta: int | None, n: int) -> float | None:
 def run(cfg: BenchConfig, workloads: tuple[str, ...]) -> list[Result]:
     results: list[Result] = []
     for w in workloads:
-        if w == "tasks":
+        if w == "spawn":
+            results.append(bench_spawn(cfg))
+        elif w == "tasks":
             results.append(bench_tasks(cfg))
         elif w == "iterations":
             results.append(bench_iterations(cfg))
@@ -229,7 +253,17 @@ def run(cfg: BenchConfig, workloads: tuple[str, ...]) -> list[Result]:
             results.append(bench_tasks(cfg, model="noop"))
         elif w == "submit":
             results.extend(bench_submit(cfg))
+    _share_of_spawn(results)
     return results
+
+
+def _share_of_spawn(results: list[Result]) -> None:
+    """The rate of short tasks as a share of the spawn limit measured in the same run: on its own, a rate says
+    as much about the machine (whose speed, on shared virtual hosts, varies by the hour) as about the queue."""
+    spawn = next((r for r in results if r.workload == "spawn"), None)
+    for r in results:
+        if spawn is not None and r.workload in ("tasks", "iterations"):
+            r.extra["of_spawn_limit"] = round(r.value / spawn.value, 2)
 
 
 @contextmanager

@@ -155,6 +155,28 @@ def test_working_directory_is_created(env):
     assert (wd / "sub" / "w" / "pwd.out").read_text().strip() == str(wd / "sub" / "w")
 
 
+def test_a_task_starts_clean(env):
+    """What a task inherits, however the executor starts it (posix_spawn or Popen): the signals Python ignores
+    back at their defaults, a session of its own, no descriptor but stdin/stdout/stderr, its directory, and its
+    job's PATH for a bare program name."""
+    m, wd = env
+    (wd / "bin").mkdir()
+    tool = wd / "bin" / "mytool"
+    tool.write_text("#!/bin/sh\necho found\n")
+    tool.chmod(0o755)
+    probe = "grep -E '^SigIgn' /proc/self/status; awk '{print $6}' /proc/$$/stat; echo $$; ls /proc/$$/fd; pwd"
+    m.submit(Jobs().add(name="probe", script=probe, stdout="probe.out")
+             .add(name="tool", exec="mytool", env={"PATH": f"{wd / 'bin'}:/usr/bin:/bin"}, stdout="tool.out"))
+    assert wait(m, ["probe", "tool"]) == {"probe": "SUCCEED", "tool": "SUCCEED"}
+    sig_ign, sid, pid, *fds, cwd = (wd / "probe.out").read_text().splitlines()   # fds: of the shell itself
+    ignored = int(sig_ign.split()[1], 16)
+    assert not ignored & (1 << (13 - 1)) and not ignored & (1 << (25 - 1))   # SIGPIPE, SIGXFSZ
+    assert sid == pid                                                        # a session leader
+    assert sorted(fds) == ["0", "1", "2"]
+    assert cwd == str(wd)
+    assert (wd / "tool.out").read_text() == "found\n"
+
+
 def test_cancel_queued_and_running(env):
     m, wd = env
     os.mkfifo(wd / "long.pid")   # the task tells its pid through a FIFO: reading it waits for the task to start

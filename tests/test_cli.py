@@ -120,10 +120,13 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     assert [(r["workload"], r["unit"]) for r in rows] == [
-        ("tasks", "tasks/s"), ("iterations", "tasks/s"), ("chain", "ms/hop"), ("queue", "tasks/s"),
-        ("submit", "s"), ("submit", "s")]
-    tasks, iterations, chain, queue, jobs, one_job = rows
+        ("spawn", "tasks/s"), ("tasks", "tasks/s"), ("iterations", "tasks/s"), ("chain", "ms/hop"),
+        ("queue", "tasks/s"), ("submit", "s"), ("submit", "s")]
+    spawn, tasks, iterations, chain, queue, jobs, one_job = rows
     assert tasks["extra"]["succeeded"] == queue["extra"]["succeeded"] == 40
+    # the machine's own limit, measured in the same run, and the share of it that the queue reaches
+    assert spawn["value"] > 0 and spawn["extra"]["threads"] >= 1
+    assert tasks["extra"]["of_spawn_limit"] == round(tasks["value"] / spawn["value"], 2)
     assert iterations["extra"]["state"] == "SUCCEED"
     assert min(tasks["value"], iterations["value"], chain["value"], queue["value"], jobs["value"]) > 0
     assert jobs["extra"]["bytes_per_job"] > 0 and "bytes" in one_job["extra"]
@@ -136,9 +139,9 @@ def test_bench_in_local_mode_runs_every_workload(tmp_path):
     res = qcgpj("bench", *SMALL, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert [r["workload"] for r in rows] == ["tasks", "iterations", "chain", "queue", "submit", "submit"]
-    assert rows[0]["extra"]["succeeded"] == 40
-    assert rows[4]["extra"]["bytes_per_job"] is None and rows[4]["extra"]["jobs_per_s"] > 0
+    assert [r["workload"] for r in rows] == ["spawn", "tasks", "iterations", "chain", "queue", "submit", "submit"]
+    assert rows[1]["extra"]["succeeded"] == 40
+    assert rows[5]["extra"]["bytes_per_job"] is None and rows[5]["extra"]["jobs_per_s"] > 0
 
 
 def test_bench_start_redis_runs_on_a_private_server_without_warnings(tmp_path):
