@@ -5,6 +5,10 @@ from a launcher thread pinned to its first CPU (widened to all of the task's CPU
 child afterwards with ``sched_setaffinity(pid)`` migrates a process that already runs, which cost about 30% of
 the throughput of short tasks on a 2-core machine; starting it from a thread already on that CPU costs nothing.
 
+Launcher processes instead of threads (one per CPU, tasks sent over a pipe, ends read back) were tried: a task
+on another CPU then waits for two wake-ups across processes, and /bin/true throughput fell by about a quarter.
+Starting every task from the dispatcher, moving its own mask to the task's CPU and back, was also slower.
+
 Exits are learnt without a thread per task: each process's pidfd sits in the executor's epoll, so the
 dispatcher wakes when any of them ends (Linux >= 5.3). Elsewhere, and for tasks that are not processes, a
 waiter thread per task blocks in ``Running.wait``.
