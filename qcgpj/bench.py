@@ -123,7 +123,7 @@ def _wait_executor(m: Manager) -> None:
 def bench_spawn(cfg: BenchConfig) -> Result:
     """The machine's own limit for workload a, with no queue at all: N /bin/true started and waited for from
     one thread per core, as the executor starts them (own session, /dev/null for stdio). Short tasks cannot
-    run faster than this here; the tasks row says which share of it the queue reaches."""
+    run faster than this on this machine; the tasks row says which share of it the queue reaches."""
     threads = cfg.cores or os.cpu_count() or 1
     per, extra = divmod(cfg.tasks, threads)
 
@@ -253,16 +253,19 @@ def run(cfg: BenchConfig, workloads: tuple[str, ...]) -> list[Result]:
             results.append(bench_tasks(cfg, model="noop"))
         elif w == "submit":
             results.extend(bench_submit(cfg))
-    _share_of_spawn(results)
+    _share_of_spawn(cfg, results)
     return results
 
 
-def _share_of_spawn(results: list[Result]) -> None:
+def _share_of_spawn(cfg: BenchConfig, results: list[Result]) -> None:
     """The rate of short tasks as a share of the spawn limit measured in the same run: on its own, a rate says
-    as much about the machine (whose speed, on shared virtual hosts, varies by the hour) as about the queue."""
+    as much about the machine (whose speed, on shared virtual hosts, varies by the hour) as about the queue.
+    Not with external executors: they may run on other machines than the one the limit was measured on."""
     spawn = next((r for r in results if r.workload == "spawn"), None)
+    if spawn is None or cfg.external:
+        return
     for r in results:
-        if spawn is not None and r.workload in ("tasks", "iterations"):
+        if r.workload in ("tasks", "iterations"):
             r.extra["of_spawn_limit"] = round(r.value / spawn.value, 2)
 
 
