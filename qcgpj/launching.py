@@ -23,9 +23,8 @@ import select
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .errors import QcgpjError
 from .resources import Allocation
@@ -95,18 +94,23 @@ def _set_affinity(cpus: set[int] | frozenset[int]) -> bool:
         return False
 
 
-@contextmanager
-def _widened(home: int, cpus: frozenset[int]) -> Iterator[None]:
+class _Widened:
     """The calling thread, pinned to ``home``, runs on ``cpus`` meanwhile, so that a process started now
-    inherits them; ``home`` is one of them, so neither change migrates the thread."""
-    wide = len(cpus) > 1
-    if wide:
-        _set_affinity(cpus)
-    try:
-        yield
-    finally:
-        if wide:
-            _set_affinity({home})
+    inherits them; ``home`` is one of them, so neither change migrates the thread. A class, not a generator:
+    it wraps every task's start, and for a one-CPU task (the usual case) it must cost next to nothing."""
+
+    __slots__ = ("home", "cpus")
+
+    def __init__(self, home: int, cpus: frozenset[int]) -> None:
+        self.home, self.cpus = home, cpus if len(cpus) > 1 else None
+
+    def __enter__(self) -> None:
+        if self.cpus is not None:
+            _set_affinity(self.cpus)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cpus is not None:
+            _set_affinity({self.home})
 
 
 class Launchers:
@@ -135,7 +139,7 @@ class Launchers:
                 return
             cpus, slot = item
             try:
-                with _widened(cpu, cpus):
+                with _Widened(cpu, cpus):
                     self._start(slot)
             except Exception:   # _start reports its own failures; this only keeps the thread alive
                 log.exception("launcher %d: unexpected error", cpu)
@@ -214,7 +218,7 @@ class Runner:
         else:
             # This thread is pinned to the home CPU: a task started here gets its CPUs (all of them when it is
             # not bound) through the thread's mask, widened for the spawn.
-            with _widened(self.home, self.cpus.all if cpus is None else cpus):
+            with _Widened(self.home, self.cpus.all if cpus is None else cpus):
                 self._start(slot, here=True)
 
     def wait(self, timeout: float) -> None:

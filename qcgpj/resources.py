@@ -36,6 +36,10 @@ class Allocation:
     def nodes(self) -> list[str]:
         return [n for n, _c in self.parts]
 
+    def cores_on(self, node: str) -> list[int]:
+        """The cores of this allocation on ``node`` (the executor's own node: the ones it binds the task to)."""
+        return [c for n, cores in self.parts if n == node for c in cores]
+
     def to_text(self) -> str:
         return ";".join(f"{n}={','.join(map(str, c))}" for n, c in self.parts)
 

@@ -88,11 +88,10 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
     env = (base_env if base_env is not None else dict(os.environ)).copy()
     for key, value in spec.env.items():
         env[key] = sub(value) or ""
-    local_cores = [c for node, cores in alloc.parts if node == local_node for c in cores]
     env.update({
         "QCGPJ_TASK": entry.task, "QCGPJ_JOB": spec.name, "QCGPJ_ITERATION": var["it"],
         "QCGPJ_NCORES": var["ncores"], "QCGPJ_NNODES": var["nnodes"], "QCGPJ_NODES": var["nlist"],
-        "QCGPJ_CORES": ",".join(map(str, local_cores)), "QCGPJ_NODE_CORES": alloc.to_text(),
+        "QCGPJ_CORES": ",".join(map(str, alloc.cores_on(local_node))), "QCGPJ_NODE_CORES": alloc.to_text(),
         "QCGPJ_ROOT_WD": root_wd,
     })
     ctx = TaskContext(task_id=entry.task, job=spec.name, iteration=entry.iteration, argv=argv, env=env, cwd=wd,

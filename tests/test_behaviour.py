@@ -156,8 +156,8 @@ def test_working_directory_is_created(env):
 
 
 def test_a_task_starts_clean(env):
-    """What a task inherits, however the executor starts it (posix_spawn or Popen): the signals Python ignores
-    back at their defaults, a session of its own, no descriptor but stdin/stdout/stderr, its directory, and its
+    """What a task inherits from the executor that starts it (in either mode): the signals Python ignores back
+    at their defaults, a session of its own, no descriptor but stdin/stdout/stderr, its directory, and its
     job's PATH for a bare program name."""
     m, wd = env
     (wd / "bin").mkdir()

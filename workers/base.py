@@ -43,7 +43,7 @@ class TaskContext:
     python_target: str | None = None
 
     def local_cores(self) -> list[int]:
-        return [c for node, cores in self.allocation.parts if node == self.local_node for c in cores]
+        return self.allocation.cores_on(self.local_node)
 
 
 class Running(ABC):
