@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 CONSUMER = "inputqueue"   # one fixed consumer name: a restarted InputQueue re-reads its own unacknowledged events
 
 
+class _Interrupted(BaseException):
+    """Raised by :meth:`InputQueue.stop` in a signal handler, only while the serving thread waits for events."""
+
+
 class InputQueue:
     def __init__(self, client: redis.Redis, namespace: str = "default", max_attempts: int = 3,
                  check_every: float = 1.0, lease_ttl: float = 5.0, iq_id: str | None = None,
@@ -36,22 +40,50 @@ class InputQueue:
         self.id = iq_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stop_event = threading.Event()
         self.leader = False
+        self._serving: int | None = None   # the serving thread's id
+        self._reading = False              # it waits for events now
 
     def stop(self) -> None:
+        """Stop at once, not at the end of the current wait for events (up to 0.25 s), and hand the lease on.
+
+        From another thread a ``stop`` event wakes that wait. In a signal handler, which must do no I/O, the
+        wait is abandoned by an exception: what it would have read stays pending and is re-read on restart."""
         self.stop_event.set()
+        if threading.get_ident() != self._serving:
+            try:
+                self.store.emit("stop", self.id)
+            except redis.RedisError:
+                pass   # Redis down: the wait ends with its timeout
+        elif self._reading:
+            raise _Interrupted
 
     def run(self) -> None:
         """Serve until stopped; Redis outages are waited out with backoff."""
         log.info("inputqueue %s starting", self.id)
+        self._serving = threading.get_ident()
         backoff = 0.1
-        while not self.stop_event.is_set():
-            try:
-                self._serve()
-                return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("inputqueue: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self._serve()
+                    break
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    log.warning("inputqueue: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+        except _Interrupted:
+            pass
+        self._resign()
+
+    def _resign(self) -> None:
+        """A standby need not wait for our lease to expire."""
+        if not self.leader:
+            return
+        try:
+            self.store.release_lease(self.id)
+            self.leader = False
+        except redis.RedisError as exc:
+            log.warning("inputqueue %s: lease not released (%s); it expires by itself", self.id, exc)
 
     def _serve(self) -> None:
         self.store.ensure_group()
@@ -62,7 +94,7 @@ class InputQueue:
                     self.stop_event.wait(self.lease_ttl / 3)
                     continue
                 next_lease = time.monotonic() + self.lease_ttl / 3
-            ids = self.store.read_group(CONSUMER, timeout=min(0.25, self.lease_ttl / 3))
+            ids = self._read_events()
             if time.monotonic() >= next_check:
                 self.check_executors()
                 next_check = time.monotonic() + self.check_every
@@ -71,9 +103,18 @@ class InputQueue:
             # event; what arrives meanwhile is read in one batch by the next pass.
             self.stop_event.wait(self.min_pass)
 
+    def _read_events(self) -> list[str]:
+        self._reading = True
+        try:
+            if self.stop_event.is_set():
+                return []
+            return self.store.read_group(CONSUMER, timeout=min(0.25, self.lease_ttl / 3))
+        finally:
+            self._reading = False
+
     def _hold_lease(self) -> bool:
         was = self.leader
-        self.leader = self.store.lease(self.id, int(self.lease_ttl * 1000))
+        self.leader = self.store.lease(self.id, max(1, int(self.lease_ttl * 1000)))
         if self.leader != was:
             log.info("inputqueue %s: %s", self.id, "acting (leader)" if self.leader else "standing by")
             if self.leader:

@@ -298,6 +298,10 @@ class Store:
     def lease(self, candidate: str, ttl_ms: int) -> bool:
         return self._run("lease", [candidate, ttl_ms]) == candidate
 
+    def release_lease(self, holder: str) -> None:
+        """Give the lease up if it is still ours (a ttl of 0 to the lease script)."""
+        self._run("lease", [holder, 0])
+
     def dead_executors(self) -> list[str]:
         """Candidates only: one that leaves meanwhile looks dead here; ``requeue`` checks again, atomically."""
         ids = sorted(self.r.smembers(self.keys.executors))

@@ -156,6 +156,42 @@ def test_inputqueue_restart_and_standby(redis_url, tmp_path):
         c.stop()
 
 
+def test_stopped_inputqueue_hands_its_lease_on(redis_url, tmp_path):
+    """SIGTERM (the end of an allocation, a planned restart) gives the lease up: the standby takes over now,
+    not when a 120 s lease would have expired (longer than this test waits)."""
+    c = Cluster(redis_url, tmp_path)
+    try:
+        first = c.inputqueue("--lease", "120")
+        m = c.manager()
+        wait_for(m, lambda: m.client.get(m.store.keys.leader) is not None, what="a leader")
+        leader = m.client.get(m.store.keys.leader)
+        c.inputqueue("--lease", "3")             # stands by, asks again each second
+        os.kill(first.pid, signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+        wait_for(m, lambda: m.client.get(m.store.keys.leader) not in (None, leader), timeout=30,
+                 what="the standby to take over")
+        c.worker(1)
+        assert set(m.wait4(m.submit(Jobs().add(name="after", exec="/bin/true")), timeout=60).values()) == {"SUCCEED"}
+    finally:
+        c.stop()
+
+
+def test_inputqueue_stopped_from_another_thread(redis_url):
+    """Local mode stops its InputQueue from the client's thread: the stop wakes the wait and frees the lease."""
+    from qcgpj.inputqueue import InputQueue
+    import threading
+    iq = InputQueue(connect(redis_url), "t")
+    t = threading.Thread(target=iq.run)
+    t.start()
+    m = Manager(redis_url, namespace="t")
+    wait_for(m, lambda: m.client.get(m.store.keys.leader) == iq.id, what="the lease")
+    iq.stop()
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert m.client.get(m.store.keys.leader) is None
+    assert any(f.get("type") == "stop" for _id, f in m.client.xrange(m.store.keys.events))
+
+
 def test_redis_restart_mid_run(fresh_redis, tmp_path):
     c = Cluster(fresh_redis.url, tmp_path)
     try:

@@ -1,5 +1,10 @@
--- Leader lease of the InputQueue. ARGV: candidate id, ttl ms. Take it if free, renew it if ours; returns the holder.
+-- Leader lease of the InputQueue. ARGV: candidate id, ttl ms. Take it if free, renew it if ours; returns the
+-- holder. A ttl of 0 gives it up if ours (a stopping InputQueue), so that a standby takes over at once.
 local cur = redis.call('GET', K_leader)
+if ARGV[2] == '0' then
+  if cur == ARGV[1] then redis.call('DEL', K_leader) end
+  return false
+end
 if not cur or cur == ARGV[1] then
   redis.call('SET', K_leader, ARGV[1], 'PX', ARGV[2])
   return ARGV[1]
