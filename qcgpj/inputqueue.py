@@ -49,6 +49,8 @@ class InputQueue:
         From another thread a ``stop`` event wakes that wait. In a signal handler, which must do no I/O, the
         wait is abandoned by an exception: what it would have read stays pending and is re-read on restart."""
         self.stop_event.set()
+        if self._serving is None:
+            return   # not serving yet: run() sees the flag before its first wait
         if threading.get_ident() != self._serving:
             try:
                 self.store.emit("stop", self.id)
@@ -59,8 +61,8 @@ class InputQueue:
 
     def run(self) -> None:
         """Serve until stopped; Redis outages are waited out with backoff."""
-        log.info("inputqueue %s starting", self.id)
         self._serving = threading.get_ident()
+        log.info("inputqueue %s starting", self.id)
         backoff = 0.1
         try:
             while not self.stop_event.is_set():

@@ -24,7 +24,7 @@ exec:<id>:alive             string   heartbeat, with a TTL
 exec:<id>:ready             list     tasks placed on the executor: "task|cores|nodes|attempt"
 exec:<id>:running           list     tasks it claimed (the reliable-queue processing list)
 exec:<id>:control           list     "cancel <task>" / "drain" commands
-events                      stream   wake-ups and audit: submit, finish, executor joined/lost
+events                      stream   wake-ups and audit: submit, finish, executor joined/lost, stop
 inputqueue:leader           string   the acting InputQueue's id, with a TTL (leader lease)
 """
 from __future__ import annotations
