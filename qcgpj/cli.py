@@ -224,7 +224,8 @@ def resources(redis_url: str | None, namespace: str, as_json: bool) -> None:
 @ns_option
 @click.option("--max-attempts", type=int, default=3, show_default=True,
               help="Times a task may be started on executors that die before it ends FAILED.")
-@click.option("--lease", type=float, default=5.0, show_default=True, help="Leader lease, seconds.")
+@click.option("--lease", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Leader lease, seconds.")
 @verbose_option
 @_errors
 def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, verbose: int) -> None:

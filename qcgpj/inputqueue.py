@@ -116,7 +116,7 @@ class InputQueue:
 
     def _hold_lease(self) -> bool:
         was = self.leader
-        self.leader = self.store.lease(self.id, max(1, int(self.lease_ttl * 1000)))
+        self.leader = self.store.lease(self.id, int(self.lease_ttl * 1000))
         if self.leader != was:
             log.info("inputqueue %s: %s", self.id, "acting (leader)" if self.leader else "standing by")
             if self.leader:

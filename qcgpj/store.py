@@ -299,8 +299,8 @@ class Store:
         return self._run("lease", [candidate, ttl_ms]) == candidate
 
     def release_lease(self, holder: str) -> None:
-        """Give the lease up if it is still ours (a ttl of 0 to the lease script)."""
-        self._run("lease", [holder, 0])
+        """Give the lease up if it is still ours."""
+        self._run("lease", [holder, "release"])
 
     def dead_executors(self) -> list[str]:
         """Candidates only: one that leaves meanwhile looks dead here; ``requeue`` checks again, atomically."""

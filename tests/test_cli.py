@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 
+from qcgpj import Jobs
 from tests.cluster import Cluster, qcgpj_cmd
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def qcgpj(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    import os
     e = dict(os.environ, PYTHONPATH=str(REPO))
     e.pop("QCGPJ_REDIS_URL", None)
     e.update(env or {})
@@ -130,7 +132,6 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
     assert iterations["extra"]["state"] == "SUCCEED"
     assert min(tasks["value"], iterations["value"], chain["value"], queue["value"], jobs["value"]) > 0
     assert jobs["extra"]["bytes_per_job"] > 0 and "bytes" in one_job["extra"]
-    import redis
     assert not redis.Redis.from_url(redis_url).keys("qcgpj:{bench-*")   # the namespaces were dropped
 
 
@@ -158,7 +159,6 @@ def test_bench_on_external_executors_leaves_their_namespace_clean(redis_url, tmp
     cluster = Cluster(redis_url, tmp_path, namespace="shared")
     try:
         m = cluster.serving(2)
-        from qcgpj import Jobs
         m.submit(Jobs().add(name="mine", exec="/bin/true"))
         res = qcgpj("bench", "--redis-url", redis_url, "--external", "-n", "shared", "-w", "spawn", "-w", "tasks",
                     "-w", "chain", *SMALL, cwd=tmp_path)

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
 
 from qcgpj import ConnectionError as QConnectionError
 from qcgpj import Jobs, Manager
-from qcgpj.store import Report, Store
 from qcgpj.connection import connect
+from qcgpj.inputqueue import InputQueue
+from qcgpj.store import Report, Store
 
 from tests.cluster import Cluster
 
@@ -178,8 +180,6 @@ def test_stopped_inputqueue_hands_its_lease_on(redis_url, tmp_path):
 
 def test_inputqueue_stopped_from_another_thread(redis_url):
     """Local mode stops its InputQueue from the client's thread: the stop wakes the wait and frees the lease."""
-    from qcgpj.inputqueue import InputQueue
-    import threading
     iq = InputQueue(connect(redis_url), "t")
     t = threading.Thread(target=iq.run)
     t.start()

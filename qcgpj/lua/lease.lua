@@ -1,7 +1,7 @@
--- Leader lease of the InputQueue. ARGV: candidate id, ttl ms. Take it if free, renew it if ours; returns the
--- holder. A ttl of 0 gives it up if ours (a stopping InputQueue), so that a standby takes over at once.
+-- Leader lease of the InputQueue. ARGV: candidate id, ttl ms or 'release'. Take it if free, renew it if ours;
+-- returns the holder. 'release' gives it up if ours (a stopping InputQueue), so a standby takes over at once.
 local cur = redis.call('GET', K_leader)
-if ARGV[2] == '0' then
+if ARGV[2] == 'release' then
   if cur == ARGV[1] then redis.call('DEL', K_leader) end
   return false
 end
