@@ -204,11 +204,12 @@ def wait(names: tuple[str, ...], redis_url: str | None, namespace: str, timeout:
 @main.command()
 @url_option
 @ns_option
+@click.option("--all", "departed", is_flag=True, help="List the executors that left or died too.")
 @click.option("--json", "as_json", is_flag=True)
 @_errors
-def resources(redis_url: str | None, namespace: str, as_json: bool) -> None:
+def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bool) -> None:
     """Executors, their cores and what is in use."""
-    res = _remote(redis_url, namespace).resources()
+    res = _remote(redis_url, namespace).resources(departed)
     if as_json:
         click.echo(json.dumps(res, indent=1))
         return

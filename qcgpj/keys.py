@@ -18,7 +18,8 @@ att:<name>                  hash     iteration -> attempt number (only for retri
 itwait:<name>               hash     iteration -> count of per-iteration parents that succeeded
 children:<name>             set      "w|child" (whole job), "i<k>|child" (iteration k), "p|child" (per iteration)
 pending                     list     ready work not yet placed: "name" (all remaining iterations) or "name:it"
-executors                   set      executor ids
+executors                   set      every executor that joined (for listings: departed ones stay)
+live                        set      executors that may take work: placement and checks read only these
 exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started
 exec:<id>:alive             string   heartbeat, with a TTL
 exec:<id>:ready             list     tasks placed on the executor: "task|cores|nodes|attempt"
@@ -45,6 +46,7 @@ TEMPLATES: dict[str, str] = {
     "children": "children:{}",
     "pending": "pending",
     "executors": "executors",
+    "live": "executors:live",
     "exec": "exec:{}",
     "alive": "exec:{}:alive",
     "ready": "exec:{}:ready",
@@ -85,6 +87,10 @@ class Keys:
     @property
     def executors(self) -> str:
         return self._k("executors")
+
+    @property
+    def live(self) -> str:
+        return self._k("live")
 
     @property
     def events(self) -> str:

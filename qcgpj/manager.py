@@ -55,6 +55,13 @@ def _dependency_order(specs: Sequence[JobSpec]) -> list[JobSpec]:
     return out
 
 
+def _check_node_cores(specs: Sequence[JobSpec], per_node: int | None) -> None:
+    for s in specs:
+        if per_node is not None and s.nodes_min and s.cores_min > per_node:
+            raise ResourceError(s.name, "resources.numCores",
+                                f"{s.cores_min} cores per node requested, but the largest node has {per_node}")
+
+
 def _as_specs(jobs: Jobs | Iterable[JobSpec | dict]) -> list[JobSpec]:
     if isinstance(jobs, Jobs):
         return jobs.jobs()
@@ -98,33 +105,25 @@ class Manager:
             self.local = None
 
     # ------------------------------------------------------------------ submit
-    def max_cores(self) -> tuple[int | None, int | None]:
-        """The largest executor's cores and nodes: the bound of what a job may ask (None: no executor yet)."""
-        execs = [e for e in self.store.executors().values() if e.get("state") in ("ALIVE", "DRAINING")]
+    def limits(self) -> tuple[int | None, int | None, int | None]:
+        """The largest executor's cores, nodes and cores per node: the bounds of what a job may ask (None: no
+        executor yet, so anything may be asked). Read once per submit, from the live executors only."""
         if self.local is not None:
-            return self.local.total_cores, self.local.total_nodes
+            return self.local.total_cores, self.local.total_nodes, self.local.max_per_node
+        execs = list(self.store.executors().values())
         if not execs:
-            return None, None
-        return max(int(e["total"]) for e in execs), max(int(e["nnodes"]) for e in execs)
+            return None, None, None
+        return (max(int(e["total"]) for e in execs), max(int(e["nnodes"]) for e in execs),
+                max(int(e["maxnode"]) for e in execs))
 
     def submit(self, jobs: Jobs | Iterable[JobSpec | dict]) -> list[str]:
         """Validate the whole batch, then write it; returns the job names. Nothing is written on error."""
         specs = _as_specs(jobs)
-        max_cores, max_nodes = self.max_cores()
+        max_cores, max_nodes, per_node = self.limits()
         check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
-        self._check_node_cores(specs)
+        _check_node_cores(specs, per_node)
         self.store.submit(submit_rows(specs))
         return [s.name for s in specs]
-
-    def _check_node_cores(self, specs: Sequence[JobSpec]) -> None:
-        execs = [e for e in self.store.executors().values() if e.get("state") in ("ALIVE", "DRAINING")]
-        if self.local is None and not execs:
-            return
-        best = self.local.max_per_node if self.local is not None else max(int(e["maxnode"]) for e in execs)
-        for s in specs:
-            if s.nodes_min and s.cores_min > best:
-                raise ResourceError(s.name, "resources.numCores",
-                                    f"{s.cores_min} cores per node requested, but the largest node has {best}")
 
     # ------------------------------------------------------------------ queries
     def list(self) -> dict[str, str | None]:
@@ -186,9 +185,10 @@ class Manager:
         return {it: (parse_record(recs[str(it)]) if str(it) in recs else {"state": _derived_state(h, it)})
                 for it in range(it0, it0 + n)}
 
-    def resources(self) -> dict[str, Any]:
-        execs = self.store.executors()
-        live = {k: e for k, e in execs.items() if e.get("state") in ("ALIVE", "DRAINING")}
+    def resources(self, departed: bool = False) -> dict[str, Any]:
+        """Cores of the live executors; the list has the departed ones too (``departed``)."""
+        live = self.store.executors()
+        execs = self.store.executors(departed=True) if departed else live
         total = sum(int(e["total"]) for e in live.values())
         used = sum(min(int(e["total"]), int(e["total"]) + int(e["prefetch"]) - int(e["free"])) for e in live.values())
         return {"total_nodes": sum(int(e["nnodes"]) for e in live.values()), "total_cores": total,

@@ -226,8 +226,9 @@ class Store:
     def iteration_records(self, name: str) -> dict[str, str]:
         return self.r.hgetall(self.keys.its(name))
 
-    def executors(self) -> dict[str, dict[str, str]]:
-        ids = sorted(self.r.smembers(self.keys.executors))
+    def executors(self, departed: bool = False) -> dict[str, dict[str, str]]:
+        """The live executors, with (``departed``) those that left or died: every one that ever joined."""
+        ids = sorted(self.r.smembers(self.keys.executors if departed else self.keys.live))
         pipe = self.r.pipeline(transaction=False)
         for eid in ids:
             pipe.hgetall(self.keys.exec(eid))
@@ -304,13 +305,11 @@ class Store:
 
     def dead_executors(self) -> list[str]:
         """Candidates only: one that leaves meanwhile looks dead here; ``requeue`` checks again, atomically."""
-        ids = sorted(self.r.smembers(self.keys.executors))
+        ids = sorted(self.r.smembers(self.keys.live))
         pipe = self.r.pipeline(transaction=False)
         for eid in ids:
-            pipe.hget(self.keys.exec(eid), "state")
             pipe.exists(self.keys.alive(eid))
-        res = pipe.execute()
-        return [eid for i, eid in enumerate(ids) if res[2 * i] in ("ALIVE", "DRAINING") and not res[2 * i + 1]]
+        return [eid for eid, alive in zip(ids, pipe.execute()) if not alive]
 
     def requeue(self, eid: str, max_attempts: int, reason: str, final: str = "DEAD") -> tuple[int, int] | None:
         """Tasks (requeued, failed), or None when the executor had already left or (for DEAD) is alive again."""

@@ -53,7 +53,7 @@ def test_dead_executor_work_runs_elsewhere(redis_url, tmp_path):
         assert set(states.values()) == {"SUCCEED"}, c.logs()
         attempts = sorted(m.info(n)["attempts"] for n in names)
         assert attempts == [0, 0, 0, 1, 1]   # the two that ran on a were started again, once
-        dead = [e for e in m.resources()["executors"].values() if e["state"] == "DEAD"]
+        dead = [e for e in m.resources(departed=True)["executors"].values() if e["state"] == "DEAD"]
         assert len(dead) == 1
     finally:
         c.stop()
@@ -117,6 +117,22 @@ def test_prefetch_change_moves_the_placement_credit(redis_server):
     assert client.hmget(store.keys.exec("e1"), "free", "prefetch") == ["-60", "40"]
 
 
+def test_jobs_canceled_while_placed_give_their_cores_back(redis_server):
+    """A job canceled while its entry waits on an executor's ready list is dropped when the executor claims it;
+    its cores must return to the executor's credit. Lost, they starved the executor for good: a one-core
+    executor got no work at all after one such cancel."""
+    client = redis_server.client()
+    client.flushall()
+    m = Manager(redis_server.url, namespace="credit")
+    m.store.register("e1", 30, "h", "h=1", 1, 1, 1, 0, 1)
+    m.submit(Jobs().add(name="a", exec="/bin/true"))
+    assert client.llen(m.store.keys.ready("e1")) == 1   # placed on e1, not claimed yet
+    assert m.cancel("a") == {"a": "canceled"}
+    assert m.store.sync("e1", 1) == []
+    m.submit(Jobs().add(name="b", exec="/bin/true"))
+    assert [entry.task for entry, _spec in m.store.sync("e1", 1)] == ["b"]
+
+
 def test_sigterm_drains_and_hands_back(redis_url, tmp_path):
     c = Cluster(redis_url, tmp_path)
     try:
@@ -131,7 +147,7 @@ def test_sigterm_drains_and_hands_back(redis_url, tmp_path):
         c.worker(2, name="worker-b")
         assert set(m.wait4(names, timeout=60).values()) == {"SUCCEED"}
         assert all(m.info(n)["attempts"] == 0 for n in names)
-        assert sorted(e["state"] for e in m.resources()["executors"].values()) == ["ALIVE", "LEFT"]
+        assert sorted(e["state"] for e in m.resources(departed=True)["executors"].values()) == ["ALIVE", "LEFT"]
     finally:
         c.stop()
 

@@ -59,7 +59,7 @@ def test_worker_in_salloc_uses_both_nodes(slurm, redis_url, tmp_path):
     assert ranks == ["node1", "node2"]                      # the 2-node job saw both nodes
     assert (tmp_path / "wide.out").read_text().split()[1] == "node1,node2"
     assert (tmp_path / "omp.out").read_text().strip() == "2"
-    executor = next(iter(m.resources()["executors"].values()))
+    executor = next(iter(m.resources(departed=True)["executors"].values()))
     assert executor["nodes"] == "node1=2;node2=2" and executor["state"] == "LEFT"
 
 

@@ -4,11 +4,7 @@
 NOW = ARGV[1]
 local out = {}
 local function notify(tid)
-  for _, e in ipairs(redis.call('SMEMBERS', K_executors)) do
-    if redis.call('HGET', K_exec(e), 'state') == 'ALIVE' or redis.call('HGET', K_exec(e), 'state') == 'DRAINING' then
-      redis.call('RPUSH', K_control(e), 'cancel ' .. tid)
-    end
-  end
+  for _, e in ipairs(redis.call('SMEMBERS', K_live)) do redis.call('RPUSH', K_control(e), 'cancel ' .. tid) end
 end
 for i = 2, #ARGV do
   local tid = ARGV[i]

@@ -172,9 +172,11 @@ local function propagate()
 end
 
 -- ---------------------------------------------------------------- placement
+-- Only the live ones: departed executors stay in K_executors for listings, and would make every placement pass
+-- slower with each executor that ever joined.
 local function load_executors()
   local ex = {}
-  for _, e in ipairs(redis.call('SMEMBERS', K_executors)) do
+  for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
     local h = redis.call('HMGET', K_exec(e), 'state', 'free', 'maxnode', 'nnodes', 'total')
     if h[1] == 'ALIVE' and tonumber(h[2] or '0') > 0 then
       ex[#ex + 1] = {id = e, free = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),

@@ -2,6 +2,7 @@
 local eid = ARGV[1]
 NOW = ARGV[2]
 redis.call('SADD', K_executors, eid)
+redis.call('SADD', K_live, eid)
 redis.call('DEL', K_ready(eid), K_running(eid), K_control(eid))
 redis.call('HSET', K_exec(eid), 'state', 'ALIVE', 'started', NOW, 'host', ARGV[4], 'nodes', ARGV[5],
   'total', ARGV[6], 'maxnode', ARGV[7], 'nnodes', ARGV[8], 'free', tonumber(ARGV[6]) + tonumber(ARGV[9]),

@@ -72,14 +72,21 @@ for i = 1, n_finished do
 end
 propagate()
 local alive = redis.call('HGET', K_exec(eid), 'state') ~= 'DEAD'
+
+-- Cores given back so far go to the executor's credit, and ready work is placed on them (here or elsewhere).
+local function settle()
+  if credit ~= 0 and alive then redis.call('HINCRBY', K_exec(eid), 'free', credit) end
+  if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
+  credit = 0
+end
+
 local prefetch = tonumber(ARGV[7])
 if prefetch and alive then  -- the executor's look-ahead changed: so does its credit
   local old = tonumber(redis.call('HGET', K_exec(eid), 'prefetch') or '0')
   redis.call('HSET', K_exec(eid), 'prefetch', prefetch)
   credit = credit + prefetch - old
 end
-if credit ~= 0 and alive then redis.call('HINCRBY', K_exec(eid), 'free', credit) end
-if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
+settle()
 local n = alive and want > 0 and math.min(want, redis.call('LLEN', ready)) or 0
 if n <= 2 then
   for i = 1, n do offer(redis.call('LMOVE', ready, running, 'LEFT', 'RIGHT')) end
@@ -89,5 +96,6 @@ elseif n > 0 then  -- a batch: three calls instead of one per entry
   push_many(running, got)
   for _, entry in ipairs(got) do offer(entry) end
 end
+settle()  -- claimed entries of jobs that ended meanwhile (canceled while placed here) give their cores back
 if finished > 0 or n_started > 0 then emit('sync', eid .. ' ' .. n_started .. ' ' .. finished) end
 return out
