@@ -4,16 +4,32 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from qcgpj import Manager
 from qcgpj.bench import stop_processes
+from qcgpj.store import FINAL_STATES
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def qcgpj_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "qcgpj", *args]
+
+
+def credit(m: Manager, timeout: float = 30) -> dict[str, tuple[int, int]]:
+    """Each live executor's placement credit and what it should be when it holds no work (its cores plus its
+    look-ahead), once every job is final and the executors have reported everything; {} while jobs are open.
+    A core of credit lost is a core that never gets work again."""
+    if not all(s in FINAL_STATES for s in m.list().values()):
+        return {}
+    deadline = time.monotonic() + timeout
+    last = m.store.last_event_id()
+    while any(e["running"] != "0" or m.client.llen(m.store.keys.ready(eid)) for eid, e in m.store.executors().items()):
+        assert time.monotonic() < deadline, "executors never reported their last tasks"
+        last = m.store.wait_event(last, 0.2)
+    return {eid: (int(e["free"]), int(e["total"]) + int(e["prefetch"])) for eid, e in m.store.executors().items()}
 
 
 class Cluster:

@@ -1,6 +1,7 @@
 """A fault run, for the record rather than the test suite: N short tasks on two executors while an executor,
 the InputQueue and redis-server are each killed with SIGKILL mid-run. Prints how many tasks ended in each state,
-how many ran more than once, and how many were lost (never final).
+how many ran more than once, how many were lost (never final), and whether the surviving executors got all their
+placement credit back.
 
     python -m tests.faultrun [--tasks 2000]
 """
@@ -15,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from qcgpj import Jobs, Manager
-from tests.cluster import Cluster
+from tests.cluster import Cluster, credit
 from tests.redisproc import RedisServer
 
 
@@ -64,6 +65,7 @@ def main() -> None:
             final = Counter(states.values())
             print(f"{n} tasks in {time.monotonic() - t0:.1f} s: {dict(final)}; runs per task {dict(runs)}; "
                   f"lost {n - sum(final.values())}")
+            print("placement credit of the live executors (credit, cores + look-ahead):", credit(m))
         finally:
             c.stop()
 

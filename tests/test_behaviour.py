@@ -11,7 +11,7 @@ import redis
 from qcgpj import DependencyError, DuplicateJobError, Jobs, JobSpecError, Manager, ResourceError, UnknownJobError
 from qcgpj import TimeoutError as QTimeout
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, credit
 
 CORES = 4
 
@@ -32,6 +32,8 @@ def env(request, tmp_path):
     cluster.wait_executors(m)
     try:
         yield m, tmp_path
+        for eid, (free, whole) in credit(m).items():
+            assert free == whole, f"executor {eid}: placement credit {free}, but its cores and look-ahead are {whole}"
     finally:
         cluster.stop()
         if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
