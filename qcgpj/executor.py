@@ -42,7 +42,8 @@ REPORT_DELAY = 0.01    # seconds a report may wait for others while work goes on
 PREFETCH_MIN = 16
 PREFETCH_MAX = 256      # beyond this, one round trip's script runs long enough to starve the cores meanwhile
 PREFETCH_WINDOW = 0.05   # seconds of work an adaptive prefetch holds at the current rate
-ADAPT_EVERY = 0.1        # seconds of work between adaptations
+ADAPT_EVERY = 0.1        # seconds of work between adaptations...
+ADAPT_ENDS = 4           # ... or fewer, once this many look-aheads' worth of tasks ended (short tasks, at start)
 
 
 @dataclass(slots=True)
@@ -277,9 +278,10 @@ class Executor:
     def _adapt(self) -> int | None:
         """A new prefetch when the rate at which tasks end here asks for one (changes under 25% are ignored)."""
         t = time.monotonic()
-        if not self._adaptive or t - self._adapted_at < ADAPT_EVERY:
+        span = t - self._adapted_at
+        if not self._adaptive or (span < ADAPT_EVERY and self._ended_since < ADAPT_ENDS * self.prefetch):
             return None
-        rate = self._ended_since / (t - self._adapted_at)
+        rate = self._ended_since / max(span, 1e-6)
         self._adapted_at, self._ended_since = t, 0
         target = min(PREFETCH_MAX, max(self._prefetch_min, int(rate * PREFETCH_WINDOW), self.prefetch // 2))
         return target if abs(target - self.prefetch) * 4 > self.prefetch else None

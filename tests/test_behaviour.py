@@ -11,6 +11,9 @@ import redis
 from qcgpj import DependencyError, DuplicateJobError, Jobs, JobSpecError, Manager, ResourceError, UnknownJobError
 from qcgpj import TimeoutError as QTimeout
 
+from qcgpj.connection import connect
+from qcgpj.executor import ADAPT_ENDS, PREFETCH_MAX, Executor
+from qcgpj.resources import Node
 from tests.cluster import Cluster, credit
 
 CORES = 4
@@ -274,6 +277,17 @@ def test_prefetch_follows_the_rate_of_short_tasks(redis_url, tmp_path):
         assert after > before
     finally:
         cluster.stop()
+
+
+def test_prefetch_adapts_once_many_short_tasks_ended(redis_url, tmp_path):
+    """The look-ahead does not wait out ADAPT_EVERY when several look-aheads' worth of tasks already ended: a fresh
+    executor under a burst of short tasks would spend its first tenth of a second in small round trips."""
+    ex = Executor(connect(redis_url), [Node("n", (0, 1))], namespace="adapt", root_wd=str(tmp_path))
+    ex._adapted_at, ex._ended_since = time.monotonic(), ADAPT_ENDS * ex.prefetch
+    assert ex._adapt() == PREFETCH_MAX
+    ex._ended_since = 1   # few ended, and soon after: no new rate yet
+    assert ex._adapt() is None
+    ex._runner.close()
 
 
 def test_waiting_for_many_jobs_rereads_only_the_oldest_open_ones(redis_url, monkeypatch):
