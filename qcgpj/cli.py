@@ -257,7 +257,8 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @click.option("--nodes", default=None, metavar="N1:C,N2:C", help="Nodes and cores to own, instead of discovery.")
 @click.option("--wd", default=None, help="Root working directory of tasks (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
-@click.option("--prefetch", type=int, default=None, help="Tasks claimed ahead on this executor, fixed (default: adapts to the rate tasks end, "
+@click.option("--prefetch", type=int, default=None,
+              help="Tasks claimed ahead on this executor, fixed (default: adapts to the rate tasks end, "
                    "from max(cores, 16) up to 256).")
 @click.option("--heartbeat", type=float, default=2.0, show_default=True, help="Seconds between heartbeats.")
 @click.option("--ttl", type=int, default=10, show_default=True, help="Seconds without heartbeat before it is dead.")

@@ -186,9 +186,10 @@ class Manager:
                 for it in range(it0, it0 + n)}
 
     def resources(self, departed: bool = False) -> dict[str, Any]:
-        """Cores of the live executors; the list has the departed ones too (``departed``)."""
-        live = self.store.executors()
-        execs = self.store.executors(departed=True) if departed else live
+        """Cores of the live executors; the list has the departed ones too (``departed``). One read either way:
+        an executor is live exactly while its state is ALIVE (the scripts change both together)."""
+        execs = self.store.executors(departed)
+        live = {k: e for k, e in execs.items() if e.get("state") == "ALIVE"} if departed else execs
         total = sum(int(e["total"]) for e in live.values())
         used = sum(min(int(e["total"]), int(e["total"]) + int(e["prefetch"]) - int(e["free"])) for e in live.values())
         return {"total_nodes": sum(int(e["nnodes"]) for e in live.values()), "total_cores": total,

@@ -68,7 +68,6 @@ class Cluster:
 
     def wait_executors(self, m: Manager, n: int = 1, timeout: float = 30) -> None:
         """Wait, on the queue's events, until n executors are ALIVE."""
-        import time
         deadline = time.monotonic() + timeout
         last = "0-0"
         while sum(e.get("state") == "ALIVE" for e in m.store.executors().values()) < n:
