@@ -295,8 +295,10 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
               help="Workloads to run (default: all).")
 @click.option("--tasks", type=int, default=10_000, show_default=True, help="Jobs (or iterations) per run.")
 @click.option("--chain", type=int, default=1_000, show_default=True, help="Length of the dependency chain.")
-@click.option("--submit-jobs", type=int, default=100_000, show_default=True)
-@click.option("--submit-iterations", type=int, default=1_000_000, show_default=True)
+@click.option("--submit-jobs", type=int, default=100_000, show_default=True,
+              help="Separate jobs in the submission workload.")
+@click.option("--submit-iterations", type=int, default=1_000_000, show_default=True,
+              help="Iterations of the one iterative job in the submission workload.")
 @click.option("--cores", type=int, default=None, help="Executor cores (default: this machine's).")
 @click.option("--external", is_flag=True,
               help="Use executors already serving the namespace given by -n (only this run's jobs are removed "
