@@ -80,3 +80,29 @@ def test_two_allocations_share_one_queue(slurm, redis_url, tmp_path):
     assert {node for node, _job in seen} == {"node1", "node2"}
     assert len({job for _node, job in seen}) == 2                 # two allocations, two Slurm jobs
     assert len(m.resources(departed=True)["executors"]) == 2      # both left when idle
+
+
+def test_steps_are_bound_to_the_cores_qcgpj_chose(slurm, redis_url, tmp_path):
+    """Slurm gives concurrent one-CPU --overlap steps the same first CPU; each task must get its own instead."""
+    show = f"{sys.executable} -c 'import os; print(os.environ[\"SLURM_LOCALID\"], sorted(os.sched_getaffinity(0)))'"
+    m = Manager(redis_url)
+    m.submit(Jobs()
+             .add(name="one", script=f"echo $QCGPJ_CORES $({show})", iteration=2, stdout="one.${it}",
+                  stderr="one.${it}.err")
+             .add(name="ranks", script=show, model="srunmpi", numCores=2, stdout="ranks.out"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    try:
+        res = salloc("-N1", "--nodelist=node1", "--ntasks-per-node=2", sys.executable, "-m", "qcgpj", "worker",
+                     "--redis-url", redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+    finally:
+        cluster.stop()
+    assert m.status(["one", "ranks"]) == {"one": "SUCCEED", "ranks": "SUCCEED"}
+    cpus = sorted(os.sched_getaffinity(0))
+    for i in range(2):    # QCGPJ_CORES: the CPU the task was bound to, one of the allocation's on node1
+        bound_to, _rank, cpu_list = (tmp_path / f"one.{i}").read_text().split(maxsplit=2)
+        assert cpu_list.strip() == f"[{bound_to}]" and int(bound_to) in cpus
+        assert (tmp_path / f"one.{i}.err").read_text() == ""   # no --cpu-bind warning where Slurm cannot bind
+    ranks = sorted(line.split(maxsplit=1) for line in (tmp_path / "ranks.out").read_text().splitlines())
+    assert ranks == [[str(r), str([cpus[r % len(cpus)]])] for r in range(2)]

@@ -1,31 +1,66 @@
-"""Slurm launch modes: each task is an ``srun`` step on the nodes and core count the executor chose.
+"""Slurm launch modes: each task is an ``srun`` step on the nodes and cores the executor chose.
 
-``--overlap`` lets steps share the allocation (qcgpj, not Slurm, decides who uses which cores) and ``--exact``
-gives each step only the CPUs it asked for. CPU binding of steps needs a task plugin that allows it; sites that
-have one can add ``--cpu-bind`` through ``model_opts.srun_args``.
+``--overlap`` lets steps share the allocation: qcgpj, not Slurm, decides who uses which cores. A step does not
+ask Slurm for a CPU count (``-c`` implies ``--exact``), because Slurm's task plugins then give every concurrent
+step the same first CPUs of the node; it runs on all the allocation's CPUs there, and ``cpubind.py``, started
+first in the step, binds the task to its own (``model_opts.cpu_bind: false`` leaves it unbound).
+``model_opts.srun_args`` adds arguments to srun.
 """
 from __future__ import annotations
 
+import functools
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 from workers.base import ProcessWorker, TaskContext
+
+log = logging.getLogger(__name__)
+
+CPUBIND = str(Path(__file__).with_name("cpubind.py"))
+
+
+@functools.cache
+def slurm_binds_cpus() -> bool:
+    """Whether the cluster's task plugin binds CPUs; where it does not (task/none), ``--cpu-bind`` only draws
+    a warning into every task's stderr. Asked once per executor."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30,
+                             stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("scontrol show config: %s", exc)
+        return True
+    m = re.search(r"^TaskPlugin\s*=\s*(\S+)", out, re.M)
+    return not (m and m.group(1) == "task/none")
 
 
 class SrunWorker(ProcessWorker):
-    """``default`` inside a Slurm allocation: one process on the task's first node, with its cores."""
+    """``default`` inside a Slurm allocation: one process on the task's first node, bound to its cores."""
 
     name = "srun"
-    bind_cpus = False
+    bind_cpus = False     # the executor's CPU mask would bind srun itself, not the task on its node
 
-    def srun_prefix(self, ctx: TaskContext, ntasks: int, cpus_per_task: int) -> list[str]:
-        nodes = ctx.allocation.nodes
-        return ["srun", "--overlap", "--exact", "--quiet", "--kill-on-bad-exit=1", f"--nodes={len(nodes)}",
-                f"--ntasks={ntasks}", f"--cpus-per-task={cpus_per_task}", f"--nodelist={','.join(nodes)}",
-                *map(str, ctx.model_opts.get("srun_args", []))]
+    def srun_prefix(self, ctx: TaskContext, hosts: list[str], per_rank: int) -> list[str]:
+        """srun for one rank per entry of ``hosts`` (a node repeated once per rank on it), in that order."""
+        nodes = list(dict.fromkeys(hosts))
+        argv = ["srun", "--overlap", "--quiet", "--kill-on-bad-exit=1", f"--nodes={len(nodes)}",
+                f"--ntasks={len(hosts)}"]
+        if len(hosts) > len(nodes):
+            argv += [f"--nodelist={','.join(hosts)}", "--distribution=arbitrary"]
+        else:
+            argv.append(f"--nodelist={','.join(nodes)}")
+        if slurm_binds_cpus():
+            argv.append("--cpu-bind=none")
+        argv += map(str, ctx.model_opts.get("srun_args", []))
+        if ctx.model_opts.get("cpu_bind", True):
+            argv += [sys.executable, "-I", "-S", CPUBIND, ctx.allocation.to_text(), str(per_rank), "--"]
+        return argv
 
     def command(self, ctx: TaskContext) -> list[str]:
-        node, cores = ctx.allocation.parts[0]
-        first = TaskContext(**{**{f: getattr(ctx, f) for f in ctx.__slots__},
-                               "allocation": type(ctx.allocation)(((node, cores),))})
-        return self.srun_prefix(first, 1, len(cores)) + self.wrap_argv(ctx, ctx.argv)
+        node, _cores = ctx.allocation.parts[0]
+        return self.srun_prefix(ctx, [node], 0) + self.wrap_argv(ctx, ctx.argv)
 
 
 class SrunThreadsWorker(SrunWorker):
@@ -40,9 +75,10 @@ class SrunThreadsWorker(SrunWorker):
 
 
 class SrunMpiWorker(SrunWorker):
-    """``srunmpi``: one rank per core, over all the task's nodes, started by Slurm."""
+    """``srunmpi``: one rank per core, over all the task's nodes, started by Slurm; each rank bound to its core."""
 
     name = "srunmpi"
 
     def command(self, ctx: TaskContext) -> list[str]:
-        return self.srun_prefix(ctx, ctx.allocation.ncores, 1) + self.wrap_argv(ctx, ctx.argv)
+        hosts = [node for node, cores in ctx.allocation.parts for _core in cores]
+        return self.srun_prefix(ctx, hosts, 1) + self.wrap_argv(ctx, ctx.argv)
