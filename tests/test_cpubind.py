@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Sequence
 
 import pytest
 
@@ -13,10 +14,11 @@ from workers.slurm import CPUBIND
 
 CPUS = sorted(os.sched_getaffinity(0))
 needs_two = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
-SHOW = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+SHOW = (sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))")
 
 
-def bound(spec: str, per_rank: int, node: str, rank: int = 0, argv: list[str] = SHOW) -> subprocess.CompletedProcess:
+def bound(spec: str, per_rank: int, node: str, rank: int = 0,
+          argv: Sequence[str] = SHOW) -> subprocess.CompletedProcess:
     env = dict(os.environ, SLURMD_NODENAME=node, SLURM_LOCALID=str(rank))
     return subprocess.run([sys.executable, "-I", "-S", CPUBIND, spec, str(per_rank), "--", *argv], env=env,
                           capture_output=True, text=True, timeout=60)

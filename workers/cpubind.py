@@ -9,6 +9,8 @@ Started as ``python -I -S cpubind.py SPEC PER_RANK -- argv...``, importing only 
 the task's allocation (``node1=0,1;node2=0``), PER_RANK the cores of each rank (0: all of the node's). The node
 comes from SLURMD_NODENAME, the rank on it from SLURM_LOCALID. QCGPJ_CORES is set to the CPUs the task is bound
 to. What cannot be bound (a node not in SPEC, a refused mask) runs unbound rather than not at all.
+``node_cores`` and ``rank_cpus`` repeat ``Allocation.cores_on`` and ``CpuMap.binding`` on purpose: with ``-S``
+qcgpj is not importable here, and importing it would cost the step the redis client's start-up.
 """
 from __future__ import annotations
 
@@ -56,7 +58,6 @@ def main(args: list[str]) -> int:
     except OSError as exc:
         print(f"qcgpj: cannot run '{argv[0]}': {exc.strerror}", file=sys.stderr)
         return 127
-    return 0   # not reached: exec replaced this process
 
 
 if __name__ == "__main__":
