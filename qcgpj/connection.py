@@ -39,7 +39,7 @@ def connect(url: str, check: bool = True) -> redis.Redis:
             probe.close()
         return redis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=5, health_check_interval=15,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20),
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     except ValueError as exc:
         raise ConnectionError(f"bad Redis URL '{safe_url(url)}': {exc}") from None

@@ -10,6 +10,12 @@ tasks, up to the free cores plus a look-ahead, so that under load a single call 
 - the control listener receives cancel and drain commands.
 A task is in the running list in Redis from the moment it is claimed until its report is applied, so an
 executor that dies at any point loses nothing: the InputQueue gives that list back to the others.
+
+Redis may go away for any time: every thread waits it out (one log line per outage), tasks keep running and
+their reports wait. Claimed tasks start only under a lease: within LEASE_SHARE of the TTL after the last
+heartbeat that found us ALIVE, so never once the InputQueue may have declared us dead and given them to others
+(it needs the heartbeat key to have expired). Declared dead all the same (frozen past the TTL), or forgotten by
+a Redis that lost its data, the executor kills what it runs (it runs elsewhere now) and joins again.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import redis
 from .errors import QcgpjError
 from .jobspec import JobSpec
 from .launching import Runner, Slot
+from .outage import Outage
 from .resources import CoreAllocator, Node
 from .store import Entry, Report, Store, now
 from .tasks import SLURM_MODELS, SpecCache, build_launch
@@ -44,6 +51,7 @@ PREFETCH_MAX = 256      # beyond this, one round trip's script runs long enough 
 PREFETCH_WINDOW = 0.05   # seconds of work an adaptive prefetch holds at the current rate
 ADAPT_EVERY = 0.1        # seconds of work between adaptations...
 ADAPT_ENDS = 4           # ... or fewer, once this many look-aheads' worth of tasks ended (short tasks, at start)
+LEASE_SHARE = 0.75       # claimed tasks start only this share of the TTL after a heartbeat found us ALIVE
 
 
 @dataclass(slots=True)
@@ -108,21 +116,47 @@ class Executor:
         self._retry_at = 0.0
         self._threads: list[threading.Thread] = []
         self.tasks_done = 0
+        self._lease_until = 0.0        # claimed tasks may start until then (monotonic): see the module docstring
+        self._gen = 0                  # registrations so far: a heartbeat's answer counts for the one it was sent in
+        self._rejoin = False           # declared dead while alive: join again once no round trip is in flight
+        self._void: set[int] = set()   # ids of the slots of tasks killed on a rejoin: their reports are dropped
+        self._outage = Outage(f"executor {self.eid}", log)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Register and start the helper threads; :meth:`serve` is the dispatcher."""
         sys.setswitchinterval(SWITCH_INTERVAL)
         self._env = dict(os.environ)   # the tasks' base environment, as it is when the executor starts
-        maxnode = max(len(n.cores) for n in self.nodes)
-        nodes_text = ";".join(f"{n.name}={len(n.cores)}" for n in self.nodes)
-        self.store.register(self.eid, self.ttl, socket.gethostname(), nodes_text, self.allocator.total,
-                            maxnode, len(self.nodes), self.prefetch, os.getpid())
+        while not self._register():
+            time.sleep(max(0.0, self._retry_at - time.monotonic()))
         log.info("executor %s: %d cores on %d node(s)", self.eid, self.allocator.total, len(self.nodes))
         for target in (self._wait_loop, self._heartbeat_loop, self._control_loop, self._sync_loop):
             t = threading.Thread(target=target, name=f"qcgpj-{target.__name__.strip('_')}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _register(self) -> bool:
+        """Join (or join again); False when Redis could not be reached (``_retry_at`` says when to try again)."""
+        maxnode = max(len(n.cores) for n in self.nodes)
+        nodes_text = ";".join(f"{n.name}={len(n.cores)}" for n in self.nodes)
+        sent = time.monotonic()
+        try:
+            self.store.register(self.eid, self.ttl, socket.gethostname(), nodes_text, self.allocator.total,
+                                maxnode, len(self.nodes), self.prefetch, os.getpid())
+        except redis.RedisError as exc:
+            self._retry_at = time.monotonic() + self._outage.failed(exc)
+            return False
+        self._outage.ok()
+        self._gen += 1
+        self._renew(sent)
+        return True
+
+    def _renew(self, sent: float) -> None:
+        """Redis found us ALIVE at a call sent at ``sent``: claimed tasks may start for a while."""
+        lapsed = time.monotonic() >= self._lease_until
+        self._lease_until = sent + self.ttl * LEASE_SHARE
+        if lapsed:
+            self._post("wake", None)
 
     def run(self) -> None:
         """Register, then serve until stopped (or idle, with exit_when_idle); then drain and leave."""
@@ -151,6 +185,8 @@ class Executor:
     # ------------------------------------------------------------------ the dispatcher
     def _dispatch(self) -> None:
         while True:
+            if self._rejoin and self._inflight is None and time.monotonic() >= self._retry_at:
+                self._join_again()
             # Local progress (results in, tasks started) first, so that one round trip reports it all; but
             # the next claim goes out as soon as the claimed work runs low, before it runs out.
             moved = self._read_inbox() + self._start_local()
@@ -190,7 +226,7 @@ class Executor:
     def _sync_due(self, want: int) -> bool:
         """Round trips are what a busy executor spends its time on: batch reports while work goes on, but
         report at once when nothing runs (a dependent job may be waiting for exactly this report)."""
-        if self._inflight is not None or time.monotonic() < self._retry_at:
+        if self._inflight is not None or self._rejoin or time.monotonic() < self._retry_at:
             return False
         if self._adopt:
             return True
@@ -220,16 +256,22 @@ class Executor:
         writes that reported them (AOF everysec). Seen unknown twice in a row (so not a claim in flight),
         they go back to the queue. Runs in the dispatcher, so it never races our own round trips."""
         self._next_reconcile = time.monotonic() + self.reconcile_every
+        if self._rejoin:
+            return
         try:
             listed = self.store.running_entries(self.eid)
-        except (redis.ConnectionError, redis.TimeoutError):
+        except redis.RedisError:
             return
         known = {e.raw for e in self._local} | {slot.entry.raw for slot in self._running.values()}
         known |= {r.entry for r in self._finished} | set(self._started) | set(self._adopt)
         unknown = {e for e in listed if e not in known}
         orphans, self._suspects = unknown & self._suspects, unknown - self._suspects
         if orphans:
-            back = self.store.release(self.eid, sorted(orphans))
+            try:
+                back = self.store.release(self.eid, sorted(orphans))
+            except redis.RedisError:
+                self._suspects |= orphans   # still unknown at the next check
+                return
             log.warning("executor %s: %d task(s) in our running list were unknown to us (lost Redis writes?); "
                         "%d went back to the queue", self.eid, len(orphans), back)
 
@@ -245,7 +287,12 @@ class Executor:
         return not (self._busy() or self._local or self._adopt)
 
     def _idle_exit(self) -> bool:
-        return self.exit_when_idle and self.store.active() == 0
+        if not self.exit_when_idle:
+            return False
+        try:
+            return self.store.active() == 0
+        except redis.RedisError:
+            return False
 
     def _read_inbox(self) -> int:
         """Handle the messages that arrived; returns how many."""
@@ -259,13 +306,13 @@ class Executor:
             elif kind == "synced":
                 self._inflight = None
                 self._apply(*data)
-            elif kind == "adopt":
+            elif kind == "adopt" and not self._rejoin:
                 self._adopt.append(data)
                 self._ready_empty = False
             elif kind == "control":
                 self._on_control(data)
             elif kind == "dead":
-                self._on_dead(data)
+                self._on_dead(*data)
         return n
 
     def _take_batch(self, want: int) -> Batch:
@@ -289,19 +336,23 @@ class Executor:
     def _send(self, batch: Batch) -> list[tuple[Entry, str]] | None:
         """The round trip (in the dispatcher or the syncer thread); None when Redis could not be reached."""
         try:
-            return self.store.sync(self.eid, batch.want, batch.adopt, batch.started, batch.finished,
-                                   batch.prefetch)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("executor %s: Redis unavailable (%s); retrying", self.eid, exc)
+            got = self.store.sync(self.eid, batch.want, batch.adopt, batch.started, batch.finished,
+                                  batch.prefetch)
+        except redis.RedisError as exc:   # away, restarting, out of memory...: keep it all and try again
+            self._retry_at = time.monotonic() + self._outage.failed(exc)
             return None
+        if self._outage.down:
+            self._outage.ok()
+        return got
 
     def _apply(self, batch: Batch, got: list[tuple[Entry, str]] | None) -> int:
         """Take in what a round trip returned; returns the number of entries received."""
-        if got is None:   # keep everything and try again in a second
+        if self._rejoin:   # sent before we learned we were declared dead: what it reports or got is void
+            return 0
+        if got is None:   # keep everything and try again (_send set _retry_at)
             self._finished[:0] = batch.finished
             self._started = {**dict(batch.started), **self._started}
             self._adopt[:0] = batch.adopt
-            self._retry_at = time.monotonic() + 1.0
             return 0
         self._retry_at = 0.0
         self.tasks_done += len(batch.finished)
@@ -326,6 +377,8 @@ class Executor:
     def _start_local(self) -> int:
         """Start claimed tasks, in claim order, while their cores are free; returns how many started."""
         n, low = 0, self._low()
+        if time.monotonic() >= self._lease_until:
+            return 0   # the heartbeat has not found us ALIVE lately: our claims may be someone else's by now
         while self._local and not self._stop.is_set():
             if n and len(self._local) < low and self._inflight is None and not self._ready_empty:
                 break   # below the low-water mark: let the dispatcher send the next claim first
@@ -364,6 +417,9 @@ class Executor:
         if self._running.get(entry.task) is slot:
             del self._running[entry.task]
         self.allocator.release(slot.alloc)
+        if id(slot) in self._void:   # killed on a rejoin: it was given to others, its report is not ours to make
+            self._void.discard(id(slot))
+            return
         self._started.pop(entry.raw, None)   # its end reports its start too
         if slot.canceled:
             state, message = "CANCELED", "canceled"
@@ -402,48 +458,83 @@ class Executor:
                 if slot.running is not None:
                     slot.running.kill()
 
-    def _on_dead(self, state: str) -> None:
-        log.error("executor %s was declared %s; its tasks were given to others: stopping", self.eid, state)
-        self._dead = True
-        self._stop.set()
-        self._local.clear()
+    def _on_dead(self, state: str, gen: int) -> None:
+        """The heartbeat found us DEAD or LEFT (told to leave: stop), or GONE (Redis lost our registration)."""
+        if gen != self._gen or self._rejoin or self._stop.is_set():
+            return   # an answer about an earlier registration, or we are leaving anyway
+        if state == "LEFT":
+            log.error("executor %s was told to leave; its tasks were given to others: stopping", self.eid)
+            self._dead = True
+            self._stop.set()
+            self._local.clear()
+            self._cancel(lambda task: True)
+            return
+        log.error("executor %s was declared %s while alive; its tasks were given to others: killing %d running "
+                  "task(s) and joining again", self.eid, state, len(self._running))
+        self._rejoin = True
+        self._lease_until = 0.0
+        self._void |= {id(slot) for slot in self._running.values()}
         self._cancel(lambda task: True)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop what we hold from the registration that was declared dead: it went back to the queue."""
+        self._local.clear()
+        self._finished, self._started, self._adopt, self._oldest = [], {}, [], None
+        self._ready_empty = False
+
+    def _join_again(self) -> None:
+        self._forget()
+        if self._register():
+            self._rejoin = False
+            log.warning("executor %s joined again", self.eid)
 
     # ------------------------------------------------------------------ helper threads
     def _wait_loop(self) -> None:
         """Block in BLMOVE while the dispatcher wants work: the entry lands in our running list at once."""
+        outage = Outage(f"executor {self.eid}: waiter", log)
         while not self._stop.is_set():
             if not self._want_work.wait(0.5):
                 continue
             try:
                 entry = self.store.wait_ready(self.eid, 1.0)
-            except (redis.ConnectionError, redis.TimeoutError):
-                self._stop.wait(1.0)
+            except redis.RedisError as exc:
+                self._stop.wait(outage.failed(exc))
                 continue
+            outage.ok()
             if entry:
                 self._want_work.clear()
                 self._post("adopt", entry)
 
     def _heartbeat_loop(self) -> None:
+        """Keep the alive key fresh and the start lease renewed; tell the dispatcher when we were declared dead.
+        Through an outage it tries more often than every heartbeat, to be back within the grace the InputQueue
+        gives after Redis returns."""
+        outage = Outage(f"executor {self.eid}: heartbeat", log)
         while True:
+            sent, gen, wait = time.monotonic(), self._gen, self.heartbeat_every
             try:
                 state = self.store.heartbeat(self.eid, self.ttl)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("executor %s: heartbeat failed: %s", self.eid, exc)
-                state = "ALIVE"
-            if state in ("DEAD", "LEFT") and not self._stop.is_set():
-                self._post("dead", state)
-                return
-            if self._stop.wait(self.heartbeat_every) and not self._running:
+            except redis.RedisError as exc:
+                state, wait = "", min(outage.failed(exc), self.heartbeat_every)
+            else:
+                outage.ok()
+            if state in ("ALIVE", "DRAINING"):
+                self._renew(sent)
+            elif state:
+                self._post("dead", (state, gen))
+            if self._stop.wait(wait) and not self._running:
                 return
 
     def _control_loop(self) -> None:
+        outage = Outage(f"executor {self.eid}: control", log)
         while not self._stop.is_set() or self._running:
             try:
                 cmd = self.store.control(self.eid, 1.0)
-            except (redis.ConnectionError, redis.TimeoutError):
-                time.sleep(1.0)
+            except redis.RedisError as exc:
+                time.sleep(outage.failed(exc))
                 continue
+            outage.ok()
             if cmd:
                 self._post("control", cmd)
 
@@ -455,14 +546,18 @@ class Executor:
         # reach our running list after the hand-back.
         self._syncq.put(None)
         self._read_inbox()
-        while (self._finished or self._started) and not self._dead:
+        while (self._finished or self._started) and not self._dead and not self._rejoin:
             batch = self._take_batch(0)
             self._apply(batch, self._send(batch))
-            if self._retry_at:   # Redis is away: keep the reports and try again in a second (_stop is set)
-                time.sleep(1.0)
-        if not self._dead:
+            if self._retry_at:   # Redis is away: keep the reports and try again (_stop is set)
+                time.sleep(max(0.0, self._retry_at - time.monotonic()))
+        while not self._dead:
             # Hand back what is still placed on us or claimed ahead (never started), so it runs elsewhere.
-            self.store.requeue(self.eid, 1 << 30, "left", final="LEFT")
+            try:
+                self.store.requeue(self.eid, 1 << 30, "left", final="LEFT")
+                break
+            except redis.RedisError as exc:
+                time.sleep(self._outage.failed(exc))
         self.store.close()
         log.info("executor %s: stopped after %d task(s)", self.eid, self.tasks_done)
         self._runner.close()

@@ -5,6 +5,11 @@ off the per-task path: it wakes on events, makes the deep placement pass (the sc
 inline), takes the work of executors whose heartbeat stopped back to the queue, and holds a leader lease so
 that a second InputQueue started by mistake only stands by. It keeps no state: killed and restarted, it
 continues from Redis and re-reads the events it had not acknowledged.
+
+Heartbeats lapse while Redis is away (or paused, or restarted from disk: their keys expire meanwhile), for the
+executors as for us, so an executor is declared dead only once its heartbeat has been missing for its TTL while
+we could see Redis: after we (re)connect, Redis restarts (its run id changes) or we could not look for a while,
+every executor gets a grace of one TTL to heartbeat again.
 """
 from __future__ import annotations
 
@@ -17,11 +22,13 @@ import uuid
 
 import redis
 
+from .outage import Outage
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "inputqueue"   # one fixed consumer name: a restarted InputQueue re-reads its own unacknowledged events
+GAP = 2.0   # seconds between two checks beyond check_every that count as a time we could not see Redis
 
 
 class _Interrupted(BaseException):
@@ -42,6 +49,9 @@ class InputQueue:
         self.leader = False
         self._serving: int | None = None   # the serving thread's id
         self._reading = False              # it waits for events now
+        self._run_id: str | None = None     # the Redis server's run id at the last check
+        self._checked = 0.0                # when executors were last checked (0: never since we (re)connected)
+        self._grace_from = 0.0             # heartbeats missing since before this moment do not count
 
     def stop(self) -> None:
         """Stop at once, not at the end of the current wait for events (up to 0.25 s), and hand the lease on.
@@ -63,16 +73,15 @@ class InputQueue:
         """Serve until stopped; Redis outages are waited out with backoff."""
         self._serving = threading.get_ident()
         log.info("inputqueue %s starting", self.id)
-        backoff = 0.1
+        outage = Outage(f"inputqueue {self.id}", log, cap=2.0)
         try:
             while not self.stop_event.is_set():
                 try:
-                    self._serve()
+                    self._serve(outage)
                     break
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    log.warning("inputqueue: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                    self.stop_event.wait(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                except redis.RedisError as exc:   # an outage, a restart, a lost stream group, OOM: never fatal
+                    self._checked = 0.0
+                    self.stop_event.wait(outage.failed(exc))
         except _Interrupted:
             pass
         self._resign()
@@ -87,8 +96,9 @@ class InputQueue:
         except redis.RedisError as exc:
             log.warning("inputqueue %s: lease not released (%s); it expires by itself", self.id, exc)
 
-    def _serve(self) -> None:
-        self.store.ensure_group()
+    def _serve(self, outage: Outage) -> None:
+        self.store.ensure_group()   # also after a Redis that lost its data (NOGROUP)
+        outage.ok()
         next_check = next_lease = 0.0
         while not self.stop_event.is_set():
             if time.monotonic() >= next_lease:
@@ -124,8 +134,18 @@ class InputQueue:
         return self.leader
 
     def check_executors(self) -> None:
-        """Executors whose heartbeat key expired are dead: their running and placed tasks go back to READY."""
-        for eid in self.store.dead_executors():
+        """Executors whose heartbeat key expired are dead: their running and placed tasks go back to READY.
+        Not within one TTL of a time we could not see Redis (see the module docstring)."""
+        t = time.monotonic()
+        run_id = self.store.server_run()
+        if run_id != self._run_id or t - self._checked > self.check_every + GAP:
+            if self._run_id is not None:
+                log.info("inputqueue %s: Redis restarted or out of sight; executors get one TTL to heartbeat", self.id)
+            self._run_id, self._grace_from = run_id, t
+        self._checked = t
+        for eid, ttl in self.store.dead_executors().items():
+            if t - self._grace_from < ttl:
+                continue
             taken = self.store.requeue(eid, self.max_attempts, "lost (no heartbeat)")
             if taken is None:   # it left, or its heartbeat came back, since dead_executors() looked
                 continue

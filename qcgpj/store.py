@@ -303,13 +303,20 @@ class Store:
         """Give the lease up if it is still ours."""
         self._run("lease", [holder, "release"])
 
-    def dead_executors(self) -> list[str]:
-        """Candidates only: one that leaves meanwhile looks dead here; ``requeue`` checks again, atomically."""
+    def dead_executors(self) -> dict[str, float]:
+        """Executors without a heartbeat, with their TTL (seconds). Candidates only: one that leaves meanwhile
+        looks dead here; ``requeue`` checks again, atomically."""
         ids = sorted(self.r.smembers(self.keys.live))
         pipe = self.r.pipeline(transaction=False)
         for eid in ids:
             pipe.exists(self.keys.alive(eid))
-        return [eid for eid, alive in zip(ids, pipe.execute()) if not alive]
+            pipe.hget(self.keys.exec(eid), "ttl")
+        res = pipe.execute()
+        return {eid: float(res[2 * i + 1] or 10) for i, eid in enumerate(ids) if not res[2 * i]}
+
+    def server_run(self) -> str:
+        """The Redis server's run id: it changes when Redis restarts (and its heartbeat keys may have expired)."""
+        return str(self.r.info("server").get("run_id", ""))
 
     def requeue(self, eid: str, max_attempts: int, reason: str, final: str = "DEAD") -> tuple[int, int] | None:
         """Tasks (requeued, failed), or None when the executor had already left or (for DEAD) is alive again."""

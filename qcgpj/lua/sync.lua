@@ -36,8 +36,15 @@ local function offer(entry)  -- a claimed entry: hand it out, or drop it if its 
   last = name
 end
 
+-- Fencing: an executor declared dead (or forgotten by a Redis that lost its data) gets nothing, and an adopted
+-- entry counts only while it is still in our running list (a death may have taken it back after BLMOVE).
+local est = redis.call('HGET', K_exec(eid), 'state')
+local alive = est ~= false and est ~= 'DEAD' and est ~= 'LEFT'
 local b = 8
-for i = 1, n_adopt do offer(ARGV[b]); b = b + 1 end
+for i = 1, n_adopt do
+  if alive and redis.call('LPOS', running, ARGV[b]) then offer(ARGV[b]) end
+  b = b + 1
+end
 for i = 1, n_started do
   local entry, t0 = ARGV[b], ARGV[b + 1]
   b = b + 2
@@ -71,7 +78,6 @@ for i = 1, n_finished do
   end
 end
 propagate()
-local alive = redis.call('HGET', K_exec(eid), 'state') ~= 'DEAD'
 
 -- Cores given back so far go to the executor's credit, and ready work is placed on them (here or elsewhere).
 local function settle()
