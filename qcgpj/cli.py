@@ -223,7 +223,7 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
 @main.command()
 @url_option
 @ns_option
-@click.option("--max-attempts", type=int, default=3, show_default=True,
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
               help="Times a task may be started on executors that die before it ends FAILED.")
 @click.option("--lease", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Leader lease, seconds.")
@@ -260,8 +260,10 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @click.option("--prefetch", type=int, default=None,
               help="Tasks claimed ahead on this executor, fixed (default: adapts to the rate tasks end, "
                    "from max(cores, 16) up to 256).")
-@click.option("--heartbeat", type=float, default=2.0, show_default=True, help="Seconds between heartbeats.")
-@click.option("--ttl", type=int, default=10, show_default=True, help="Seconds without heartbeat before it is dead.")
+@click.option("--heartbeat", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+              help="Seconds between heartbeats (less than --ttl).")
+@click.option("--ttl", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Seconds without heartbeat before it is dead.")
 @click.option("--id", "eid", default=None, help="Executor id (default: host-pid-random).")
 @click.option("--reconcile", type=float, default=5.0, show_default=True,
               help="Seconds between checks of the running list against what this worker knows.")
@@ -276,6 +278,9 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     _logging(max(verbose, 1))
     if not redis_url:
         raise QcgpjError(f"the worker needs a queue: give --redis-url or set {ENV_URL}")
+    if heartbeat >= ttl:
+        raise click.BadParameter(f"{heartbeat:g} s is not less than --ttl ({ttl} s): the executor would be "
+                                 "declared dead between two heartbeats", param_hint="'--heartbeat'")
     client = connect(redis_url)
     try:
         node_list = discover(cores=cores, nodes=nodes)

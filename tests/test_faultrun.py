@@ -1,0 +1,22 @@
+"""The short fault run (python -m tests.faultrun --short) as a test: nothing lost, nothing stuck, reruns only of
+tasks that were in flight when their executor or Redis was killed."""
+from __future__ import annotations
+
+from qcgpj.executor import PREFETCH_MAX
+
+from tests.faultrun import SCENARIOS, SHORT, run
+
+IN_FLIGHT = 1 + PREFETCH_MAX   # what one one-core executor can hold claimed
+
+
+def test_short_fault_run():
+    lines = []
+    for name in SCENARIOS:
+        res = run(name, SHORT)
+        lines.append(res.line(name))
+        assert res.lost == 0 and res.stuck == 0, lines
+        assert res.duplicated <= (IN_FLIGHT if name in ("kills", "restarts") else 0), lines
+        assert res.extra.get("workers_exited", 0) == 0 and res.extra.get("inputqueue_died", 0) == 0, lines
+        if name == "poison":
+            assert res.extra["poison"] == "FAILED" and res.extra["attempts"] == "3", lines
+            assert res.extra["workers_left"] >= 1, lines

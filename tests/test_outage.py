@@ -1,0 +1,193 @@
+"""Redis outages, restarts, lost data and memory limits; poison tasks; fencing of executors declared dead.
+Real redis-servers and real worker processes throughout."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from qcgpj import Jobs, Manager
+from qcgpj.connection import connect
+from qcgpj.inputqueue import InputQueue
+from qcgpj.store import Store
+
+from tests.cluster import Cluster, qcgpj_cmd
+from tests.test_reliability import blockers, wait_for
+
+FAST = ("--ttl", "2", "--heartbeat", "0.5")
+
+
+def states(m: Manager) -> dict[str, str]:
+    return {eid: e.get("state", "") for eid, e in m.store.executors(departed=True).items()}
+
+
+def no_tracebacks(c: Cluster) -> None:
+    assert "Traceback" not in c.logs(), c.logs()
+
+
+def test_outage_longer_than_the_ttl_stops_nobody(fresh_redis, tmp_path):
+    """Redis away for more than twice the TTL: the workers keep running, come back and nothing is lost."""
+    c = Cluster(fresh_redis.url, tmp_path)
+    try:
+        c.inputqueue()
+        workers = [c.worker(1, *FAST, name=f"worker-{i}") for i in range(2)]
+        m = c.manager()
+        c.wait_executors(m, 2)
+        jobs = Jobs()
+        for i in range(150):
+            jobs.add(name=f"o{i}", script=f"echo run >> runs.{i}; sleep 0.02")
+        names = m.submit(jobs)
+        wait_for(m, lambda: sum(s == "SUCCEED" for s in m.status(names).values()) >= 20, what="20 done")
+        fresh_redis.stop()
+        time.sleep(5)                            # the outage itself: 2.5 TTLs without Redis
+        fresh_redis.restart()
+        m = Manager(fresh_redis.url)
+        assert set(m.wait4(names, timeout=120).values()) == {"SUCCEED"}, c.logs()
+        assert [w.poll() for w in workers] == [None, None], c.logs()
+        assert set(states(m).values()) == {"ALIVE"}, c.logs()
+        runs = [len((tmp_path / f"runs.{i}").read_text().split()) for i in range(150)]
+        assert max(runs) == 1       # nobody was declared dead, so nothing ran twice
+        assert (tmp_path / "worker-0.log").read_text().count("heartbeat: Redis unavailable") <= 2
+        no_tracebacks(c)
+    finally:
+        c.stop()
+
+
+def test_services_survive_oom_lost_scripts_and_lost_stream(redis_url, tmp_path):
+    """maxmemory reached, the script cache flushed, the events stream (and its group) deleted: the InputQueue
+    and the worker's threads wait it out, and the queue works afterwards."""
+    c = Cluster(redis_url, tmp_path)
+    m = c.manager()
+    try:
+        c.inputqueue()
+        worker = c.worker(1, *FAST)
+        c.wait_executors(m)
+        m.client.config_set("maxmemory", "1")    # every write refused: OOM command not allowed
+        time.sleep(4)                            # the fault lasts two TTLs
+        m.client.config_set("maxmemory", "0")
+        m.client.script_flush()
+        m.client.delete(m.store.keys.events)     # NOGROUP for the InputQueue's next read
+        names = m.submit(blockers(3))
+        (tmp_path / "go").touch()
+        assert set(m.wait4(names, timeout=60).values()) == {"SUCCEED"}, c.logs()
+        assert worker.poll() is None and all(p.poll() is None for p in c.procs)
+        log = (tmp_path / "worker.log").read_text()
+        assert "OutOfMemoryError" in log and log.count("Redis unavailable") <= 8, log
+        no_tracebacks(c)
+    finally:
+        m.client.config_set("maxmemory", "0")
+        c.stop()
+
+
+def test_inputqueue_survives_redis_restarts(fresh_redis):
+    """Killed and restarted under a running InputQueue (scripts and unsaved data lost each time), it never dies."""
+    iq = InputQueue(connect(fresh_redis.url), "r", check_every=0.1, min_pass=0.01)
+    t = threading.Thread(target=iq.run, daemon=True)
+    t.start()
+    try:
+        for _ in range(4):
+            fresh_redis.kill()
+            fresh_redis.restart()
+            m = Manager(fresh_redis.url, namespace="r")
+            wait_for(m, lambda: m.client.get(m.store.keys.leader) == iq.id, what="the lease again")
+            assert t.is_alive()
+        m.store.register("e1", 30, "h", "h=1", 1, 1, 1, 0, 1)
+        m.client.config_set("maxmemory", "1")
+        time.sleep(0.5)
+        m.client.config_set("maxmemory", "0")
+        m.client.delete(m.store.keys.events)
+        m.submit(Jobs().add(name="after", exec="/bin/true"))
+        wait_for(m, lambda: m.client.llen(m.store.keys.ready("e1")) == 1, what="placement after the faults")
+        assert t.is_alive()
+    finally:
+        iq.stop()
+        t.join(timeout=30)
+
+
+def test_poison_task_is_failed_and_workers_remain(redis_url, tmp_path):
+    """A task that kills its worker at once (before its start is reported) runs out of attempts."""
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue("--max-attempts", "3")
+        workers = [c.worker(1, *FAST, name=f"worker-{i}") for i in range(4)]
+        m = c.manager()
+        c.wait_executors(m, 4)
+        m.submit(Jobs().add(name="poison", script="kill -9 $PPID"))
+        assert m.wait4(["poison"], timeout=120) == {"poison": "FAILED"}, c.logs()
+        msg = m.info("poison")["message"]
+        died = [i for i, w in enumerate(workers) if w.poll() is not None]
+        assert len(died) == 3 and "gave up after 3 attempts" in msg, (msg, c.logs())
+        dead = [eid for eid, st in states(m).items() if st == "DEAD"]
+        assert sorted(msg.rsplit(": ", 1)[1].split()) == sorted(dead)
+        names = m.submit(Jobs().add(name="fine", exec="/bin/true"))
+        assert m.wait4(names, timeout=60) == {"fine": "SUCCEED"}     # the worker left still serves
+    finally:
+        c.stop()
+
+
+def test_claims_count_attempts_but_placements_do_not(redis_server):
+    client = redis_server.client()
+    client.flushall()
+    store = Store(client, "charge")
+    store.register("e1", 30, "h", "h=1", 1, 1, 1, 1, 1)     # one core and one ahead: two placed
+    spec = '{"name":"%s","execution":{"exec":"/bin/true"}}'
+    store.submit([(n, spec % n, "1|1|0|0", "", "") for n in ("a", "b")])
+    assert [e.task for e, _ in store.sync("e1", 1)] == ["a"]  # a claimed (start not reported), b only placed
+    client.delete(store.keys.alive("e1"))
+    assert store.requeue("e1", 3, "lost (test)") == (2, 0)
+    assert store.job_hash("a")["attempts"] == "1" and store.job_hash("a")["lost"] == "e1"
+    assert store.job_hash("b").get("attempts", "0") == "0" and "lost" not in store.job_hash("b")
+
+
+def test_entry_claimed_by_an_executor_declared_dead_is_not_handed_out(redis_server):
+    """The waiter's BLMOVE may claim just before the executor is declared dead: the sync that adopts it
+    must not give it back to the executor, which would start it while it also runs elsewhere."""
+    client = redis_server.client()
+    client.flushall()
+    store = Store(client, "fence")
+    store.register("e1", 30, "h", "h=1", 1, 1, 1, 0, 1)
+    store.submit([("t", '{"name":"t","execution":{"exec":"/bin/true"}}', "1|1|0|0", "", "")])
+    entry = store.wait_ready("e1", 1)
+    client.delete(store.keys.alive("e1"))
+    assert store.requeue("e1", 3, "lost (test)") == (1, 0)
+    assert store.sync("e1", 1, adopt=[entry]) == []
+
+
+def test_worker_declared_dead_rejoins_and_never_starts_its_old_claims(redis_url, tmp_path):
+    """Frozen past the TTL, a worker is declared dead and its claims run elsewhere. Resumed, it must not
+    start them (its lease lapsed), and it joins again instead of exiting."""
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue()
+        a = c.worker(1, *FAST, "--prefetch", "3", "--id", "a", name="worker-a")
+        m = c.manager()
+        c.wait_executors(m)
+        jobs = Jobs().add(name="first", script="echo run >> runs.first; sleep 1")
+        for i in range(3):
+            jobs.add(name=f"t{i}", script=f"echo run >> runs.t{i}")
+        names = m.submit(jobs)
+        wait_for(m, lambda: m.status(["first"])["first"] == "EXECUTING", what="first running")
+        os.kill(a.pid, signal.SIGSTOP)           # its first task ends meanwhile: a core free at SIGCONT
+        wait_for(m, lambda: states(m).get("a") == "DEAD", what="a declared dead")
+        c.worker(1, *FAST, "--id", "b", name="worker-b")
+        wait_for(m, lambda: all(s == "SUCCEED" for s in m.status(names).values()), what="b ran all")
+        os.kill(a.pid, signal.SIGCONT)
+        wait_for(m, lambda: states(m).get("a") == "ALIVE", what="a joined again")
+        more = m.submit(Jobs().add(name="later", script="echo run >> runs.later", iteration=4))
+        assert set(m.wait4(more, timeout=60).values()) == {"SUCCEED"}
+        assert a.poll() is None
+        for n in ("t0", "t1", "t2"):
+            assert (tmp_path / f"runs.{n}").read_text().split() == ["run"], c.logs()
+        assert "joined again" in (tmp_path / "worker-a.log").read_text()
+    finally:
+        c.stop()
+
+
+def test_worker_ttl_and_heartbeat_are_checked(redis_url):
+    for args, what in ((["--ttl", "0"], "'--ttl'"), (["--heartbeat", "5", "--ttl", "3"], "not less than --ttl")):
+        out = subprocess.run(qcgpj_cmd("worker", "--redis-url", redis_url, *args), capture_output=True,
+                             text=True, timeout=60, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+        assert out.returncode == 2 and what in out.stderr and "Traceback" not in out.stderr
+    assert Manager(redis_url).resources()["executors"] == {}     # no phantom executor
