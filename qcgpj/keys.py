@@ -12,7 +12,8 @@ jobs                        list     job names in submission order
 active                      string   count of jobs not yet in a final state
 job:<name>                  hash     spec (JSON), state, req, deps, pdeps, n, it0, next,
                                      attempts, executor, created/start/end, exit, message,
-                                     n_SUCCEED/n_FAILED/n_CANCELED/n_OMITTED, done (iterative)
+                                     n_SUCCEED/n_FAILED/n_CANCELED/n_OMITTED, done (iterative),
+                                     lost / lost:<it> (executors that died holding the task)
 its:<name>                  hash     iteration -> "STATE|exit|executor|start|end|attempt|message"
 att:<name>                  hash     iteration -> attempt number (only for retried iterations)
 itwait:<name>               hash     iteration -> count of per-iteration parents that succeeded
@@ -20,7 +21,8 @@ children:<name>             set      "w|child" (whole job), "i<k>|child" (iterat
 pending                     list     ready work not yet placed: "name" (all remaining iterations) or "name:it"
 executors                   set      every executor that joined (for listings: departed ones stay)
 live                        set      executors that may take work: placement and checks read only these
-exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started
+exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started,
+                                     ttl (seconds without heartbeat before it is dead)
 exec:<id>:alive             string   heartbeat, with a TTL
 exec:<id>:ready             list     tasks placed on the executor: "task|cores|nodes|attempt"
 exec:<id>:running           list     tasks it claimed (the reliable-queue processing list)
