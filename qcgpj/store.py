@@ -315,8 +315,12 @@ class Store:
         return {eid: float(res[2 * i + 1] or 10) for i, eid in enumerate(ids) if not res[2 * i]}
 
     def server_run(self) -> str:
-        """The Redis server's run id: it changes when Redis restarts (and its heartbeat keys may have expired)."""
-        return str(self.r.info("server").get("run_id", ""))
+        """The Redis server's run id: it changes when Redis restarts (and its heartbeat keys may have expired).
+        '' where INFO is not allowed (an ACL) or not known (fakeredis, in local mode)."""
+        try:
+            return str(self.r.info("server").get("run_id", ""))
+        except redis.ResponseError:
+            return ""
 
     def requeue(self, eid: str, max_attempts: int, reason: str, final: str = "DEAD") -> tuple[int, int] | None:
         """Tasks (requeued, failed), or None when the executor had already left or (for DEAD) is alive again."""
