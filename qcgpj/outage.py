@@ -63,6 +63,6 @@ class Outage:
         """Record a success; True when it ends an outage."""
         if self.since is None:
             return False
-        self.log.warning("%s: Redis back after %.1f s", self.what, time.monotonic() - self.since)
+        self.log.info("%s: Redis back after %.1f s", self.what, time.monotonic() - self.since)
         self.since, self.kind = None, ""
         return True
