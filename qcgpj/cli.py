@@ -41,6 +41,21 @@ def _logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class _Duration(click.ParamType):
+    """'90', '15m', '2h', '1d' as seconds."""
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        from .housekeeping import parse_duration
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
 url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
                           help=f"Redis URL (env {ENV_URL}); none: local mode, everything in this process.")
 ns_option = click.option("--namespace", "-n", envvar="QCGPJ_NAMESPACE", default="default", show_default=True,
@@ -227,9 +242,14 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
               help="Times a task may be started on executors that die before it ends FAILED.")
 @click.option("--lease", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Leader lease, seconds.")
+@click.option("--executor-retention", type=DURATION, default="1d", show_default=True,
+              help="Forget executors that left or died this long ago (until then 'resources --all' lists them).")
+@click.option("--keep-finished", type=DURATION, default=None,
+              help="Remove final jobs this long after they ended (default: keep them).")
 @verbose_option
 @_errors
-def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, verbose: int) -> None:
+def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, executor_retention: float,
+               keep_finished: float | None, verbose: int) -> None:
     """Run the InputQueue service (placement, executor liveness) until interrupted."""
     from .inputqueue import InputQueue
     _logging(max(verbose, 1))
@@ -237,7 +257,8 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
         raise QcgpjError(f"the InputQueue needs a queue: give --redis-url or set {ENV_URL}")
     client = connect(redis_url)
     check_settings(client)
-    iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease)
+    iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease,
+                    executor_retention=executor_retention, keep_finished=keep_finished)
     _on_signals(iq.stop)
     iq.run()
 
@@ -332,3 +353,46 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
 
 
 main.add_command(worker_main, name="worker")
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@url_option
+@ns_option
+@click.option("--finished", is_flag=True, help="Every final job (kept: those that unfinished jobs depend on).")
+@click.option("--older-than", type=DURATION, default=None, help="With --finished: only jobs that ended this long ago.")
+@click.option("--all", "all_", is_flag=True, help="Every job; refused unless all are final.")
+@_errors
+def remove(names: tuple[str, ...], redis_url: str | None, namespace: str, finished: bool, older_than: float | None,
+           all_: bool) -> None:
+    """Remove final jobs NAMES (all or none), --finished ones or --all, with every key they have in Redis."""
+    if sum((bool(names), finished, all_)) != 1:
+        raise click.UsageError("give job NAMES, --finished or --all (one of them)")
+    if older_than is not None and not finished:
+        raise click.UsageError("--older-than goes with --finished")
+    m = _remote(redis_url, namespace)
+    if finished:
+        from .housekeeping import remove_finished
+        removed, kept = remove_finished(m.store, older_than)
+        click.echo(f"removed {len(removed)} job(s)")
+        for name, deps in list(kept.items())[:10]:
+            click.echo(f"  kept {name}: not final yet, {deps.replace(',', ', ')} depend(s) on it")
+        return
+    removed_names = m.remove(m.store.job_names() if all_ else list(names))
+    click.echo(f"removed {len(removed_names)} job(s)")
+
+
+@main.command()
+@url_option
+@ns_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_errors
+def purge(redis_url: str | None, namespace: str, yes: bool) -> None:
+    """Delete every key of the namespace: jobs, executors, events."""
+    m = _remote(redis_url, namespace)
+    live = len(m.store.executors())
+    warn = f" ({live} live executor(s) will find themselves declared dead)" if live else ""
+    if not yes:
+        click.confirm(f"Delete every job and key of namespace '{namespace}'{warn}?", abort=True)
+    m.store.drop_namespace()
+    click.echo(f"namespace '{namespace}' purged")

@@ -27,6 +27,10 @@ exec:<id>:running           list     tasks it claimed (the reliable-queue proces
 exec:<id>:control           list     "cancel <task>" / "drain" commands
 events                      stream   wake-ups and audit: submit, finish, executor joined/lost, stop
 inputqueue:leader           string   the acting InputQueue's id, with a TTL (leader lease)
+stats                       hash     O(1) counters for `top`: tasks (submitted), SUCCEED/FAILED/CANCELED/OMITTED
+                                     (final tasks, iterations counted)
+rate                        hash     ring of per-second finished-task counts: s<slot> -> second, c<slot> -> count
+failures                    list     the latest failed tasks (capped): "task|end|executor|exit|message"
 """
 from __future__ import annotations
 
@@ -54,6 +58,9 @@ TEMPLATES: dict[str, str] = {
     "control": "exec:{}:control",
     "events": "events",
     "leader": "inputqueue:leader",
+    "stats": "stats",
+    "rate": "rate",
+    "failures": "failures",
 }
 
 EVENTS_GROUP = "inputqueue"
@@ -99,6 +106,18 @@ class Keys:
     @property
     def leader(self) -> str:
         return self._k("leader")
+
+    @property
+    def stats(self) -> str:
+        return self._k("stats")
+
+    @property
+    def rate(self) -> str:
+        return self._k("rate")
+
+    @property
+    def failures(self) -> str:
+        return self._k("failures")
 
     def job(self, name: str) -> str:
         return self._k("job", name)

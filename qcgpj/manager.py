@@ -123,6 +123,7 @@ class Manager:
         check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
         _check_node_cores(specs, per_node)
         self.store.submit(submit_rows(specs))
+        self.store.count_tasks(sum(s.iteration.count if s.iteration is not None else 1 for s in specs))
         return [s.name for s in specs]
 
     # ------------------------------------------------------------------ queries
@@ -195,6 +196,21 @@ class Manager:
         return {"total_nodes": sum(int(e["nnodes"]) for e in live.values()), "total_cores": total,
                 "used_cores": max(used, 0), "free_cores": max(total - max(used, 0), 0),
                 "executors": execs}
+
+    def remove(self, names: Sequence[str] | str | None = None, *, finished: bool = False,
+               older_than: float | None = None) -> list[str]:
+        """Remove final jobs with every key they have; returns the removed names.
+
+        ``names``: these jobs, all or none (a :class:`~qcgpj.errors.RemoveError` names the first that is not
+        final or on which a job that is not final yet depends). ``finished``: every final job (that ended
+        ``older_than`` seconds ago or earlier), keeping those that jobs not final yet depend on.
+        """
+        from .housekeeping import remove_finished, remove_named
+        if finished:
+            return remove_finished(self.store, older_than)[0]
+        if names is None:
+            raise ValueError("remove: give names, or finished=True")
+        return remove_named(self.store, [names] if isinstance(names, str) else list(names))
 
     def cancel(self, names: Sequence[str] | str) -> dict[str, str]:
         names = [names] if isinstance(names, str) else list(names)
