@@ -396,3 +396,23 @@ def purge(redis_url: str | None, namespace: str, yes: bool) -> None:
         click.confirm(f"Delete every job and key of namespace '{namespace}'{warn}?", abort=True)
     m.store.drop_namespace()
     click.echo(f"namespace '{namespace}' purged")
+
+
+@main.command()
+@url_option
+@ns_option
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option("--json", "as_json", is_flag=True, help="One frame as JSON (raw epochs), then exit.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds per frame.")
+@_errors
+def top(redis_url: str | None, namespace: str, once: bool, as_json: bool, interval: float) -> None:
+    """A live view of the namespace: executors, tasks by state, throughput, ETA, latest failures (q quits)."""
+    from . import top as view
+    store = _remote(redis_url, namespace).store
+    if as_json:
+        click.echo(json.dumps(view.snapshot(store), indent=1))
+    elif once:
+        from rich.console import Console
+        Console().print(view.render(view.snapshot(store)))
+    else:
+        view.live(store, interval)
