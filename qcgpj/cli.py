@@ -416,3 +416,130 @@ def top(redis_url: str | None, namespace: str, once: bool, as_json: bool, interv
         Console().print(view.render(view.snapshot(store)))
     else:
         view.live(store, interval)
+
+
+@main.group()
+def report() -> None:
+    """Reports over a namespace: stats, jobs, gantt, utilisation."""
+
+
+def _report_source(redis_url: str | None, namespace: str) -> Any:
+    from .report import RedisSource
+    return RedisSource(_remote(redis_url, namespace).store)
+
+
+def _emit_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool) -> bool:
+    """Rows as JSON or CSV if asked; False when the caller prints them for people."""
+    from .report import as_csv as to_csv
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+    elif as_csv:
+        click.echo(to_csv(rows), nl=False)
+    return as_json or as_csv
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (raw epochs).")
+csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV output (raw epochs).")
+
+
+@report.command(name="stats")
+@url_option
+@ns_option
+@json_option
+@_errors
+def report_stats(redis_url: str | None, namespace: str, as_json: bool) -> None:
+    """Jobs and tasks by state, spans, core-hours, core utilisation, queue wait, per-executor figures."""
+    from .report import stats
+    from .timefmt import duration, local_time
+    s = stats(_report_source(redis_url, namespace))
+    if as_json:
+        click.echo(json.dumps(s, indent=1))
+        return
+
+    def span(x: dict | None) -> str:
+        return "-" if x is None else f"{local_time(x['start'])} .. {local_time(x['end'])} ({duration(x['seconds'])})"
+
+    def summary(x: dict | None) -> str:
+        return "-" if x is None else (f"mean {duration(x['mean'])}, median {duration(x['median'])}, "
+                                      f"max {duration(x['max'])} over {x['count']:,}")
+    pct = "-" if s["utilisation_pct"] is None else f"{s['utilisation_pct']:.1f} %"
+    click.echo(f"jobs {s['jobs']:,}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s["jobs_by_state"].items())))
+    click.echo(f"tasks {s['tasks']:,}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s["tasks_by_state"].items())))
+    click.echo(f"service span   {span(s['service_span'])}")
+    click.echo(f"task span      {span(s['task_span'])}")
+    click.echo(f"core-hours     {s['core_hours']:.3f} used; utilisation {pct} "
+               f"({s['busy_core_seconds']:,.1f} busy of {s['available_core_seconds']:,.1f} core-seconds)")
+    click.echo(f"task runtime   {summary(s['runtime'])}")
+    click.echo(f"queue wait     {summary(s['queue_wait'])} (submitted to started)")
+    for e in s["executors"]:
+        u = "-" if e["utilisation_pct"] is None else f"{e['utilisation_pct']:.1f} %"
+        click.echo(f"  {e['id']}  {e['state']}  {e['cores']} cores  {e['tasks']:,} tasks  utilisation {u}  "
+                   f"{local_time(e['started'])} .. {local_time(e['ended']) if e['ended'] else 'now'}")
+
+
+@report.command(name="jobs")
+@url_option
+@ns_option
+@click.option("--state", default=None, help="Only tasks in this state.")
+@click.option("--executor", default=None, help="Only tasks run by this executor.")
+@click.option("--name", default=None, metavar="PATTERN", help="Only tasks whose name matches (shell-style, 'sw:*').")
+@click.option("--sort", type=click.Choice(["start", "end", "runtime", "name"]), default="start", show_default=True)
+@click.option("--limit", type=int, default=None, help="At most this many rows.")
+@json_option
+@csv_option
+@_errors
+def report_jobs(redis_url: str | None, namespace: str, state: str | None, executor: str | None, name: str | None,
+                sort: str, limit: int | None, as_json: bool, as_csv: bool) -> None:
+    """Tasks (jobs, and iterations as NAME:IT) with their executor, times and outcome."""
+    from .report import select_tasks, task_dicts
+    from .timefmt import duration, local_time
+    rows = task_dicts(select_tasks(_report_source(redis_url, namespace), state, executor, name, sort)[:limit])
+    if _emit_rows(rows, as_json, as_csv):
+        return
+    for r in rows:
+        click.echo(f"{r['task']}\t{r['state']}\t{r['executor'] or '-'}\t{local_time(r['start'])}\t"
+                   f"{duration(r['runtime'])}\t{r['message']}".rstrip())
+
+
+@report.command(name="gantt")
+@url_option
+@ns_option
+@click.option("--output", "-o", default=None, metavar="FILE", help="Image to write: .png, .svg or .pdf.")
+@click.option("--colour", "--color", "colour", type=click.Choice(["state", "job"]), default="state",
+              show_default=True, help="Colour tasks by state or by job.")
+@json_option
+@csv_option
+@_errors
+def report_gantt(redis_url: str | None, namespace: str, output: str | None, colour: str, as_json: bool,
+                 as_csv: bool) -> None:
+    """Tasks on core lanes per executor over time (lanes packed from the tasks' core counts)."""
+    from .report import lanes
+    if not output and not (as_json or as_csv):
+        raise click.UsageError("give --output FILE, --json or --csv")
+    rows = lanes(_report_source(redis_url, namespace))
+    if _emit_rows(rows, as_json, as_csv):
+        return
+    from .plots import gantt
+    n = gantt(rows, output, colour_by=colour)
+    click.echo(f"{output}: {len(rows):,} task slots on {n} core lanes")
+
+
+@report.command(name="utilisation")
+@url_option
+@ns_option
+@click.option("--output", "-o", default=None, metavar="FILE", help="Image to write: .png, .svg or .pdf.")
+@json_option
+@csv_option
+@_errors
+def report_utilisation(redis_url: str | None, namespace: str, output: str | None, as_json: bool,
+                       as_csv: bool) -> None:
+    """Busy cores over time, against the cores the executors offered."""
+    from .report import utilisation
+    if not output and not (as_json or as_csv):
+        raise click.UsageError("give --output FILE, --json or --csv")
+    points = utilisation(_report_source(redis_url, namespace))
+    if _emit_rows(points, as_json, as_csv):
+        return
+    from .plots import utilisation as plot
+    plot(points, output)
+    click.echo(f"{output}: {len(points):,} points")

@@ -42,14 +42,14 @@ def snapshot(store: Store) -> dict[str, Any]:
     now = sec + usec / 1e6
     executors = _executors(store, sorted(live), now)
     final = {st: int(stats.get(st, 0)) for st in FINAL}
-    running = sum(e["running"] for e in executors)
+    claimed = sum(e["claimed"] for e in executors)
     placed = sum(e["placed"] for e in executors)
     total = int(stats.get("tasks", 0))
     remaining = max(total - sum(final.values()), 0)
-    tasks = {"total": total, **final, "running": running, "placed": placed,
-             "waiting": max(remaining - running - placed, 0), "remaining": remaining}
+    tasks = {"total": total, **final, "claimed": claimed, "placed": placed,
+             "waiting": max(remaining - claimed - placed, 0), "remaining": remaining}
     rates = {f"last_{w}s": _rate(rate, int(sec), w) for w in WINDOWS}
-    per_s = rates["last_60s"] or rates["last_10s"]
+    per_s = rates["last_10s"] or rates["last_60s"]
     return {"namespace": store.keys.namespace, "time": now, "tasks": tasks, "throughput": rates,
             "eta": round(remaining / per_s, 1) if per_s and remaining else (0.0 if not remaining else None),
             "executors": executors, "departed_executors": max(known - len(live), 0),
@@ -66,19 +66,19 @@ def _executors(store: Store, ids: list[str], now: float) -> list[dict[str, Any]]
     res = pipe.execute()
     out = []
     for i, eid in enumerate(ids):
-        (host, state, total, free, prefetch, nnodes), beat, running, placed = res[4 * i:4 * i + 4]
+        (host, state, total, free, prefetch, nnodes), beat, claimed, placed = res[4 * i:4 * i + 4]
         total_i = int(total or 0)
         busy = min(total_i, total_i + int(prefetch or 0) - int(free or 0))
         out.append({"id": eid, "host": host, "state": state, "nodes": int(nnodes or 0), "cores": total_i,
-                    "cores_busy": max(busy, 0), "running": running, "placed": placed,
+                    "cores_busy": max(busy, 0), "claimed": claimed, "placed": placed,
                     "heartbeat_age": round(now - float(beat), 3) if beat else None})
     return out
 
 
 def _rate(ring: dict[str, str], now_sec: int, window: int) -> float:
-    """Tasks ended per second over the ``window`` whole seconds before the current one."""
+    """Tasks ended per second over the last ``window`` seconds, this one included."""
     done = sum(int(ring.get("c" + slot[1:], 0)) for slot, sec in ring.items()
-               if slot[0] == "s" and now_sec - window <= int(sec) < now_sec)
+               if slot[0] == "s" and now_sec - window < int(sec) <= now_sec)
     return round(done / window, 1)
 
 
@@ -90,7 +90,9 @@ def _failure(rec: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- rendering
 def render(snap: dict[str, Any]) -> Group:
-    """A frame as rich renderables: a summary line, the executors, the task counts, the latest failures."""
+    """A frame as rich renderables: a summary line, the executors, the task counts, the latest failures.
+    'placed': on an executor's list, not taken yet; 'claimed': taken by the executor (running, or next in line
+    within its look-ahead); 'waiting': for dependencies or cores."""
     t = snap["tasks"]
     rates = snap["throughput"]
     eta = "-" if snap["eta"] is None else ("done" if not t["remaining"] else duration(snap["eta"]))
@@ -98,20 +100,20 @@ def render(snap: dict[str, Any]) -> Group:
                          ("q", "bold"), " quits\n",
                          f"throughput {rates['last_10s']}/s (10 s)  {rates['last_60s']}/s (1 min)   ETA {eta}")
     counts = Table(box=box.SIMPLE_HEAD, title="tasks", title_justify="left")
-    cols = ("total", "waiting", "placed", "running") + FINAL
-    styles = {"SUCCEED": "green", "FAILED": "red", "CANCELED": "yellow", "OMITTED": "yellow", "running": "cyan"}
+    cols = ("total", "waiting", "placed", "claimed") + FINAL
+    styles = {"SUCCEED": "green", "FAILED": "red", "CANCELED": "yellow", "OMITTED": "yellow", "claimed": "cyan"}
     for c in cols:
         counts.add_column(c, justify="right", style=styles.get(c))
     counts.add_row(*(f"{t[c]:,}" for c in cols))
     ex = Table(box=box.SIMPLE_HEAD, title=f"executors ({len(snap['executors'])} live, "
                f"{snap['departed_executors']} departed)", title_justify="left")
     for c, j in (("id", "left"), ("host", "left"), ("state", "left"), ("cores busy", "right"),
-                 ("running", "right"), ("placed", "right"), ("heartbeat", "right")):
+                 ("claimed", "right"), ("placed", "right"), ("heartbeat", "right")):
         ex.add_column(c, justify=j)
     for e in snap["executors"]:
         age = "-" if e["heartbeat_age"] is None else f"{e['heartbeat_age']:.1f} s ago"
         ex.add_row(e["id"], e["host"] or "", e["state"] or "", f"{e['cores_busy']}/{e['cores']}",
-                   str(e["running"]), str(e["placed"]), age)
+                   str(e["claimed"]), str(e["placed"]), age)
     fails = Table(box=box.SIMPLE_HEAD, title="latest failures", title_justify="left")
     for c in ("task", "ended", "executor", "exit", "message"):
         fails.add_column(c, overflow="fold" if c == "message" else "ellipsis")

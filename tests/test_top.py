@@ -38,7 +38,7 @@ def test_counts_iterations_and_failures(redis_url, tmp_path):
         t = snap["tasks"]
         assert t["total"] == 1 + 1 + 1 + 8 + 1 + 5
         assert (t["SUCCEED"], t["FAILED"], t["OMITTED"], t["CANCELED"]) == (1 + 6, 1 + 2, 1, 0)
-        assert t["remaining"] == 6 and t["waiting"] + t["placed"] + t["running"] == 6
+        assert t["remaining"] == 6 and t["waiting"] + t["placed"] + t["claimed"] == 6
         m.cancel("held")   # a whole iterative job ends at once: its 5 iterations count
         snap = snapshot(m.store)
         assert snap["tasks"]["CANCELED"] == 5 and snap["tasks"]["remaining"] == 1
@@ -47,7 +47,7 @@ def test_counts_iterations_and_failures(redis_url, tmp_path):
         assert bad["exit_code"] == 3 and bad["executor"] in m.store.executors()
         assert snap["throughput"]["last_60s"] > 0   # tasks ended within the last minute
         (ex,) = snap["executors"]
-        assert ex["cores"] == 2 and ex["state"] == "ALIVE" and ex["running"] == 1   # the blocker
+        assert ex["cores"] == 2 and ex["state"] == "ALIVE" and ex["claimed"] == 1   # the blocker
         out = subprocess.run(qcgpj_cmd("top", "--json", "--redis-url", redis_url), capture_output=True, text=True)
         assert json.loads(out.stdout)["tasks"]["CANCELED"] == 5
         (tmp_path / "go").touch()
