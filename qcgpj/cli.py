@@ -149,12 +149,12 @@ def status(names: tuple[str, ...], redis_url: str | None, namespace: str, as_jso
     """States of NAMES (default: all jobs) and a count by state."""
     m = _remote(redis_url, namespace)
     states = m.status(list(names) if names else None)
+    counts = Counter(states.values())
     if as_json:
-        click.echo(json.dumps(states, indent=1))
+        click.echo(json.dumps({"jobs": states, "counts": {s: counts[s] for s in STATE_ORDER if counts[s]}}, indent=1))
         return
     for name, st in states.items():
         click.echo(f"{name}\t{st}")
-    counts = Counter(states.values())
     click.echo("total " + str(len(states)) + ": " + ", ".join(f"{s} {counts[s]}" for s in STATE_ORDER if counts[s]))
 
 
@@ -185,7 +185,12 @@ def info(name: str, redis_url: str | None, namespace: str, as_json: bool) -> Non
     if as_json:
         click.echo(json.dumps(data, indent=1))
         return
+    from .timefmt import duration, local_time
     for key, value in data.items():
+        if key in ("created", "start", "end"):
+            value = local_time(value)
+        elif key == "runtime":
+            value = duration(value)
         click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
@@ -230,9 +235,11 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
         return
     click.echo(f"nodes {res['total_nodes']}  cores {res['total_cores']}  used {res['used_cores']}  "
                f"free {res['free_cores']}")
+    from .timefmt import local_time
     for eid, e in res["executors"].items():
+        since = f"\tleft {local_time(e['ended'])}" if e.get("ended") else f"\tsince {local_time(e.get('started'))}"
         click.echo(f"  {eid}\t{e.get('state')}\tcores {e.get('total')}\trunning {e.get('running')}\t"
-                   f"nodes {e.get('nodes')}")
+                   f"nodes {e.get('nodes')}{since}")
 
 
 @main.command()

@@ -189,7 +189,7 @@ class Manager:
     def resources(self, departed: bool = False) -> dict[str, Any]:
         """Cores of the live executors; the list has the departed ones too (``departed``). One read either way:
         an executor is live exactly while its state is ALIVE (the scripts change both together)."""
-        execs = self.store.executors(departed)
+        execs = {eid: _typed(e) for eid, e in self.store.executors(departed).items()}
         live = {k: e for k, e in execs.items() if e.get("state") == "ALIVE"} if departed else execs
         total = sum(int(e["total"]) for e in live.values())
         used = sum(min(int(e["total"]), int(e["total"]) + int(e["prefetch"]) - int(e["free"])) for e in live.values())
@@ -297,6 +297,23 @@ def _derived_state(h: dict[str, str], it: int) -> str:
     if it < int(h.get("next", h["it0"])) and "pdeps" not in h:
         return "SCHEDULED"
     return "READY" if st in ("SCHEDULED", "EXECUTING") else st
+
+
+_EXEC_INTS = ("total", "maxnode", "nnodes", "free", "prefetch", "pid", "running")
+
+
+def _typed(e: dict[str, str]) -> dict[str, Any]:
+    """An executor's hash with numbers as numbers (times as Unix seconds) and ``alive`` as a boolean."""
+    out: dict[str, Any] = dict(e)
+    for k in _EXEC_INTS:
+        if k in out:
+            out[k] = int(out[k])
+    for k in ("started", "ended"):
+        if k in out:
+            out[k] = _f(out[k])
+    if "alive" in out:
+        out["alive"] = out["alive"] == "True"
+    return out
 
 
 def _f(v: str | None) -> float | None:

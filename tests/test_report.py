@@ -129,3 +129,21 @@ def test_missing_matplotlib_is_one_clear_line(run, tmp_path):
                                    "-n", "rep"), capture_output=True, text=True, env=env)
     assert res.returncode == 1
     assert res.stderr == "Error: figures need matplotlib: pip install 'qcgpj[plot]'\n"
+
+
+def test_readable_times_and_typed_json(run):
+    _cluster, m = run
+
+    def cli(*args: str) -> str:
+        res = subprocess.run(qcgpj_cmd(*args, "--redis-url", _url(m), "-n", "rep"), capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+    (e,) = json.loads(cli("resources", "--json"))["executors"].values()
+    assert isinstance(e["total"], int) and isinstance(e["free"], int) and isinstance(e["started"], float)
+    assert e["alive"] is True and isinstance(e["running"], int)
+    assert json.loads(cli("status", "--json"))["counts"] == {"SUCCEED": 7, "FAILED": 1}
+    info = dict(line.split(": ", 1) for line in cli("info", "wide").splitlines())
+    from datetime import datetime
+    assert datetime.fromisoformat(info["start"]).timestamp() == pytest.approx(m.info("wide")["start"], abs=0.001)
+    assert info["runtime"].endswith(" ms") or info["runtime"].endswith(" s")
+    assert isinstance(json.loads(cli("info", "wide", "--json"))["start"], float)   # raw epochs in JSON
