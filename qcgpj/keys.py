@@ -18,7 +18,7 @@ att:<name>                  hash     iteration -> attempt number (only for retri
 itwait:<name>               hash     iteration -> count of per-iteration parents that succeeded
 children:<name>             set      "w|child" (whole job), "i<k>|child" (iteration k), "p|child" (per iteration)
 pending                     list     ready work not yet placed: "name" (all remaining iterations) or "name:it"
-executors                   set      every executor that joined (for listings: departed ones stay)
+executors                   set      every executor that joined (for listings: departed ones stay for --executor-retention)
 live                        set      executors that may take work: placement and checks read only these
 exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started
 exec:<id>:alive             string   heartbeat, with a TTL
