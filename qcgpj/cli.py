@@ -41,6 +41,21 @@ def _logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class _Duration(click.ParamType):
+    """'90', '15m', '2h', '1d' as seconds."""
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        from .housekeeping import parse_duration
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
 url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
                           help=f"Redis URL (env {ENV_URL}); none: local mode, everything in this process.")
 ns_option = click.option("--namespace", "-n", envvar="QCGPJ_NAMESPACE", default="default", show_default=True,
@@ -134,12 +149,12 @@ def status(names: tuple[str, ...], redis_url: str | None, namespace: str, as_jso
     """States of NAMES (default: all jobs) and a count by state."""
     m = _remote(redis_url, namespace)
     states = m.status(list(names) if names else None)
+    counts = Counter(states.values())
     if as_json:
-        click.echo(json.dumps(states, indent=1))
+        click.echo(json.dumps({"jobs": states, "counts": {s: counts[s] for s in STATE_ORDER if counts[s]}}, indent=1))
         return
     for name, st in states.items():
         click.echo(f"{name}\t{st}")
-    counts = Counter(states.values())
     click.echo("total " + str(len(states)) + ": " + ", ".join(f"{s} {counts[s]}" for s in STATE_ORDER if counts[s]))
 
 
@@ -170,7 +185,12 @@ def info(name: str, redis_url: str | None, namespace: str, as_json: bool) -> Non
     if as_json:
         click.echo(json.dumps(data, indent=1))
         return
+    from .timefmt import duration, local_time
     for key, value in data.items():
+        if key in ("created", "start", "end"):
+            value = local_time(value)
+        elif key == "runtime":
+            value = duration(value)
         click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
@@ -215,9 +235,11 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
         return
     click.echo(f"nodes {res['total_nodes']}  cores {res['total_cores']}  used {res['used_cores']}  "
                f"free {res['free_cores']}")
+    from .timefmt import local_time
     for eid, e in res["executors"].items():
+        since = f"\tleft {local_time(e['ended'])}" if e.get("ended") else f"\tsince {local_time(e.get('started'))}"
         click.echo(f"  {eid}\t{e.get('state')}\tcores {e.get('total')}\trunning {e.get('running')}\t"
-                   f"nodes {e.get('nodes')}")
+                   f"nodes {e.get('nodes')}{since}")
 
 
 @main.command()
@@ -227,9 +249,14 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
               help="Times a task may be started on executors that die before it ends FAILED.")
 @click.option("--lease", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Leader lease, seconds.")
+@click.option("--executor-retention", type=DURATION, default="1d", show_default=True,
+              help="Forget executors that left or died this long ago (until then 'resources --all' lists them).")
+@click.option("--keep-finished", type=DURATION, default=None,
+              help="Remove final jobs this long after they ended (default: keep them).")
 @verbose_option
 @_errors
-def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, verbose: int) -> None:
+def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, executor_retention: float,
+               keep_finished: float | None, verbose: int) -> None:
     """Run the InputQueue service (placement, executor liveness) until interrupted."""
     from .inputqueue import InputQueue
     _logging(max(verbose, 1))
@@ -237,7 +264,8 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
         raise QcgpjError(f"the InputQueue needs a queue: give --redis-url or set {ENV_URL}")
     client = connect(redis_url)
     check_settings(client)
-    iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease)
+    iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease,
+                    executor_retention=executor_retention, keep_finished=keep_finished)
     _on_signals(iq.stop)
     iq.run()
 
@@ -337,3 +365,193 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
 
 
 main.add_command(worker_main, name="worker")
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@url_option
+@ns_option
+@click.option("--finished", is_flag=True, help="Every final job (kept: those that unfinished jobs depend on).")
+@click.option("--older-than", type=DURATION, default=None, help="With --finished: only jobs that ended this long ago.")
+@click.option("--all", "all_", is_flag=True, help="Every job; refused unless all are final.")
+@_errors
+def remove(names: tuple[str, ...], redis_url: str | None, namespace: str, finished: bool, older_than: float | None,
+           all_: bool) -> None:
+    """Remove final jobs NAMES (all or none), --finished ones or --all, with every key they have in Redis."""
+    if sum((bool(names), finished, all_)) != 1:
+        raise click.UsageError("give job NAMES, --finished or --all (one of them)")
+    if older_than is not None and not finished:
+        raise click.UsageError("--older-than goes with --finished")
+    m = _remote(redis_url, namespace)
+    if finished:
+        from .housekeeping import remove_finished
+        removed, kept = remove_finished(m.store, older_than)
+        click.echo(f"removed {len(removed)} job(s)")
+        for name, deps in list(kept.items())[:10]:
+            click.echo(f"  kept {name}: not final yet, {deps.replace(',', ', ')} depend(s) on it")
+        return
+    removed_names = m.remove(m.store.job_names() if all_ else list(names))
+    click.echo(f"removed {len(removed_names)} job(s)")
+
+
+@main.command()
+@url_option
+@ns_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_errors
+def purge(redis_url: str | None, namespace: str, yes: bool) -> None:
+    """Delete every key of the namespace: jobs, executors, events."""
+    m = _remote(redis_url, namespace)
+    live = len(m.store.executors())
+    warn = f" ({live} live executor(s) will find themselves declared dead)" if live else ""
+    if not yes:
+        click.confirm(f"Delete every job and key of namespace '{namespace}'{warn}?", abort=True)
+    m.store.drop_namespace()
+    click.echo(f"namespace '{namespace}' purged")
+
+
+@main.command()
+@url_option
+@ns_option
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option("--json", "as_json", is_flag=True, help="One frame as JSON (raw epochs), then exit.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds per frame.")
+@_errors
+def top(redis_url: str | None, namespace: str, once: bool, as_json: bool, interval: float) -> None:
+    """A live view of the namespace: executors, tasks by state, throughput, ETA, latest failures (q quits)."""
+    from . import top as view
+    store = _remote(redis_url, namespace).store
+    if as_json:
+        click.echo(json.dumps(view.snapshot(store), indent=1))
+    elif once:
+        from rich.console import Console
+        Console().print(view.render(view.snapshot(store)))
+    else:
+        view.live(store, interval)
+
+
+@main.group()
+def report() -> None:
+    """Reports over a namespace: stats, jobs, gantt, utilisation."""
+
+
+def _report_source(redis_url: str | None, namespace: str) -> Any:
+    from .report import RedisSource
+    return RedisSource(_remote(redis_url, namespace).store)
+
+
+def _emit_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool) -> bool:
+    """Rows as JSON or CSV if asked; False when the caller prints them for people."""
+    from .report import as_csv as to_csv
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+    elif as_csv:
+        click.echo(to_csv(rows), nl=False)
+    return as_json or as_csv
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (raw epochs).")
+csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV output (raw epochs).")
+
+
+@report.command(name="stats")
+@url_option
+@ns_option
+@json_option
+@_errors
+def report_stats(redis_url: str | None, namespace: str, as_json: bool) -> None:
+    """Jobs and tasks by state, spans, core-hours, core utilisation, queue wait, per-executor figures."""
+    from .report import stats
+    from .timefmt import duration, local_time
+    s = stats(_report_source(redis_url, namespace))
+    if as_json:
+        click.echo(json.dumps(s, indent=1))
+        return
+
+    def span(x: dict | None) -> str:
+        return "-" if x is None else f"{local_time(x['start'])} .. {local_time(x['end'])} ({duration(x['seconds'])})"
+
+    def summary(x: dict | None) -> str:
+        return "-" if x is None else (f"mean {duration(x['mean'])}, median {duration(x['median'])}, "
+                                      f"max {duration(x['max'])} over {x['count']:,}")
+    pct = "-" if s["utilisation_pct"] is None else f"{s['utilisation_pct']:.1f} %"
+    click.echo(f"jobs {s['jobs']:,}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s["jobs_by_state"].items())))
+    click.echo(f"tasks {s['tasks']:,}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s["tasks_by_state"].items())))
+    click.echo(f"service span   {span(s['service_span'])}")
+    click.echo(f"task span      {span(s['task_span'])}")
+    click.echo(f"core-hours     {s['core_hours']:.3f} used; utilisation {pct} "
+               f"({s['busy_core_seconds']:,.1f} busy of {s['available_core_seconds']:,.1f} core-seconds)")
+    click.echo(f"task runtime   {summary(s['runtime'])}")
+    click.echo(f"queue wait     {summary(s['queue_wait'])} (submitted to started)")
+    for e in s["executors"]:
+        u = "-" if e["utilisation_pct"] is None else f"{e['utilisation_pct']:.1f} %"
+        click.echo(f"  {e['id']}  {e['state']}  {e['cores']} cores  {e['tasks']:,} tasks  utilisation {u}  "
+                   f"{local_time(e['started'])} .. {local_time(e['ended']) if e['ended'] else 'now'}")
+
+
+@report.command(name="jobs")
+@url_option
+@ns_option
+@click.option("--state", default=None, help="Only tasks in this state.")
+@click.option("--executor", default=None, help="Only tasks run by this executor.")
+@click.option("--name", default=None, metavar="PATTERN", help="Only tasks whose name matches (shell-style, 'sw:*').")
+@click.option("--sort", type=click.Choice(["start", "end", "runtime", "name"]), default="start", show_default=True)
+@click.option("--limit", type=int, default=None, help="At most this many rows.")
+@json_option
+@csv_option
+@_errors
+def report_jobs(redis_url: str | None, namespace: str, state: str | None, executor: str | None, name: str | None,
+                sort: str, limit: int | None, as_json: bool, as_csv: bool) -> None:
+    """Tasks (jobs, and iterations as NAME:IT) with their executor, times and outcome."""
+    from .report import select_tasks, task_dicts
+    from .timefmt import duration, local_time
+    rows = task_dicts(select_tasks(_report_source(redis_url, namespace), state, executor, name, sort)[:limit])
+    if _emit_rows(rows, as_json, as_csv):
+        return
+    for r in rows:
+        click.echo(f"{r['task']}\t{r['state']}\t{r['executor'] or '-'}\t{local_time(r['start'])}\t"
+                   f"{duration(r['runtime'])}\t{r['message']}".rstrip())
+
+
+@report.command(name="gantt")
+@url_option
+@ns_option
+@click.option("--output", "-o", default=None, metavar="FILE", help="Image to write: .png, .svg or .pdf.")
+@click.option("--colour", "--color", "colour", type=click.Choice(["state", "job"]), default="state",
+              show_default=True, help="Colour tasks by state or by job.")
+@json_option
+@csv_option
+@_errors
+def report_gantt(redis_url: str | None, namespace: str, output: str | None, colour: str, as_json: bool,
+                 as_csv: bool) -> None:
+    """Tasks on core lanes per executor over time (lanes packed from the tasks' core counts)."""
+    from .report import lanes
+    if not output and not (as_json or as_csv):
+        raise click.UsageError("give --output FILE, --json or --csv")
+    rows = lanes(_report_source(redis_url, namespace))
+    if _emit_rows(rows, as_json, as_csv):
+        return
+    from .plots import gantt
+    n = gantt(rows, output, colour_by=colour)
+    click.echo(f"{output}: {len(rows):,} task slots on {n} core lanes")
+
+
+@report.command(name="utilisation")
+@url_option
+@ns_option
+@click.option("--output", "-o", default=None, metavar="FILE", help="Image to write: .png, .svg or .pdf.")
+@json_option
+@csv_option
+@_errors
+def report_utilisation(redis_url: str | None, namespace: str, output: str | None, as_json: bool,
+                       as_csv: bool) -> None:
+    """Busy cores over time, against the cores the executors offered."""
+    from .report import utilisation
+    if not output and not (as_json or as_csv):
+        raise click.UsageError("give --output FILE, --json or --csv")
+    points = utilisation(_report_source(redis_url, namespace))
+    if _emit_rows(points, as_json, as_csv):
+        return
+    from .plots import utilisation as plot
+    plot(points, output)
+    click.echo(f"{output}: {len(points):,} points")

@@ -44,3 +44,22 @@ class UnknownJobError(QcgpjError):
 
 class TimeoutError(QcgpjError):  # noqa: A001
     """A wait ran out of time before the jobs finished."""
+
+
+class RemoveError(QcgpjError):
+    """A job cannot be removed: it is unknown, not final yet, or jobs not final yet depend on it."""
+
+    def __init__(self, job: str, why: str, message: str) -> None:
+        self.job = job
+        self.why = why
+        super().__init__(f"job '{job}': {message}")
+
+    @classmethod
+    def of(cls, job: str, why: str, detail: str) -> "RemoveError":
+        """The error for remove.lua's answer ``why`` (unknown, notfinal, dependants) about ``job``."""
+        if why == "unknown":
+            return cls(job, why, "unknown job")
+        if why == "notfinal":
+            return cls(job, why, f"is {detail}: only final jobs can be removed (cancel it first)")
+        return cls(job, why, f"jobs that are not final yet depend on it ({detail.replace(',', ', ')}): "
+                             "remove it once they have ended")

@@ -22,6 +22,7 @@ import uuid
 
 import redis
 
+from .housekeeping import DAY, Janitor
 from .outage import Outage
 from .store import Store
 
@@ -38,8 +39,10 @@ class _Interrupted(BaseException):
 class InputQueue:
     def __init__(self, client: redis.Redis, namespace: str = "default", max_attempts: int = 3,
                  check_every: float = 1.0, lease_ttl: float = 5.0, iq_id: str | None = None,
-                 min_pass: float = 0.05) -> None:
+                 min_pass: float = 0.05, executor_retention: float = DAY, keep_finished: float | None = None
+                 ) -> None:
         self.store = Store(client, namespace)
+        self.janitor = Janitor(self.store, executor_retention, keep_finished)
         self.max_attempts = max_attempts
         self.check_every = check_every
         self.lease_ttl = lease_ttl
@@ -151,3 +154,4 @@ class InputQueue:
                 continue
             requeued, failed = taken
             log.warning("executor %s lost: %d task(s) requeued, %d failed (attempts spent)", eid, requeued, failed)
+        self.janitor.tick()

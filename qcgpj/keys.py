@@ -19,7 +19,7 @@ att:<name>                  hash     iteration -> attempt number (only for retri
 itwait:<name>               hash     iteration -> count of per-iteration parents that succeeded
 children:<name>             set      "w|child" (whole job), "i<k>|child" (iteration k), "p|child" (per iteration)
 pending                     list     ready work not yet placed: "name" (all remaining iterations) or "name:it"
-executors                   set      every executor that joined (for listings: departed ones stay)
+executors                   set      every executor that joined (for listings: departed ones stay for --executor-retention)
 live                        set      executors that may take work: placement and checks read only these
 exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started,
                                      ttl (seconds without heartbeat before it is dead)
@@ -29,6 +29,10 @@ exec:<id>:running           list     tasks it claimed (the reliable-queue proces
 exec:<id>:control           list     "cancel <task>" / "drain" commands
 events                      stream   wake-ups and audit: submit, finish, executor joined/lost, stop
 inputqueue:leader           string   the acting InputQueue's id, with a TTL (leader lease)
+stats                       hash     O(1) counters for `top`: tasks (submitted), SUCCEED/FAILED/CANCELED/OMITTED
+                                     (final tasks, iterations counted)
+rate                        hash     ring of per-second finished-task counts: s<slot> -> second, c<slot> -> count
+failures                    list     the latest failed tasks (capped): "task|end|executor|exit|message"
 """
 from __future__ import annotations
 
@@ -56,6 +60,9 @@ TEMPLATES: dict[str, str] = {
     "control": "exec:{}:control",
     "events": "events",
     "leader": "inputqueue:leader",
+    "stats": "stats",
+    "rate": "rate",
+    "failures": "failures",
 }
 
 EVENTS_GROUP = "inputqueue"
@@ -101,6 +108,18 @@ class Keys:
     @property
     def leader(self) -> str:
         return self._k("leader")
+
+    @property
+    def stats(self) -> str:
+        return self._k("stats")
+
+    @property
+    def rate(self) -> str:
+        return self._k("rate")
+
+    @property
+    def failures(self) -> str:
+        return self._k("failures")
 
     def job(self, name: str) -> str:
         return self._k("job", name)

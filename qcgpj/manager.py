@@ -123,6 +123,7 @@ class Manager:
         check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
         _check_node_cores(specs, per_node)
         self.store.submit(submit_rows(specs))
+        self.store.count_tasks(sum(s.iteration.count if s.iteration is not None else 1 for s in specs))
         return [s.name for s in specs]
 
     # ------------------------------------------------------------------ queries
@@ -188,13 +189,28 @@ class Manager:
     def resources(self, departed: bool = False) -> dict[str, Any]:
         """Cores of the live executors; the list has the departed ones too (``departed``). One read either way:
         an executor is live exactly while its state is ALIVE (the scripts change both together)."""
-        execs = self.store.executors(departed)
+        execs = {eid: _typed(e) for eid, e in self.store.executors(departed).items()}
         live = {k: e for k, e in execs.items() if e.get("state") == "ALIVE"} if departed else execs
         total = sum(int(e["total"]) for e in live.values())
         used = sum(min(int(e["total"]), int(e["total"]) + int(e["prefetch"]) - int(e["free"])) for e in live.values())
         return {"total_nodes": sum(int(e["nnodes"]) for e in live.values()), "total_cores": total,
                 "used_cores": max(used, 0), "free_cores": max(total - max(used, 0), 0),
                 "executors": execs}
+
+    def remove(self, names: Sequence[str] | str | None = None, *, finished: bool = False,
+               older_than: float | None = None) -> list[str]:
+        """Remove final jobs with every key they have; returns the removed names.
+
+        ``names``: these jobs, all or none (a :class:`~qcgpj.errors.RemoveError` names the first that is not
+        final or on which a job that is not final yet depends). ``finished``: every final job (that ended
+        ``older_than`` seconds ago or earlier), keeping those that jobs not final yet depend on.
+        """
+        from .housekeeping import remove_finished, remove_named
+        if finished:
+            return remove_finished(self.store, older_than)[0]
+        if names is None:
+            raise ValueError("remove: give names, or finished=True")
+        return remove_named(self.store, [names] if isinstance(names, str) else list(names))
 
     def cancel(self, names: Sequence[str] | str) -> dict[str, str]:
         names = [names] if isinstance(names, str) else list(names)
@@ -281,6 +297,23 @@ def _derived_state(h: dict[str, str], it: int) -> str:
     if it < int(h.get("next", h["it0"])) and "pdeps" not in h:
         return "SCHEDULED"
     return "READY" if st in ("SCHEDULED", "EXECUTING") else st
+
+
+_EXEC_INTS = ("total", "maxnode", "nnodes", "free", "prefetch", "pid", "running")
+
+
+def _typed(e: dict[str, str]) -> dict[str, Any]:
+    """An executor's hash with numbers as numbers (times as Unix seconds) and ``alive`` as a boolean."""
+    out: dict[str, Any] = dict(e)
+    for k in _EXEC_INTS:
+        if k in out:
+            out[k] = int(out[k])
+    for k in ("started", "ended"):
+        if k in out:
+            out[k] = _f(out[k])
+    if "alive" in out:
+        out["alive"] = out["alive"] == "True"
+    return out
 
 
 def _f(v: str | None) -> float | None:

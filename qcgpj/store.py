@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
-from .errors import DependencyError, DuplicateJobError, JobSpecError, UnknownJobError
+from .errors import DependencyError, DuplicateJobError, JobSpecError, RemoveError, UnknownJobError
 from .keys import EVENTS_GROUP, Keys, lua_prelude
 
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
-SCRIPTS = ("submit", "place", "sync", "release", "register", "heartbeat", "requeue", "cancel", "lease")
+SCRIPTS = ("submit", "place", "sync", "release", "register", "heartbeat", "requeue", "cancel", "lease", "remove")
 SUBMIT_CHUNK = 1000
 
 
@@ -122,11 +123,15 @@ class Store:
         their keys, and their names from the job list (rewritten in one transaction)."""
         starts = tuple(self.keys.of_job(prefix))
         self._unlink(lambda key: key.startswith(starts))
+        self._rewrite_jobs(lambda names: [n for n in names if not n.startswith(prefix)])
+
+    def _rewrite_jobs(self, keep: Callable[[list[str]], list[str]]) -> None:
+        """Replace the job list by ``keep(list)`` in one transaction (retried if a submit comes meanwhile)."""
         with self.r.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(self.keys.jobs)
-                    kept = [n for n in pipe.lrange(self.keys.jobs, 0, -1) if not n.startswith(prefix)]
+                    kept = keep(pipe.lrange(self.keys.jobs, 0, -1))
                     pipe.multi()
                     pipe.delete(self.keys.jobs)
                     for i in range(0, len(kept), 10_000):
@@ -135,6 +140,48 @@ class Store:
                     return
                 except redis.WatchError:
                     continue
+
+    def remove_jobs(self, names: Sequence[str], how: str) -> list[tuple[str, str]]:
+        """Run remove.lua over one batch (``how``: 'check' removes nothing, 'strict' all or nothing, 'skip'
+        what can be): a (status, detail) pair per name, or raises :class:`RemoveError` (strict)."""
+        res = self._run("remove", ["jobs", now(), how, *names])
+        if res and res[0] == "ERR":
+            raise RemoveError.of(res[2], res[1], res[3])
+        return [(res[i], res[i + 1]) for i in range(0, len(res), 2)]
+
+    def unlist_jobs(self, names: Iterable[str]) -> None:
+        """Take removed jobs off the job list: the first entry of each name (a job of the same name submitted
+        since then comes later)."""
+        gone = Counter(names)
+
+        def keep(listed: list[str]) -> list[str]:
+            left, out = Counter(gone), []
+            for n in listed:
+                if left[n] > 0:
+                    left[n] -= 1
+                else:
+                    out.append(n)
+            return out
+        self._rewrite_jobs(keep)
+
+    def job_fields(self, names: Sequence[str], *fields: str) -> list[list[str | None]]:
+        """The given fields of many jobs, one pipeline."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self.keys.job(name), *fields)
+        return pipe.execute()
+
+    def prune_executors(self, retention: float) -> int:
+        """Forget executors that left or died ``retention`` seconds ago or earlier; returns how many."""
+        return int(self._run("remove", ["executors", now(), retention]))
+
+    def trim_events(self, keep: int) -> None:
+        """Shorten the events stream (wake-ups and audit trail) to about ``keep`` entries."""
+        self.r.xtrim(self.keys.events, maxlen=keep, approximate=False)
+
+    def count_tasks(self, tasks: int) -> None:
+        """Submitted tasks (iterations counted), for ``top``: final ones are counted by the scripts."""
+        self.r.hincrby(self.keys.stats, "tasks", tasks)
 
     def _unlink(self, wanted: Callable[[str], bool]) -> None:
         """One SCAN over the namespace; UNLINK of the wanted keys in batches."""

@@ -90,7 +90,8 @@ def test_remote_commands(tmp_path, redis_url):
         dup = qcgpj("submit", "jobs.json", "--redis-url", redis_url, cwd=tmp_path)
         assert dup.returncode != 0 and "already in the queue" in dup.stderr
         st = qcgpj("status", "--json", "--redis-url", redis_url, cwd=tmp_path)
-        assert json.loads(st.stdout) == {"hello": "READY", "after": "QUEUED"}
+        assert json.loads(st.stdout) == {"jobs": {"hello": "READY", "after": "QUEUED"},
+                                         "counts": {"READY": 1, "QUEUED": 1}}
         cluster.inputqueue()
         cluster.worker(2, "--exit-when-idle")
         res = qcgpj("wait", "--timeout", "60", "--redis-url", redis_url, cwd=tmp_path)

@@ -17,6 +17,7 @@ for i = 2, #ARGV do
     out[#out + 1] = 'final'
   elseif it == nil then
     redis.call('HSET', jk, 'state', 'CANCELED', 'end', NOW, 'message', 'canceled')
+    count_whole(jk, 'CANCELED')
     work[#work + 1] = {'job_final', name, nil, 'CANCELED'}
     if st == 'SCHEDULED' or st == 'EXECUTING' then notify(name) end
     out[#out + 1] = 'canceled'

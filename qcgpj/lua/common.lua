@@ -3,6 +3,41 @@
 local FINAL = {SUCCEED = true, FAILED = true, CANCELED = true, OMITTED = true}
 local NOW = 0  -- set by each script from its ARGV
 
+-- Counters read by `top` at a cost that does not grow with the jobs (keys stats, rate, failures): tallied in
+-- Lua while a script runs and written once, by propagate(), so a batch of reports costs a few commands more.
+local RATE_SLOTS, FAILURES_KEPT = 64, 50   -- 64 s of per-second counts: the last minute and the current second
+local tally, ran, failed_now = {}, 0, 0
+
+local function count_final(state, k)
+  tally[state] = (tally[state] or 0) + k
+  if state == 'SUCCEED' or state == 'FAILED' then ran = ran + k end
+end
+
+local function note_failure(tid, t1, eid, exit, msg)
+  redis.call('LPUSH', K_failures, table.concat({tid, t1 or NOW, eid or '', exit or '', msg or ''}, '|'))
+  failed_now = failed_now + 1
+end
+
+local function count_whole(jk, state)  -- a whole job ended without its tasks: its unfinished tasks end with it
+  local h = redis.call('HMGET', jk, 'n', 'done')
+  count_final(state, h[1] and (tonumber(h[1]) - tonumber(h[2] or '0')) or 1)
+end
+
+local function flush_counts()
+  for st, k in pairs(tally) do redis.call('HINCRBY', K_stats, st, k) end
+  tally = {}
+  if failed_now > 0 then redis.call('LTRIM', K_failures, 0, FAILURES_KEPT - 1); failed_now = 0 end
+  if ran == 0 then return end
+  local sec = math.floor(tonumber(NOW))
+  local slot = sec % RATE_SLOTS
+  if tonumber(redis.call('HGET', K_rate, 's' .. slot)) == sec then
+    redis.call('HINCRBY', K_rate, 'c' .. slot, ran)
+  else
+    redis.call('HSET', K_rate, 's' .. slot, sec, 'c' .. slot, ran)
+  end
+  ran = 0
+end
+
 local function split_tid(tid)
   local name, it = string.match(tid, '^(.-):(%d+)$')
   if name then return name, tonumber(it) end
@@ -88,11 +123,15 @@ local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childles
   if it == nil then
     redis.call('HSET', jk, 'state', state, 'exit', exit or '', 'start', t0 or '', 'end', t1 or NOW,
       'message', msg or '')
+    count_final(state, 1)
+    if state == 'FAILED' then note_failure(name, t1, eid, exit, msg) end
     work[#work + 1] = {'job_final', name, nil, state, childless}
     return
   end
   redis.call('HSET', K_its(name), it, record(state, exit, eid, t0, t1 or NOW, att, msg))
   redis.call('HINCRBY', jk, 'n_' .. state, 1)
+  count_final(state, 1)
+  if state == 'FAILED' then note_failure(name .. ':' .. it, t1, eid, exit, msg) end
   local done = redis.call('HINCRBY', jk, 'done', 1)
   if redis.call('HGET', jk, 'itch') then work[#work + 1] = {'it_final', name, it, state} end
   if done >= tonumber(redis.call('HGET', jk, 'n')) then
@@ -109,6 +148,7 @@ local function omit_job(name, why)
   local st = redis.call('HGET', jk, 'state')
   if not st or FINAL[st] then return end
   redis.call('HSET', jk, 'state', 'OMITTED', 'end', NOW, 'message', why)
+  count_whole(jk, 'OMITTED')
   work[#work + 1] = {'job_final', name, nil, 'OMITTED'}
 end
 
@@ -169,6 +209,7 @@ local function propagate()
     local w = table.remove(work)
     if w[1] == 'job_final' then on_job_final(w[2], w[4], w[5]) else on_iteration_final(w[2], w[3], w[4]) end
   end
+  flush_counts()
 end
 
 -- ---------------------------------------------------------------- placement

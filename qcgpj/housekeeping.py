@@ -1,0 +1,97 @@
+"""Housekeeping: removing final jobs and forgetting departed executors, so a long-lived namespace stays small.
+
+A finished job costs about 1 kB of Redis memory and a departed executor a few keys, for ever unless removed.
+Removal runs remove.lua over batches of names, so even 100,000 jobs never block Redis for long, and takes the
+names off the job list once at the end (one LREM per job would scan the list every time).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Sequence
+
+from .store import FINAL_STATES, Store
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000                 # names per remove.lua call
+EVENTS_KEPT = 10             # the events stream is trimmed to this once nothing is active
+DAY = 86400.0
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '2h', '1d', '1w' as seconds; ValueError otherwise."""
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 1d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def remove_named(store: Store, names: Sequence[str]) -> list[str]:
+    """Remove these jobs, all or none: every batch is checked before the first is removed (a
+    :class:`~qcgpj.errors.RemoveError` names the first job that cannot be)."""
+    names = list(dict.fromkeys(names))
+    for i in range(0, len(names), BATCH):
+        store.remove_jobs(names[i:i + BATCH], "check")
+    for i in range(0, len(names), BATCH):
+        store.remove_jobs(names[i:i + BATCH], "strict")
+    _after(store, names)
+    return names
+
+
+def remove_finished(store: Store, older_than: float | None = None) -> tuple[list[str], dict[str, str]]:
+    """Remove the final jobs (that ended ``older_than`` seconds ago or earlier); returns the removed names and
+    the final jobs kept because jobs not final yet depend on them (name -> those jobs)."""
+    listed = store.job_names()
+    horizon = None if older_than is None else time.time() - older_than
+    removed: list[str] = []
+    kept: dict[str, str] = {}
+    for i in range(0, len(listed), BATCH):
+        chunk = listed[i:i + BATCH]
+        wanted = [n for n, (st, end) in zip(chunk, store.job_fields(chunk, "state", "end"))
+                  if st in FINAL_STATES and (horizon is None or (end and float(end) <= horizon))]
+        if not wanted:
+            continue
+        for name, (status, detail) in zip(wanted, store.remove_jobs(wanted, "skip")):
+            if status == "removed":
+                removed.append(name)
+            elif status == "dependants":
+                kept[name] = detail
+    _after(store, removed)
+    return removed, kept
+
+
+def _after(store: Store, removed: list[str]) -> None:
+    if not removed:
+        return
+    store.unlist_jobs(removed)
+    if store.active() <= 0:   # nothing is running: nobody needs the wake-ups and trail of the removed jobs
+        store.trim_events(EVENTS_KEPT)
+    log.info("removed %d job(s)", len(removed))
+
+
+class Janitor:
+    """The InputQueue's periodic housekeeping: executors that left or died are forgotten after
+    ``executor_retention`` seconds; with ``keep_finished``, final jobs are removed that long after they ended."""
+
+    def __init__(self, store: Store, executor_retention: float = DAY, keep_finished: float | None = None) -> None:
+        self.store = store
+        self.executor_retention = executor_retention
+        self.keep_finished = keep_finished
+        periods = [executor_retention] + ([keep_finished] if keep_finished is not None else [])
+        self.every = min(60.0, max(min(periods) / 4, 0.25))
+        self._next = 0.0
+
+    def tick(self) -> None:
+        """Called often (with the executor checks); acts every ``every`` seconds."""
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every
+        gone = self.store.prune_executors(self.executor_retention)
+        if gone:
+            log.info("forgot %d executor(s) that left or died over %.0f s ago", gone, self.executor_retention)
+        if self.keep_finished is not None:
+            remove_finished(self.store, self.keep_finished)

@@ -1,0 +1,95 @@
+-- Housekeeping. ARGV[1] is the mode.
+-- 'jobs', now, how, names...: remove final jobs, every key of each and their share of the counters in
+--   `stats`. A job that is not final, or on which a job that is not final yet depends, is kept. how: 'check'
+--   (remove nothing), 'strict' (nothing is removed if one name cannot be: {'ERR', why, name, detail} comes
+--   back) or 'skip'. Otherwise one (status, detail) pair per name: status 'removed' (or 'ok' for a check),
+--   'unknown', 'notfinal' or 'dependants'. The names stay in `jobs`: the
+--   caller rewrites that list once for all batches (one LREM per job would scan the list each time).
+-- 'executors', now, retention: forget executors that left or died at least `retention` seconds ago.
+local mode = ARGV[1]
+NOW = ARGV[2]
+
+local function waiting_dependants(name)  -- names of jobs, not final yet, that depend on `name`
+  local out = {}
+  for _, m in ipairs(redis.call('SMEMBERS', K_children(name))) do
+    local child = string.match(m, '^[^|]*|(.*)$')
+    local st = redis.call('HGET', K_job(child), 'state')
+    if st and not FINAL[st] then out[#out + 1] = child end
+  end
+  return out
+end
+
+local function check(name)  -- why `name` cannot be removed (nil: it can), and a detail
+  local h = redis.call('HMGET', K_job(name), 'state', 'kids')
+  if not h[1] then return 'unknown', '' end
+  if not FINAL[h[1]] then return 'notfinal', h[1] end
+  if h[2] then
+    local deps = waiting_dependants(name)
+    if #deps > 0 then return 'dependants', table.concat(deps, ',') end
+  end
+  return nil, ''
+end
+
+local function uncount(name)  -- take the job's tasks out of the counters, as common.lua counted them
+  local h = redis.call('HMGET', K_job(name), 'state', 'n', 'done', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED',
+    'n_OMITTED')
+  local fin = {SUCCEED = tonumber(h[4] or '0'), FAILED = tonumber(h[5] or '0'), CANCELED = tonumber(h[6] or '0'),
+               OMITTED = tonumber(h[7] or '0')}
+  local n = 1
+  if h[2] then
+    n = tonumber(h[2])
+    fin[h[1]] = fin[h[1]] + n - tonumber(h[3] or '0')
+  else
+    fin[h[1]] = 1
+  end
+  redis.call('HINCRBY', K_stats, 'tasks', -n)
+  for st, k in pairs(fin) do
+    if k ~= 0 then redis.call('HINCRBY', K_stats, st, -k) end
+  end
+end
+
+local function forget_failures()  -- the capped list of recent failures keeps no task of a removed job
+  local kept = {}
+  for _, rec in ipairs(redis.call('LRANGE', K_failures, 0, -1)) do
+    local name = split_tid(string.match(rec, '^([^|]*)'))
+    if redis.call('EXISTS', K_job(name)) == 1 then kept[#kept + 1] = rec end
+  end
+  redis.call('DEL', K_failures)
+  if #kept > 0 then redis.call('RPUSH', K_failures, unpack(kept)) end
+end
+
+if mode == 'jobs' then
+  local strict, only_check = ARGV[3] ~= 'skip', ARGV[3] == 'check'
+  local out = {}
+  for i = 4, #ARGV do
+    local why, detail = check(ARGV[i])
+    if why and strict then return {'ERR', why, ARGV[i], detail} end
+    out[#out + 1] = why or (only_check and 'ok' or 'removed')
+    out[#out + 1] = detail
+  end
+  if only_check then return out end
+  local removed = 0
+  for i = 4, #ARGV do
+    if out[2 * (i - 3) - 1] == 'removed' then
+      uncount(ARGV[i])
+      redis.call('UNLINK', K_job(ARGV[i]), K_its(ARGV[i]), K_att(ARGV[i]), K_itwait(ARGV[i]), K_children(ARGV[i]))
+      removed = removed + 1
+    end
+  end
+  if removed > 0 then forget_failures() end
+  return out
+elseif mode == 'executors' then
+  local horizon, gone = tonumber(NOW) - tonumber(ARGV[3]), 0
+  for _, e in ipairs(redis.call('SMEMBERS', K_executors)) do
+    if redis.call('SISMEMBER', K_live, e) == 0 then
+      local h = redis.call('HMGET', K_exec(e), 'state', 'ended')
+      if h[1] ~= 'ALIVE' and h[1] ~= 'DRAINING' and tonumber(h[2] or '0') <= horizon then
+        redis.call('UNLINK', K_exec(e), K_alive(e), K_ready(e), K_running(e), K_control(e))
+        redis.call('SREM', K_executors, e)
+        gone = gone + 1
+      end
+    end
+  end
+  return gone
+end
+return redis.error_reply('remove.lua: unknown mode ' .. tostring(mode))

@@ -1,0 +1,254 @@
+"""``qcgpj report``: where the time went in a namespace, after (or during) a run.
+
+The figures are computed from rows that a :class:`Source` yields, so that a report can be made from Redis (a
+namespace, :class:`RedisSource`) or from another record of a run (for example a local run's record directory):
+a source needs only ``tasks()`` and ``executors()``.
+
+What Redis holds decides what can be reported: a task's record has its executor, start and end, but not the
+cores it was given (only the job's request: a range counts its minimum) nor when it was claimed or reported, so
+launch overhead is measured as the wait from submission to start, and Gantt lanes are packed per executor from
+the tasks' core counts (not the concrete cores the executor chose).
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, fields
+from statistics import median
+from typing import Any, Iterable, Iterator, Protocol, Sequence
+
+from .store import Store, parse_record
+
+READ_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """One task (a job, or one iteration ``job:it``) as a report sees it; times are Unix seconds."""
+
+    task: str
+    job: str
+    state: str
+    executor: str | None
+    cores: int
+    created: float | None
+    start: float | None
+    end: float | None
+    exit_code: int | None
+    message: str
+    job_state: str = ""
+
+    @property
+    def runtime(self) -> float | None:
+        return None if self.start is None or self.end is None else max(self.end - self.start, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorRow:
+    """One executor's life: ``ended`` is None while it is alive."""
+
+    id: str
+    host: str
+    state: str
+    cores: int
+    nodes: int
+    started: float | None
+    ended: float | None
+
+
+class Source(Protocol):
+    """What a report reads: the tasks that ran or were submitted, and the executors that offered cores."""
+
+    def tasks(self) -> Iterable[TaskRow]: ...
+
+    def executors(self) -> Sequence[ExecutorRow]: ...
+
+
+class RedisSource:
+    """A namespace in Redis, read in pipelined chunks (a report reads every job: it is not for every second)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def executors(self) -> list[ExecutorRow]:
+        out = []
+        for eid, e in self.store.executors(departed=True).items():
+            out.append(ExecutorRow(eid, e.get("host", ""), e.get("state", ""), int(e.get("total", 0)),
+                                   int(e.get("nnodes", 0)), _f(e.get("started")), _f(e.get("ended"))))
+        return out
+
+    def tasks(self) -> Iterator[TaskRow]:
+        names = self.store.job_names()
+        fields_ = ("state", "req", "n", "it0", "created", "start", "end", "exit", "executor", "message")
+        for i in range(0, len(names), READ_CHUNK):
+            chunk = names[i:i + READ_CHUNK]
+            rows = self.store.job_fields(chunk, *fields_)
+            iterative = [n for n, r in zip(chunk, rows) if r[2] is not None]
+            pipe = self.store.r.pipeline(transaction=False)
+            for n in iterative:
+                pipe.hgetall(self.store.keys.its(n))
+            records = dict(zip(iterative, pipe.execute()))
+            for name, (state, req, n, it0, created, t0, t1, code, eid, msg) in zip(chunk, rows):
+                if state is None:
+                    continue   # removed meanwhile
+                cores = int((req or "1").split("|")[0])
+                if n is None:
+                    yield TaskRow(name, name, state, eid or None, cores, _f(created), _f(t0), _f(t1),
+                                  int(code) if code not in (None, "") else None, msg or "", state)
+                    continue
+                recs = records[name]
+                for it in range(int(it0), int(it0) + int(n)):
+                    rec = recs.get(str(it))
+                    if rec is None:   # never placed (or ended with its job): the job's state is its state
+                        yield TaskRow(f"{name}:{it}", name, state, None, cores, _f(created), None, None, None, "",
+                                      state)
+                        continue
+                    r = parse_record(rec)
+                    yield TaskRow(f"{name}:{it}", name, r["state"], r["executor"], cores, _f(created), r["start"],
+                                  r["end"], r["exit_code"], r["message"], state)
+
+
+def _f(v: str | None) -> float | None:
+    return float(v) if v not in (None, "") else None
+
+
+# ---------------------------------------------------------------------- stats
+def stats(source: Source, now: float | None = None) -> dict[str, Any]:
+    """Jobs and tasks by state, time spans, core-hours, core utilisation, queue wait, per-executor figures."""
+    now = time.time() if now is None else now
+    tasks = list(source.tasks())
+    execs = list(source.executors())
+    ran = [t for t in tasks if t.runtime is not None]
+    job_states = Counter({t.job: t.job_state for t in tasks}.values())
+    busy = sum(t.cores * t.runtime for t in ran)
+    available = sum(_alive_span(e, now) * e.cores for e in execs)
+    waits = [t.start - t.created for t in ran if t.created is not None]
+    per_exec = []
+    for e in execs:
+        mine = [t for t in ran if t.executor == e.id]
+        e_busy = sum(t.cores * t.runtime for t in mine)
+        e_avail = _alive_span(e, now) * e.cores
+        per_exec.append({"id": e.id, "host": e.host, "state": e.state, "cores": e.cores, "started": e.started,
+                         "ended": e.ended, "tasks": len(mine), "busy_core_seconds": round(e_busy, 3),
+                         "available_core_seconds": round(e_avail, 3),
+                         "utilisation_pct": _pct(e_busy, e_avail)})
+    starts = [e.started for e in execs if e.started is not None]
+    return {
+        "jobs": sum(job_states.values()),
+        "jobs_by_state": dict(job_states),
+        "tasks": len(tasks),
+        "tasks_by_state": dict(Counter(t.state for t in tasks)),
+        "service_span": _span(starts, [e.ended if e.ended is not None else now for e in execs]),
+        "task_span": _span([t.start for t in ran], [t.end for t in ran]),
+        "core_hours": round(busy / 3600, 4),
+        "busy_core_seconds": round(busy, 3),
+        "available_core_seconds": round(available, 3),
+        "utilisation_pct": _pct(busy, available),
+        "runtime": _summary([t.runtime for t in ran]),
+        "queue_wait": _summary(waits),
+        "executors": per_exec,
+    }
+
+
+def _alive_span(e: ExecutorRow, now: float) -> float:
+    if e.started is None:
+        return 0.0
+    return max((e.ended if e.ended is not None else now) - e.started, 0.0)
+
+
+def _span(starts: Sequence[float | None], ends: Sequence[float | None]) -> dict[str, float] | None:
+    s = [x for x in starts if x is not None]
+    e = [x for x in ends if x is not None]
+    if not s or not e:
+        return None
+    return {"start": min(s), "end": max(e), "seconds": round(max(e) - min(s), 3)}
+
+
+def _pct(part: float, whole: float) -> float | None:
+    return round(100.0 * part / whole, 2) if whole > 0 else None
+
+
+def _summary(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"count": len(values), "mean": round(sum(values) / len(values), 4), "median": round(median(values), 4),
+            "max": round(max(values), 4)}
+
+
+# ---------------------------------------------------------------------- jobs
+SORT_KEYS = ("start", "end", "runtime", "name")
+
+
+def select_tasks(source: Source, state: str | None = None, executor: str | None = None, name: str | None = None,
+                 sort: str = "start") -> list[TaskRow]:
+    """Tasks filtered by state, executor and name pattern (shell-style), sorted; those without the sort field
+    (not started yet) come last."""
+    rows = [t for t in source.tasks()
+            if (state is None or t.state == state.upper()) and (executor is None or t.executor == executor)
+            and (name is None or fnmatch.fnmatchcase(t.task, name))]
+    if sort == "name":
+        return sorted(rows, key=lambda t: t.task)
+    value = {"start": lambda t: t.start, "end": lambda t: t.end, "runtime": lambda t: t.runtime}[sort]
+    return sorted(rows, key=lambda t: (value(t) is None, value(t) or 0.0))
+
+
+def task_dicts(rows: Iterable[TaskRow]) -> list[dict[str, Any]]:
+    return [{**asdict(t), "runtime": None if t.runtime is None else round(t.runtime, 3)} for t in rows]
+
+
+def as_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows of plain values as CSV with a header line."""
+    out = io.StringIO()
+    cols = list(columns or (rows[0].keys() if rows else [f.name for f in fields(TaskRow)]))
+    w = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------- timelines
+def lanes(source: Source) -> list[dict[str, Any]]:
+    """Gantt rows: every task that ran, on lanes packed per executor (lane = a core slot, 0 .. cores-1; a task
+    of c cores takes c lanes that were free when it started). Sorted by executor and lane."""
+    import heapq
+    execs = {e.id: e for e in source.executors()}
+    by_exec: dict[str, list[TaskRow]] = defaultdict(list)
+    for t in source.tasks():
+        if t.runtime is not None and t.executor:
+            by_exec[t.executor].append(t)
+    out = []
+    for eid in sorted(by_exec):
+        ts = sorted(by_exec[eid], key=lambda t: t.start)
+        width = execs[eid].cores if eid in execs else max(t.cores for t in ts)
+        free = [(0.0, lane) for lane in range(max(width, 1))]   # (free from, lane)
+        for t in ts:
+            taken = [heapq.heappop(free) for _ in range(min(t.cores, len(free)))]
+            for _at, lane in taken:
+                out.append({"executor": eid, "lane": lane, "task": t.task, "job": t.job, "state": t.state,
+                            "start": t.start, "end": t.end})
+                heapq.heappush(free, (t.end, lane))
+    return out
+
+
+def utilisation(source: Source, now: float | None = None) -> list[dict[str, float]]:
+    """Busy and available cores as step functions: a point at every change (time, busy, available)."""
+    now = time.time() if now is None else now
+    delta: dict[float, list[int]] = defaultdict(lambda: [0, 0])
+    for t in source.tasks():
+        if t.runtime is not None:
+            delta[t.start][0] += t.cores
+            delta[t.end][0] -= t.cores
+    for e in source.executors():
+        if e.started is not None:
+            delta[e.started][1] += e.cores
+            delta[e.ended if e.ended is not None else now][1] -= e.cores
+    busy = avail = 0
+    out = []
+    for at in sorted(delta):
+        busy += delta[at][0]
+        avail += delta[at][1]
+        out.append({"time": at, "busy": busy, "available": avail})
+    return out

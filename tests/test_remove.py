@@ -1,0 +1,131 @@
+"""Housekeeping on a real redis-server: removing final jobs, purging a namespace, forgetting departed executors."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from qcgpj import Jobs, Manager
+from qcgpj.errors import RemoveError
+from qcgpj.keys import JOB_KINDS, TEMPLATES
+from tests.cluster import Cluster, qcgpj_cmd
+from tests.test_reliability import wait_for
+
+JOB_KEY_HEADS = tuple(TEMPLATES[k].split("{}")[0] for k in JOB_KINDS)   # "job:", "its:", ...
+
+
+def namespace_keys(m: Manager) -> list[str]:
+    return list(m.client.scan_iter(match=m.store.keys.prefix + "*", count=10_000))
+
+
+def job_keys(m: Manager) -> list[str]:
+    cut = len(m.store.keys.prefix)
+    return [k for k in namespace_keys(m) if k[cut:].startswith(JOB_KEY_HEADS)]
+
+
+def namespace_bytes(m: Manager) -> int:
+    return sum(m.client.memory_usage(k) or 0 for k in namespace_keys(m))
+
+
+@pytest.fixture
+def cluster(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path)
+    yield c
+    c.stop()
+
+
+def test_remove_finished_after_20000_jobs_leaves_a_few_kb(cluster):
+    m = cluster.serving(2)
+    jobs = Jobs()
+    for i in range(20_000):
+        jobs.add(name=f"j{i}", exec="/bin/true", model="noop")
+    m.submit(jobs.add(name="sweep", exec="/bin/true", model="noop", iteration=500, after=["j0"]))
+    states = m.wait4all(timeout=300)
+    assert set(states.values()) == {"SUCCEED"}
+    before = namespace_bytes(m)
+    assert len(m.remove(finished=True)) == 20_001
+    assert job_keys(m) == [] and m.list() == {}
+    after = namespace_bytes(m)
+    assert after < 12_000, f"{after} bytes left ({before} before): {namespace_keys(m)}"
+    stats = m.client.hgetall(m.store.keys.stats)
+    assert int(stats["tasks"]) == 0 and int(stats["SUCCEED"]) == 0
+
+
+def test_remove_names_only_final_jobs_without_waiting_dependants(cluster):
+    m = cluster.serving(2)
+    m.submit(Jobs().add(name="a", script="while [ ! -e go_a ]; do sleep 0.05; done")
+             .add(name="hold", script="while [ ! -e go ]; do sleep 0.05; done")
+             .add(name="child", exec="/bin/true", after=["a", "hold"]))
+    (cluster.workdir / "go_a").touch()
+    assert m.wait4(["a"], timeout=60) == {"a": "SUCCEED"}
+    with pytest.raises(RemoveError, match="job 'a': jobs that are not final yet depend on it \\(child\\)"):
+        m.remove(["a"])
+    with pytest.raises(RemoveError, match="job 'hold': is (READY|SCHEDULED|EXECUTING): only final jobs"):
+        m.remove(["hold", "a"])   # all or none: 'a' stays as well
+    with pytest.raises(RemoveError, match="job 'nope': unknown job"):
+        m.remove(["nope"])
+    assert m.info("a")["state"] == "SUCCEED"
+    assert m.remove(finished=True) == []   # 'a' is kept while 'child' waits
+
+    res = subprocess.run(qcgpj_cmd("remove", "hold", "--redis-url", cluster.url), capture_output=True, text=True)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "only final jobs can be removed" in res.stderr
+
+    (cluster.workdir / "go").touch()
+    assert set(m.wait4(["hold", "child"], timeout=60).values()) == {"SUCCEED"}
+    assert sorted(m.remove(["child", "a", "hold"])) == ["a", "child", "hold"]
+    assert job_keys(m) == [] and m.list() == {}
+
+
+def test_remove_cli_finished_older_than_and_all(cluster):
+    m = cluster.serving(1)
+    m.submit(Jobs().add(name="x", exec="/bin/true").add(name="y", exec="/bin/false"))
+    m.wait4(["x", "y"], timeout=60)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(qcgpj_cmd(*args, "--redis-url", cluster.url), capture_output=True, text=True)
+
+    assert cli("remove", "--finished", "--older-than", "1d").stdout == "removed 0 job(s)\n"
+    assert cli("remove", "--finished", "--older-than", "soon").returncode == 2
+    assert cli("remove").returncode == 2   # nothing said
+    assert cli("remove", "--all").stdout == "removed 2 job(s)\n"
+    assert job_keys(m) == []
+    assert m.client.llen(m.store.keys.failures) == 0   # y's failure went with it
+
+
+def test_purge_asks_then_empties_the_namespace(cluster):
+    m = cluster.serving(1)
+    m.submit(Jobs().add(name="x", exec="/bin/true"))
+    m.wait4(["x"], timeout=60)
+    no = subprocess.run(qcgpj_cmd("purge", "--redis-url", cluster.url), input="n\n", capture_output=True,
+                        text=True)
+    assert no.returncode == 1 and "Aborted" in no.stderr and m.info("x")["state"] == "SUCCEED"
+    other = Manager(cluster.url, namespace="other")
+    other.submit(Jobs().add(name="z", exec="/bin/true"))
+    yes = subprocess.run(qcgpj_cmd("purge", "--yes", "--redis-url", cluster.url), capture_output=True, text=True)
+    assert yes.returncode == 0
+    # the running services write their own keys again (lease, events), but nothing of the jobs comes back
+    assert job_keys(m) == [] and m.list() == {} and not m.client.exists(m.store.keys.stats)
+    assert other.status("z") == {"z": "READY"}   # other namespaces are left alone
+
+
+def test_departed_executors_are_forgotten_after_the_retention(cluster):
+    cluster.inputqueue("--executor-retention", "2s")
+    first = cluster.worker(1, name="first")
+    m = cluster.manager()
+    cluster.wait_executors(m)
+    (eid,) = m.store.executors()
+    first.terminate()
+    first.wait(30)
+    assert m.store.prune_executors(3600) == 0 and eid in m.resources(departed=True)["executors"]
+    wait_for(m, lambda: eid not in m.resources(departed=True)["executors"], what="the executor forgotten")
+    assert [k for k in namespace_keys(m) if eid in k] == []
+
+
+def test_inputqueue_keep_finished_removes_jobs_after_they_end(cluster):
+    cluster.inputqueue("--keep-finished", "0")
+    cluster.worker(1)
+    m = cluster.manager()
+    cluster.wait_executors(m)
+    m.submit(Jobs().add(name="a", exec="/bin/true").add(name="b", exec="/bin/true", after=["a"]))
+    wait_for(m, lambda: m.store.active() == 0 and m.list() == {}, what="the jobs removed")
+    assert job_keys(m) == []

@@ -1,0 +1,149 @@
+"""``qcgpj report`` over a namespace filled by a real run (real redis-server, InputQueue and executor)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+from collections import defaultdict
+
+import pytest
+
+from qcgpj import Jobs
+from qcgpj.report import RedisSource, lanes, select_tasks, stats, utilisation
+from tests.cluster import Cluster, qcgpj_cmd
+
+
+@pytest.fixture(scope="module")
+def run(redis_server, tmp_path_factory):
+    """A finished run on one 3-core executor: a 2-core job, sleeps, a sweep with a failing iteration."""
+    redis_server.client().flushall()
+    wd = tmp_path_factory.mktemp("report")
+    cluster = Cluster(redis_server.url, wd, namespace="rep")
+    try:
+        m = cluster.serving(3)
+        jobs = Jobs().add(name="wide", exec="/bin/sleep", args=["0.3"], numCores=2)
+        for i in range(6):
+            jobs.add(name=f"s{i}", exec="/bin/sleep", args=["0.2"], after=["wide"])
+        jobs.add(name="sweep", script="sleep 0.1; exit $(( ${it} == 2 ))", iteration=4)
+        m.submit(jobs)
+        m.wait4all(timeout=120)
+        yield cluster, m
+    finally:
+        cluster.stop()
+
+
+def test_stats_add_up(run):
+    _cluster, m = run
+    s = stats(RedisSource(m.store))
+    assert s["jobs"] == 8 and s["jobs_by_state"] == {"SUCCEED": 7, "FAILED": 1}
+    assert s["tasks"] == 11 and s["tasks_by_state"] == {"SUCCEED": 10, "FAILED": 1}
+    runtimes = {n: m.info(n)["runtime"] for n in ["wide"] + [f"s{i}" for i in range(6)]}
+    sweep = [m.info(f"sweep:{i}") for i in range(4)]
+    busy = 2 * runtimes["wide"] + sum(v for k, v in runtimes.items() if k != "wide") + \
+        sum(r["end"] - r["start"] for r in sweep)
+    assert s["busy_core_seconds"] == pytest.approx(busy, abs=0.01)
+    assert s["core_hours"] == pytest.approx(busy / 3600, abs=1e-4)
+    assert runtimes["wide"] >= 0.3 and s["runtime"]["max"] >= 0.3
+    (e,) = s["executors"]
+    assert e["cores"] == 3 and e["tasks"] == 11 and e["state"] == "ALIVE"
+    assert 0 < s["utilisation_pct"] <= 100 and s["utilisation_pct"] == e["utilisation_pct"]
+    assert s["available_core_seconds"] >= s["busy_core_seconds"]
+    assert s["task_span"]["seconds"] >= 0.5   # wide, then the sleeps after it
+
+
+def test_jobs_filter_and_sort(run):
+    _cluster, m = run
+    src = RedisSource(m.store)
+    assert [t.task for t in select_tasks(src, state="failed")] == ["sweep:2"]
+    assert [t.task for t in select_tasks(src, name="sweep:*", sort="name")] == [f"sweep:{i}" for i in range(4)]
+    by_start = select_tasks(src, sort="start")
+    assert [t.start for t in by_start] == sorted(t.start for t in by_start)
+    runtimes = [t.runtime for t in select_tasks(src, sort="runtime")]
+    assert runtimes == sorted(runtimes)
+    (eid,) = m.store.executors()
+    assert len(select_tasks(src, executor=eid)) == 11 and select_tasks(src, executor="nobody") == []
+    out = subprocess.run(qcgpj_cmd("report", "jobs", "--state", "FAILED", "--csv", "--redis-url", _url(m), "-n", "rep"),
+                         capture_output=True, text=True)
+    (row,) = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert row["task"] == "sweep:2" and row["exit_code"] == "1" and float(row["start"]) > 0
+
+
+def _url(m) -> str:
+    kw = m.store.r.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/0"
+
+
+def test_gantt_lanes_never_overlap_and_hold_every_core_of_a_task(run):
+    _cluster, m = run
+    rows = lanes(RedisSource(m.store))
+    assert len(rows) == 12   # 11 tasks, the wide one on two lanes
+    per_lane = defaultdict(list)
+    for r in rows:
+        per_lane[(r["executor"], r["lane"])].append((r["start"], r["end"]))
+    assert {lane for _e, lane in per_lane} <= {0, 1, 2}
+    for spans in per_lane.values():
+        spans.sort()
+        assert all(a_end <= b_start + 1e-6 for (_s, a_end), (b_start, _e) in zip(spans, spans[1:]))
+    assert len({r["lane"] for r in rows if r["task"] == "wide"}) == 2
+
+
+def test_utilisation_steps(run):
+    _cluster, m = run
+    points = utilisation(RedisSource(m.store))
+    assert max(p["busy"] for p in points) <= 3 and max(p["available"] for p in points) == 3
+    assert points[-1]["busy"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
+def test_gantt_and_utilisation_images(run, tmp_path, fmt):
+    pytest.importorskip("matplotlib")
+    _cluster, m = run
+    for what in ("gantt", "utilisation"):
+        out = tmp_path / f"{what}.{fmt}"
+        res = subprocess.run(qcgpj_cmd("report", what, "-o", str(out), "--redis-url", _url(m), "-n", "rep"),
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        head = out.read_bytes()[:8]
+        assert head.startswith({"png": b"\x89PNG", "svg": b"<?xml", "pdf": b"%PDF"}[fmt])
+
+
+def test_json_of_every_figure(run):
+    _cluster, m = run
+    for args in (["stats"], ["gantt"], ["utilisation"], ["jobs"]):
+        res = subprocess.run(qcgpj_cmd("report", *args, "--json", "--redis-url", _url(m), "-n", "rep"),
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        data = json.loads(res.stdout)
+        assert data and (isinstance(data, dict) or isinstance(data[0], dict))
+
+
+def test_missing_matplotlib_is_one_clear_line(run, tmp_path):
+    _cluster, m = run
+    shim = tmp_path / "shim" / "matplotlib"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    env = dict(os.environ, PYTHONPATH=f"{shim.parent}{os.pathsep}{_cluster.env['PYTHONPATH']}")
+    res = subprocess.run(qcgpj_cmd("report", "gantt", "-o", str(tmp_path / "g.png"), "--redis-url", _url(m),
+                                   "-n", "rep"), capture_output=True, text=True, env=env)
+    assert res.returncode == 1
+    assert res.stderr == "Error: figures need matplotlib: pip install 'qcgpj[plot]'\n"
+
+
+def test_readable_times_and_typed_json(run):
+    _cluster, m = run
+
+    def cli(*args: str) -> str:
+        res = subprocess.run(qcgpj_cmd(*args, "--redis-url", _url(m), "-n", "rep"), capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+    (e,) = json.loads(cli("resources", "--json"))["executors"].values()
+    assert isinstance(e["total"], int) and isinstance(e["free"], int) and isinstance(e["started"], float)
+    assert e["alive"] is True and isinstance(e["running"], int)
+    assert json.loads(cli("status", "--json"))["counts"] == {"SUCCEED": 7, "FAILED": 1}
+    info = dict(line.split(": ", 1) for line in cli("info", "wide").splitlines())
+    from datetime import datetime
+    assert datetime.fromisoformat(info["start"]).timestamp() == pytest.approx(m.info("wide")["start"], abs=0.001)
+    assert info["runtime"].endswith(" ms") or info["runtime"].endswith(" s")
+    assert isinstance(json.loads(cli("info", "wide", "--json"))["start"], float)   # raw epochs in JSON
