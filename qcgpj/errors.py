@@ -44,3 +44,20 @@ class UnknownJobError(QcgpjError):
 
 class TimeoutError(QcgpjError):  # noqa: A001
     """A wait ran out of time before the jobs finished."""
+
+
+class ArgumentError(QcgpjError, ValueError):
+    """A call of the Python API got an argument of the wrong type or value (the CLI's bad option). Also a
+    ValueError, which is what such calls raised before."""
+
+
+class RedisError(QcgpjError):
+    """Redis refused a command for a reason of its own set-up: read-only replica, still loading, a script error."""
+
+
+class RedisPermissionError(RedisError):
+    """The Redis user's ACL forbids a command or key qcgpj needs (NOPERM); the README lists the minimal ACL."""
+
+
+class RedisMemoryError(RedisError):
+    """Redis reached its ``maxmemory`` and refuses writes (OOM); a script refused so wrote nothing."""
