@@ -83,6 +83,20 @@ def _checked(check: Callable[[str], Any]) -> Callable[[click.Context, click.Para
     return callback
 
 
+def _not_nan(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number of seconds")
+    return value
+
+
+def _read_jobs(file: str) -> list:
+    """The jobs of FILE; a file with none is a mistake (a wrong file, an emptied list), not a success."""
+    specs, _finish = parse_jobs_file(file)
+    if not specs:
+        raise QcgpjError(f"{file} holds no jobs")
+    return specs
+
+
 def _check_nodes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     from .resources import parse_nodes_option
     if value is not None:
@@ -106,7 +120,7 @@ cores_option = click.option("--cores", type=click.IntRange(min=1), default=None,
                             help="Cores to use (default: the allocation's or this machine's).")
 nodes_option = click.option("--nodes", default=None, metavar="N1:C,N2:C", callback=_check_nodes,
                             help="Nodes and cores to own, instead of discovery (testing, in local mode).")
-timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None,
+timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
                               help="Give up waiting after S seconds.")
 verbose_option = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 
@@ -166,7 +180,7 @@ def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nod
         timeout: float | None, progress: bool | None, verbose: int) -> None:
     """Run the jobs of FILE and wait for them: locally with no Redis, or on a queue's executors."""
     _logging(verbose)
-    specs, _finish = parse_jobs_file(file)
+    specs = _read_jobs(file)
     with Manager(redis_url, namespace=namespace, cores=cores, nodes=nodes) as m:
         names = m.submit(specs)
         show = sys.stderr.isatty() if progress is None else progress
@@ -182,7 +196,8 @@ def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nod
 @_errors
 def submit(file: str, redis_url: str | None, namespace: str) -> None:
     """Submit the jobs of FILE to the queue (all or none)."""
-    specs, _finish = parse_jobs_file(file)
+    _logging(0)   # the settings check's warnings
+    specs = _read_jobs(file)
     names = _remote(redis_url, namespace).submit(specs)
     click.echo(f"submitted {len(names)} job(s)")
 
@@ -341,6 +356,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     if not redis_url:
         raise QcgpjError(f"the worker needs a queue: give --redis-url or set {ENV_URL}")
     client = connect(redis_url)
+    check_settings(client)
     try:
         node_list = discover(cores=cores, nodes=nodes)
     except ValueError as exc:
