@@ -379,3 +379,48 @@ def test_hostile_api_call_raises_qcgpj_error_and_changes_nothing(queue, name):
 
 def test_there_are_enough_cases():
     assert len(FILE_CASES) + len(API_CASES) >= 150 and len(FILE_CASES) >= 150
+
+
+# ---------------------------------------------------------------------- a refusing Redis
+@pytest.fixture
+def refusing(tmp_path):
+    """A queue whose Redis refuses writes: ``refuse("oom")`` (maxmemory reached) or ``refuse("readonly")`` (it
+    became a replica, of a master that does not answer)."""
+    from tests.redisproc import free_port
+    with DebugRedis(aof=True) as server:
+        m = Manager(server.url)
+        m.submit(QUEUED)
+        q = Queue(server)
+        c = server.client()
+
+        def refuse(how: str) -> Queue:
+            if how == "oom":
+                c.config_set("maxmemory", 1)
+            else:
+                c.execute_command("REPLICAOF", "127.0.0.1", free_port())
+            q.base = snapshot(q.raw)   # REPLICAOF changes the replication id only
+            return q
+        yield refuse
+        c.config_set("maxmemory", 0)
+        c.execute_command("REPLICAOF", "NO", "ONE")
+
+
+@pytest.mark.parametrize("how, says", [("oom", "out of memory (maxmemory reached)"),
+                                       ("readonly", "read-only replica")])
+def test_a_refusing_redis_is_one_line_and_an_error_of_ours(refusing, tmp_path, how, says):
+    from qcgpj import RedisError
+    q = refusing(how)
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps([{"name": "new", "execution": {"exec": "/bin/true"}}]))
+    for argv in (["submit", str(path)], ["cancel", "single"]):
+        res = CliRunner().invoke(main, [*argv, "--redis-url", q.url])
+        assert res.exit_code == 1, res.output
+        one_line(res.stderr)
+        assert says in res.stderr
+        q.unchanged()
+    m = Manager(q.url)
+    for call in (lambda: m.submit([{"name": "new", "execution": {"exec": "/bin/true"}}]),
+                 lambda: m.cancel(["single"])):
+        with pytest.raises(RedisError, match=says.split(" (")[0]):
+            call()
+        q.unchanged()
