@@ -42,6 +42,9 @@ def _one_line(message: str) -> click.ClickException:
     return click.ClickException(" ".join(message.split("\n")))
 
 
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())   # click >= 8.2
+
+
 class _OneLineUsage:
     """A bad option or argument is one line and exit code 1 like any other bad input (click prints its usage
     and exits 2)."""
@@ -60,7 +63,9 @@ class _OneLineUsage:
             raise _usage(exc) from None
 
 
-def _usage(exc: click.UsageError) -> click.ClickException:
+def _usage(exc: click.UsageError) -> click.UsageError | click.ClickException:
+    if isinstance(exc, _HELP):   # no arguments at all: the help, as click shows it
+        return exc
     hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
     return _one_line(exc.format_message() + hint)
 

@@ -424,3 +424,9 @@ def test_a_refusing_redis_is_one_line_and_an_error_of_ours(refusing, tmp_path, h
         with pytest.raises(RedisError, match=says.split(" (")[0]):
             call()
         q.unchanged()
+
+
+def test_no_arguments_at_all_still_show_the_help():
+    """Usage errors are one line, but `qcgpj` alone is a request for the help, shown as click shows it."""
+    res = CliRunner().invoke(main, [])
+    assert "Usage:" in res.output and "submit" in res.output
