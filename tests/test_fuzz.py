@@ -430,3 +430,26 @@ def test_no_arguments_at_all_still_show_the_help():
     """Usage errors are one line, but `qcgpj` alone is a request for the help, shown as click shows it."""
     res = CliRunner().invoke(main, [])
     assert "Usage:" in res.output and "submit" in res.output
+
+
+@pytest.mark.parametrize("exc, kind, says", [
+    (redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"), "RedisError", "still loading"),
+    (redis.exceptions.ReadOnlyError("You can't write against a read only replica."), "RedisError", "read-only"),
+    (redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "RedisMemoryError",
+     "out of memory"),
+    (redis.ResponseError("Error running script (call to f_0): @user_script:3: -OOM command not allowed when used "
+                         "memory > 'maxmemory'.\nscript: 0"), "RedisMemoryError", "out of memory"),
+    (redis.exceptions.NoPermissionError("this user has no permissions to run the 'xadd' command"),
+     "RedisPermissionError", "(ACL)"),
+    (redis.ResponseError("ERR Error running script: The user executing the script can't run this command or "
+                         "subcommand"), "RedisPermissionError", "(ACL)"),
+    (redis.ResponseError("DB index is out of range"), "ConnectionError", "no such database"),
+    (redis.AuthenticationError("invalid username-password pair"), "ConnectionError", "refused the credentials"),
+    (redis.ConnectionError("Error 111 connecting"), "ConnectionError", "lost the connection"),
+    (redis.ResponseError("MASTERDOWN Link with MASTER is down"), "RedisError", "refused a command: MASTERDOWN"),
+])
+def test_each_refusal_of_redis_is_named_in_one_line(exc, kind, says):
+    """The causes that cannot be set up cheaply for real (LOADING, a script's OOM text, MASTERDOWN): the mapping."""
+    from qcgpj.connection import redis_error
+    err = redis_error(exc)
+    assert type(err).__name__ == kind and says in str(err) and "\n" not in str(err), str(err)
