@@ -146,9 +146,11 @@ def nodes(v: Any) -> str | None:
     if not isinstance(v, str):
         raise ArgumentError(f"must be a string like 'n1:4,n2:4', got {_show(v)}")
     try:
-        parse_nodes_option(v)
+        names = [n.name for n in parse_nodes_option(v)]
     except ValueError as exc:
         raise ArgumentError(str(exc).removeprefix("--nodes: ")) from None
+    if len(set(names)) < len(names):
+        raise ArgumentError(f"names a node twice: {v!r}")
     return v
 
 

@@ -16,6 +16,7 @@ import redis
 from .connection import ENV_URL, check_settings, connect, redis_error
 from .errors import QcgpjError
 from .keys import Keys, check_executor_id
+from . import arguments
 from .batch import parse_jobs_file
 from .bench import WORKLOADS
 from .manager import Manager
@@ -102,13 +103,13 @@ def _read_jobs(file: str) -> list:
     return specs
 
 
-def _check_nodes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    from .resources import parse_nodes_option
+def _check_wd(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """The tasks' root directory, made now: a worker that cannot write there would fail every task."""
     if value is not None:
         try:
-            parse_nodes_option(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc).removeprefix("--nodes: ")) from None
+            os.makedirs(value, exist_ok=True)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot make {value}: {exc.strerror}") from None
     return value
 
 
@@ -123,7 +124,7 @@ ns_option = click.option("--namespace", "-n", envvar="QCGPJ_NAMESPACE", default=
                          callback=_checked(Keys), help="Independent queue inside one Redis.")
 cores_option = click.option("--cores", type=click.IntRange(min=1), default=None,
                             help="Cores to use (default: the allocation's or this machine's).")
-nodes_option = click.option("--nodes", default=None, metavar="N1:C,N2:C", callback=_check_nodes,
+nodes_option = click.option("--nodes", default=None, metavar="N1:C,N2:C", callback=_checked(arguments.nodes),
                             help="Nodes and cores to own, instead of discovery (testing, in local mode).")
 timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
                               help="Give up waiting after S seconds.")
@@ -338,12 +339,14 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @ns_option
 @cores_option
 @nodes_option
-@click.option("--wd", default=None, help="Root working directory of tasks (default: current directory).")
+@click.option("--wd", default=None, callback=_check_wd,
+              help="Root working directory of tasks (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
 @click.option("--prefetch", type=click.IntRange(min=1), default=None,
               help="Tasks claimed ahead on this executor, fixed (default: adapts to the rate tasks end, "
                    "from max(cores, 16) up to 256).")
-@click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help="Seconds between heartbeats.")
+@click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Seconds between heartbeats.")
 @click.option("--ttl", type=int, default=10, show_default=True, help="Seconds without heartbeat before it is dead.")
 @click.option("--id", "eid", default=None, callback=_checked(check_executor_id),
               help="Executor id (default: host-pid-random).")
@@ -378,8 +381,10 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
 @click.option("--start-redis", is_flag=True, help="Start a private redis-server for the run (needs it on PATH).")
 @click.option("--workload", "-w", "workloads", multiple=True, type=click.Choice(WORKLOADS),
               help="Workloads to run (default: all).")
-@click.option("--tasks", type=click.IntRange(min=1), default=10_000, show_default=True, help="Jobs (or iterations) per run.")
-@click.option("--chain", type=click.IntRange(min=1), default=1_000, show_default=True, help="Length of the dependency chain.")
+@click.option("--tasks", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Jobs (or iterations) per run.")
+@click.option("--chain", type=click.IntRange(min=1), default=1_000, show_default=True,
+              help="Length of the dependency chain.")
 @click.option("--submit-jobs", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Separate jobs in the submission workload.")
 @click.option("--submit-iterations", type=click.IntRange(min=1), default=1_000_000, show_default=True,

@@ -257,7 +257,9 @@ def test_malformed_file_as_a_real_process(queue, tmp_path, name):
                                                                    "--timeout", "nan"],
     ["worker", "--redis-url", "{url}", "--id", "bad|id"], ["worker", "--redis-url", "{url}", "--cores", "0"],
     ["worker", "--redis-url", "{url}", "--prefetch", "0"], ["worker", "--redis-url", "{url}", "--heartbeat", "0"],
-    ["worker", "--redis-url", "{url}", "--nodes", "a:0"], ["inputqueue", "--redis-url", "{url}", "--max-attempts", "0"],
+    ["worker", "--redis-url", "{url}", "--nodes", "a:0"], ["worker", "--redis-url", "{url}", "--nodes", "a:1,a:2"],
+    ["worker", "--redis-url", "{url}", "--wd", "/proc/nonexistent/wd"], ["run", "{file}", "--nodes", "a:1,a:2"],
+    ["inputqueue", "--redis-url", "{url}", "--max-attempts", "0"],
     ["status"], ["nosuch-command"], ["status", "--redis-url", "{url}", "--bogus"],
 ], ids=lambda a: " ".join(a))
 def test_bad_options_give_one_line_and_change_nothing(queue, tmp_path, args):
@@ -287,6 +289,7 @@ def hostile_calls(url: str) -> list[tuple[str, Callable[[Manager], Any]]]:
         ("Manager(cores='x')", lambda m: Manager(cores="x")),
         ("Manager(nodes='n1:x')", lambda m: Manager(nodes="n1:x")),
         ("Manager(nodes=5)", lambda m: Manager(nodes=5)),
+        ("Manager(nodes='a:1,a:2')", lambda m: Manager(nodes="a:1,a:2")),
         ("Manager(max_attempts=0)", lambda m: Manager(max_attempts=0)),
         ("Manager(root_wd=5)", lambda m: Manager(root_wd=5)),
         ("Manager(client='x')", lambda m: Manager(client="x")),
