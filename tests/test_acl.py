@@ -1,4 +1,5 @@
-"""A Redis user restricted to the minimal ACL of the README runs a whole queue; one without it gets one clear line.
+"""A Redis user restricted to the minimal ACL of the README runs a whole queue; one without it gets one clear line;
+the settings check speaks from every command that starts a service and from submit.
 
 The ACL below is the README's, for namespace 'acl': keys of that namespace only, and the commands qcgpj uses
 (found by running every command under MONITOR and the ACL LOG); CONFIG GET is not among them, so the settings
@@ -87,3 +88,14 @@ def test_api_raises_a_permission_error(server):
     m = Manager(url(server, "elsewhere"), namespace=NS)
     with pytest.raises(RedisPermissionError, match="ACL"):
         m.submit(Jobs().add(name="x", exec="/bin/true"))
+
+
+def test_settings_warnings_come_from_submit_and_the_worker(redis_url, tmp_path):
+    """A Redis that keeps nothing on disk (the session's test server) is warned of by every command that starts
+    a service and by submit, not only by the InputQueue."""
+    (tmp_path / "jobs.json").write_text('[{"name": "x", "execution": {"exec": "/bin/true"}}]')
+    sub = qcgpj("submit", "jobs.json", "--redis-url", redis_url, cwd=tmp_path)
+    assert sub.returncode == 0 and "keeps nothing on disk" in sub.stderr, sub.stderr
+    worker = qcgpj("worker", "--redis-url", redis_url, "-n", "idle", "--exit-when-idle", "--cores", "1",
+                   cwd=tmp_path)
+    assert worker.returncode == 0 and "keeps nothing on disk" in worker.stderr, worker.stderr
