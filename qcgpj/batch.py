@@ -22,6 +22,10 @@ def parse_jobs_text(text: str) -> tuple[list[JobSpec], bool]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise JobSpecError(None, None, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise JobSpecError(None, None, "malformed JSON: nested too deeply") from None
+    except ValueError as exc:   # a number of more than 4300 digits
+        raise JobSpecError(None, None, f"malformed JSON: {exc}") from None
     if not isinstance(data, list):
         raise JobSpecError(None, None, f"expected a list of requests or of job descriptions, got {_show(data)}")
     jobs: list[JobSpec] = []

@@ -13,8 +13,10 @@ from typing import Any, Callable
 import click
 import redis
 
-from .connection import ENV_URL, check_settings, connect
+from .connection import ENV_URL, check_settings, connect, redis_error
 from .errors import QcgpjError
+from .keys import Keys, check_executor_id
+from . import arguments
 from .batch import parse_jobs_file
 from .bench import WORKLOADS
 from .manager import Manager
@@ -24,16 +26,91 @@ STATE_ORDER = ("SUCCEED", "FAILED", "OMITTED", "CANCELED", "EXECUTING", "SCHEDUL
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Our errors become one line on stderr and exit code 1."""
+    """Our errors, and Redis's refusals (ACL, memory, a lost connection after the client's retries), become one
+    line on stderr and exit code 1."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except QcgpjError as exc:
-            raise click.ClickException(str(exc)) from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:   # lost after the client's retries
-            raise click.ClickException(f"lost the connection to Redis: {exc}") from None
+            raise _one_line(str(exc)) from None
+        except redis.RedisError as exc:
+            raise _one_line(str(redis_error(exc))) from None
     return wrapper
+
+
+def _one_line(message: str) -> click.ClickException:
+    return click.ClickException(" ".join(message.split("\n")))
+
+
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())   # click >= 8.2
+
+
+class _OneLineUsage:
+    """A bad option or argument is one line and exit code 1 like any other bad input (click prints its usage
+    and exits 2)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)   # type: ignore[misc]
+        except click.UsageError as exc:
+            raise _usage(exc) from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)   # type: ignore[misc]
+        except click.UsageError as exc:
+            raise _usage(exc) from None
+
+
+def _usage(exc: click.UsageError) -> click.UsageError | click.ClickException:
+    if isinstance(exc, _HELP):   # no arguments at all: the help, as click shows it
+        return exc
+    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return _one_line(exc.format_message() + hint)
+
+
+class Command(_OneLineUsage, click.Command):
+    pass
+
+
+class Group(_OneLineUsage, click.Group):
+    command_class = Command
+
+
+def _checked(check: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback from one of our checks (which raise QcgpjError)."""
+    def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        try:
+            return value if value is None else check(value) and value
+        except QcgpjError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return callback
+
+
+def _not_nan(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number of seconds")
+    return value
+
+
+def _read_jobs(file: str) -> list:
+    """The jobs of FILE; a file with none is a mistake (a wrong file, an emptied list), not a success."""
+    specs, _finish = parse_jobs_file(file)
+    if not specs:
+        raise QcgpjError(f"{file} holds no jobs")
+    return specs
+
+
+def _check_wd(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """The tasks' root directory, made now: a worker that cannot write there would fail every task."""
+    if value is not None:
+        try:
+            os.makedirs(value, exist_ok=True)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot make {value}: {exc.strerror}") from None
+    return value
 
 
 def _logging(verbose: int) -> None:
@@ -59,11 +136,17 @@ DURATION = _Duration()
 url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
                           help=f"Redis URL (env {ENV_URL}); none: local mode, everything in this process.")
 ns_option = click.option("--namespace", "-n", envvar="QCGPJ_NAMESPACE", default="default", show_default=True,
-                         help="Independent queue inside one Redis.")
+                         callback=_checked(Keys), help="Independent queue inside one Redis.")
+cores_option = click.option("--cores", type=click.IntRange(min=1), default=None,
+                            help="Cores to use (default: the allocation's or this machine's).")
+nodes_option = click.option("--nodes", default=None, metavar="N1:C,N2:C", callback=_checked(arguments.nodes),
+                            help="Nodes and cores to own, instead of discovery (testing, in local mode).")
+timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
+                              help="Give up waiting after S seconds.")
 verbose_option = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """qcgpj: many small jobs inside HPC allocations, through one Redis-backed global queue."""
 
@@ -108,9 +191,9 @@ def _summary(m: Manager, states: dict[str, str | None]) -> bool:
 @click.argument("file", type=click.Path(dir_okay=False))
 @url_option
 @ns_option
-@click.option("--cores", type=int, default=None, help="Local mode: cores to use (default: this machine's).")
-@click.option("--nodes", default=None, metavar="N1:C,N2:C", help="Local mode: nodes to pretend (testing).")
-@click.option("--timeout", type=float, default=None, help="Give up waiting after S seconds.")
+@cores_option
+@nodes_option
+@timeout_option
 @click.option("--progress/--no-progress", default=None, help="Progress display (default: when on a terminal).")
 @verbose_option
 @_errors
@@ -118,7 +201,7 @@ def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nod
         timeout: float | None, progress: bool | None, verbose: int) -> None:
     """Run the jobs of FILE and wait for them: locally with no Redis, or on a queue's executors."""
     _logging(verbose)
-    specs, _finish = parse_jobs_file(file)
+    specs = _read_jobs(file)
     with Manager(redis_url, namespace=namespace, cores=cores, nodes=nodes) as m:
         names = m.submit(specs)
         show = sys.stderr.isatty() if progress is None else progress
@@ -134,7 +217,8 @@ def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nod
 @_errors
 def submit(file: str, redis_url: str | None, namespace: str) -> None:
     """Submit the jobs of FILE to the queue (all or none)."""
-    specs, _finish = parse_jobs_file(file)
+    _logging(0)   # the settings check's warnings
+    specs = _read_jobs(file)
     names = _remote(redis_url, namespace).submit(specs)
     click.echo(f"submitted {len(names)} job(s)")
 
@@ -209,7 +293,7 @@ def cancel(names: tuple[str, ...], redis_url: str | None, namespace: str) -> Non
 @click.argument("names", nargs=-1)
 @url_option
 @ns_option
-@click.option("--timeout", type=float, default=None)
+@timeout_option
 @click.option("--progress/--no-progress", default=None)
 @_errors
 def wait(names: tuple[str, ...], redis_url: str | None, namespace: str, timeout: float | None,
@@ -278,22 +362,24 @@ def _on_signals(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @url_option
 @ns_option
-@click.option("--cores", type=int, default=None, help="Cores to use (default: the allocation's or machine's).")
-@click.option("--nodes", default=None, metavar="N1:C,N2:C", help="Nodes and cores to own, instead of discovery.")
-@click.option("--wd", default=None, help="Root working directory of tasks (default: current directory).")
+@cores_option
+@nodes_option
+@click.option("--wd", default=None, callback=_check_wd,
+              help="Root working directory of tasks (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
-@click.option("--prefetch", type=int, default=None,
+@click.option("--prefetch", type=click.IntRange(min=1), default=None,
               help="Tasks claimed ahead on this executor, fixed (default: adapts to the rate tasks end, "
                    "from max(cores, 16) up to 256).")
 @click.option("--heartbeat", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
               help="Seconds between heartbeats (less than --ttl).")
 @click.option("--ttl", type=click.IntRange(min=1), default=10, show_default=True,
               help="Seconds without heartbeat before it is dead.")
-@click.option("--id", "eid", default=None, help="Executor id (default: host-pid-random).")
-@click.option("--reconcile", type=float, default=5.0, show_default=True,
+@click.option("--id", "eid", default=None, callback=_checked(check_executor_id),
+              help="Executor id (default: host-pid-random).")
+@click.option("--reconcile", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Seconds between checks of the running list against what this worker knows.")
 @verbose_option
 @_errors
@@ -310,6 +396,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
         raise click.BadParameter(f"{heartbeat:g} s is not less than --ttl ({ttl} s): the executor would be "
                                  "declared dead between two heartbeats", param_hint="'--heartbeat'")
     client = connect(redis_url)
+    check_settings(client)
     try:
         node_list = discover(cores=cores, nodes=nodes)
     except ValueError as exc:
@@ -326,13 +413,15 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
 @click.option("--start-redis", is_flag=True, help="Start a private redis-server for the run (needs it on PATH).")
 @click.option("--workload", "-w", "workloads", multiple=True, type=click.Choice(WORKLOADS),
               help="Workloads to run (default: all).")
-@click.option("--tasks", type=int, default=10_000, show_default=True, help="Jobs (or iterations) per run.")
-@click.option("--chain", type=int, default=1_000, show_default=True, help="Length of the dependency chain.")
-@click.option("--submit-jobs", type=int, default=100_000, show_default=True,
+@click.option("--tasks", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Jobs (or iterations) per run.")
+@click.option("--chain", type=click.IntRange(min=1), default=1_000, show_default=True,
+              help="Length of the dependency chain.")
+@click.option("--submit-jobs", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Separate jobs in the submission workload.")
-@click.option("--submit-iterations", type=int, default=1_000_000, show_default=True,
+@click.option("--submit-iterations", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Iterations of the one iterative job in the submission workload.")
-@click.option("--cores", type=int, default=None, help="Executor cores (default: this machine's).")
+@click.option("--cores", type=click.IntRange(min=1), default=None, help="Executor cores (default: this machine's).")
 @click.option("--external", is_flag=True,
               help="Use executors already serving the namespace given by -n (only this run's jobs are removed "
                    "afterwards).")

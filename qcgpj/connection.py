@@ -1,20 +1,25 @@
-"""Opening Redis: a clear error for a bad URL, an unreachable server or a wrong password, and the settings check."""
+"""Opening Redis: a clear error for a bad URL, an unreachable server or a wrong password, the settings check, and
+Redis's refusals (ACL, memory, replica, loading) as qcgpj's own errors, one line each."""
 from __future__ import annotations
 
 import logging
 import os
+import re
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .errors import ConnectionError
+from .errors import ConnectionError, QcgpjError, RedisError, RedisMemoryError, RedisPermissionError
 
 log = logging.getLogger(__name__)
 
 ENV_URL = "QCGPJ_REDIS_URL"
 SCHEMES = ("redis", "rediss", "unix")
+DB_PATH = re.compile(r"/?\d*")   # redis-py ignores a path that is not a number: say so instead
+ACL_HINT = "see 'Minimal ACL' in the README"
+_settings_checked: set[tuple] = set()
 
 
 def safe_url(url: str) -> str:
@@ -28,9 +33,13 @@ def safe_url(url: str) -> str:
 
 def connect(url: str, check: bool = True) -> redis.Redis:
     """A client that reconnects with backoff: a Redis restart is a pause, not a crash."""
-    scheme = urlsplit(url).scheme
-    if scheme not in SCHEMES:
+    if not isinstance(url, str):
+        raise ConnectionError(f"a Redis URL must be a string, got {type(url).__name__} {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
         raise ConnectionError(f"bad Redis URL '{safe_url(url)}': it must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix" and not DB_PATH.fullmatch(parts.path):
+        raise ConnectionError(f"bad Redis URL '{safe_url(url)}': the path must be a database number (/0)")
     try:
         if check:   # first contact without retries: a wrong URL or a server that is down is said at once
             probe = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
@@ -48,14 +57,34 @@ def connect(url: str, check: bool = True) -> redis.Redis:
 def ping(client: redis.Redis, url: str) -> None:
     try:
         client.ping()
-    except redis.AuthenticationError as exc:
-        raise ConnectionError(f"Redis at {safe_url(url)} refused the credentials: {exc}") from None
-    except redis.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise ConnectionError(f"Redis at {safe_url(url)} refused the credentials: {exc}") from None
-        raise
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+    except redis.RedisError as exc:
+        raise redis_error(exc, url) from None
+    except OSError as exc:
         raise ConnectionError(f"cannot reach Redis at {safe_url(url)}: {exc}") from None
+
+
+def redis_error(exc: redis.RedisError, url: str | None = None) -> QcgpjError:
+    """Our error for one of Redis's, naming the cause in one line: these come from the user's set-up (ACL,
+    maxmemory, a replica's URL, a wrong database), not from qcgpj, so they are said, not shown as tracebacks."""
+    where = f"Redis at {safe_url(url)}" if url else "Redis"
+    text = " ".join(str(exc).split())   # scripts' errors span lines
+    if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
+        return ConnectionError(f"{where} refused the credentials: {text}")
+    if isinstance(exc, redis.BusyLoadingError) or text.startswith("LOADING"):
+        return RedisError(f"{where} is still loading its data; try again in a moment")
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return ConnectionError(f"cannot reach {where}: {text}" if url else f"lost the connection to Redis: {text}")
+    if isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in text or "no permissions" in text \
+            or "can't run this command" in text:
+        return RedisPermissionError(f"{where} denied a command to this user (ACL): {text}; {ACL_HINT}")
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in text:
+        return RedisMemoryError(f"{where} is out of memory (maxmemory reached) and refuses writes: free memory "
+                                "or raise maxmemory")
+    if isinstance(exc, redis.ReadOnlyError) or "READONLY" in text:
+        return RedisError(f"{where} is a read-only replica: give the URL of its master")
+    if "DB index is out of range" in text:
+        return ConnectionError(f"{where}: no such database (DB index is out of range)")
+    return RedisError(f"{where} refused a command: {text}")
 
 
 def url_from_env(url: str | None) -> str | None:
@@ -63,13 +92,22 @@ def url_from_env(url: str | None) -> str | None:
 
 
 def check_settings(client: redis.Redis) -> list[str]:
-    """Warnings for settings that can lose jobs: no persistence, or eviction of our keys."""
+    """Warnings for settings that can lose jobs: no persistence, or eviction of our keys; once per server and
+    process. Where CONFIG GET is not allowed (an ACL, a managed Redis) a note says the check was skipped."""
+    kw = client.connection_pool.connection_kwargs
+    server = (kw.get("host"), kw.get("port"), kw.get("path"), kw.get("db"))
+    if server in _settings_checked:
+        return []
+    _settings_checked.add(server)
     warnings = []
     try:
         cfg = client.config_get("appendonly")
         cfg.update(client.config_get("maxmemory-policy"))
         cfg.update(client.config_get("save"))
-    except redis.ResponseError:   # CONFIG may be disabled (managed Redis): nothing to say
+    except redis.ResponseError as exc:
+        warnings.append(f"could not check Redis's persistence and eviction settings ({' '.join(str(exc).split())}); "
+                        "make sure of 'appendonly yes' and 'maxmemory-policy noeviction'")
+        log.warning(warnings[0])
         return warnings
     if cfg.get("appendonly") != "yes" and not cfg.get("save"):
         warnings.append("Redis keeps nothing on disk (appendonly no, no save): a Redis restart loses the queue; "

@@ -63,3 +63,20 @@ class RemoveError(QcgpjError):
             return cls(job, why, f"is {detail}: only final jobs can be removed (cancel it first)")
         return cls(job, why, f"jobs that are not final yet depend on it ({detail.replace(',', ', ')}): "
                              "remove it once they have ended")
+
+
+class ArgumentError(QcgpjError, ValueError):
+    """A call of the Python API got an argument of the wrong type or value (the CLI's bad option). Also a
+    ValueError, which is what such calls raised before."""
+
+
+class RedisError(QcgpjError):
+    """Redis refused a command for a reason of its own set-up: read-only replica, still loading, a script error."""
+
+
+class RedisPermissionError(RedisError):
+    """The Redis user's ACL forbids a command or key qcgpj needs (NOPERM); the README lists the minimal ACL."""
+
+
+class RedisMemoryError(RedisError):
+    """Redis reached its ``maxmemory`` and refuses writes (OOM); a script refused so wrote nothing."""

@@ -402,9 +402,9 @@ class Executor:
                                        self.local_node, self.models, self._env)
         except QcgpjError as exc:
             slot.message = str(exc)
-        except Exception as exc:   # a task must always be reported, whatever broke
-            log.exception("task %s: launch failed", slot.entry.task)
-            slot.message = f"launch failed: {exc}"
+        except Exception as exc:   # a task must always be reported, whatever broke: the message says it
+            log.debug("task %s: launch failed", slot.entry.task, exc_info=True)
+            slot.message = f"launch failed: {' '.join(f'{type(exc).__name__}: {exc}'.split())[:300]}"
         if slot.launch is None:
             self._finish(slot, None)
             return

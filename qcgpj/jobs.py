@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import DuplicateJobError, JobSpecError, UnknownJobError
+from .errors import ArgumentError, DuplicateJobError, JobSpecError, QcgpjError, UnknownJobError
 from .batch import parse_jobs_file
 from .jobspec import JobSpec, make_job, parse_job
 
@@ -32,14 +32,18 @@ class Jobs:
             modules: list[str] | str | None = None, venv: str | None = None, model: str | None = None,
             model_opts: dict | None = None, numCores: Any = None, numNodes: Any = None,
             wt: str | float | None = None, iteration: Any = None, after: list[str] | str | None = None,
-            attributes: dict | None = None) -> Jobs:
+            attributes: dict | None = None, **unknown: Any) -> Jobs:
         """Add one job; without a name it gets a unique one (QCG-PilotJob uses a UUID4; see ``_unique_name``).
 
         ``numCores``/``numNodes``: an int or ``{"exact": n}`` / ``{"min": a, "max": b}``; ``iteration``: N (0..N-1),
         ``range(s, e)``, ``{"start": s, "stop": e}``, ``{"values": [...]}`` or a list of values; ``after``: a name or
         a list. Errors name the job and the field as in the file format (``resources.numCores``)."""
         if isinstance(name, dict):   # QCG-PilotJob's add({...}, **more)
-            return self._add_attrs(name, {k: v for k, v in locals().items() if k not in ("self", "name")})
+            given = {k: v for k, v in locals().items() if k not in ("self", "name", "unknown")}
+            return self._add_attrs(name, {**given, **unknown})
+        if unknown:
+            raise JobSpecError(name if isinstance(name, str) else None, next(iter(unknown)),
+                               f"unknown job attribute (known: {', '.join(_ADD_PARAMS)})")
         if name is None:
             name = _unique_name()
         if iteration is not None:
@@ -71,7 +75,7 @@ class Jobs:
         return self.add(**merged)
 
     def remove(self, name: str) -> Jobs:
-        if self._jobs.pop(name, None) is None:
+        if not isinstance(name, str) or self._jobs.pop(name, None) is None:
             raise UnknownJobError(f"job '{name}' is not in this batch")
         return self
 
@@ -92,14 +96,19 @@ class Jobs:
 
     def load_from_file(self, path: str) -> Jobs:
         """Add the jobs of a request file or of a file written by ``save_to_file``."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ArgumentError(f"Jobs.load_from_file: 'path' must be a path, got {type(path).__name__} {path!r}")
         for spec in parse_jobs_file(path)[0]:
             self._append(spec)
         return self
 
     def save_to_file(self, path: str) -> None:
         """Write the jobs as a JSON list of QCG-PilotJob job descriptions."""
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump([s.to_dict() for s in self._jobs.values()], f, indent=2)
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump([s.to_dict() for s in self._jobs.values()], f, indent=2)
+        except (OSError, TypeError) as exc:
+            raise QcgpjError(f"cannot write {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -128,7 +137,7 @@ def _new_prefix() -> None:
 
 if hasattr(os, "register_at_fork"):   # forked workers must not repeat their parent's names
     os.register_at_fork(after_in_child=_new_prefix)
-_ADD_PARAMS = tuple(p for p in inspect.signature(Jobs.add).parameters if p != "self")
+_ADD_PARAMS = tuple(p for p in inspect.signature(Jobs.add).parameters if p not in ("self", "unknown"))
 
 
 def _iteration_arg(job: str, it: Any) -> Any:

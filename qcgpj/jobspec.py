@@ -11,6 +11,7 @@ import logging
 import math
 import operator
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -38,7 +39,15 @@ COUNT_FIELDS = frozenset({"exact", "min", "max", "scheduler"})
 ITER_FIELDS = frozenset({"start", "stop", "values"})
 DEP_FIELDS = frozenset({"after"})
 SUBMIT_FIELDS = frozenset({"request", "jobs"})
+# Bounds that keep a value exact where it goes: Lua's numbers print integers exactly up to 14 digits, a walltime
+# must fit a timer, and free-form data must not nest deeper than a reader's stack.
+MAX_INT = 10 ** 12
+MAX_WALLTIME = 366 * 86400.0
+MAX_DEPTH = 32
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 64, 64
+_repr = _REPR.repr
 _warned: set[str] = set()
 
 
@@ -218,7 +227,7 @@ def _show(v: Any) -> str:
     """A value for an error message: its JSON type and a short repr."""
     kind = {dict: "object", list: "array", tuple: "array", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(v), type(v).__name__)
-    text = repr(v)
+    text = _repr(v)   # bounded in depth and length: the value may be huge or nested thousands deep
     return f"{kind} {text[:60] + '...' if len(text) > 63 else text}"
 
 
@@ -290,7 +299,7 @@ def _env(job: str, v: Any) -> dict[str, str]:
 
 
 def _positive(job: str, v: Any, fld: str, least: int = 1) -> int:
-    if type(v) is int and v >= least:
+    if type(v) is int and least <= v <= MAX_INT:
         return v
     n = None
     if not isinstance(v, (bool, float)):
@@ -300,12 +309,14 @@ def _positive(job: str, v: Any, fld: str, least: int = 1) -> int:
             pass
     if n is None or n < least:
         raise JobSpecError(job, fld, f"must be a {'positive' if least else 'non-negative'} integer, got {_show(v)}")
+    if n > MAX_INT:
+        raise JobSpecError(job, fld, f"must be at most {MAX_INT:,}, got {_show(v)}")
     return n
 
 
 def _count(job: str, v: Any, fld: str) -> tuple[int, int | None]:
     """An integer, ``{exact}`` or ``{min, max}`` -> (min, max); max None means no upper bound."""
-    if type(v) is int and v >= 1:
+    if type(v) is int and 1 <= v <= MAX_INT:
         return v, v
     if not isinstance(v, dict):
         n = _positive(job, v, fld)
@@ -335,10 +346,12 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-def _plain(job: str, v: Any, fld: str) -> None:
+def _plain(job: str, v: Any, fld: str, depth: int = 0) -> None:
     """Free-form values (attributes, model_opts) must survive JSON unchanged."""
     if v is None or isinstance(v, (str, bool, int)):
         return
+    if depth >= MAX_DEPTH:
+        raise JobSpecError(job, fld, f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(v, float):
         if not math.isfinite(v):
             raise JobSpecError(job, fld, f"must be a finite number, got {v!r}")
@@ -346,10 +359,10 @@ def _plain(job: str, v: Any, fld: str) -> None:
         for k, x in v.items():
             if not isinstance(k, str):
                 raise JobSpecError(job, fld, f"keys must be strings, got {_show(k)}")
-            _plain(job, x, f"{fld}.{k}")
+            _plain(job, x, f"{fld}.{k}", depth + 1)
     elif isinstance(v, (list, tuple)):
         for i, x in enumerate(v):
-            _plain(job, x, f"{fld}[{i}]")
+            _plain(job, x, f"{fld}[{i}]", depth + 1)
     else:
         raise JobSpecError(job, fld, f"must be JSON data (string, number, boolean, null, list, object), got {_show(v)}")
 
@@ -360,8 +373,8 @@ def parse_walltime(s: Any) -> float:
         return _walltime_text(s)
     if not isinstance(s, (int, float)) or isinstance(s, bool):
         raise TypeError(f"expected a duration like '1h30m' or a number of seconds, got {_show(s)}")
-    if not 0.001 <= s < math.inf:
-        raise ValueError(f"must be a positive duration of at least 1ms, got {s!r}")
+    if not 0.001 <= s <= MAX_WALLTIME:
+        raise ValueError(f"must be a positive duration between 1ms and 366 days, got {s!r}")
     return float(s)
 
 
@@ -415,6 +428,9 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
         _str(job, wd, "execution.wd")
     if venv is not None:
         _str(job, venv, "execution.venv")
+    env = {} if env is None else _env(job, env)
+    modules = () if modules is None else _strlist(job, modules, "execution.modules", False)
+    _os_strings(job, exec, script, args, stdin, stdout, stderr, wd, venv, env, modules)
     cores = (1, 1) if numCores is None else _count(job, numCores, "resources.numCores")
     nodes = (None, None) if numNodes is None else _count(job, numNodes, "resources.numNodes")
     if wt is not None:
@@ -422,13 +438,41 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
             wt = parse_walltime(wt)
         except (ValueError, TypeError) as exc:
             raise JobSpecError(job, "resources.wt", str(exc)) from None
-    return JobSpec(job, exec, script, args, {} if env is None else _env(job, env), stdin, stdout, stderr, wd,
+    return JobSpec(job, exec, script, args, env, stdin, stdout, stderr, wd,
                    "default" if model is None else _model(job, model, exec),
                    {} if model_opts is None else _plain_dict(job, model_opts, "execution.model_opts"),
-                   () if modules is None else _strlist(job, modules, "execution.modules", False), venv,
+                   modules, venv,
                    cores[0], cores[1], nodes[0], nodes[1], wt, () if after is None else _after(job, after),
                    None if iteration is None else _iteration(job, iteration),
                    {} if attributes is None else _plain_dict(job, attributes, "attributes"))
+
+
+def _os_strings(job: str, exec: str | None, script: str | None, args: tuple[str, ...], stdin: str | None,
+                stdout: str | None, stderr: str | None, wd: str | None, venv: str | None, env: dict[str, str],
+                modules: tuple[str, ...]) -> None:
+    """What the OS gets (a command, its arguments, paths, the environment) can hold no NUL and no lone
+    surrogate (text that is not UTF-8): such a task could only fail at launch, so it is refused now. One test
+    over all of them together: it runs once per job."""
+    fields = {"execution.exec": exec, "execution.script": script, "execution.stdin": stdin,
+              "execution.stdout": stdout, "execution.stderr": stderr, "execution.wd": wd, "execution.venv": venv}
+    text = "".join([v for v in fields.values() if v] + [*args, *modules, *env, *env.values()])
+    if "\0" not in text and (text.isascii() or _utf8(text)):
+        return
+    fields.update({f"execution.args[{i}]": a for i, a in enumerate(args)})
+    fields.update({f"execution.modules[{i}]": m for i, m in enumerate(modules)})
+    fields.update({f"execution.env.{k}": f"{k}={v}" for k, v in env.items()})
+    for fld, v in fields.items():
+        if v and ("\0" in v or not _utf8(v)):
+            raise JobSpecError(job, fld, f"must not contain {'a NUL character' if chr(0) in v else 'a lone surrogate'}"
+                                         f" (the OS cannot take it), got {_show(v)}")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _plain_dict(job: str, v: Any, fld: str) -> dict:

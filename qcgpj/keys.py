@@ -37,9 +37,14 @@ failures                    list     the latest failed tasks (capped): "task|end
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from .errors import ArgumentError
 
 PREFIX_TEMPLATE = "qcgpj:{{{ns}}}:"
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+# Executor ids go into keys and into '|'-separated records (its:<name>): the same characters as namespaces.
+EXECUTOR_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 # name -> template after the prefix; "{}" is the argument (job name or executor id).
 TEMPLATES: dict[str, str] = {
@@ -73,8 +78,8 @@ class Keys:
     """Key names of one namespace."""
 
     def __init__(self, namespace: str = "default") -> None:
-        if not NAMESPACE_RE.match(namespace):
-            raise ValueError(f"invalid namespace {namespace!r}: use letters, digits, '_', '.', '-'")
+        if not isinstance(namespace, str) or not NAMESPACE_RE.fullmatch(namespace):
+            raise ArgumentError(f"invalid namespace {namespace!r}: use 1-64 letters, digits, '_', '.', '-'")
         self.namespace = namespace
         self.prefix = PREFIX_TEMPLATE.format(ns=namespace)
 
@@ -154,6 +159,14 @@ class Keys:
 
     def control(self, eid: str) -> str:
         return self._k("control", eid)
+
+
+def check_executor_id(eid: Any) -> str:
+    """An executor id that cannot reach other keys nor break the records that hold it."""
+    if not isinstance(eid, str) or not EXECUTOR_ID_RE.fullmatch(eid):
+        raise ArgumentError(f"invalid executor id {eid!r}: use 1-128 letters, digits, '_', '.', '-'")
+    return eid
+
 
 def lua_prelude() -> str:
     """Lua definitions of the key names: the scripts derive the prefix from KEYS[1] (always the ``jobs`` key)."""

@@ -30,6 +30,8 @@ from .errors import QcgpjError
 from .resources import Allocation
 from .store import Entry
 
+from workers.base import task_failure
+
 log = logging.getLogger(__name__)
 
 PIDFD = hasattr(os, "pidfd_open")
@@ -265,9 +267,8 @@ class Runner:
             running = slot.launch.worker.start(slot.launch.ctx)
         except QcgpjError as exc:
             slot.message = str(exc)
-        except Exception as exc:   # a task must always be reported, whatever broke
-            log.exception("task %s: launch failed", slot.entry.task)
-            slot.message = f"launch failed: {exc}"
+        except Exception as exc:   # a task must always be reported, whatever broke; the traceback is the task's
+            slot.message = task_failure(slot.launch.ctx, "launch failed", exc)
         else:
             slot.running = running
             if slot.canceled:
@@ -276,6 +277,7 @@ class Runner:
             if code is None:
                 self._watch(slot)
                 return
+            slot.message = slot.message or (running.message if code else "")
         if here:
             self._ended(slot, code)
         else:
@@ -301,6 +303,7 @@ class Runner:
     def _wait_thread(self, slot: Slot) -> None:
         walltime = slot.launch.walltime
         code = slot.running.wait(walltime)
+        slot.message = slot.message or (slot.running.message if code else "")
         if code is None:
             slot.message = f"walltime limit of {walltime:g}s exceeded"
             slot.running.kill()

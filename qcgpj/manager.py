@@ -7,8 +7,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
+from . import arguments as a
 from .connection import check_settings, connect, url_from_env
-from .errors import ResourceError, TimeoutError, UnknownJobError
+from .errors import ArgumentError, ResourceError, TimeoutError, UnknownJobError
 from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job
@@ -71,6 +72,8 @@ def _as_specs(jobs: Jobs | Iterable[JobSpec | dict]) -> list[JobSpec]:
 class Manager:
     """``Manager()`` runs everything in this process (local mode); ``Manager(url)`` talks to a shared Redis."""
 
+    @a.api(redis_url=a.optional_str, namespace=a.namespace, cores=a.optional_positive, nodes=a.nodes,
+           root_wd=a.optional_path, max_attempts=a.positive, client=a.client)
     def __init__(self, redis_url: str | None = None, namespace: str = "default", cores: int | None = None,
                  nodes: str | None = None, root_wd: str | None = None, max_attempts: int = 3,
                  client: redis.Redis | None = None) -> None:
@@ -116,6 +119,7 @@ class Manager:
         return (max(int(e["total"]) for e in execs), max(int(e["nnodes"]) for e in execs),
                 max(int(e["maxnode"]) for e in execs))
 
+    @a.api(jobs=a.jobs)
     def submit(self, jobs: Jobs | Iterable[JobSpec | dict]) -> list[str]:
         """Validate the whole batch, then write it; returns the job names. Nothing is written on error."""
         specs = _as_specs(jobs)
@@ -127,10 +131,12 @@ class Manager:
         return [s.name for s in specs]
 
     # ------------------------------------------------------------------ queries
+    @a.api()
     def list(self) -> dict[str, str | None]:
         """All jobs in submission order, with their states."""
         return self.store.states(self.store.job_names())
 
+    @a.api(names=a.optional_names)
     def status(self, names: Sequence[str] | str | None = None) -> dict[str, str | None]:
         if names is None:
             return self.list()
@@ -146,6 +152,7 @@ class Manager:
             raise UnknownJobError(f"unknown job '{missing[0]}'")
         return {n: out[n] for n in names}
 
+    @a.api(name=a.task)
     def info(self, name: str) -> dict[str, Any]:
         """Details of a job, or of one iteration with ``name:it``."""
         job, _, it = name.partition(":")
@@ -176,6 +183,7 @@ class Manager:
                     "end": None, "attempt": 0, "message": h.get("message", "") if h["state"] in FINAL_STATES else ""}
         return {"name": f"{job}:{it}", **info}
 
+    @a.api(job=a.job)
     def iterations(self, job: str) -> dict[int, dict[str, Any]]:
         """Every iteration's details at once (one read of the records)."""
         h = self.store.job_hash(job)
@@ -186,6 +194,7 @@ class Manager:
         return {it: (parse_record(recs[str(it)]) if str(it) in recs else {"state": _derived_state(h, it)})
                 for it in range(it0, it0 + n)}
 
+    @a.api(departed=a.flag)
     def resources(self, departed: bool = False) -> dict[str, Any]:
         """Cores of the live executors; the list has the departed ones too (``departed``). One read either way:
         an executor is live exactly while its state is ALIVE (the scripts change both together)."""
@@ -209,9 +218,10 @@ class Manager:
         if finished:
             return remove_finished(self.store, older_than)[0]
         if names is None:
-            raise ValueError("remove: give names, or finished=True")
+            raise ArgumentError("remove: give names, or finished=True")
         return remove_named(self.store, [names] if isinstance(names, str) else list(names))
 
+    @a.api(names=a.some_names)
     def cancel(self, names: Sequence[str] | str) -> dict[str, str]:
         names = [names] if isinstance(names, str) else list(names)
         res = self.store.cancel(names)
@@ -221,6 +231,7 @@ class Manager:
         return res
 
     # ------------------------------------------------------------------ waiting
+    @a.api(names=a.names, timeout=a.timeout, progress=a.callback)
     def wait4(self, names: Sequence[str] | str, timeout: float | None = None,
               progress: Progress | None = None) -> dict[str, str | None]:
         """Wait until the named jobs are final; woken by the queue's events, not by polling."""
@@ -255,6 +266,7 @@ class Manager:
                 return left + open_names[i + step:]
         return []
 
+    @a.api(timeout=a.timeout, progress=a.callback)
     def wait4all(self, timeout: float | None = None, progress: Progress | None = None) -> dict[str, str | None]:
         """Wait until every job in the queue is final."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -653,3 +653,55 @@ def test_forked_children_generate_other_names():
     os.close(r)
     mine = Jobs().add(exec="x").ordered_names()[0]
     assert child and child.split("-")[0] != mine.split("-")[0]
+
+
+# ---------------------------------------------------------------------- what the OS, Lua and timers cannot take
+def _deep(levels: int) -> dict:
+    v: dict = {}
+    for _ in range(levels):
+        v = {"a": v}
+    return v
+
+
+def _nested_list(levels: int) -> list:
+    v: list = [1]
+    for _ in range(levels):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("desc, field, words", [
+    (ex(exec="/bin/a\0b"), "execution.exec", "NUL"),
+    (ex(args=["ok", "\ud800"]), "execution.args[1]", "lone surrogate"),
+    (ex(env={"A": "x\0"}), "execution.env.A", "NUL"),
+    (ex(stdout="out\0"), "execution.stdout", "NUL"),
+    (ex(modules=["m\udcff"]), "execution.modules[0]", "lone surrogate"),
+    (job(resources={"numCores": 10 ** 13}), "resources.numCores", "at most 1,000,000,000,000"),
+    (job(resources={"numNodes": {"min": 2, "max": 10 ** 13}}), "resources.numNodes.max", "at most"),
+    (job(iteration={"stop": 10 ** 13}), "iteration.stop", "at most"),
+    (job(resources={"wt": "400d"}), "resources.wt", "366 days"),
+    (job(attributes=_deep(40)), "attributes" + ".a" * 32, "nested more than 32 levels"),
+    (ex(model_opts={"x": _nested_list(40)}), "execution.model_opts.x" + "[0]" * 31, "nested"),
+])
+def test_values_the_os_lua_or_a_timer_cannot_take(desc, field, words):
+    expect_error(desc, field, words)
+
+
+def test_non_ascii_text_that_is_utf8_is_welcome():
+    spec = parse_job(ex(args=["é", "日本", "😀"], env={"X": "ü"}, stdout="ö.out"))
+    assert spec.args == ("é", "日本", "😀") and JobSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('[{"name": "a", "execution": {"exec": "x"}, "resources": {"numCores": 1' + "0" * 5000 + "}}]", "malformed JSON"),
+])
+def test_json_beyond_what_the_parser_takes_is_one_error(text, words):
+    with pytest.raises(JobSpecError, match=words):
+        parse_jobs_text(text)
+
+
+def test_unknown_keyword_of_the_builder_names_it():
+    with pytest.raises(JobSpecError) as err:
+        Jobs().add(name="x", exec="/bin/true", numcores=2)
+    assert err.value.job == "x" and err.value.field == "numcores" and "unknown job attribute" in str(err.value)

@@ -107,3 +107,36 @@ def test_python_callable_model(tmp_path):
                       after=["call"]))
         assert m.wait4(["call", "boom"], timeout=60) == {"call": "SUCCEED", "boom": "FAILED"}
     assert (tmp_path / "made").is_dir()
+
+
+def _no_tracebacks_logged(caplog) -> None:
+    logged = [r for r in caplog.records if r.exc_info and r.levelno > 10]
+    assert not logged, [r.getMessage() for r in logged]
+
+
+def test_python_call_failures_are_the_tasks_own(tmp_path, caplog):
+    """An exception is the task's message with the traceback in its stderr file, not in the worker's log;
+    sys.exit ends the task by its code instead of leaving it EXECUTING."""
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="raises", exec="json:loads", args=["{bad"], model="python", stderr="raises.err")
+                 .add(name="exit0", exec="sys:exit", model="python")
+                 .add(name="exitmsg", exec="sys:exit", args=["no luck"], model="python"))
+        states = m.wait4(["raises", "exit0", "exitmsg"], timeout=60)
+        assert states == {"raises": "FAILED", "exit0": "SUCCEED", "exitmsg": "FAILED"}
+        assert m.info("raises")["message"].startswith("python call failed: JSONDecodeError: Expecting")
+        assert m.info("exitmsg")["message"] == "sys.exit('no luck')"
+    err = (tmp_path / "raises.err").read_text()
+    assert "Traceback (most recent call last)" in err and "JSONDecodeError" in err
+    _no_tracebacks_logged(caplog)
+
+
+def test_launch_failure_is_the_tasks_message_with_the_traceback_in_its_stderr(tmp_path, caplog):
+    script = tmp_path / "noexec"
+    script.write_bytes(b"\x7fnot a program\n")
+    script.chmod(0o755)
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="bad", exec=str(script), stderr="bad.err"))
+        assert m.wait4(["bad"], timeout=60) == {"bad": "FAILED"}
+        assert m.info("bad")["message"].startswith("launch failed: OSError: [Errno 8] Exec format error")
+    assert "Traceback (most recent call last)" in (tmp_path / "bad.err").read_text()
+    _no_tracebacks_logged(caplog)

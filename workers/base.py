@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import threading
+import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
@@ -47,6 +48,9 @@ class TaskContext:
 
 
 class Running(ABC):
+    #: why it failed, when its exit code does not say (a python call's exception)
+    message: str = ""
+
     @abstractmethod
     def wait(self, timeout: float | None) -> int | None:
         """The exit code, or None if it still runs after ``timeout`` seconds."""
@@ -161,6 +165,22 @@ class ProcessWorker(Worker):
             for f in files:
                 f.close()
         return ProcessRunning(proc)
+
+
+def task_failure(ctx: TaskContext, what: str, exc: BaseException) -> str:
+    """A failure on the task's side (its launch, its python call) is the task's, not the worker's: the one-line
+    message for its record, and the traceback appended to its stderr file (without one, in the worker's log at
+    debug level only)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        if not ctx.stderr:
+            raise OSError("no stderr file")
+        with open(ctx.stderr, "a") as f:
+            f.write(f"qcgpj: {what}\n{tb}")
+    except OSError:
+        log.debug("task %s: %s\n%s", ctx.task_id, what, tb)
+    return f"{what}: {text[:300]}"
 
 
 @functools.cache

@@ -9,9 +9,8 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-import traceback
 
-from workers.base import LaunchError, Running, TaskContext, Worker
+from workers.base import LaunchError, Running, TaskContext, Worker, task_failure
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +23,20 @@ class _Call(Running):
         threading.Thread(target=self._run, name=f"qcgpj-py-{ctx.task_id}", daemon=True).start()
 
     def _run(self) -> None:
+        """Whatever the function does, the task ends: sys.exit() as a process's exit would, any other exception
+        (KeyboardInterrupt too) as FAILED with its message, the traceback in the task's stderr file."""
         try:
             res = self.func(*self.ctx.argv[1:])
             self.code = 0 if res is None or res is True else (1 if res is False else int(res))
-        except Exception:
-            log.exception("task %s: python call failed", self.ctx.task_id)
-            if self.ctx.stderr:
-                with open(self.ctx.stderr, "a") as f:
-                    f.write(traceback.format_exc())
+        except SystemExit as exc:
+            self.code = _exit_code(exc.code)
+            if self.code and not isinstance(exc.code, int):
+                self.message = f"sys.exit({exc.code!r})"
+        except BaseException as exc:   # noqa: B036 - a task's failure must never leave it EXECUTING
+            self.message = task_failure(self.ctx, "python call failed", exc)
             self.code = 1
-        self.done.set()
+        finally:
+            self.done.set()
 
     def wait(self, timeout: float | None) -> int | None:
         return self.code if self.done.wait(timeout) else None
@@ -42,6 +45,13 @@ class _Call(Running):
         log.warning("task %s: a python call cannot be killed; it is marked ended", self.ctx.task_id)
         self.code = self.code if self.done.is_set() else -9
         self.done.set()
+
+
+def _exit_code(code: object) -> int:
+    """As Python's own exit: None is 0, a number is itself, anything else is 1."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 1
 
 
 class PythonWorker(Worker):

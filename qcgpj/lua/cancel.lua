@@ -1,8 +1,24 @@
 -- Cancel jobs or iterations. ARGV: now, then task ids ("name" or "name:it").
--- Returns per id: 'canceled', 'final' (already ended) or 'unknown'. Running work is killed by its executor
--- on a "cancel <id>" control message; its late report is then ignored because the state is already final.
+-- Returns per id: 'canceled', 'final' (already ended), or 'unknown' / 'skipped' when any id is unknown. Running
+-- work is killed by its executor on a "cancel <id>" control message; its late report is then ignored because the
+-- state is already final.
 NOW = ARGV[1]
 local out = {}
+local function known(tid)
+  local name, it = split_tid(tid)
+  local h = redis.call('HMGET', K_job(name), 'state', 'n', 'it0')
+  if not h[1] then return false end
+  if it == nil then return true end
+  local n, it0 = tonumber(h[2] or '0'), tonumber(h[3] or '0')
+  return n > 0 and it >= it0 and it < it0 + n
+end
+-- All or none: if any id is unknown, nothing is canceled ('unknown' for those, 'skipped' for the others).
+local unknown = false
+for i = 2, #ARGV do if not known(ARGV[i]) then unknown = true end end
+if unknown then
+  for i = 2, #ARGV do out[#out + 1] = known(ARGV[i]) and 'skipped' or 'unknown' end
+  return out
+end
 local function notify(tid)
   for _, e in ipairs(redis.call('SMEMBERS', K_live)) do redis.call('RPUSH', K_control(e), 'cancel ' .. tid) end
 end

@@ -1,0 +1,101 @@
+"""A Redis user restricted to the minimal ACL of the README runs a whole queue; one without it gets one clear line;
+the settings check speaks from every command that starts a service and from submit.
+
+The ACL below is the README's, for namespace 'acl': keys of that namespace only, and the commands qcgpj uses
+(found by running every command under MONITOR and the ACL LOG); CONFIG GET is not among them, so the settings
+check says in one line that it was skipped.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from qcgpj import Jobs, RedisPermissionError
+from tests.cluster import REPO, Cluster, qcgpj_cmd
+from tests.redisproc import RedisServer
+
+NS = "acl"
+MINIMAL_ACL = ["~qcgpj:{acl}:*", "resetchannels", "-@all", "+ping", "+hello", "+evalsha", "+script|load",
+               "+script|exists", "+get", "+set", "+del", "+incrby", "+decr", "+exists", "+@hash", "+@list", "+@set",
+               "+@stream"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with RedisServer(aof=True) as s:
+        c = s.client()
+        c.execute_command("ACL", "SETUSER", "qcg", "reset", "on", ">pw", *MINIMAL_ACL)
+        # the same but for another namespace's keys, and one without the stream commands
+        c.execute_command("ACL", "SETUSER", "elsewhere", "reset", "on", ">pw",
+                          *["~qcgpj:{other}:*" if a.startswith("~") else a for a in MINIMAL_ACL])
+        c.execute_command("ACL", "SETUSER", "nostream", "reset", "on", ">pw",
+                          *[a for a in MINIMAL_ACL if a != "+@stream"])
+        yield s
+
+
+def url(server: RedisServer, user: str) -> str:
+    return f"redis://{user}:pw@127.0.0.1:{server.port}/0"
+
+
+def qcgpj(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("QCGPJ_REDIS_URL", None)
+    return subprocess.run(qcgpj_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_minimal_acl_runs_a_whole_queue(server, tmp_path):
+    c = Cluster(url(server, "qcg"), tmp_path, namespace=NS)
+    try:
+        m = c.serving(2)
+        m.submit(Jobs().add(name="a", exec="/bin/echo", args=["${it}"], iteration=4)
+                 .add(name="b", exec="/bin/false", after=["a:${it}"], iteration=4)
+                 .add(name="c", exec="/bin/true", after=["b"])
+                 .add(name="long", exec="/bin/sleep", args=["60"]))
+        assert m.wait4(["a", "b", "c"], timeout=60) == {"a": "SUCCEED", "b": "FAILED", "c": "OMITTED"}
+        assert m.cancel(["long"]) == {"long": "canceled"}
+        assert m.info("a:2")["state"] == "SUCCEED" and m.resources()["total_cores"] == 2
+        (tmp_path / "more.json").write_text('[{"name": "d", "execution": {"exec": "/bin/true"}}]')
+        sub = qcgpj("submit", "more.json", "--redis-url", c.url, "-n", NS, cwd=tmp_path)
+        assert sub.returncode == 0 and "submitted 1" in sub.stdout, sub.stderr
+        note = sub.stderr.strip().splitlines()
+        assert len(note) == 1 and "could not check Redis's persistence and eviction settings" in note[0], note
+        done = qcgpj("wait", "d", "--redis-url", c.url, "-n", NS, "--timeout", "60", cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        c.stop()
+    logs = c.logs()
+    assert "Traceback" not in logs and "NOPERM" not in logs, logs
+    assert "could not check Redis's persistence" in (tmp_path / "worker.log").read_text()
+
+
+@pytest.mark.parametrize("user, args", [
+    ("elsewhere", ["submit", "jobs.json"]), ("nostream", ["submit", "jobs.json"]), ("elsewhere", ["status"]),
+    ("nostream", ["worker", "--cores", "1"]), ("elsewhere", ["inputqueue"]),
+])
+def test_without_the_acl_one_clear_line(server, tmp_path, user, args):
+    (tmp_path / "jobs.json").write_text('[{"name": "x", "execution": {"exec": "/bin/true"}}]')
+    res = qcgpj(*args, "--redis-url", url(server, user), "-n", NS, cwd=tmp_path)
+    lines = [ln for ln in res.stderr.strip().splitlines()   # services log their start at INFO
+             if "could not check Redis's persistence" not in ln and " INFO " not in ln]
+    assert res.returncode == 1 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "denied a command to this user (ACL)" in lines[0] and "Minimal ACL" in lines[0], lines[0]
+
+
+def test_api_raises_a_permission_error(server):
+    from qcgpj import Manager
+    m = Manager(url(server, "elsewhere"), namespace=NS)
+    with pytest.raises(RedisPermissionError, match="ACL"):
+        m.submit(Jobs().add(name="x", exec="/bin/true"))
+
+
+def test_settings_warnings_come_from_submit_and_the_worker(redis_url, tmp_path):
+    """A Redis that keeps nothing on disk (the session's test server) is warned of by every command that starts
+    a service and by submit, not only by the InputQueue."""
+    (tmp_path / "jobs.json").write_text('[{"name": "x", "execution": {"exec": "/bin/true"}}]')
+    sub = qcgpj("submit", "jobs.json", "--redis-url", redis_url, cwd=tmp_path)
+    assert sub.returncode == 0 and "keeps nothing on disk" in sub.stderr, sub.stderr
+    worker = qcgpj("worker", "--redis-url", redis_url, "-n", "idle", "--exit-when-idle", "--cores", "1",
+                   cwd=tmp_path)
+    assert worker.returncode == 0 and "keeps nothing on disk" in worker.stderr, worker.stderr
