@@ -143,6 +143,9 @@ nodes_option = click.option("--nodes", default=None, metavar="N1:C,N2:C", callba
                             help="Nodes and cores to own, instead of discovery (testing, in local mode).")
 timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
                               help="Give up waiting after S seconds.")
+connect_wait_option = click.option(
+    "--connect-wait", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="S",
+    help="Seconds to wait for a Redis that does not answer yet (restarting, loading) before giving up.")
 verbose_option = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 
 
@@ -337,16 +340,17 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
               help="Forget executors that left or died this long ago (until then 'resources --all' lists them).")
 @click.option("--keep-finished", type=DURATION, default=None,
               help="Remove final jobs this long after they ended (default: keep them).")
+@connect_wait_option
 @verbose_option
 @_errors
 def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, executor_retention: float,
-               keep_finished: float | None, verbose: int) -> None:
+               keep_finished: float | None, connect_wait: float, verbose: int) -> None:
     """Run the InputQueue service (placement, executor liveness) until interrupted."""
     from .inputqueue import InputQueue
     _logging(max(verbose, 1))
     if not redis_url:
         raise QcgpjError(f"the InputQueue needs a queue: give --redis-url or set {ENV_URL}")
-    client = connect(redis_url)
+    client = connect(redis_url, wait=connect_wait)
     check_settings(client)
     iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease,
                     executor_retention=executor_retention, keep_finished=keep_finished)
@@ -381,11 +385,12 @@ def _on_signals(stop: Callable[[], None]) -> None:
               help="Executor id (default: host-pid-random).")
 @click.option("--reconcile", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Seconds between checks of the running list against what this worker knows.")
+@connect_wait_option
 @verbose_option
 @_errors
 def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes: str | None, wd: str | None,
                 exit_when_idle: bool, prefetch: int | None, heartbeat: float, ttl: int, eid: str | None,
-                reconcile: float, verbose: int) -> None:
+                reconcile: float, connect_wait: float, verbose: int) -> None:
     """qcgpj-worker: an executor that runs the queue's tasks on this allocation's cores."""
     from .executor import Executor
     from .resources import discover
@@ -395,7 +400,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     if heartbeat >= ttl:
         raise click.BadParameter(f"{heartbeat:g} s is not less than --ttl ({ttl} s): the executor would be "
                                  "declared dead between two heartbeats", param_hint="'--heartbeat'")
-    client = connect(redis_url)
+    client = connect(redis_url, wait=connect_wait)
     check_settings(client)
     try:
         node_list = discover(cores=cores, nodes=nodes)

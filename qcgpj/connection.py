@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from urllib.parse import urlsplit
 
 import redis
@@ -31,8 +32,12 @@ def safe_url(url: str) -> str:
     return url
 
 
-def connect(url: str, check: bool = True) -> redis.Redis:
-    """A client that reconnects with backoff: a Redis restart is a pause, not a crash."""
+def connect(url: str, check: bool = True, wait: float = 0.0) -> redis.Redis:
+    """A client that reconnects with backoff: a Redis restart is a pause, not a crash.
+
+    ``wait``: seconds a service (worker, InputQueue) keeps trying a Redis that does not answer yet before it
+    gives up with the one-line error: one started while Redis restarts, or by a batch job before Redis is up,
+    must not be lost for that. A bad URL or refused credentials fail at once."""
     if not isinstance(url, str):
         raise ConnectionError(f"a Redis URL must be a string, got {type(url).__name__} {url!r}")
     parts = urlsplit(url)
@@ -44,7 +49,7 @@ def connect(url: str, check: bool = True) -> redis.Redis:
         if check:   # first contact without retries: a wrong URL or a server that is down is said at once
             probe = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
                                          retry=Retry(ExponentialBackoff(), retries=0))
-            ping(probe, url)
+            _first_ping(probe, url, wait)
             probe.close()
         return redis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=5, health_check_interval=15,
@@ -52,6 +57,30 @@ def connect(url: str, check: bool = True) -> redis.Redis:
             retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     except ValueError as exc:
         raise ConnectionError(f"bad Redis URL '{safe_url(url)}': {exc}") from None
+
+
+def _first_ping(client: redis.Redis, url: str, wait: float) -> None:
+    """Ping until Redis answers, for up to ``wait`` seconds (one log line, not one per try)."""
+    deadline = time.monotonic() + wait
+    delay, told = 0.1, False
+    while True:
+        try:
+            ping(client, url)
+            return
+        except (ConnectionError, RedisError) as exc:
+            if not _unreachable(exc) or time.monotonic() + delay > deadline:
+                raise
+            if not told:
+                log.warning("%s; waiting up to %.0f s for it", exc, wait)
+                told = True
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _unreachable(exc: QcgpjError) -> bool:
+    """Redis not there (yet): refused, timed out, or still loading its data; not a refusal of our credentials."""
+    text = str(exc)
+    return text.startswith("cannot reach Redis") or "still loading" in text
 
 
 def ping(client: redis.Redis, url: str) -> None:

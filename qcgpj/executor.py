@@ -38,6 +38,7 @@ from .jobspec import JobSpec
 from .launching import Runner, Slot
 from .outage import Outage
 from .resources import CoreAllocator, Node
+from .keys import check_executor_id
 from .store import Entry, Report, Store, now
 from .tasks import SLURM_MODELS, SpecCache, build_launch
 
@@ -76,7 +77,7 @@ class Executor:
         self.allocator = CoreAllocator(nodes)
         self.nodes = nodes
         host = socket.gethostname().split(".")[0]
-        self.eid = eid or f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.eid = check_executor_id(eid) if eid else f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.root_wd = os.path.abspath(root_wd or os.getcwd())
         os.makedirs(self.root_wd, exist_ok=True)
         total = self.allocator.total

@@ -192,3 +192,32 @@ def test_worker_ttl_and_heartbeat_are_checked(redis_url):
                              text=True, timeout=60, env=dict(os.environ, PYTHONPATH=os.getcwd()))
         assert out.returncode == 2 and what in out.stderr and "Traceback" not in out.stderr
     assert Manager(redis_url).resources()["executors"] == {}     # no phantom executor
+
+
+def test_services_started_while_redis_is_down_wait_for_it(fresh_redis, tmp_path):
+    """A worker and an InputQueue started while Redis is away (restarting, or not up yet when a batch job starts
+    them) wait for it instead of exiting, and serve once it is back."""
+    fresh_redis.stop()
+    c = Cluster(fresh_redis.url, tmp_path)
+    try:
+        iq = c.inputqueue("--connect-wait", "120")
+        worker = c.worker(1, *FAST, "--connect-wait", "120")
+        wait_for_log(tmp_path / "worker.log", "waiting up to 120 s")
+        wait_for_log(tmp_path / "inputqueue.log", "waiting up to 120 s")
+        fresh_redis.restart()
+        m = c.manager()
+        c.wait_executors(m, 1, timeout=120)
+        names = m.submit(Jobs().add(name="after", exec="true"))
+        assert m.wait4(names, timeout=120) == {"after": "SUCCEED"}, c.logs()
+        assert iq.poll() is None and worker.poll() is None, c.logs()
+        no_tracebacks(c)
+    finally:
+        c.stop()
+
+
+def wait_for_log(path, text: str, timeout: float = 60) -> None:
+    """Wait until a service's log says ``text`` (it has nothing else to wait on while Redis is away)."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{path.name} never said {text!r}"
+        time.sleep(0.05)
