@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -18,6 +19,7 @@ FRONT = 256            # open jobs re-counted at each refresh, from the oldest o
 FULL_SHARE = 20        # a full re-count comes at most once per this many times its own duration
 HINT_AFTER = 10.0      # seconds without any executor before the hint
 FIELDS = ("state", "n", "done", "n_FAILED", "next", "it0")
+WIDE = 80              # columns from which the line has a bar; narrower, only the counts (truncated, not wrapped)
 
 
 @dataclass
@@ -89,14 +91,16 @@ class Display:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.table import Column
-        self.console = Console(stderr=True)
-        self.progress = Progress(
-            TextColumn("tasks", table_column=Column(no_wrap=True)),
-            BarColumn(bar_width=None, table_column=Column(ratio=1, no_wrap=True)),
-            MofNCompleteColumn(table_column=Column(no_wrap=True)),
-            TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
-            TimeRemainingColumn(table_column=Column(no_wrap=True)),
-            console=self.console, auto_refresh=False, expand=True, transient=True)
+        self.console = Console(stderr=True, width=_columns())
+        fixed = Column(no_wrap=True)
+        wide = self.console.width >= WIDE
+        counts = [MofNCompleteColumn(table_column=fixed),
+                  TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis",
+                                                                        ratio=None if wide else 1)),
+                  TimeRemainingColumn(table_column=fixed)]
+        bar = [TextColumn("tasks", table_column=fixed), BarColumn(bar_width=None, table_column=Column(ratio=1))]
+        self.progress = Progress(*(bar + counts if wide else counts), console=self.console, auto_refresh=False,
+                                 expand=True, transient=True)
         self.task = self.progress.add_task("tasks", total=None, info="")
 
     def __enter__(self) -> "Display":
@@ -109,6 +113,7 @@ class Display:
             self.progress.stop()
 
     def update(self, t: Tally) -> None:
+        self.console.width = _columns() or self.console.width   # follows a resized terminal
         elapsed = max(time.monotonic() - self.started, 1e-6)
         parts = []
         if t.failed:
@@ -121,6 +126,15 @@ class Display:
     def note(self, text: str) -> None:
         """A line above the progress line (the hint)."""
         self.progress.console.print(text, highlight=False)
+
+
+def _columns() -> int | None:
+    """The terminal's own width: a COLUMNS variable inherited from elsewhere (rich would believe it) can be
+    wrong, and a line one column too wide wraps at every redraw."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns or None
+    except (OSError, ValueError):
+        return None
 
 
 class Interrupted(Exception):
