@@ -132,23 +132,25 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TCK
 
 
-def _idle_share(p: subprocess.Popen, marker: str, window: float = 8.0) -> float:
-    """CPU the waiting client used while its task slept, as a share of the time: a busy wait shows as ~100%."""
-    until(lambda: marked(marker), 60, "the task running")
-    a, t0 = _cpu(p.pid), time.monotonic()
-    time.sleep(window)   # the measured span itself, not a synchronisation
-    return (_cpu(p.pid) - a) / (time.monotonic() - t0)
+def _idle_share(cwd: Path, marker: str, *args: str, window: float = 8.0) -> tuple[float, int, str]:
+    """`qcgpj run` of one long sleep: the CPU its waiting client used while the task slept, as a share of the
+    time (a busy wait shows as ~100%); then Ctrl-C. Returns the share, the exit code and stderr."""
+    write(cwd / "jobs.json", sleepers(1, 20, marker)[:1])
+    p = start("run", "jobs.json", *args, cwd=cwd)
+    try:
+        until(lambda: marked(marker), 60, "the task running")
+        a, t0 = _cpu(p.pid), time.monotonic()
+        time.sleep(window)   # the measured span itself, not a synchronisation
+        share = (_cpu(p.pid) - a) / (time.monotonic() - t0)
+    finally:
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=60)
+    return share, p.returncode, err
 
 
 @pytest.mark.parametrize("store", STORES)
 def test_waiting_in_local_mode_costs_no_cpu(tmp_path, marker, store):
-    write(tmp_path / "jobs.json", sleepers(1, 20, marker)[:1])
-    p = start("run", "jobs.json", "--store", store, cwd=tmp_path)
-    try:
-        share = _idle_share(p, marker)
-    finally:
-        p.send_signal(signal.SIGINT)
-        p.communicate(timeout=60)
+    share, _code, _err = _idle_share(tmp_path, marker, "--store", store)
     assert share < 0.10, f"the waiting client used {share:.0%} of a core"
 
 
@@ -156,16 +158,10 @@ def test_waiting_on_a_queue_costs_no_cpu(tmp_path, marker, redis_url):
     cluster = Cluster(redis_url, tmp_path)
     try:
         cluster.serving(1)
-        write(tmp_path / "jobs.json", sleepers(1, 20, marker)[:1])
-        p = start("run", "jobs.json", "--redis-url", redis_url, cwd=tmp_path)
-        try:
-            share = _idle_share(p, marker)
-        finally:
-            p.send_signal(signal.SIGINT)
-            _out, err = p.communicate(timeout=60)
+        share, code, err = _idle_share(tmp_path, marker, "--redis-url", redis_url)
         assert share < 0.10, f"the waiting client used {share:.0%} of a core"
         # Ctrl-C of run on a shared queue only stops waiting: the job goes on, and the user is told how to stop it
-        assert p.returncode == 130 and "go on in the queue" in err and "qcgpj cancel" in err
+        assert code == 130 and "go on in the queue" in err and "qcgpj cancel" in err
         assert cluster.manager().status("sleep")["sleep"] in ("SCHEDULED", "EXECUTING")
     finally:
         cluster.stop()
