@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 
-from .errors import (ConnectionError, DependencyError, DuplicateJobError, JobSpecError, QcgpjError,
-                     ResourceError, TimeoutError, UnknownJobError)
+from .errors import (ConnectionError, DependencyError, DuplicateJobError, FinishedError, JobSpecError,
+                     LostJobsError, QcgpjError, ResourceError, StoreError, TimeoutError, UnknownJobError)
 from .jobs import Jobs
 from .jobspec import JobSpec
 from .manager import Manager
 
 __version__ = "0.1.0"
 __all__ = ["Manager", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
-           "ResourceError", "ConnectionError", "TimeoutError", "UnknownJobError", "__version__"]
+           "ResourceError", "ConnectionError", "TimeoutError", "UnknownJobError", "LostJobsError", "FinishedError",
+           "StoreError", "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

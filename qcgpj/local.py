@@ -12,9 +12,11 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -91,6 +93,21 @@ def _die_with_parent() -> None:
         pass   # not Linux: stop() still ends it on every ordinary exit
 
 
+def _fakeredis() -> Any:
+    """fakeredis, imported only when used. It imports numpy if installed, only for vector sets, which qcgpj never
+    uses: a fifth of a second of every fakeredis run here. numpy is hidden for that import alone (a numpy that is
+    already imported stays; one imported later is the real one)."""
+    if "fakeredis" in sys.modules or "numpy" in sys.modules:
+        import fakeredis
+        return fakeredis
+    sys.modules["numpy"] = None   # type: ignore[assignment]  # import numpy -> ImportError: fakeredis skips it
+    try:
+        import fakeredis
+    finally:
+        del sys.modules["numpy"]
+    return fakeredis
+
+
 def choose_store(store: str | None) -> str:
     """``None`` or "auto": redis-server when on PATH, else fakeredis. A forced one that is missing is an error."""
     if store in (None, "auto"):
@@ -123,8 +140,7 @@ class LocalServices:
                 log.warning("%s; using fakeredis", exc)
                 self.store_kind = "fakeredis"
         if self.server is None:
-            import fakeredis   # only needed when no redis-server is used
-            self._fake = fakeredis.FakeServer()
+            self._fake = _fakeredis().FakeServer()
         self.client: redis.Redis = self._client()
         self.inputqueue = InputQueue(self._client(), namespace, max_attempts=max_attempts, lease_ttl=30.0,
                                      min_pass=IQ_PASS)
@@ -135,8 +151,7 @@ class LocalServices:
     def _client(self) -> redis.Redis:
         if self.server is not None:
             return connect(self.server.url, check=False)
-        import fakeredis
-        return fakeredis.FakeRedis(server=self._fake, decode_responses=True)
+        return _fakeredis().FakeRedis(server=self._fake, decode_responses=True)
 
     def start(self) -> None:
         self.executor.start()
