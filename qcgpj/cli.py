@@ -174,9 +174,9 @@ def _run_wait(m: Manager, names: list[str], timeout: float | None, show: bool, i
                 raise
             click.echo(f"stopped waiting: the {len(names)} job(s) go on in the queue; cancel them with "
                        f"`qcgpj cancel -n {namespace} NAME...` (the names are in the file)", err=True)
-            return 130
-        code = 130 if isinstance(exc, Interrupted) else 1
-        click.echo("interrupted" if code == 130 else f"timed out after {timeout:g} s", err=True)
+            return interrupts.code
+        code = interrupts.code if isinstance(exc, Interrupted) else 1
+        click.echo(str(exc) if code != 1 else f"timed out after {timeout:g} s", err=True)
         click.echo("canceling what is queued and killing what runs (Ctrl-C again: at once)", err=True)
         m.cancel(names)
         states = m.wait4(names, timeout=CANCEL_WAIT)
@@ -294,7 +294,7 @@ def wait(names: tuple[str, ...], redis_url: str | None, namespace: str, timeout:
             states = _wait_with_progress(m, list(names) or None, timeout, _show(progress), interrupts)
         except Interrupted:
             click.echo("stopped waiting: the jobs go on in the queue", err=True)
-            sys.exit(130)
+            sys.exit(interrupts.code)
     sys.exit(0 if _summary(m, states) else 1)
 
 

@@ -142,33 +142,38 @@ class Interrupted(Exception):
 
 
 class Interrupts:
-    """SIGINT while waiting. The first only sets a flag that the wait sees at its next wake-up (within about a
-    second): a handler that did I/O could leave a Redis reply half read. The second calls ``hard`` (kill what
-    runs) and exits 130 at once."""
+    """SIGINT (Ctrl-C) or SIGTERM (a batch system's end of walltime) while waiting. The first only sets a flag
+    that the wait sees at its next wake-up (within about a second): a handler that did I/O could leave a Redis
+    reply half read. The second calls ``hard`` (kill what runs) and exits at once. ``code``: 128 + the signal."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, hard: Callable[[], None]) -> None:
         self.count = 0
+        self.code = 0
         self.hard = hard
-        self._prev: Any = None
+        self._prev: list[Any] = []
 
     def __enter__(self) -> "Interrupts":
-        self._prev = signal.signal(signal.SIGINT, self._handler)
+        self._prev = [signal.signal(sig, self._handler) for sig in self.SIGNALS]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._prev)
+        for sig, prev in zip(self.SIGNALS, self._prev):
+            signal.signal(sig, prev)
 
-    def _handler(self, _signum: int, _frame: Any) -> None:
+    def _handler(self, signum: int, _frame: Any) -> None:
         self.count += 1
+        self.code = self.code or 128 + signum
         if self.count >= 2:
             try:
                 self.hard()
             finally:
-                os._exit(130)
+                os._exit(self.code)
 
     def check(self) -> None:
         if self.count:
-            raise Interrupted("interrupted")
+            raise Interrupted("interrupted" if self.code == 128 + signal.SIGINT else "terminated")
 
 
 class Watch:
