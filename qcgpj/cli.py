@@ -98,27 +98,26 @@ SHOW_FAILED = 10
 
 
 def _failed_tasks(m: Manager | None, bad: list[str], record: dict[str, dict] | None):
-    """Lines about failed tasks: an iterative job's failed iterations, else the job itself."""
+    """Lines about failed tasks: an iterative job's failed iterations, else the job itself. From the run record
+    in local mode; otherwise read from the queue, with stderr paths relative to the executors' --wd (which
+    the client does not know)."""
     for name in bad[:SHOW_FAILED]:
         info = record[name] if record is not None else m.info(name)
-        its = info.get("iterations") or {}
-        shown = 0
-        if its.get("FAILED"):
+        failed: list[dict] = []
+        if (info.get("iterations") or {}).get("FAILED"):
             if record is not None:
                 failed = [e for k, e in record.items() if k.startswith(name + ":") and e["state"] == "FAILED"]
             else:
-                failed = [{"name": f"{name}:{it}", **rec} for it, rec in m.iterations(name).items()
-                          if rec["state"] == "FAILED"]
-            for rec in failed[:SHOW_FAILED]:
-                shown += 1
-                yield _task_line(rec, rec.get("stderr") if record is not None
-                                 else stderr_path(info["spec"], os.getcwd(), int(rec["name"].rsplit(":", 1)[1])))
-        if not shown:
-            yield _task_line(info, info.get("stderr") if record is not None
-                             else stderr_path(info["spec"], os.getcwd(), None))
+                failed = [{"name": f"{name}:{it}", **rec, "stderr": stderr_path(info["spec"], "", it)}
+                          for it, rec in m.iterations(name).items() if rec["state"] == "FAILED"]
+        elif record is None:
+            info["stderr"] = stderr_path(info["spec"], "", None)
+        for rec in failed[:SHOW_FAILED] or [info]:
+            yield _task_line(rec)
 
 
-def _task_line(info: dict, stderr: str | None) -> str:
+def _task_line(info: dict) -> str:
+    stderr = info.get("stderr")
     code = info.get("exit_code")
     text = f"{info['name']}: {info['state']}" + (f" exit {code}" if code is not None else "")
     if info.get("message") and info["message"] != f"exit code {code}":
