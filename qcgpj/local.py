@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -54,7 +54,7 @@ class PrivateRedis:
             [exe, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            start_new_session=True, preexec_fn=_die_with_parent())
         try:
             self.client = self._connect()
         except BaseException:
@@ -88,13 +88,15 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies, so a killed run leaves no server behind."""
+def _die_with_parent() -> Callable[[], None] | None:
+    """What the child runs before exec so that it gets SIGTERM when we die (a killed run leaves no server
+    behind). Resolved here, in the parent: the child of a threaded process must not import anything."""
     try:
         import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass   # not Linux: stop() still ends it on every ordinary exit
+        return None   # not Linux: stop() still ends the server on every ordinary exit
+    return lambda: prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 def _fakeredis() -> Any:
