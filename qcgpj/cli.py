@@ -175,9 +175,9 @@ def _run_wait(m: Manager, names: list[str], timeout: float | None, show: bool, i
                        f"`qcgpj cancel -n {namespace} NAME...` (the names are in the file)", err=True)
             return interrupts.code
         code = interrupts.code if isinstance(exc, Interrupted) else 1
+        m.cancel(names)   # first: after a SIGHUP, writing to the closed terminal fails
         click.echo(str(exc) if code != 1 else f"timed out after {timeout:g} s", err=True)
         click.echo("canceling what is queued and killing what runs (Ctrl-C again: at once)", err=True)
-        m.cancel(names)
         states = m.wait4(names, timeout=CANCEL_WAIT)
     where = f"local mode, store {m.store_kind}" if local else ""
     entries = None

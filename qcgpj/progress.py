@@ -142,11 +142,12 @@ class Interrupted(Exception):
 
 
 class Interrupts:
-    """SIGINT (Ctrl-C) or SIGTERM (a batch system's end of walltime) while waiting. The first only sets a flag
-    that the wait sees at its next wake-up (within about a second): a handler that did I/O could leave a Redis
-    reply half read. The second calls ``hard`` (kill what runs) and exits at once. ``code``: 128 + the signal."""
+    """SIGINT (Ctrl-C), SIGTERM (a batch system's end of walltime) or SIGHUP (the terminal closed) while waiting.
+    The first only sets a flag that the wait sees at its next wake-up (within about a second): a handler that did
+    I/O could leave a Redis reply half read. The second calls ``hard`` (kill what runs) and exits at once.
+    ``code``: 128 + the signal."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, hard: Callable[[], None]) -> None:
         self.count = 0

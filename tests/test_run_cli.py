@@ -89,14 +89,16 @@ def test_ctrl_c_cancels_kills_the_tasks_and_exits_130(tmp_path, marker, store):
     assert marked(marker) == []   # no task process left
 
 
-def test_sigterm_stops_a_local_run_as_ctrl_c_does(tmp_path, marker):
-    """A batch system ends a job at its walltime with SIGTERM: the tasks must not outlive the run."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_stops_a_local_run_as_ctrl_c_does(tmp_path, marker, sig):
+    """A batch system ends a job at its walltime with SIGTERM, a closed terminal sends SIGHUP: the tasks must
+    not outlive the run."""
     write(tmp_path / "jobs.json", sleepers(2, 60, marker))
     p = start("run", "jobs.json", "--cores", "2", cwd=tmp_path)
     until(lambda: len(marked(marker)) >= 2, 60, "both tasks running")
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 128 + signal.SIGTERM, err
+    assert p.returncode == 128 + sig, err
     assert "terminated" in err and "CANCELED 2" in out
     assert marked(marker) == []
 
