@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from .errors import (ArgumentError, ConnectionError, DependencyError, DuplicateJobError, JobSpecError, QcgpjError,
-                     RedisError, RedisMemoryError, RedisPermissionError, ResourceError, TimeoutError,
-                     UnknownJobError)
+from .errors import (ArgumentError, ConnectionError, DependencyError, DuplicateJobError, FinishedError,
+                     JobSpecError, LostJobsError, QcgpjError, RedisError, RedisMemoryError, RedisPermissionError,
+                     ResourceError, StoreError, TimeoutError, UnknownJobError)
 from .jobs import Jobs
 from .jobspec import JobSpec
 from .manager import Manager
@@ -19,6 +19,7 @@ from .manager import Manager
 __version__ = "0.1.0"
 __all__ = ["Manager", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
            "ResourceError", "ConnectionError", "TimeoutError", "UnknownJobError", "ArgumentError", "RedisError",
-           "RedisPermissionError", "RedisMemoryError", "__version__"]
+           "RedisPermissionError", "RedisMemoryError", "LostJobsError", "FinishedError", "StoreError",
+           "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

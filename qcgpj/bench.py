@@ -4,9 +4,12 @@ Each workload runs in a fresh namespace. With a Redis URL the InputQueue and one
 separate processes (as on a cluster) unless ``external`` says executors already serve that namespace; the
 namespace's keys are deleted afterwards. Without a URL everything runs in local mode. The ``spawn`` workload
 uses no queue: it measures how fast this machine starts short processes, the limit of the ``tasks`` workload.
+The ``local`` workload times the whole ``qcgpj run`` command in local mode with each store (and, given its path,
+QCG-PilotJob's ``qcg-pm-service`` on the same file and cores), as a user runs it.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,10 +27,11 @@ from typing import Any, Iterator
 import redis
 
 from .connection import connect
+from .errors import QcgpjError
 from .jobs import Jobs
 from .manager import Manager
 
-WORKLOADS = ("spawn", "tasks", "iterations", "chain", "queue", "submit")
+WORKLOADS = ("spawn", "tasks", "iterations", "chain", "queue", "submit", "local")
 
 
 @dataclass
@@ -50,6 +54,7 @@ class BenchConfig:
     external: bool = False
     namespace: str = "default"   # the namespace served by external executors
     private: bool = False        # a server started for this run and thrown away after it: nothing to clean
+    qcg: str | None = None       # qcg-pm-service to compare the local workload with
 
 
 class Services:
@@ -222,6 +227,47 @@ def bench_submit(cfg: BenchConfig) -> list[Result]:
     return out
 
 
+def bench_local(cfg: BenchConfig) -> list[Result]:
+    """``qcgpj run`` of N /bin/true jobs in local mode, the whole command, with each store available; the same
+    file (QCG-PilotJob's request format) through ``qcg-pm-service`` when given, for the ratio."""
+    from .local import choose_store
+    cores = cfg.cores or os.cpu_count() or 1
+    d = tempfile.mkdtemp(prefix="qcgpj-bench-local-")
+    path = os.path.join(d, "jobs.json")
+    jobs = [{"name": f"t{i}", "execution": {"exec": "/bin/true"}} for i in range(cfg.tasks)]
+    with open(path, "w") as f:
+        json.dump([{"request": "submit", "jobs": jobs},
+                   {"request": "control", "command": "finishAfterAllTasksDone"}], f)
+    runs = [(st, [sys.executable, "-m", "qcgpj", "run", path, "--store", st, "--cores", str(cores)])
+            for st in ("redis-server", "fakeredis") if st == "fakeredis" or _has_store(choose_store, st)]
+    if cfg.qcg:
+        runs.append(("QCG-PilotJob", [cfg.qcg, "--file-path", path, "--nodes", f"n0:{cores}"]))
+    out = []
+    try:
+        for what, cmd in runs:
+            wd = tempfile.mkdtemp(dir=d)
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, cwd=wd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            dt = time.perf_counter() - t0
+            out.append(Result("local", f"run {cfg.tasks} /bin/true: {what}", round(cfg.tasks / dt, 1), "tasks/s",
+                              {"seconds": round(dt, 3), "ok": res.returncode == 0}))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    qcg = next((r for r in out if r.what.endswith("QCG-PilotJob")), None)
+    for r in out:
+        if qcg is not None and r is not qcg:
+            r.extra["x_qcg"] = round(qcg.extra["seconds"] / r.extra["seconds"], 2)
+    return out
+
+
+def _has_store(choose: Any, store: str) -> bool:
+    try:
+        choose(store)
+        return True
+    except QcgpjError:
+        return False
+
+
 def _used_memory(client: redis.Redis) -> int | None:
     try:
         return int(client.info("memory")["used_memory"])
@@ -253,6 +299,8 @@ def run(cfg: BenchConfig, workloads: tuple[str, ...]) -> list[Result]:
             results.append(bench_tasks(cfg, model="noop"))
         elif w == "submit":
             results.extend(bench_submit(cfg))
+        elif w == "local":
+            results.extend(bench_local(cfg))
     _share_of_spawn(cfg, results)
     return results
 
@@ -265,7 +313,7 @@ def _share_of_spawn(cfg: BenchConfig, results: list[Result]) -> None:
     if spawn is None or cfg.external:
         return
     for r in results:
-        if r.workload in ("tasks", "iterations"):
+        if r.workload in ("tasks", "iterations", "local"):
             r.extra["of_spawn_limit"] = round(r.value / spawn.value, 2)
 
 

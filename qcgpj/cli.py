@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from typing import Any, Callable
 
@@ -14,12 +15,15 @@ import click
 import redis
 
 from .connection import ENV_URL, check_settings, connect, redis_error
-from .errors import QcgpjError
+from . import record
+from .errors import QcgpjError, TimeoutError
 from .keys import Keys, check_executor_id
 from . import arguments
 from .batch import parse_jobs_file
 from .bench import WORKLOADS
 from .manager import Manager
+from .progress import Display, Interrupted, Interrupts, Watch
+from .record import stderr_path
 
 
 STATE_ORDER = ("SUCCEED", "FAILED", "OMITTED", "CANCELED", "EXECUTING", "SCHEDULED", "READY", "QUEUED")
@@ -160,34 +164,68 @@ def _remote(redis_url: str | None, namespace: str) -> Manager:
     return Manager(redis_url, namespace=namespace)
 
 
-def _wait_with_progress(m: Manager, names: list[str] | None, timeout: float | None, show: bool) -> dict:
-    total = len(names) if names is not None else max(len(m.store.job_names()), 1)
-    with click.progressbar(length=total, label="jobs done", file=sys.stderr, show_pos=True,
-                           hidden=not show) as bar:
-        seen = [0]
-
-        def progress(done: int, asked: int) -> None:
-            if asked != bar.length:
-                bar.length = asked
-            bar.update(done - seen[0])
-            seen[0] = done
-
-        if names is None:
-            return m.wait4all(timeout=timeout, progress=progress)
-        return m.wait4(names, timeout=timeout, progress=progress)
+def _show(progress: bool | None) -> bool:
+    """The progress line by default only on a terminal: piped or logged, a run prints nothing but its summary."""
+    return sys.stderr.isatty() and sys.stdout.isatty() if progress is None else progress
 
 
-def _summary(m: Manager, states: dict[str, str | None]) -> bool:
+def _wait_with_progress(m: Manager, names: list[str] | None, timeout: float | None, show: bool,
+                        interrupts: Interrupts | None = None, hint: str | None = None) -> dict:
+    """Wait for NAMES (None: every job), with the progress line; Interrupted after a Ctrl-C."""
+    if names is None:
+        names = m.store.job_names()
+        if not names:
+            return m.wait4all(timeout=timeout)   # nothing known: still says so if jobs were lost
+    with Display(show) as display:
+        return m.wait4(names, timeout=timeout, progress=Watch(m, names, display, interrupts, hint))
+
+
+def _summary(m: Manager | None, states: dict[str, str | None], where: str = "",
+             record: dict[str, dict] | None = None) -> bool:
+    """The count by state, then the first tasks that did not succeed: exit code, message, stderr path."""
     counts = Counter(states.values())
     parts = [f"{st} {counts[st]}" for st in STATE_ORDER if counts.get(st)]
-    click.echo(f"{len(states)} jobs: " + ", ".join(parts))
+    click.echo(f"{len(states)} jobs: " + ", ".join(parts) + (f" ({where})" if where else ""))
     bad = [n for n, st in states.items() if st != "SUCCEED"]
-    for name in bad[:10]:
-        info = m.info(name)
-        click.echo(f"  {name}: {info['state']} {info.get('message') or ''}".rstrip())
-    if len(bad) > 10:
-        click.echo(f"  ... and {len(bad) - 10} more")
+    lines = list(_failed_tasks(m, bad, record))
+    for line in lines[:SHOW_FAILED]:
+        click.echo("  " + line)
+    if len(lines) > SHOW_FAILED or len(bad) > SHOW_FAILED:
+        click.echo(f"  ... and more: {len(bad)} job(s) did not succeed")
     return not bad
+
+
+SHOW_FAILED = 10
+
+
+def _failed_tasks(m: Manager | None, bad: list[str], record: dict[str, dict] | None):
+    """Lines about failed tasks: an iterative job's failed iterations, else the job itself. From the run record
+    in local mode; otherwise read from the queue, with stderr paths relative to the executors' --wd (which
+    the client does not know)."""
+    for name in bad[:SHOW_FAILED]:
+        info = record[name] if record is not None else m.info(name)
+        failed: list[dict] = []
+        if (info.get("iterations") or {}).get("FAILED"):
+            if record is not None:
+                failed = [e for k, e in record.items() if k.startswith(name + ":") and e["state"] == "FAILED"]
+            else:
+                failed = [{"name": f"{name}:{it}", **rec, "stderr": stderr_path(info["spec"], "", it)}
+                          for it, rec in m.iterations(name).items() if rec["state"] == "FAILED"]
+        elif record is None:
+            info["stderr"] = stderr_path(info["spec"], "", None)
+        for rec in failed[:SHOW_FAILED] or [info]:
+            yield _task_line(rec)
+
+
+def _task_line(info: dict) -> str:
+    stderr = info.get("stderr")
+    code = info.get("exit_code")
+    text = f"{info['name']}: {info['state']}" + (f" exit {code}" if code is not None else "")
+    if info.get("message") and info["message"] != f"exit code {code}":
+        text += f": {info['message']}"
+    if stderr and info["state"] == "FAILED":
+        text += f" (stderr: {stderr})"
+    return text
 
 
 @main.command()
@@ -196,21 +234,64 @@ def _summary(m: Manager, states: dict[str, str | None]) -> bool:
 @ns_option
 @cores_option
 @nodes_option
-@timeout_option
+@click.option("--store", type=click.Choice(("fakeredis", "redis-server")), default=None,
+              help="Local mode's store (default: a private redis-server when on PATH, else fakeredis).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
+              help="After S seconds: local mode cancels what is left (exit 1); with a queue, stop waiting.")
 @click.option("--progress/--no-progress", default=None, help="Progress display (default: when on a terminal).")
 @verbose_option
 @_errors
 def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nodes: str | None,
-        timeout: float | None, progress: bool | None, verbose: int) -> None:
-    """Run the jobs of FILE and wait for them: locally with no Redis, or on a queue's executors."""
+        store: str | None, timeout: float | None, progress: bool | None, verbose: int) -> None:
+    """Run the jobs of FILE and wait for them: locally with no Redis, or on a queue's executors.
+
+    Ctrl-C in local mode cancels what is queued and kills what runs (a second Ctrl-C exits at once); with a
+    queue it only stops waiting: the jobs go on."""
     _logging(verbose)
     specs = _read_jobs(file)
-    with Manager(redis_url, namespace=namespace, cores=cores, nodes=nodes) as m:
-        names = m.submit(specs)
-        show = sys.stderr.isatty() if progress is None else progress
-        states = _wait_with_progress(m, names, timeout, show)
-        ok = _summary(m, states)
-    sys.exit(0 if ok else 1)
+    m = Manager(redis_url, namespace=namespace, cores=cores, nodes=nodes, store=store)
+    local = m.local is not None
+    with Interrupts(m.abort) as interrupts:
+        try:
+            names = m.submit(specs)
+            code = _run_wait(m, names, timeout, _show(progress), interrupts, namespace, local)
+        finally:
+            m.finish()
+    sys.exit(code)
+
+
+def _run_wait(m: Manager, names: list[str], timeout: float | None, show: bool, interrupts: Interrupts,
+              namespace: str, local: bool) -> int:
+    hint = None if local else (f"no executor serves namespace '{namespace}' yet: start one with "
+                               f"`qcgpj-worker --redis-url URL -n {namespace}`")
+    code = 0
+    started = time.time()
+    try:
+        states = _wait_with_progress(m, names, timeout, show, interrupts, hint)
+    except (Interrupted, TimeoutError) as exc:
+        if not local:
+            if isinstance(exc, TimeoutError):
+                raise
+            click.echo(f"stopped waiting: the {len(names)} job(s) go on in the queue; cancel them with "
+                       f"`qcgpj cancel -n {namespace} NAME...` (the names are in the file)", err=True)
+            return interrupts.code
+        code = interrupts.code if isinstance(exc, Interrupted) else 1
+        m.cancel(names)   # first: after a SIGHUP, writing to the closed terminal fails
+        click.echo(str(exc) if code != 1 else f"timed out after {timeout:g} s", err=True)
+        click.echo("canceling what is queued and killing what runs (Ctrl-C again: at once)", err=True)
+        states = m.wait4(names, timeout=CANCEL_WAIT)
+    where = f"local mode, store {m.store_kind}" if local else ""
+    entries = None
+    if local:
+        meta = {"started": started, "ended": time.time(), "store": m.store_kind, "cores": m.local.total_cores,
+                "nodes": m.local.total_nodes, "executor": m.local.executor.eid, "directory": os.getcwd()}
+        path, entries = record.write(m, names, os.getcwd(), meta)
+        where += f"; record: {os.path.relpath(path)}"
+    ok = _summary(m, states, where, entries)
+    return code or (0 if ok else 1)
+
+
+CANCEL_WAIT = 60.0   # seconds: canceled states are written at once; this only bounds a stuck store
 
 
 @main.command()
@@ -226,16 +307,26 @@ def submit(file: str, redis_url: str | None, namespace: str) -> None:
     click.echo(f"submitted {len(names)} job(s)")
 
 
+from_option = click.option("--from", "from_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                           help=f"Read the record a local `qcgpj run` left in DIR ({record.RECORD_FILE}).")
+
+
 @main.command()
 @click.argument("names", nargs=-1)
 @url_option
 @ns_option
+@from_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_errors
-def status(names: tuple[str, ...], redis_url: str | None, namespace: str, as_json: bool) -> None:
+def status(names: tuple[str, ...], redis_url: str | None, namespace: str, from_dir: str | None,
+           as_json: bool) -> None:
     """States of NAMES (default: all jobs) and a count by state."""
-    m = _remote(redis_url, namespace)
-    states = m.status(list(names) if names else None)
+    if from_dir is not None:
+        entries = record.load(from_dir)[1]
+        states = {n: record.lookup(from_dir, n)["state"] for n in names} if names else \
+            {n: e["state"] for n, e in entries.items() if ":" not in n}
+    else:
+        states = _remote(redis_url, namespace).status(list(names) if names else None)
     counts = Counter(states.values())
     if as_json:
         click.echo(json.dumps({"jobs": states, "counts": {s: counts[s] for s in STATE_ORDER if counts[s]}}, indent=1))
@@ -264,11 +355,12 @@ def list_(redis_url: str | None, namespace: str, as_json: bool) -> None:
 @click.argument("name")
 @url_option
 @ns_option
+@from_option
 @click.option("--json", "as_json", is_flag=True)
 @_errors
-def info(name: str, redis_url: str | None, namespace: str, as_json: bool) -> None:
+def info(name: str, redis_url: str | None, namespace: str, from_dir: str | None, as_json: bool) -> None:
     """Details of job NAME, or of one iteration NAME:IT."""
-    data = _remote(redis_url, namespace).info(name)
+    data = record.lookup(from_dir, name) if from_dir is not None else _remote(redis_url, namespace).info(name)
     if as_json:
         click.echo(json.dumps(data, indent=1))
         return
@@ -301,10 +393,14 @@ def cancel(names: tuple[str, ...], redis_url: str | None, namespace: str) -> Non
 @_errors
 def wait(names: tuple[str, ...], redis_url: str | None, namespace: str, timeout: float | None,
          progress: bool | None) -> None:
-    """Wait until NAMES (default: all jobs) are final; exit 1 unless all SUCCEEDed."""
+    """Wait until NAMES (default: all jobs) are final; exit 1 unless all SUCCEEDed (Ctrl-C: 130, the jobs go on)."""
     m = _remote(redis_url, namespace)
-    show = sys.stderr.isatty() if progress is None else progress
-    states = _wait_with_progress(m, list(names) or None, timeout, show)
+    with Interrupts(lambda: None) as interrupts:
+        try:
+            states = _wait_with_progress(m, list(names) or None, timeout, _show(progress), interrupts)
+        except Interrupted:
+            click.echo("stopped waiting: the jobs go on in the queue", err=True)
+            sys.exit(interrupts.code)
     sys.exit(0 if _summary(m, states) else 1)
 
 
@@ -430,13 +526,15 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
 @click.option("--external", is_flag=True,
               help="Use executors already serving the namespace given by -n (only this run's jobs are removed "
                    "afterwards).")
+@click.option("--qcg-pm-service", "qcg", default=None, metavar="PATH",
+              help="The local workload also times QCG-PilotJob's qcg-pm-service (file mode) on the same file.")
 @ns_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable figures.")
 @verbose_option
 @_errors
 def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], tasks: int, chain: int,
-          submit_jobs: int, submit_iterations: int, cores: int | None, external: bool, namespace: str,
-          as_json: bool, verbose: int) -> None:
+          submit_jobs: int, submit_iterations: int, cores: int | None, external: bool, qcg: str | None,
+          namespace: str, as_json: bool, verbose: int) -> None:
     """Measure throughput, dependency latency and submission cost on this machine."""
     from contextlib import nullcontext
 
@@ -446,7 +544,7 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
     with ctx as url:
         cfg = BenchConfig(url, tasks=tasks, chain=chain, submit_jobs=submit_jobs,
                           submit_iterations=submit_iterations, cores=cores, external=external,
-                          namespace=namespace, private=start_redis)
+                          namespace=namespace, private=start_redis, qcg=qcg)
         results = run_bench(cfg, workloads or WORKLOADS)
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in results], indent=1))

@@ -80,3 +80,21 @@ class RedisPermissionError(RedisError):
 
 class RedisMemoryError(RedisError):
     """Redis reached its ``maxmemory`` and refuses writes (OOM); a script refused so wrote nothing."""
+
+
+class StoreError(QcgpjError):
+    """Local mode's store cannot be used (unknown, or redis-server forced but missing or failing)."""
+
+
+class FinishedError(QcgpjError):
+    """The Manager was finished: its local services are stopped, so nothing more can run."""
+
+
+class LostJobsError(QcgpjError):
+    """Jobs the queue held are gone from it (Redis lost data): their outcome cannot be known."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        super().__init__(f"the queue lost {len(names)} job(s) it held ({shown}): Redis lost data "
+                         "(restarted without persistence, flushed or evicted?)")

@@ -459,6 +459,20 @@ class Executor:
                 if slot.running is not None:
                     slot.running.kill()
 
+    def kill_all(self, sig: int) -> None:
+        """Signal every running task's process group now, from any thread (local mode's second Ctrl-C, which
+        exits at once and cannot wait for the dispatcher)."""
+        for slot in list(self._running.values()):
+            slot.canceled = True   # a launcher thread that has not started it yet kills it at once
+            pid = slot.running.pid if slot.running is not None else None
+            if pid:
+                try:
+                    os.killpg(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            elif slot.running is not None:
+                slot.running.kill()
+
     def _on_dead(self, state: str, gen: int) -> None:
         """The heartbeat found us DEAD or LEFT (told to leave: stop), or GONE (Redis lost our registration)."""
         if gen != self._gen or self._rejoin or self._stop.is_set():

@@ -9,7 +9,8 @@ import redis
 
 from . import arguments as a
 from .connection import check_settings, connect, url_from_env
-from .errors import ArgumentError, ResourceError, TimeoutError, UnknownJobError
+from .errors import (ArgumentError, FinishedError, LostJobsError, QcgpjError, ResourceError, TimeoutError,
+                     UnknownJobError)
 from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]   # (jobs final, jobs asked for)
 CHECK_INTERVAL = 0.02   # seconds: the most often a waiting client re-reads states
+LOCAL_CHECK_INTERVAL = 0.1   # ... in local mode, where its reads take the interpreter from the executor
 FULL_CHECK = 1.0        # seconds between re-reads of every open name (in between, only the oldest ones)
 FRONT = 128             # names read at a time from the oldest open one on
 
@@ -73,24 +75,30 @@ class Manager:
     """``Manager()`` runs everything in this process (local mode); ``Manager(url)`` talks to a shared Redis."""
 
     @a.api(redis_url=a.optional_str, namespace=a.namespace, cores=a.optional_positive, nodes=a.nodes,
-           root_wd=a.optional_path, max_attempts=a.positive, client=a.client)
+           root_wd=a.optional_path, max_attempts=a.positive, client=a.client, store=a.optional_str)
     def __init__(self, redis_url: str | None = None, namespace: str = "default", cores: int | None = None,
                  nodes: str | None = None, root_wd: str | None = None, max_attempts: int = 3,
-                 client: redis.Redis | None = None) -> None:
+                 client: redis.Redis | None = None, store: str | None = None) -> None:
+        """``store`` (local mode only): "redis-server", "fakeredis" or None (the first when on PATH)."""
         self.local: Any = None   # LocalServices in local mode
         self._last_check = 0.0
+        self._finished = False
         url = url_from_env(redis_url)
+        if store is not None and (url is not None or client is not None):
+            raise QcgpjError("a store is chosen only in local mode (no Redis URL)")
         if client is not None:
             self.client = client
         elif url is None:
             from .local import LocalServices   # fakeredis is only needed in local mode
             self.local = LocalServices(namespace=namespace, cores=cores, nodes=nodes, root_wd=root_wd,
-                                       max_attempts=max_attempts)
+                                       max_attempts=max_attempts, store=store)
             self.client = self.local.client
         else:
             self.client = connect(url)
             check_settings(self.client)
         self.store = Store(self.client, namespace)
+        self.store_kind = self.local.store_kind if self.local is not None else None
+        self._check_interval = CHECK_INTERVAL if self.local is None else LOCAL_CHECK_INTERVAL
         if self.local is not None:
             self.local.start()
 
@@ -106,6 +114,15 @@ class Manager:
         if self.local is not None:
             self.local.stop()
             self.local = None
+            self._finished = True
+
+    def abort(self) -> None:
+        """Local mode, at once (a second Ctrl-C): every running task's process group is killed, the store is
+        dropped, nothing is reported. The Manager is unusable afterwards."""
+        if self.local is not None:
+            self.local.abort()
+            self.local = None
+            self._finished = True
 
     # ------------------------------------------------------------------ submit
     def limits(self) -> tuple[int | None, int | None, int | None]:
@@ -122,6 +139,9 @@ class Manager:
     @a.api(jobs=a.jobs)
     def submit(self, jobs: Jobs | Iterable[JobSpec | dict]) -> list[str]:
         """Validate the whole batch, then write it; returns the job names. Nothing is written on error."""
+        if self._finished:
+            raise FinishedError("this Manager is finished: its local services are stopped, so the jobs would "
+                                "never run; submit before finish() or use a new Manager")
         specs = _as_specs(jobs)
         max_cores, max_nodes, per_node = self.limits()
         check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
@@ -159,6 +179,11 @@ class Manager:
         h = self.store.job_hash(job)
         if it:
             return self._iteration_info(job, int(it), h)
+        return self.job_info(job, h)
+
+    @staticmethod
+    def job_info(job: str, h: dict[str, str]) -> dict[str, Any]:
+        """A job's details from its hash (read one by one by ``info``, many at once by the run record)."""
         info: dict[str, Any] = {"name": job, "state": h.get("state"), "spec": JobSpec.from_json(h["spec"]).to_dict(),
                                 "attempts": int(h.get("attempts", 0)), "executor": h.get("executor") or None,
                                 "created": _f(h.get("created")), "start": _f(h.get("start")),
@@ -237,6 +262,8 @@ class Manager:
         """Wait until the named jobs are final; woken by the queue's events, not by polling."""
         names = [names] if isinstance(names, str) else list(names)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._whole_queue(names):
+            self._wait_active(deadline, progress, names)   # then one read of the states, below
         last = self.store.last_event_id()
         states: dict[str, str | None] = {}
         open_names = names   # a final state never changes: only the others are read again
@@ -245,22 +272,48 @@ class Manager:
             full = time.monotonic() >= full_at
             if full:
                 full_at = time.monotonic() + FULL_CHECK
-            open_names = self._still_open(open_names, states, full)
+            open_names = self._still_open(open_names, states, full, known=bool(states))
             if progress:
                 progress(len(names) - len(open_names), len(names))
             if not open_names:
                 return {n: states[n] for n in names}
             last = self._wait_event(last, deadline, names)
 
-    def _still_open(self, open_names: list[str], states: dict[str, str | None], full: bool) -> list[str]:
+    def _whole_queue(self, names: list[str]) -> bool:
+        """Local mode waiting for every job of its private queue (``qcgpj run``): then the count of open jobs
+        says all, one read per wake-up instead of the states (which, in fakeredis, took the executor's time)."""
+        return (self.local is not None and all(":" not in n for n in names)
+                and len(set(names)) == self.client.llen(self.store.keys.jobs))
+
+    def _wait_active(self, deadline: float | None, progress: Progress | None, names: Sequence[str]) -> None:
+        """Until no job of the queue is open (the ``active`` count)."""
+        last = self.store.last_event_id()
+        while True:
+            active = self.store.active()
+            if progress:
+                total = self.client.llen(self.store.keys.jobs)
+                progress(total - active, total)
+            if active <= 0:
+                return
+            last = self._wait_event(last, deadline, names)
+
+    def _still_open(self, open_names: list[str], states: dict[str, str | None], full: bool,
+                    known: bool = True) -> list[str]:
         """The names not final yet, reading their states into ``states``. Jobs mostly end in the order they
         were submitted, so between full re-reads only the oldest are read, FRONT at a time up to the first
         group not all final: a client waiting for 10,000 jobs costs a few hundred reads per wake-up, not
-        10,000 (which, every 20 ms, took most of a core from the tasks)."""
+        10,000 (which, every 20 ms, took most of a core from the tasks). A name ``known`` before that is
+        gone now was lost by Redis: LostJobsError, not an endless wait."""
         step = max(len(open_names), 1) if full else FRONT
         for i in range(0, len(open_names), step):
             group = open_names[i:i + step]
-            states.update(self.status(group))
+            try:
+                states.update(self.status(group))
+            except UnknownJobError:
+                if not known:
+                    raise
+                plain = self.store.states([n for n in group if ":" not in n])
+                raise LostJobsError([n for n, st in plain.items() if st is None] or group) from None
             left = [n for n in group if states[n] not in FINAL_STATES]
             if left:
                 return left + open_names[i + step:]
@@ -270,20 +323,18 @@ class Manager:
     def wait4all(self, timeout: float | None = None, progress: Progress | None = None) -> dict[str, str | None]:
         """Wait until every job in the queue is final."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        last = self.store.last_event_id()
-        while True:
-            active = self.store.active()
-            if progress:
-                total = self.client.llen(self.store.keys.jobs)
-                progress(total - active, total)
-            if active <= 0:
-                return self.list()
-            last = self._wait_event(last, deadline, ["all jobs"])
+        known = self.store.job_names()
+        self._wait_active(deadline, progress, ["all jobs"])
+        states = self.list()
+        lost = [n for n in known if states.get(n) is None]
+        if lost:
+            raise LostJobsError(lost)
+        return states
 
     def _wait_event(self, last: str, deadline: float | None, names: Sequence[str]) -> str:
         # Coalesce: under load events come every few hundred microseconds; re-checking the states at most
         # every CHECK_INTERVAL keeps the waiting client from competing with the executors for the CPU.
-        pause = self._last_check + CHECK_INTERVAL - time.monotonic()
+        pause = self._last_check + self._check_interval - time.monotonic()
         if pause > 0:
             time.sleep(pause)
         self._last_check = time.monotonic()

@@ -267,6 +267,13 @@ class Store:
             raise UnknownJobError(f"unknown job '{name}'")
         return h
 
+    def job_hashes(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Several jobs' hashes in one round trip (the run record); a missing job maps to {}."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.keys.job(name))
+        return dict(zip(names, pipe.execute()))
+
     def iteration_record(self, name: str, it: int) -> str | None:
         return self.r.hget(self.keys.its(name), str(it))
 
@@ -407,7 +414,14 @@ class Store:
         return int(self._run("release", [eid, now(), *entries])) if entries else 0
 
     def wait_ready(self, eid: str, timeout: float) -> str | None:
-        """Block on the executor's ready list; the entry moves to running at once (BLMOVE), so it cannot be lost."""
+        """Block on the executor's ready list; the entry moves to running at once (BLMOVE), so it cannot be lost.
+        fakeredis's BLMOVE never blocks (a waiter spun on it): there, BLPOP then RPUSH, which in one process
+        loses nothing either."""
+        if type(self.r).__module__.startswith("fakeredis"):
+            got = self.r.blpop([self.keys.ready(eid)], timeout=timeout)
+            if got:
+                self.r.rpush(self.keys.running(eid), got[1])
+            return got[1] if got else None
         return self.r.blmove(self.keys.ready(eid), self.keys.running(eid), timeout, "LEFT", "RIGHT")
 
     def control(self, eid: str, timeout: float) -> str | None:

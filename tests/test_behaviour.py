@@ -1,4 +1,5 @@
-"""The behaviour suite: the same tests on a real redis-server with real service processes, and in local mode."""
+"""The behaviour suite: the same tests on a real redis-server with real service processes, and in local mode
+(with each of its stores)."""
 from __future__ import annotations
 
 import os
@@ -19,11 +20,12 @@ from tests.cluster import Cluster, credit
 CORES = 4
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=["redis", "local", "fakeredis"])
 def env(request, tmp_path):
-    """(manager, run directory) for either mode."""
-    if request.param == "local":
-        m = Manager(cores=CORES, root_wd=str(tmp_path))
+    """(manager, run directory) for each mode: a shared Redis with service processes, and local mode with each
+    store (a private redis-server, fakeredis)."""
+    if request.param in ("local", "fakeredis"):
+        m = Manager(cores=CORES, root_wd=str(tmp_path), store="fakeredis" if request.param == "fakeredis" else None)
         yield m, tmp_path
         m.finish()
         return

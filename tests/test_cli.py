@@ -55,7 +55,7 @@ def test_run_local_mode_exits_nonzero_on_failure(tmp_path):
     res = qcgpj("run", "jobs.json", cwd=tmp_path)
     assert res.returncode == 1
     assert "FAILED 1" in res.stdout and "OMITTED 1" in res.stdout
-    assert "bad: FAILED exit code 1" in res.stdout
+    assert "bad: FAILED exit 1" in res.stdout
 
 
 @pytest.mark.parametrize("content, message", [
@@ -124,8 +124,8 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
     rows = json.loads(res.stdout)
     assert [(r["workload"], r["unit"]) for r in rows] == [
         ("spawn", "tasks/s"), ("tasks", "tasks/s"), ("iterations", "tasks/s"), ("chain", "ms/hop"),
-        ("queue", "tasks/s"), ("submit", "s"), ("submit", "s")]
-    spawn, tasks, iterations, chain, queue, jobs, one_job = rows
+        ("queue", "tasks/s"), ("submit", "s"), ("submit", "s"), ("local", "tasks/s"), ("local", "tasks/s")]
+    spawn, tasks, iterations, chain, queue, jobs, one_job = rows[:7]
     assert tasks["extra"]["succeeded"] == queue["extra"]["succeeded"] == 40
     # the machine's own limit, measured in the same run, and the share of it that the queue reaches
     assert spawn["value"] > 0 and spawn["extra"]["threads"] >= 1
@@ -137,13 +137,25 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
 
 
 def test_bench_in_local_mode_runs_every_workload(tmp_path):
-    """No Redis at all: every workload runs on fakeredis; memory figures are absent, not an error."""
+    """No Redis URL: every workload runs in local mode (with its default store)."""
     res = qcgpj("bench", *SMALL, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert [r["workload"] for r in rows] == ["spawn", "tasks", "iterations", "chain", "queue", "submit", "submit"]
+    assert [r["workload"] for r in rows] == ["spawn", "tasks", "iterations", "chain", "queue", "submit", "submit",
+                                             "local", "local"]
     assert rows[1]["extra"]["succeeded"] == 40
-    assert rows[5]["extra"]["bytes_per_job"] is None and rows[5]["extra"]["jobs_per_s"] > 0
+    assert rows[5]["extra"]["jobs_per_s"] > 0
+
+
+def test_bench_local_times_qcgpj_run_with_each_store(tmp_path):
+    """-w local: the whole `qcgpj run` command with each store, each against the spawn limit of the same run."""
+    res = qcgpj("bench", "-w", "spawn", "-w", "local", "--tasks", "30", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    spawn, *local = json.loads(res.stdout)
+    assert [r["what"].rsplit(": ", 1)[1] for r in local] == ["redis-server", "fakeredis"]
+    for r in local:
+        assert r["extra"]["ok"] and r["value"] > 0
+        assert r["extra"]["of_spawn_limit"] == round(r["value"] / spawn["value"], 2)
 
 
 def test_bench_start_redis_runs_on_a_private_server_without_warnings(tmp_path):

@@ -1,0 +1,293 @@
+"""`qcgpj run` and `qcgpj wait` as a user lives them: Ctrl-C, --timeout, an idle wait, the progress line in a real
+terminal (tmux), the run record, and a queue that lost its jobs. Real processes, real redis-servers; local mode
+with each of its stores."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from qcgpj import Manager
+from qcgpj.errors import FinishedError, LostJobsError, StoreError
+from tests.cluster import Cluster, qcgpj_cmd
+from tests.test_cli import REPO, qcgpj, write
+
+STORES = ["redis-server", "fakeredis"]
+TCK = os.sysconf("SC_CLK_TCK")
+
+
+def env() -> dict:
+    e = dict(os.environ, PYTHONPATH=str(REPO))
+    e.pop("QCGPJ_REDIS_URL", None)
+    return e
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(qcgpj_cmd(*args), cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def marked(marker: str) -> list[int]:
+    """Processes whose command line holds the marker: the process table, not our bookkeeping."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def until(predicate, timeout: float, what: str) -> None:
+    """Wait for something outside any queue (a process appearing): the process table has no events."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def sleepers(n: int, seconds: int, marker: str, ignore_term: bool = False) -> list[dict]:
+    trap = "trap '' TERM; " if ignore_term else ""
+    return [{"name": "sleep", "iteration": {"stop": n},
+             "execution": {"exec": "/bin/sh", "args": ["-c", f"{trap}sleep {seconds}; : {marker}"]}},
+            {"name": "queued", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["sleep"]}}]
+
+
+@pytest.fixture
+def marker():
+    m = f"qcgpj-test-{uuid.uuid4().hex[:10]}"
+    yield m
+    for pid in marked(m):   # never leave a task behind, even when the test failed
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_ctrl_c_cancels_kills_the_tasks_and_exits_130(tmp_path, marker, store):
+    write(tmp_path / "jobs.json", sleepers(2, 60, marker))
+    p = start("run", "jobs.json", "--store", store, "--cores", "2", cwd=tmp_path)
+    until(lambda: len(marked(marker)) >= 2, 60, "both tasks running")
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "2 jobs: CANCELED 2" in out and f"store {store}" in out
+    assert "interrupted" in err
+    assert marked(marker) == []   # no task process left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_stops_a_local_run_as_ctrl_c_does(tmp_path, marker, sig):
+    """A batch system ends a job at its walltime with SIGTERM, a closed terminal sends SIGHUP: the tasks must
+    not outlive the run."""
+    write(tmp_path / "jobs.json", sleepers(2, 60, marker))
+    p = start("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    until(lambda: len(marked(marker)) >= 2, 60, "both tasks running")
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + sig, err
+    assert "terminated" in err and "CANCELED 2" in out
+    assert marked(marker) == []
+
+
+def test_second_ctrl_c_exits_at_once_and_still_kills(tmp_path, marker):
+    """Tasks that ignore SIGTERM would hold the first Ctrl-C's clean stop for seconds: the second one kills
+    them (SIGKILL to their process groups) and exits."""
+    write(tmp_path / "jobs.json", sleepers(2, 60, marker, ignore_term=True))
+    p = start("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    until(lambda: len(marked(marker)) >= 2, 60, "both tasks running")
+    p.send_signal(signal.SIGINT)
+    while "canceling" not in p.stderr.readline():   # the first Ctrl-C was handled: its clean stop waits
+        pass
+    assert marked(marker), "the tasks ignore SIGTERM: they still run"
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    assert p.returncode == 130
+    until(lambda: marked(marker) == [], 10, "the tasks killed")
+
+
+def test_timeout_cancels_and_exits_1(tmp_path, marker):
+    write(tmp_path / "jobs.json", sleepers(1, 30, marker))
+    t0 = time.monotonic()
+    res = qcgpj("run", "jobs.json", "--timeout", "2", cwd=tmp_path, timeout=60)
+    assert res.returncode == 1, res.stderr
+    assert time.monotonic() - t0 < 25   # far less than the task's 30 s: it did not wait for it
+    assert "timed out after 2 s" in res.stderr and "CANCELED 2" in res.stdout
+    assert marked(marker) == []
+
+
+def test_forced_store_missing_is_one_line(tmp_path):
+    write(tmp_path / "jobs.json", [{"name": "a", "execution": {"exec": "/bin/true"}}])
+    res = qcgpj("run", "jobs.json", "--store", "redis-server", cwd=tmp_path, env={"PATH": "/nonexistent"})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "Error: store redis-server asked for, but no redis-server is on PATH (install Redis, or use --store "
+        "fakeredis)"]
+    with pytest.raises(StoreError):
+        Manager(store="nosuch")
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TCK
+
+
+def _idle_share(cwd: Path, marker: str, *args: str, window: float = 8.0) -> tuple[float, int, str]:
+    """`qcgpj run` of one long sleep: the CPU its waiting client used while the task slept, as a share of the
+    time (a busy wait shows as ~100%); then Ctrl-C. Returns the share, the exit code and stderr."""
+    write(cwd / "jobs.json", sleepers(1, 20, marker)[:1])
+    p = start("run", "jobs.json", *args, cwd=cwd)
+    try:
+        until(lambda: marked(marker), 60, "the task running")
+        a, t0 = _cpu(p.pid), time.monotonic()
+        time.sleep(window)   # the measured span itself, not a synchronisation
+        share = (_cpu(p.pid) - a) / (time.monotonic() - t0)
+    finally:
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=60)
+    return share, p.returncode, err
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_waiting_in_local_mode_costs_no_cpu(tmp_path, marker, store):
+    share, _code, _err = _idle_share(tmp_path, marker, "--store", store)
+    assert share < 0.10, f"the waiting client used {share:.0%} of a core"
+
+
+def test_waiting_on_a_queue_costs_no_cpu(tmp_path, marker, redis_url):
+    cluster = Cluster(redis_url, tmp_path)
+    try:
+        cluster.serving(1)
+        share, code, err = _idle_share(tmp_path, marker, "--redis-url", redis_url)
+        assert share < 0.10, f"the waiting client used {share:.0%} of a core"
+        # Ctrl-C of run on a shared queue only stops waiting: the job goes on, and the user is told how to stop it
+        assert code == 130 and "go on in the queue" in err and "qcgpj cancel" in err
+        assert cluster.manager().status("sleep")["sleep"] in ("SCHEDULED", "EXECUTING")
+    finally:
+        cluster.stop()
+
+
+def _pane(session: str) -> list[str]:
+    out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+@pytest.mark.parametrize("width", [40, 120])
+def test_progress_is_one_line_in_a_real_terminal(tmp_path, marker, width):
+    jobs = [{"name": "quick", "iteration": {"stop": 30}, "execution": {"exec": "/bin/true"}},
+            {"name": "bad", "execution": {"exec": "/bin/false"}}, *sleepers(2, 60, marker)[:1]]
+    write(tmp_path / "jobs.json", jobs)
+    session = f"qcgpj-{uuid.uuid4().hex[:8]}"
+    cmd = f"cd {tmp_path} && PYTHONPATH={REPO} {' '.join(qcgpj_cmd('run', 'jobs.json', '--cores', '2'))}; sleep 60"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "10", cmd], check=True)
+    try:
+        until(lambda: any("31/33" in line for line in _pane(session)), 60, "the progress line at 31/33")
+        lines = _pane(session)
+        assert len(lines) == 1, lines   # one line: no wrapping, no line per redraw
+        line = lines[0]
+        assert len(line) <= width and "1 failed" in line and "2 running" in line and "/s" in line
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
+        until(lambda: any("jobs:" in line for line in _pane(session)), 30, "the summary")
+        assert any("CANCELED 1" in line for line in _pane(session))
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_hint_when_no_executor_serves_the_namespace(tmp_path, redis_url):
+    write(tmp_path / "jobs.json", [{"name": "a", "execution": {"exec": "/bin/true"}}])
+    session = f"qcgpj-{uuid.uuid4().hex[:8]}"
+    run = " ".join(qcgpj_cmd("run", "jobs.json", "--redis-url", redis_url, "-n", "lonely"))
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "10",
+                    f"cd {tmp_path} && PYTHONPATH={REPO} {run}"], check=True)
+    try:
+        until(lambda: any("no executor serves namespace 'lonely'" in line for line in _pane(session)), 60,
+              "the hint")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_summary_and_record_tell_what_failed(tmp_path):
+    write(tmp_path / "jobs.json", [
+        {"name": "ok", "execution": {"exec": "/bin/true"}},
+        {"name": "bad", "execution": {"script": "echo oops >&2; exit 3", "stderr": "bad.err"}},
+        {"name": "sweep", "iteration": {"stop": 4},
+         "execution": {"script": "test ${it} -ne 2 || exit 4", "stderr": "sweep.${it}.err"}}])
+    res = qcgpj("run", "jobs.json", cwd=tmp_path)
+    assert res.returncode == 1
+    assert f"bad: FAILED exit 3 (stderr: {tmp_path / 'bad.err'})" in res.stdout
+    assert f"sweep:2: FAILED exit 4 (stderr: {tmp_path / 'sweep.2.err'})" in res.stdout
+    assert (tmp_path / "bad.err").read_text() == "oops\n"
+    lines = [json.loads(line) for line in (tmp_path / "qcgpj-run.jsonl").read_text().splitlines()]
+    assert lines[0]["run"]["store"] in STORES and lines[0]["run"]["cores"] >= 1
+    by_name = {e["name"]: e for e in lines[1:]}
+    assert by_name["sweep"]["iterations"]["FAILED"] == 1 and by_name["sweep:2"]["exit_code"] == 4
+    assert by_name["bad"]["executor"] and by_name["bad"]["end"] >= by_name["bad"]["start"]
+    # asked about afterwards, with no queue left
+    st = qcgpj("status", "--from", str(tmp_path), "--json", cwd=tmp_path)
+    assert json.loads(st.stdout) == {"ok": "SUCCEED", "bad": "FAILED", "sweep": "FAILED"}
+    info = qcgpj("info", "--from", str(tmp_path), "sweep:2", "--json", cwd=tmp_path)
+    assert json.loads(info.stdout)["exit_code"] == 4
+    missing = qcgpj("info", "--from", str(tmp_path / "nowhere"), "x", cwd=tmp_path)
+    assert missing.returncode == 1 and "no record of a run" in missing.stderr
+
+
+def test_submit_after_finish_is_an_error(tmp_path):
+    m = Manager(root_wd=str(tmp_path), store="fakeredis")
+    m.finish()
+    with pytest.raises(FinishedError):
+        m.submit([{"name": "late", "execution": {"exec": "/bin/true"}}])
+
+
+def _blocked_in_xread(r: redis.Redis) -> bool:
+    return any(c.get("cmd") == "xread" for c in r.client_list())
+
+
+@pytest.mark.parametrize("names", [["a", "b"], []])
+def test_wait_says_when_the_queue_lost_its_jobs(tmp_path, redis_url, names):
+    """No executor: the jobs stay queued; Redis then loses them (FLUSHALL stands for a restart without
+    persistence). `wait` must not report '0 jobs' or success."""
+    m = Manager(redis_url)
+    m.submit([{"name": n, "execution": {"exec": "/bin/true"}} for n in ("a", "b")])
+    p = start("wait", "--redis-url", redis_url, *names, cwd=tmp_path)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    until(lambda: _blocked_in_xread(r), 30, "wait blocked on the events")
+    r.flushall()
+    r.xadd("qcgpj:{default}:events", {"type": "nudge", "data": ""})   # wake it now rather than at its timeout
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "lost 2 job(s)" in err, err
+
+
+def test_wait4all_raises_lost_jobs(redis_url):
+    m = Manager(redis_url)
+    m.submit([{"name": "a", "execution": {"exec": "/bin/true"}}])
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    got: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            Manager(redis_url).wait4all(timeout=60)
+        except BaseException as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=waiting)
+    t.start()
+    until(lambda: _blocked_in_xread(r), 30, "wait4all blocked on the events")
+    r.flushall()
+    t.join(60)
+    assert got and isinstance(got[0], LostJobsError) and got[0].names == ["a"]
