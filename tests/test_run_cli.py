@@ -240,7 +240,7 @@ def test_summary_and_record_tell_what_failed(tmp_path):
     assert by_name["bad"]["executor"] and by_name["bad"]["end"] >= by_name["bad"]["start"]
     # asked about afterwards, with no queue left
     st = qcgpj("status", "--from", str(tmp_path), "--json", cwd=tmp_path)
-    assert json.loads(st.stdout) == {"ok": "SUCCEED", "bad": "FAILED", "sweep": "FAILED"}
+    assert json.loads(st.stdout)["jobs"] == {"ok": "SUCCEED", "bad": "FAILED", "sweep": "FAILED"}
     info = qcgpj("info", "--from", str(tmp_path), "sweep:2", "--json", cwd=tmp_path)
     assert json.loads(info.stdout)["exit_code"] == 4
     missing = qcgpj("info", "--from", str(tmp_path / "nowhere"), "x", cwd=tmp_path)
