@@ -36,6 +36,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except click.UsageError as exc:   # a check of the options' combination, made in the command itself
+            raise _usage(exc) from None
         except QcgpjError as exc:
             raise _one_line(str(exc)) from None
         except redis.RedisError as exc:
@@ -81,6 +83,7 @@ class Command(_OneLineUsage, click.Command):
 
 class Group(_OneLineUsage, click.Group):
     command_class = Command
+    group_class = type   # subgroups (report, alloc ...) are of this class too
 
 
 def _checked(check: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:

@@ -33,10 +33,11 @@ from typing import Any, Callable
 
 import redis
 
+from .connection import redis_error
 from .errors import QcgpjError
 from .jobspec import JobSpec
 from .launching import Runner, Slot
-from .outage import Outage
+from .outage import Outage, refused
 from .resources import CoreAllocator, Node
 from .keys import check_executor_id
 from .store import Entry, Report, Store, now
@@ -145,6 +146,8 @@ class Executor:
             self.store.register(self.eid, self.ttl, socket.gethostname(), nodes_text, self.allocator.total,
                                 maxnode, len(self.nodes), self.prefetch, os.getpid())
         except redis.RedisError as exc:
+            if refused(exc) and self._gen == 0:   # never joined: the user's ACL or password, said in one line
+                raise redis_error(exc) from None
             self._retry_at = time.monotonic() + self._outage.failed(exc)
             return False
         self._outage.ok()

@@ -23,7 +23,8 @@ import uuid
 import redis
 
 from .housekeeping import DAY, Janitor
-from .outage import Outage
+from .connection import redis_error
+from .outage import Outage, refused
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class InputQueue:
                     self._serve(outage)
                     break
                 except redis.RedisError as exc:   # an outage, a restart, a lost stream group, OOM: never fatal
+                    if refused(exc):
+                        raise redis_error(exc) from None
                     self._checked = 0.0
                     self.stop_event.wait(outage.failed(exc))
         except _Interrupted:

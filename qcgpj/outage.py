@@ -27,6 +27,18 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in TRANSIENT_REPLIES
 
 
+def refused(exc: BaseException) -> bool:
+    """True for a refusal no retry mends: the ACL denies a command or key, or the credentials are wrong. A service
+    that meets one stops with that one line (the README lists the minimal ACL) instead of retrying for ever."""
+    if isinstance(exc, (redis.AuthenticationError, redis.exceptions.NoPermissionError)):
+        return True
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    text = str(exc)   # inside a script, a denial is a script error whose text says so
+    return text.split(" ", 1)[0] in ("NOPERM", "WRONGPASS", "NOAUTH") or "no permissions" in text \
+        or "can't run this command" in text
+
+
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
