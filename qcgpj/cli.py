@@ -116,11 +116,17 @@ def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nod
 @click.argument("file", type=click.Path(dir_okay=False))
 @url_option
 @ns_option
+@click.option("--durable", is_flag=True,
+              help="Return only once Redis confirms the jobs are on disk (WAITAOF, appendfsync always) or on a "
+                   "replica (WAIT); refused, writing nothing, where it cannot.")
+@click.option("--batch-id", default=None, metavar="ID",
+              help="Name this submit: submitting the same ID again after it succeeded writes nothing (a safe "
+                   "retry after an interrupted submit).")
 @_errors
-def submit(file: str, redis_url: str | None, namespace: str) -> None:
+def submit(file: str, redis_url: str | None, namespace: str, durable: bool, batch_id: str | None) -> None:
     """Submit the jobs of FILE to the queue (all or none)."""
     specs, _finish = parse_jobs_file(file)
-    names = _remote(redis_url, namespace).submit(specs)
+    names = _remote(redis_url, namespace).submit(specs, durable=durable, batch_id=batch_id)
     click.echo(f"submitted {len(names)} job(s)")
 
 

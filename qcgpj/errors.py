@@ -44,3 +44,11 @@ class UnknownJobError(QcgpjError):
 
 class TimeoutError(QcgpjError):  # noqa: A001
     """A wait ran out of time before the jobs finished."""
+
+
+class QueueFullError(QcgpjError):
+    """Redis reached its ``maxmemory`` (with ``noeviction``): the request wrote nothing; free memory and retry."""
+
+
+class DurabilityError(QcgpjError):
+    """A durable submit was asked for, but this Redis cannot confirm that the batch reached disk or a replica."""

@@ -27,6 +27,9 @@ exec:<id>:running           list     tasks it claimed (the reliable-queue proces
 exec:<id>:control           list     "cancel <task>" / "drain" commands
 events                      stream   wake-ups and audit: submit, finish, executor joined/lost, stop
 inputqueue:leader           string   the acting InputQueue's id, with a TTL (leader lease)
+stage:<batch>:<attempt>     list     a submit being written: name, spec, req, iter, deps per job; read only by
+                                     the commit that makes it visible; a TTL drops one a killed client left
+batch:<id>                  string   a committed batch's job count, with a TTL: a retried submit is a no-op
 """
 from __future__ import annotations
 
@@ -54,6 +57,8 @@ TEMPLATES: dict[str, str] = {
     "control": "exec:{}:control",
     "events": "events",
     "leader": "inputqueue:leader",
+    "stage": "stage:{}",
+    "batch": "batch:{}",
 }
 
 EVENTS_GROUP = "inputqueue"
@@ -133,6 +138,12 @@ class Keys:
 
     def control(self, eid: str) -> str:
         return self._k("control", eid)
+
+    def stage(self, attempt: str) -> str:
+        return self._k("stage", attempt)
+
+    def batch(self, batch_id: str) -> str:
+        return self._k("batch", batch_id)
 
 def lua_prelude() -> str:
     """Lua definitions of the key names: the scripts derive the prefix from KEYS[1] (always the ``jobs`` key)."""

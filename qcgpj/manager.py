@@ -116,13 +116,16 @@ class Manager:
         return (max(int(e["total"]) for e in execs), max(int(e["nnodes"]) for e in execs),
                 max(int(e["maxnode"]) for e in execs))
 
-    def submit(self, jobs: Jobs | Iterable[JobSpec | dict]) -> list[str]:
-        """Validate the whole batch, then write it; returns the job names. Nothing is written on error."""
+    def submit(self, jobs: Jobs | Iterable[JobSpec | dict], durable: bool = False,
+               batch_id: str | None = None) -> list[str]:
+        """Validate the whole batch, then write it, all or none; returns the job names. Nothing is written on
+        error. ``batch_id`` makes a retry safe: a batch id that was committed before is not written again.
+        ``durable`` returns only once Redis confirms the batch is on disk or on a replica (see durability)."""
         specs = _as_specs(jobs)
         max_cores, max_nodes, per_node = self.limits()
         check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
         _check_node_cores(specs, per_node)
-        self.store.submit(submit_rows(specs))
+        self.store.submit(submit_rows(specs), batch_id=batch_id, durable=durable)
         return [s.name for s in specs]
 
     # ------------------------------------------------------------------ queries

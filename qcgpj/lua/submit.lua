@@ -1,16 +1,33 @@
--- Submit a batch atomically. ARGV: now, count, then per job: name, spec, req, iter ("it0|n" or ""), deps.
--- deps: space-separated "a" (whole job), "a:3" (iteration 3 of a), "a:*" (per iteration).
--- Checks everything first and writes nothing on error: returns {'ERR', kind, job, detail}.
+-- Make a staged batch visible, in one atomic step. ARGV: now, batch id, staging attempt, count, batch ttl (s).
+-- The client wrote the rows to K_stage(attempt) in chunks beforehand (nothing else reads that list): per job
+-- name, spec, req, iter ("it0|n" or ""), deps (space-separated "a" whole job, "a:3" iteration 3, "a:*" per
+-- iteration), dependencies first. Everything is checked again here (another client may have submitted since the
+-- client's checks) before the first write; on error nothing is written: {'ERR', kind, job, detail}.
+-- A batch id committed before returns {'DONE', count} and writes nothing: a retried submit is safe.
 NOW = ARGV[1]
-local count = tonumber(ARGV[2])
-local jobs, batch = {}, {}
-for i = 0, count - 1 do
-  local b = 3 + i * 5
-  local j = {name = ARGV[b], spec = ARGV[b + 1], req = ARGV[b + 2], iter = ARGV[b + 3], deps = {}}
-  for tok in string.gmatch(ARGV[b + 4], '%S+') do j.deps[#j.deps + 1] = tok end
-  jobs[#jobs + 1] = j
-  batch[j.name] = j
+local bid, stage, count, ttl = ARGV[2], K_stage(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local done = redis.call('GET', K_batch(bid))
+if done then
+  redis.call('DEL', stage)
+  return {'DONE', done}
 end
+if redis.call('LLEN', stage) ~= count * 5 then return {'ERR', 'staging', '', tostring(count)} end
+
+local SLICE = 2000   -- jobs per read of the staging list
+local function each_row(fn)  -- fn(index, name, spec, req, iter, deps) for every staged job, in order
+  for first = 0, count - 1, SLICE do
+    local r = redis.call('LRANGE', stage, first * 5, math.min(first + SLICE, count) * 5 - 1)
+    for k = 1, #r, 5 do fn(first + (k + 4) / 5, r[k], r[k + 1], r[k + 2], r[k + 3], r[k + 4]) end
+  end
+end
+
+local jobs, batch = {}, {}
+each_row(function(i, name, _spec, req, iter, deps)
+  local j = {name = name, req = req, iter = iter, deps = {}}
+  for tok in string.gmatch(deps, '%S+') do j.deps[#j.deps + 1] = tok end
+  jobs[i] = j
+  batch[name] = j
+end)
 
 local function iter_of(name)  -- it0, n of a job in the batch or in Redis (n nil: not iterative)
   local j = batch[name]
@@ -23,8 +40,16 @@ local function iter_of(name)  -- it0, n of a job in the batch or in Redis (n nil
   return tonumber(h[1]), tonumber(h[2])
 end
 
+for first = 1, count, 1000 do  -- names already taken: one EXISTS per thousand, name by name only on a hit
+  local ks = {}
+  for i = first, math.min(first + 999, count) do ks[#ks + 1] = K_job(jobs[i].name) end
+  if redis.call('EXISTS', unpack(ks)) > 0 then
+    for i = first, math.min(first + 999, count) do
+      if redis.call('EXISTS', K_job(jobs[i].name)) == 1 then return {'ERR', 'duplicate', jobs[i].name, ''} end
+    end
+  end
+end
 for _, j in ipairs(jobs) do
-  if redis.call('EXISTS', K_job(j.name)) == 1 then return {'ERR', 'duplicate', j.name, ''} end
   for _, d in ipairs(j.deps) do
     local dn, sel = string.match(d, '^(.-):([%d*]+)$')
     dn = dn or d
@@ -41,10 +66,11 @@ for _, j in ipairs(jobs) do
 end
 
 local omit, ready_now = {}, {}
-for _, j in ipairs(jobs) do
+each_row(function(i, _name, spec)
+  local j = jobs[i]
   local jk = K_job(j.name)
   local omitted_before = #omit
-  local fields = {'spec', j.spec, 'state', 'QUEUED', 'req', j.req, 'created', NOW}
+  local fields = {'spec', spec, 'state', 'QUEUED', 'req', j.req, 'created', NOW}
   if j.iter ~= '' then
     local it0, n = string.match(j.iter, '^(-?%d+)|(%d+)$')
     for _, v in ipairs({'it0', it0, 'n', n, 'next', it0, 'done', 0}) do fields[#fields + 1] = v end
@@ -98,7 +124,7 @@ for _, j in ipairs(jobs) do
     j.ready = false
   end
   redis.call('HSET', jk, unpack(fields))
-end
+end)
 push_many(K_pending, ready_now)
 redis.call('INCRBY', K_active, count)
 push_many(K_jobs, (function() local t = {} for _, j in ipairs(jobs) do t[#t + 1] = j.name end return t end)())
@@ -120,5 +146,7 @@ for _, j in ipairs(jobs) do
   if j.ready and redis.call('HGET', K_job(j.name), 'state') == 'QUEUED' then make_ready(j.name) end
 end
 propagate()
+redis.call('DEL', stage)
+redis.call('SET', K_batch(bid), count, 'EX', ttl)
 emit('submit', tostring(count))
 return {'OK', place(200, 100000)}
