@@ -233,9 +233,13 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
               help="Times a task may be started on executors that die before it ends FAILED.")
 @click.option("--lease", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Leader lease, seconds.")
+@click.option("--unplaceable-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Seconds a ready job may fit no live executor (too many cores or nodes) before it ends FAILED; "
+                   "0: never. Jobs wait for the first executor as long as it takes.")
 @verbose_option
 @_errors
-def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, verbose: int) -> None:
+def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, unplaceable_timeout: float,
+               verbose: int) -> None:
     """Run the InputQueue service (placement, executor liveness) until interrupted."""
     from .inputqueue import InputQueue
     _logging(max(verbose, 1))
@@ -243,7 +247,8 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
         raise QcgpjError(f"the InputQueue needs a queue: give --redis-url or set {ENV_URL}")
     client = connect(redis_url)
     check_settings(client)
-    iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease)
+    iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease,
+                    unplaceable_timeout=unplaceable_timeout)
     _on_signals(iq.stop)
     iq.run()
 

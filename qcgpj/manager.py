@@ -159,6 +159,8 @@ class Manager:
                                 "created": _f(h.get("created")), "start": _f(h.get("start")),
                                 "end": _f(h.get("end")), "exit_code": _i(h.get("exit")),
                                 "message": h.get("message", "")}
+        if h.get("unplaceable"):   # since when no live executor can fit it (the message says what it needs)
+            info["unplaceable"] = float(h["unplaceable"])
         if info["start"] is not None and info["end"] is not None:
             info["runtime"] = round(info["end"] - info["start"], 3)
         if "n" in h:

@@ -370,10 +370,13 @@ class Store:
                 break
         return ids
 
-    def place_and_ack(self, ids: Sequence[str]) -> None:
-        """The deep pass and the acknowledgement of the events that asked for it, in one round trip."""
+    def place_and_ack(self, ids: Sequence[str], unplaceable: float | None = None) -> None:
+        """The deep pass and the acknowledgement of the events that asked for it, in one round trip; with
+        ``unplaceable`` (a timeout in seconds, 0: none) it also flags, and past the timeout fails, the ready jobs
+        that no live executor could ever fit."""
         pipe = self.r.pipeline(transaction=False)
-        self._scripts["place"](keys=[self.keys.jobs], args=[now(), 1000, 100000], client=pipe)
+        self._scripts["place"](keys=[self.keys.jobs], client=pipe,
+                               args=[now(), 1000, 100000, "" if unplaceable is None else unplaceable])
         if ids:
             pipe.xack(self.keys.events, EVENTS_GROUP, *ids)
         pipe.execute()

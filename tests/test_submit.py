@@ -16,7 +16,9 @@ from qcgpj.errors import DependencyError, DurabilityError, QueueFullError
 from qcgpj.keys import Keys
 
 from tests.cluster import Cluster, qcgpj_cmd
+from tests.fault_submit import ballast
 from tests.redisproc import RedisServer
+from tests.test_reliability import wait_for
 
 SMALL_REDIS = {"maxmemory": "20mb", "maxmemory-policy": "noeviction"}
 
@@ -142,7 +144,7 @@ def test_submit_and_cancel_at_maxmemory_give_one_line_and_change_nothing(tmp_pat
         r = server.client()
         m.submit(sweep(5))
         r.config_set("maxmemory", "0")
-        r.set("ballast", "x" * 30_000_000)          # Redis is now past the limit set back below
+        ballast(r, 30)                              # Redis is now past the limit set back below
         r.config_set("maxmemory", "20mb")
         before = snapshot(r)
         (tmp_path / "jobs.json").write_text('[{"name": "late", "execution": {"exec": "/bin/true"}}]')
@@ -189,3 +191,48 @@ def test_durable_submit_waits_for_a_replica():
         m = manager(primary.url)   # no AOF here: only the replica can confirm
         assert len(m.submit(sweep(20), durable=True)) == 20
         assert replica.client().exists(Keys().job("j19"))   # confirmed means: already on the replica
+
+
+# ---------------------------------------------------------------------- jobs no executor can fit
+def _big_jobs() -> Jobs:
+    return (Jobs()
+            .add(name="big", exec="/bin/true", numCores=64, model_opts={"cpu_bind": False})
+            .add(name="bigsweep", exec="/bin/true", numCores=64, iteration=3, model_opts={"cpu_bind": False})
+            .add(name="after", exec="/bin/true", after=["bigsweep"])
+            .add(name="small", exec="/bin/true"))
+
+
+def test_a_job_no_executor_fits_is_flagged_then_failed(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue("--unplaceable-timeout", "2")
+        m = c.manager()
+        m.submit(_big_jobs())     # before any executor: nothing to check the sizes against yet
+        c.worker(2)
+        wait_for(m, lambda: "unplaceable" in m.info("big"), what="big flagged")
+        assert "needs 64 cores; the largest live executor has 2" in m.info("big")["message"]
+        states = m.wait4(["big", "bigsweep", "after", "small"], timeout=120)   # ends: nothing stranded
+        assert states == {"big": "FAILED", "bigsweep": "FAILED", "after": "OMITTED", "small": "SUCCEED"}
+        for name in ("big", "bigsweep"):
+            assert "no live executor could run it for 2 s: needs 64 cores" in m.info(name)["message"]
+        assert m.info("bigsweep")["iterations"]["FAILED"] == 3
+        assert m.info("bigsweep:1")["state"] == "FAILED"
+        assert m.client.llen(m.store.keys.pending) == 0
+    finally:
+        c.stop()
+
+
+def test_an_executor_that_fits_joining_before_the_timeout_runs_the_job(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue("--unplaceable-timeout", "600")
+        m = c.manager()
+        m.submit(_big_jobs())
+        c.worker(2, name="small-worker")
+        wait_for(m, lambda: "unplaceable" in m.info("bigsweep"), what="bigsweep flagged")
+        c.worker(2, "--nodes", "pretend:64", name="big-worker")
+        states = m.wait4(["big", "bigsweep", "after", "small"], timeout=120)
+        assert set(states.values()) == {"SUCCEED"}, c.logs()
+        assert "unplaceable" not in m.info("bigsweep") and m.info("bigsweep")["message"] == ""
+    finally:
+        c.stop()
