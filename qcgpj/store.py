@@ -177,6 +177,8 @@ class Store:
         if not BATCH_ID_RE.match(batch_id):
             raise QcgpjError(f"invalid batch id {batch_id!r}: use up to 128 letters, digits, '_', '.', '-', ':'")
         if self.r.exists(self.keys.batch(batch_id)):
+            if durable:
+                self._confirm_again(batch_id)
             return 0
         self._precheck(rows)
         self._check_room(rows)
@@ -238,6 +240,16 @@ class Store:
         if res[0] == "OK":
             confirm.check(acks, batch_id)
         return res
+
+    def _confirm_again(self, batch_id: str) -> None:
+        """A durable retry of a batch written before (its confirmation may have timed out): a write after that
+        batch, once confirmed, confirms the batch too, as the AOF and the replication stream keep their order."""
+        confirm = durability_plan(self.r)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.expire(self.keys.batch(batch_id), BATCH_TTL)
+        confirm.queue(pipe)
+        _, *acks = pipe.execute()
+        confirm.check(acks, batch_id)
 
     def _drop_stage(self, attempt: str) -> None:
         try:
