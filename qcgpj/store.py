@@ -230,16 +230,38 @@ class Store:
 
     def _commit(self, attempt: str, batch_id: str, count: int, confirm: "Durability | None") -> list:
         args = [now(), batch_id, attempt, count, BATCH_TTL]
-        if confirm is None:
-            return self._run("submit", args)
-        # WAIT and WAITAOF count the writes of their own connection: a pipeline keeps both on one.
-        pipe = self.r.pipeline(transaction=False)
-        self._scripts["submit"](keys=[self.keys.jobs], args=args, client=pipe)
-        confirm.queue(pipe)
-        res, *acks = pipe.execute()
-        if res[0] == "OK":
-            confirm.check(acks, batch_id)
+        try:
+            if confirm is None:
+                return self._run("submit", args)
+            # WAIT and WAITAOF count the writes of their own connection: a pipeline keeps both on one.
+            pipe = self.r.pipeline(transaction=False)
+            self._scripts["submit"](keys=[self.keys.jobs], args=args, client=pipe)
+            confirm.queue(pipe)
+            res, *acks = pipe.execute()
+            if res[0] == "OK":
+                confirm.check(acks, batch_id)
+            return res
+        except (redis.TimeoutError, redis.ResponseError) as exc:
+            if isinstance(exc, redis.ResponseError) and not str(exc).startswith("BUSY"):
+                raise
+        # A large batch held Redis longer than the client's socket timeout, and the client's retry found it
+        # busy: wait until the commit ends, then ask again (a committed batch id answers DONE).
+        self._wait_not_busy()
+        res = self._run("submit", args)
+        if res[0] == "DONE" and confirm is not None:
+            self._confirm_again(batch_id)
         return res
+
+    def _wait_not_busy(self, patience: float = 600.0) -> None:
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.r.ping()
+                return
+            except (redis.TimeoutError, redis.ResponseError) as exc:
+                if time.monotonic() > deadline or (isinstance(exc, redis.ResponseError) and "BUSY" not in str(exc)):
+                    raise
+                time.sleep(0.1)
 
     def _confirm_again(self, batch_id: str) -> None:
         """A durable retry of a batch written before (its confirmation may have timed out): a write after that
