@@ -11,6 +11,7 @@ import logging
 
 from .errors import (ConnectionError, DependencyError, DuplicateJobError, JobSpecError, QcgpjError,
                      ResourceError, TimeoutError, UnknownJobError)
+from .errors import DurabilityError, QueueFullError
 from .jobs import Jobs
 from .jobspec import JobSpec
 from .manager import Manager
@@ -18,5 +19,6 @@ from .manager import Manager
 __version__ = "0.1.0"
 __all__ = ["Manager", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
            "ResourceError", "ConnectionError", "TimeoutError", "UnknownJobError", "__version__"]
+__all__ += ["QueueFullError", "DurabilityError"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
