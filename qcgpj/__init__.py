@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from .errors import (ArgumentError, ConnectionError, DependencyError, DuplicateJobError, FinishedError,
-                     JobSpecError, LostJobsError, QcgpjError, RedisError, RedisMemoryError, RedisPermissionError,
-                     ResourceError, StoreError, TimeoutError, UnknownJobError)
+from .errors import (ArgumentError, ConnectionError, DependencyError, DuplicateJobError, DurabilityError,
+                     FinishedError, JobSpecError, LostJobsError, QcgpjError, QueueFullError, RedisError,
+                     RedisMemoryError, RedisPermissionError, ResourceError, StoreError, TimeoutError,
+                     UnknownJobError)
 from .jobs import Jobs
 from .jobspec import JobSpec
 from .manager import Manager
@@ -20,6 +21,6 @@ __version__ = "0.1.0"
 __all__ = ["Manager", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
            "ResourceError", "ConnectionError", "TimeoutError", "UnknownJobError", "ArgumentError", "RedisError",
            "RedisPermissionError", "RedisMemoryError", "LostJobsError", "FinishedError", "StoreError",
-           "__version__"]
+           "QueueFullError", "DurabilityError", "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -301,12 +301,18 @@ CANCEL_WAIT = 60.0   # seconds: canceled states are written at once; this only b
 @click.argument("file", type=click.Path(dir_okay=False))
 @url_option
 @ns_option
+@click.option("--durable", is_flag=True,
+              help="Return only once Redis confirms the jobs are on disk (WAITAOF, appendfsync always) or on a "
+                   "replica (WAIT); refused, writing nothing, where it cannot.")
+@click.option("--batch-id", default=None, metavar="ID",
+              help="Name this submit: submitting the same ID again after it succeeded writes nothing (a safe "
+                   "retry after an interrupted submit).")
 @_errors
-def submit(file: str, redis_url: str | None, namespace: str) -> None:
+def submit(file: str, redis_url: str | None, namespace: str, durable: bool, batch_id: str | None) -> None:
     """Submit the jobs of FILE to the queue (all or none)."""
     _logging(0)   # the settings check's warnings
     specs = _read_jobs(file)
-    names = _remote(redis_url, namespace).submit(specs)
+    names = _remote(redis_url, namespace).submit(specs, durable=durable, batch_id=batch_id)
     click.echo(f"submitted {len(names)} job(s)")
 
 
@@ -439,11 +445,15 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
               help="Forget executors that left or died this long ago (until then 'resources --all' lists them).")
 @click.option("--keep-finished", type=DURATION, default=None,
               help="Remove final jobs this long after they ended (default: keep them).")
+@click.option("--unplaceable-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Seconds a ready job may fit no live executor (too many cores or nodes) before it ends FAILED; "
+                   "0: never. Jobs wait for the first executor as long as it takes.")
 @connect_wait_option
 @verbose_option
 @_errors
 def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, executor_retention: float,
-               keep_finished: float | None, connect_wait: float, verbose: int) -> None:
+               keep_finished: float | None, unplaceable_timeout: float, connect_wait: float,
+               verbose: int) -> None:
     """Run the InputQueue service (placement, executor liveness) until interrupted."""
     from .inputqueue import InputQueue
     _logging(max(verbose, 1))
@@ -452,7 +462,8 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
     client = connect(redis_url, wait=connect_wait)
     check_settings(client)
     iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease,
-                    executor_retention=executor_retention, keep_finished=keep_finished)
+                    executor_retention=executor_retention, keep_finished=keep_finished,
+                    unplaceable_timeout=unplaceable_timeout)
     _on_signals(iq.stop)
     iq.run()
 

@@ -98,3 +98,12 @@ class LostJobsError(QcgpjError):
         shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
         super().__init__(f"the queue lost {len(names)} job(s) it held ({shown}): Redis lost data "
                          "(restarted without persistence, flushed or evicted?)")
+
+
+class QueueFullError(RedisMemoryError):
+    """A submit would not fit under Redis's ``maxmemory`` (with ``noeviction``): it wrote nothing; free memory
+    (``qcgpj remove --finished``) and retry."""
+
+
+class DurabilityError(QcgpjError):
+    """A durable submit was asked for, but this Redis cannot confirm that the batch reached disk or a replica."""

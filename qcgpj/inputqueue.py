@@ -40,11 +40,12 @@ class _Interrupted(BaseException):
 class InputQueue:
     def __init__(self, client: redis.Redis, namespace: str = "default", max_attempts: int = 3,
                  check_every: float = 1.0, lease_ttl: float = 5.0, iq_id: str | None = None,
-                 min_pass: float = 0.05, executor_retention: float = DAY, keep_finished: float | None = None
-                 ) -> None:
+                 min_pass: float = 0.05, executor_retention: float = DAY, keep_finished: float | None = None,
+                 unplaceable_timeout: float = 300.0) -> None:
         self.store = Store(client, namespace)
         self.janitor = Janitor(self.store, executor_retention, keep_finished)
         self.max_attempts = max_attempts
+        self.unplaceable_timeout = unplaceable_timeout   # seconds a job may fit no live executor; 0: for ever
         self.check_every = check_every
         self.lease_ttl = lease_ttl
         self.min_pass = min_pass
@@ -113,10 +114,11 @@ class InputQueue:
                     continue
                 next_lease = time.monotonic() + self.lease_ttl / 3
             ids = self._read_events()
-            if time.monotonic() >= next_check:
+            checking = time.monotonic() >= next_check
+            if checking:
                 self.check_executors()
                 next_check = time.monotonic() + self.check_every
-            self.store.place_and_ack(ids)
+            self.store.place_and_ack(ids, unplaceable=self.unplaceable_timeout if checking else None)
             # Coalesce: placement also runs inline in the scripts, so the deep pass need not follow every
             # event; what arrives meanwhile is read in one batch by the next pass.
             self.stop_event.wait(self.min_pass)

@@ -33,6 +33,9 @@ stats                       hash     O(1) counters for `top`: tasks (submitted),
                                      (final tasks, iterations counted)
 rate                        hash     ring of per-second finished-task counts: s<slot> -> second, c<slot> -> count
 failures                    list     the latest failed tasks (capped): "task|end|executor|exit|message"
+stage:<batch>:<attempt>     list     a submit being written: name, spec, req, iter, deps per job; read only by
+                                     the commit that makes it visible; a TTL drops one a killed client left
+batch:<id>                  string   a committed batch's job count, with a TTL: a retried submit is a no-op
 """
 from __future__ import annotations
 
@@ -68,6 +71,8 @@ TEMPLATES: dict[str, str] = {
     "stats": "stats",
     "rate": "rate",
     "failures": "failures",
+    "stage": "stage:{}",
+    "batch": "batch:{}",
 }
 
 EVENTS_GROUP = "inputqueue"
@@ -159,6 +164,12 @@ class Keys:
 
     def control(self, eid: str) -> str:
         return self._k("control", eid)
+
+    def stage(self, attempt: str) -> str:
+        return self._k("stage", attempt)
+
+    def batch(self, batch_id: str) -> str:
+        return self._k("batch", batch_id)
 
 
 def check_executor_id(eid: Any) -> str:

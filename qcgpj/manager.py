@@ -136,9 +136,12 @@ class Manager:
         return (max(int(e["total"]) for e in execs), max(int(e["nnodes"]) for e in execs),
                 max(int(e["maxnode"]) for e in execs))
 
-    @a.api(jobs=a.jobs)
-    def submit(self, jobs: Jobs | Iterable[JobSpec | dict]) -> list[str]:
-        """Validate the whole batch, then write it; returns the job names. Nothing is written on error."""
+    @a.api(jobs=a.jobs, durable=a.flag)
+    def submit(self, jobs: Jobs | Iterable[JobSpec | dict], durable: bool = False,
+               batch_id: str | None = None) -> list[str]:
+        """Validate the whole batch, then write it, all or none; returns the job names. Nothing is written on
+        error. ``batch_id`` makes a retry safe: a batch id that was committed before is not written again.
+        ``durable`` returns only once Redis confirms the batch is on disk or on a replica (see durability)."""
         if self._finished:
             raise FinishedError("this Manager is finished: its local services are stopped, so the jobs would "
                                 "never run; submit before finish() or use a new Manager")
@@ -146,8 +149,7 @@ class Manager:
         max_cores, max_nodes, per_node = self.limits()
         check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
         _check_node_cores(specs, per_node)
-        self.store.submit(submit_rows(specs))
-        self.store.count_tasks(sum(s.iteration.count if s.iteration is not None else 1 for s in specs))
+        self.store.submit(submit_rows(specs), batch_id=batch_id, durable=durable)
         return [s.name for s in specs]
 
     # ------------------------------------------------------------------ queries
@@ -189,6 +191,8 @@ class Manager:
                                 "created": _f(h.get("created")), "start": _f(h.get("start")),
                                 "end": _f(h.get("end")), "exit_code": _i(h.get("exit")),
                                 "message": h.get("message", "")}
+        if h.get("unplaceable"):   # since when no live executor can fit it (the message says what it needs)
+            info["unplaceable"] = float(h["unplaceable"])
         if info["start"] is not None and info["end"] is not None:
             info["runtime"] = round(info["end"] - info["start"], 3)
         if "n" in h:

@@ -8,6 +8,8 @@ kills     short tasks on two executors while an executor, the InputQueue and red
 outage    Redis down 30 s (short: a few seconds past the TTL) during a run on two workers: none exits
 restarts  20 Redis restarts (SIGKILL or clean stop, alternately) while the InputQueue and a worker serve
 poison    a task that kills its worker, with four workers: FAILED after 3 attempts, at least one worker left
+submit-oom  a 200,000-job submit into a 20 MB Redis (short: 50,000 into 10 MB): refused whole, nothing written;
+          submit and cancel past maxmemory refused; once memory is freed the queue runs new work once each
 
 A scenario is a function registered with ``@scenario("name")``: it gets the sizes and a work directory and
 returns a :class:`Result`; the runner adds the timing and prints the line.
@@ -215,6 +217,14 @@ def poison(sz: Sizes, wd: Path) -> Result:
 
 
 # ---------------------------------------------------------------------- runner
+@scenario("submit-oom")
+def submit_oom(sz: Sizes, _wd: Path) -> Result:
+    """A submit far too large for a Redis with a small maxmemory (tests/fault_submit.py): refused whole."""
+    from tests.fault_submit import submit_oom as oom
+    out = oom(sz.short)
+    return Result(out.pop("jobs", 0), out.pop("lost"), out.pop("duplicated"), out.pop("stuck"), extra=out)
+
+
 def run(name: str, sz: Sizes) -> Result:
     wd = Path(tempfile.mkdtemp(prefix=f"qcgpj-faultrun-{name}-"))
     t0 = time.monotonic()

@@ -66,9 +66,10 @@ class RedisServer:
     """One private redis-server process (started on construction unless start=False)."""
 
     def __init__(self, aof: bool = False, password: str | None = None, start: bool = True,
-                 directory: str | os.PathLike | None = None) -> None:
+                 directory: str | os.PathLike | None = None, config: dict[str, str] | None = None) -> None:
         self.aof = aof
         self.password = password
+        self.config = dict(config or {})   # more settings, e.g. {"maxmemory": "20mb"}
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self._own_dir = directory is None
@@ -203,6 +204,8 @@ class RedisServer:
                 "--loglevel", "notice"]
         if self.password:
             args += ["--requirepass", self.password]
+        for name, value in self.config.items():
+            args += [f"--{name}", value]
         return args
 
     def log_tail(self, lines: int = 20) -> str:

@@ -17,6 +17,8 @@ def test_short_fault_run():
         assert res.lost == 0 and res.stuck == 0, lines
         assert res.duplicated <= (IN_FLIGHT if name in ("kills", "restarts") else 0), lines
         assert res.extra.get("workers_exited", 0) == 0 and res.extra.get("inputqueue_died", 0) == 0, lines
+        if name == "submit-oom":
+            assert res.extra["written_on_error"] == 0 and res.extra["not_refused"] == 0, lines
         if name == "poison":
             assert res.extra["poison"] == "FAILED" and res.extra["attempts"] == "3", lines
             assert res.extra["workers_left"] >= 1, lines

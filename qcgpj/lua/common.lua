@@ -279,6 +279,12 @@ local function iteration_attempt(name, it, retried)
   return tonumber(redis.call('HGET', K_att(name), it) or '0')
 end
 
+-- A job the InputQueue had flagged as fitting no live executor was placed after all: the flag goes.
+local function placeable_again(jk)
+  redis.call('HDEL', jk, 'unplaceable')
+  redis.call('HSET', jk, 'message', '')
+end
+
 -- Place ready work on executors by credit: scan at most `scan` pending entries, place at most `budget` tasks.
 -- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed.
 local function place(scan, budget)
@@ -294,7 +300,8 @@ local function place(scan, budget)
     pos = i
     local name, it = split_tid(entry)
     local jk = K_job(name)
-    local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel')
+    local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel',
+      'unplaceable')
     local cmin, cmax, kmin, kmax = parse_req(h[2])
     if not h[1] or FINAL[h[1]] then
       drop[#drop + 1] = {pos, entry}
@@ -307,6 +314,7 @@ local function place(scan, budget)
           assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7])); placed = placed + 1
           drop[#drop + 1] = {pos, entry}
           if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED'); h[1] = 'SCHEDULED' end
+          if h[9] then placeable_again(jk); h[9] = false end
         end
       end
     elseif h[3] then
@@ -325,6 +333,7 @@ local function place(scan, budget)
       if nxt ~= start then
         redis.call('HSET', jk, 'next', nxt)
         if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED') end
+        if h[9] then placeable_again(jk) end
       end
       if nxt > last then drop[#drop + 1] = {pos, entry} end
     else
@@ -333,6 +342,7 @@ local function place(scan, budget)
         assign(ex, e, name, c, k, tonumber(h[6] or '0')); placed = placed + 1
         drop[#drop + 1] = {pos, entry}
         redis.call('HSET', jk, 'state', 'SCHEDULED', 'executor', e.id)
+        if h[9] then placeable_again(jk) end
       end
     end
   end

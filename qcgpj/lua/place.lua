@@ -1,3 +1,99 @@
--- The InputQueue's deep placement pass. ARGV: now, entries to scan, tasks to place at most.
+-- The InputQueue's deep placement pass. ARGV: now, entries to scan, tasks to place at most, and the unplaceable
+-- timeout in seconds ('' : no check this pass; 0: flag, never fail).
+-- The check (about once a second) looks at the ready jobs no live executor could ever fit, whatever their free
+-- cores: such a job is flagged ('unplaceable' = since when, and a message) while executors are live, and
+-- ends FAILED once it has been so for longer than the timeout. Before the first executor joins nothing is
+-- flagged: jobs wait for executors as long as it takes (an allocation may sit in Slurm's queue for hours).
 NOW = ARGV[1]
-return place(tonumber(ARGV[2]), tonumber(ARGV[3]))
+
+local function capacities()  -- what each live executor could ever offer
+  local caps = {}
+  for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
+    local h = redis.call('HMGET', K_exec(e), 'state', 'total', 'maxnode', 'nnodes')
+    if h[1] == 'ALIVE' then
+      caps[#caps + 1] = {total = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4])}
+    end
+  end
+  return caps
+end
+
+local function fits(caps, cmin, kmin)  -- as pick() would place it on an idle executor
+  for _, c in ipairs(caps) do
+    if kmin > 0 then
+      if kmin <= c.nnodes and cmin <= c.maxnode and kmin * cmin <= c.total then return true end
+    elseif cmin <= c.total then
+      return true
+    end
+  end
+  return false
+end
+
+local function need(caps, cmin, kmin)
+  local total, nodes, per = 0, 0, 0
+  for _, c in ipairs(caps) do
+    total, nodes, per = math.max(total, c.total), math.max(nodes, c.nnodes), math.max(per, c.maxnode)
+  end
+  if kmin > 0 then
+    return 'needs ' .. kmin .. ' node(s) of ' .. cmin .. ' core(s); the largest live executor has ' .. nodes ..
+      ' node(s), at most ' .. per .. ' cores on one'
+  end
+  return 'needs ' .. cmin .. ' cores; the largest live executor has ' .. total
+end
+
+local function fail(name, h, entries, why)  -- every task of the job still waiting for cores ends FAILED
+  local jk = K_job(name)
+  if not h[4] then
+    task_final(name, nil, 'FAILED', nil, nil, nil, NOW, tonumber(h[6] or '0'), why)
+  else
+    for _, entry in ipairs(entries) do
+      local _, it = split_tid(entry)
+      if it ~= nil then
+        if not FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
+          task_final(name, it, 'FAILED', nil, nil, nil, NOW, 0, why)
+        end
+      else  -- all iterations from 'next' on: counted at once (no record each), the job's message says why
+        local nxt, last = tonumber(h[5]), tonumber(h[4]) + tonumber(h[3]) - 1
+        if nxt <= last then
+          redis.call('HSET', jk, 'next', last + 1, 'message', why)
+          redis.call('HINCRBY', jk, 'n_FAILED', last - nxt + 1)
+          if redis.call('HINCRBY', jk, 'done', last - nxt + 1) >= tonumber(h[3]) then
+            local st = final_of_iterations(jk)
+            redis.call('HSET', jk, 'state', st, 'end', NOW)
+            work[#work + 1] = {'job_final', name, nil, st}
+          end
+        end
+      end
+    end
+  end
+  for _, entry in ipairs(entries) do redis.call('LREM', K_pending, 1, entry) end
+  propagate()
+end
+
+local function check_unplaceable(scan, timeout)
+  local caps = capacities()
+  if #caps == 0 then return end
+  local jobs, order = {}, {}
+  for _, entry in ipairs(redis.call('LRANGE', K_pending, 0, scan - 1)) do
+    local name = split_tid(entry)
+    if not jobs[name] then jobs[name] = {}; order[#order + 1] = name end
+    table.insert(jobs[name], entry)
+  end
+  for _, name in ipairs(order) do
+    local jk = K_job(name)
+    local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'unplaceable')
+    if h[1] and not FINAL[h[1]] then
+      local cmin, _, kmin = parse_req(h[2])
+      if fits(caps, cmin, kmin) then
+        if h[7] then placeable_again(jk) end
+      elseif not h[7] then
+        redis.call('HSET', jk, 'unplaceable', NOW, 'message', 'waiting: ' .. need(caps, cmin, kmin))
+      elseif timeout > 0 and tonumber(NOW) - tonumber(h[7]) > timeout then
+        fail(name, h, jobs[name], 'no live executor could run it for ' .. timeout .. ' s: ' .. need(caps, cmin, kmin))
+      end
+    end
+  end
+end
+
+local placed = place(tonumber(ARGV[2]), tonumber(ARGV[3]))
+if ARGV[4] and ARGV[4] ~= '' then check_unplaceable(tonumber(ARGV[2]), tonumber(ARGV[4])) end
+return placed
