@@ -10,8 +10,8 @@ from .jobspec import JobSpec, substitute
 from .resources import Allocation
 from .store import Entry
 
-from workers import get_worker
-from workers.base import TaskContext, Worker
+from .workers import get_worker
+from .workers.base import TaskContext, Worker
 
 
 

@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
-from qcgpj.errors import QcgpjError
-from qcgpj.resources import Allocation
+from ..errors import QcgpjError
+from ..resources import Allocation
 
 log = logging.getLogger(__name__)
 

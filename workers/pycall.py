@@ -11,7 +11,7 @@ import logging
 import threading
 import traceback
 
-from workers.base import LaunchError, Running, TaskContext, Worker
+from .base import LaunchError, Running, TaskContext, Worker
 
 log = logging.getLogger(__name__)
 
