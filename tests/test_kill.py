@@ -116,8 +116,16 @@ def test_the_scan_finds_a_session_and_its_descendants(tmp_path, lingerer):
 def test_task_cgroups_are_reused_and_removed(tmp_path):
     if not cgroups_usable():
         pytest.skip("no writable cgroup v2 here")
+    root = Path(sweep._cgroup_root() or "/nonexistent")
+    gone_proc = subprocess.Popen(["true"])
+    gone_proc.wait()
+    stale = root / f"qcgpj-{gone_proc.pid}"          # left by an executor that was killed
+    (stale / "1").mkdir(parents=True)
+    sweep.CGROUPS.tidy()                             # so that the next task sets the pool up again
+    made = sweep.CGROUPS._made
     with Manager(cores=2, root_wd=str(tmp_path)) as m:
-        m.submit(Jobs().add(name="t", exec="/bin/true", iteration=20, model_opts={"cgroup": True}))
+        m.submit(Jobs().add(name="t", exec="/bin/true", iteration=40, model_opts={"cgroup": True}))
         assert m.wait4(["t"], timeout=120) == {"t": "SUCCEED"}
-    base = Path(sweep._cgroup_root() or "/nonexistent") / f"qcgpj-{os.getpid()}"
-    assert not base.exists()       # the executor removed its empty cgroups when it stopped
+    assert sweep.CGROUPS._made - made <= 4           # reused: about one per core, not one per task
+    assert not stale.exists()
+    assert not (root / f"qcgpj-{os.getpid()}").exists()   # the executor removed its own when it stopped

@@ -94,14 +94,14 @@ class ProcessRunning(Running):
             if not self._exited(timeout):
                 return None
             self._sweep()
-        return self.proc.wait()
+        return self._reaped(self.proc.wait())
 
     def poll(self) -> int | None:
         if self.proc.returncode is None:
             if not self._exited(0):
                 return None
             self._sweep()
-        return self.proc.poll()
+        return self._reaped(self.proc.poll())
 
     def _exited(self, timeout: float | None) -> bool:
         """Whether the main process has ended, without reaping it (waitid WNOWAIT)."""
@@ -129,7 +129,13 @@ class ProcessRunning(Running):
         self._swept = True
         sweep.killpg(self.proc.pid, signal.SIGKILL)
         if self.cgroup is not None:
+            self.cgroup.signal(signal.SIGKILL)
+
+    def _reaped(self, code: int | None) -> int | None:
+        """Reaped: its cgroup, empty now but for what is still dying of the SIGKILL, goes back to the pool."""
+        if code is not None and self.cgroup is not None:
             sweep.CGROUPS.release(self.cgroup)
+        return code
 
     def kill(self) -> None:
         if self._killed:

@@ -142,6 +142,28 @@ def _cgroup_root() -> str | None:
     return os.path.join(mount, own.lstrip("/"))
 
 
+def _remove_stale(root: str) -> None:
+    """Remove the empty cgroups of executors that are gone without removing theirs (killed)."""
+    try:
+        names = [n for n in os.listdir(root) if n.startswith("qcgpj-") and n[6:].isdigit()]
+    except OSError:
+        return
+    for name in names:
+        if os.path.exists(f"/proc/{name[6:]}"):
+            continue
+        base = os.path.join(root, name)
+        for sub in os.listdir(base):
+            if sub.isdigit():
+                try:
+                    os.rmdir(os.path.join(base, sub))
+                except OSError:   # a process still in it: leave it
+                    pass
+        try:
+            os.rmdir(base)
+        except OSError:
+            pass
+
+
 class Cgroups:
     """The pool of task cgroups of this process, created when first needed."""
 
@@ -156,6 +178,7 @@ class Cgroups:
         root = _cgroup_root()
         if root is None:
             return self._disable("no cgroup v2 here")
+        _remove_stale(root)
         self._base = os.path.join(root, f"qcgpj-{os.getpid()}")
         try:
             os.makedirs(self._base, exist_ok=True)
@@ -184,7 +207,7 @@ class Cgroups:
         return None if path is None else Cgroup(path)
 
     def _take(self) -> str | None:
-        for _ in range(len(self._free)):
+        for _ in range(min(len(self._free), 4)):
             path = self._free.popleft()
             if not _populated(path):
                 return path
@@ -202,8 +225,8 @@ class Cgroups:
             self._free.append(path)
 
     def release(self, cg: Cgroup) -> None:
-        """The task's main process ended (or never started): kill what is left in its cgroup, and reuse the
-        cgroup once empty."""
+        """The task has been reaped (or never started): kill what is left in its cgroup, and reuse the cgroup
+        once empty."""
         if cg.released:
             return
         cg.signal(signal.SIGKILL)
