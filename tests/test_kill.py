@@ -129,3 +129,10 @@ def test_task_cgroups_are_reused_and_removed(tmp_path):
     assert sweep.CGROUPS._made - made <= 4           # reused: about one per core, not one per task
     assert not stale.exists()
     assert not (root / f"qcgpj-{os.getpid()}").exists()   # the executor removed its own when it stopped
+
+
+def test_a_task_with_a_cgroup_that_cannot_start_says_why(tmp_path):
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="missing", exec="./nosuchprogram", model_opts={"cgroup": True}))
+        assert m.wait4(["missing"], timeout=120) == {"missing": "FAILED"}
+        assert "cannot run './nosuchprogram': No such file or directory" in m.info("missing")["message"]

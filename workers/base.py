@@ -199,12 +199,14 @@ class ProcessWorker(Worker):
         3.11) and holds the GIL until the child has exec'd, which Popen does not (CPython gh-104372)."""
         argv = self.command(ctx)
         env = self.environment(ctx)
+        prog = argv[0]
         cgroup = sweep.CGROUPS.take() if self.cgroup(ctx) else None
-        if cgroup is not None:
-            _check_exec(ctx, argv[0], env)
-            argv = cgroup.join_argv(argv)
         files: list[IO] = []
+        proc = None
         try:
+            if cgroup is not None:
+                _check_exec(ctx, prog, env)
+                argv = cgroup.join_argv(argv)
             stdin = _open(ctx.stdin, "rb", files) if ctx.stdin else _devnull()
             stdout = _open(ctx.stdout, "wb", files) if ctx.stdout else _devnull()
             if ctx.stderr and ctx.stderr == ctx.stdout:
@@ -214,16 +216,14 @@ class ProcessWorker(Worker):
             proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=ctx.cwd, env=env,
                                     start_new_session=True, close_fds=True)
         except FileNotFoundError as exc:
-            raise LaunchError(f"task {ctx.task_id}: cannot run '{argv[0]}': {exc.strerror}") from None
+            raise LaunchError(f"task {ctx.task_id}: cannot run '{prog}': {exc.strerror}") from None
         except PermissionError as exc:
-            raise LaunchError(f"task {ctx.task_id}: cannot run '{argv[0]}': {exc.strerror}") from None
-        except BaseException:
-            if cgroup is not None:
-                sweep.CGROUPS.release(cgroup)
-            raise
+            raise LaunchError(f"task {ctx.task_id}: cannot run '{prog}': {exc.strerror}") from None
         finally:
             for f in files:
                 f.close()
+            if proc is None and cgroup is not None:   # never started: the cgroup goes back unused
+                sweep.CGROUPS.release(cgroup)
         return ProcessRunning(proc, cgroup)
 
     def cgroup(self, ctx: TaskContext) -> bool:
