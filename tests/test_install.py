@@ -2,6 +2,7 @@
 version."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,7 +28,13 @@ def test_version_option():
 
 
 def test_the_wheel_holds_qcgpj_workers_and_no_top_level_workers(tmp_path):
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+    src = tmp_path / "src"      # a clean copy: setuptools would reuse what a build/ of the tree holds
+    src.mkdir()
+    for name in ("setup.cfg", "setup.py", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("qcgpj", "workers"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(src)],
                            capture_output=True, text=True, timeout=600)
     if build.returncode:
         pytest.skip(f"cannot build a wheel here: {build.stderr.strip().splitlines()[-1:]}")
