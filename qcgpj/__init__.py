@@ -8,6 +8,15 @@
 from __future__ import annotations
 
 import logging
+import os
+
+# In a source tree the launch plugins sit in the repository's top-level workers/ folder, which an install
+# puts at qcgpj/workers (setup.cfg: package_dir). When qcgpj is imported from a source tree (the tests put its
+# root first on sys.path; an editable install points here too), qcgpj.workers is looked up there as well.
+_SRC_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not os.path.isdir(os.path.join(__path__[0], "workers")) and os.path.isfile(
+        os.path.join(_SRC_ROOT, "workers", "__init__.py")):
+    __path__.append(_SRC_ROOT)
 
 from .errors import (ArgumentError, ConnectionError, DependencyError, DuplicateJobError, DurabilityError,
                      FinishedError, JobSpecError, LostJobsError, QcgpjError, QueueFullError, RedisError,

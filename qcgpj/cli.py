@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 import redis
 
+from . import __version__
 from .connection import ENV_URL, check_settings, connect, redis_error
 from . import record
 from .errors import QcgpjError, TimeoutError
@@ -157,6 +158,7 @@ verbose_option = click.option("-v", "--verbose", count=True, help="More logging 
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="qcgpj", message="%(prog)s %(version)s")
 def main() -> None:
     """qcgpj: many small jobs inside HPC allocations, through one Redis-backed global queue."""
 

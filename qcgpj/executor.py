@@ -462,19 +462,13 @@ class Executor:
                 if slot.running is not None:
                     slot.running.kill()
 
-    def kill_all(self, sig: int) -> None:
-        """Signal every running task's process group now, from any thread (local mode's second Ctrl-C, which
+    def kill_all(self) -> None:
+        """End every running task now, with all it started, from any thread (local mode's second Ctrl-C, which
         exits at once and cannot wait for the dispatcher)."""
         for slot in list(self._running.values()):
             slot.canceled = True   # a launcher thread that has not started it yet kills it at once
-            pid = slot.running.pid if slot.running is not None else None
-            if pid:
-                try:
-                    os.killpg(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            elif slot.running is not None:
-                slot.running.kill()
+            if slot.running is not None:
+                slot.running.kill_now()
 
     def _on_dead(self, state: str, gen: int) -> None:
         """The heartbeat found us DEAD or LEFT (told to leave: stop), or GONE (Redis lost our registration)."""

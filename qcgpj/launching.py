@@ -11,7 +11,8 @@ Starting every task from the dispatcher, moving its own mask to the task's CPU a
 
 Exits are learnt without a thread per task: each process's pidfd sits in the executor's epoll, so the
 dispatcher wakes when any of them ends (Linux >= 5.3). Elsewhere, and for tasks that are not processes, a
-waiter thread per task blocks in ``Running.wait``.
+waiter thread per task blocks in ``Running.wait``. A process's end is seen before it is reaped, and what it left
+behind is killed then (cancel and walltime end the rest of the task: ``qcgpj.workers.sweep``).
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from typing import Any, Callable
 from .errors import QcgpjError
 from .resources import Allocation
 from .store import Entry
+from .workers.sweep import CGROUPS
 
-from workers.base import task_failure
+from .workers.base import task_failure
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +255,7 @@ class Runner:
 
     def close(self) -> None:
         self.cpus.unpin()
+        CGROUPS.tidy()
         self._epoll.close()
         with self._wake_lock:
             os.close(self._wake_r)
@@ -315,7 +318,7 @@ class Runner:
         self._epoll.unregister(slot.fd)
         os.close(slot.fd)
         slot.fd = None
-        code = slot.running.poll()
+        code = slot.running.poll()   # kills what the task left behind, then reaps it
         self._ended(slot, code if code is not None else slot.running.wait(None))
 
     def _check_deadlines(self) -> None:

@@ -191,6 +191,6 @@ class LocalServices:
         """At once, from a signal handler: SIGKILL to every running task's process group, and the store gone
         (the threads, about to end with the process, are not to log that it went)."""
         logging.disable(logging.CRITICAL)
-        self.executor.kill_all(signal.SIGKILL)
+        self.executor.kill_all()
         if self.server is not None:
             self.server.stop()

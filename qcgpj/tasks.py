@@ -10,8 +10,8 @@ from .jobspec import JobSpec, substitute
 from .resources import Allocation
 from .store import Entry
 
-from workers import get_worker
-from workers.base import TaskContext, Worker
+from .workers import get_worker
+from .workers.base import TaskContext, Worker
 
 
 
@@ -98,6 +98,7 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
                       stdin=path(spec.stdin), stdout=path(spec.stdout, True), stderr=path(spec.stderr, True),
                       allocation=alloc,
                       model_opts=dict(spec.model_opts), modules=list(spec.modules), venv=sub(spec.venv),
-                      local_node=local_node, python_target=sub(spec.exec) if spec.model == "python" else None)
+                      local_node=local_node, python_target=sub(spec.exec) if spec.model == "python" else None,
+                      walltime=spec.walltime)
     model = (models or {}).get(spec.model, spec.model)
     return Launch(ctx, get_worker(model), spec.walltime)

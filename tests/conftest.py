@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:                 # `import qcgpj`, `import workers`, `import tests.x`
+if str(REPO) not in sys.path:                 # `import qcgpj` (and qcgpj.workers), `import tests.x`
     sys.path.insert(0, str(REPO))
 
 from tests.redisproc import RedisServer  # noqa: E402

@@ -9,8 +9,8 @@ from typing import Sequence
 
 import pytest
 
-from workers.cpubind import rank_cpus
-from workers.slurm import CPUBIND
+from qcgpj.workers.cpubind import rank_cpus
+from qcgpj.workers.slurm import CPUBIND
 
 CPUS = sorted(os.sched_getaffinity(0))
 needs_two = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")

@@ -360,7 +360,7 @@ def test_bad_request_files(text, field, words):
     assert err.value.field == field and words in err.value.message, str(err.value)
 
 
-@pytest.mark.parametrize("text, line, col", [("[{", 1, 3), ('[\n  {"name": "a",}\n]', 2, 16), ("", 1, 1)])
+@pytest.mark.parametrize("text, line, col", [("[{", 1, 3), ('[\n  {"name": "a" "x"}\n]', 2, 16), ("", 1, 1)])
 def test_malformed_json_says_where(text, line, col):
     with pytest.raises(JobSpecError, match=f"^malformed JSON at line {line} column {col}: "):
         parse_jobs_text(text)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from qcgpj import Jobs, Manager
-from workers import available_models, get_worker
+from qcgpj.workers import available_models, get_worker
 
 
 def executable(path: Path, body: str) -> Path:
@@ -70,7 +70,7 @@ def test_venv_and_modules_are_applied(tmp_path):
 
 def test_a_third_party_plugin_is_found_through_entry_points(tmp_path, monkeypatch):
     (tmp_path / "shoutplugin.py").write_text(textwrap.dedent('''
-        from workers.base import ProcessWorker
+        from qcgpj.workers.base import ProcessWorker
 
         class ShoutWorker(ProcessWorker):
             """Runs the task's command through tr, upper-casing what it prints."""

@@ -1,5 +1,7 @@
-"""Launch modes of tasks, as plugins: each a ``workers.base.Worker`` found by model name in the entry-point
-group ``qcgpj.workers`` (so another package can add its own), with the built-in ones as a fallback."""
+"""Launch modes of tasks, as plugins: each a ``qcgpj.workers.base.Worker`` found by model name in the
+entry-point group ``qcgpj.workers`` (so another package can add its own), with the built-in ones as a fallback.
+
+This folder is the repository's top-level ``workers/``, installed as ``qcgpj.workers`` (setup.cfg: package_dir)."""
 from __future__ import annotations
 
 import importlib
@@ -7,22 +9,22 @@ import logging
 import threading
 from importlib.metadata import entry_points
 
-from qcgpj.errors import QcgpjError
+from ..errors import QcgpjError
 
 log = logging.getLogger(__name__)
 
 GROUP = "qcgpj.workers"
 BUILTIN = {
-    "default": "workers.local:LocalWorker",
-    "local": "workers.local:LocalWorker",
-    "threads": "workers.threads:ThreadsWorker",
-    "python": "workers.pycall:PythonWorker",
-    "noop": "workers.noop:NoopWorker",
-    "srun": "workers.slurm:SrunWorker",
-    "srunmpi": "workers.slurm:SrunMpiWorker",
-    "srunthreads": "workers.slurm:SrunThreadsWorker",
-    "openmpi": "workers.mpi:OpenMpiWorker",
-    "intelmpi": "workers.mpi:IntelMpiWorker",
+    "default": "qcgpj.workers.local:LocalWorker",
+    "local": "qcgpj.workers.local:LocalWorker",
+    "threads": "qcgpj.workers.threads:ThreadsWorker",
+    "python": "qcgpj.workers.pycall:PythonWorker",
+    "noop": "qcgpj.workers.noop:NoopWorker",
+    "srun": "qcgpj.workers.slurm:SrunWorker",
+    "srunmpi": "qcgpj.workers.slurm:SrunMpiWorker",
+    "srunthreads": "qcgpj.workers.slurm:SrunThreadsWorker",
+    "openmpi": "qcgpj.workers.mpi:OpenMpiWorker",
+    "intelmpi": "qcgpj.workers.mpi:IntelMpiWorker",
 }
 _cache: dict[str, object] = {}
 _lock = threading.Lock()
@@ -31,7 +33,8 @@ _lock = threading.Lock()
 def _targets() -> dict[str, str]:
     found = dict(BUILTIN)
     for ep in entry_points(group=GROUP):
-        found[ep.name] = ep.value
+        if getattr(ep.dist, "name", None) != "qcgpj":   # ours are BUILTIN (an installed copy may be stale)
+            found[ep.name] = ep.value
     return found
 
 

@@ -5,16 +5,20 @@ import functools
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
+import time
 import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
-from qcgpj.errors import QcgpjError
-from qcgpj.resources import Allocation
+from ..errors import QcgpjError
+from ..resources import Allocation
+from . import sweep
+from .sweep import Cgroup
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ class TaskContext:
     venv: str | None = None
     local_node: str = ""
     python_target: str | None = None
+    walltime: float | None = None
 
     def local_cores(self) -> list[int]:
         return self.allocation.cores_on(self.local_node)
@@ -59,6 +64,10 @@ class Running(ABC):
     def kill(self) -> None:
         """End it, with everything it started; idempotent."""
 
+    def kill_now(self) -> None:
+        """End it at once, without the grace a kill gives (a run that must exit now: a second Ctrl-C)."""
+        self.kill()
+
     def poll(self) -> int | None:
         """The exit code if it has ended, else None, without blocking."""
         return self.wait(0)
@@ -70,25 +79,71 @@ class Running(ABC):
 
 
 class ProcessRunning(Running):
-    """A process started through ``subprocess.Popen`` in its own session: killing its process group reaches
-    everything it started."""
+    """A process started in a session of its own (its pid is its session and process group id), perhaps in a
+    cgroup of its own (see :mod:`.sweep`).
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    ``kill`` (cancel, walltime) sends SIGTERM to the cgroup, the process group, the session and their
+    descendants, and SIGKILL to all of them (found again) ``KILL_GRACE`` seconds later. When the main process
+    ends, whatever it left in its process group and cgroup is killed (SIGKILL) before it is reaped, while its
+    pid still names the group: the task's cores go to the next task, and nothing of it runs on."""
+
+    def __init__(self, proc: subprocess.Popen, cgroup: Cgroup | None = None) -> None:
         self.proc = proc
+        self.cgroup = cgroup
         self._killed = False
+        self._swept = False
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid
 
     def wait(self, timeout: float | None) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        if self.proc.returncode is None:
+            if not self._exited(timeout):
+                return None
+            self._sweep()
+        return self._reaped(self.proc.wait())
 
     def poll(self) -> int | None:
-        return self.proc.poll()
+        if self.proc.returncode is None:
+            if not self._exited(0):
+                return None
+            self._sweep()
+        return self._reaped(self.proc.poll())
+
+    def _exited(self, timeout: float | None) -> bool:
+        """Whether the main process has ended, without reaping it (waitid WNOWAIT)."""
+        flags = os.WEXITED | os.WNOWAIT
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            try:
+                if os.waitid(os.P_PID, self.proc.pid, flags | (0 if timeout is None else os.WNOHANG)):
+                    return True
+            except ChildProcessError:   # reaped elsewhere: Popen knows its code
+                return True
+            if deadline is None:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
+
+    def _sweep(self) -> None:
+        """The main process has ended (not yet reaped): kill what it left behind."""
+        if self._swept:
+            return
+        self._swept = True
+        sweep.killpg(self.proc.pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.signal(signal.SIGKILL)
+
+    def _reaped(self, code: int | None) -> int | None:
+        """Reaped: its cgroup, empty now but for what is still dying of the SIGKILL, goes back to the pool."""
+        if code is not None and self.cgroup is not None:
+            sweep.CGROUPS.release(self.cgroup)
+        return code
 
     def kill(self) -> None:
         if self._killed:
@@ -99,11 +154,20 @@ class ProcessRunning(Running):
         t.daemon = True
         t.start()
 
+    def kill_now(self) -> None:
+        self._killed = True
+        self._signal(signal.SIGKILL)
+
     def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # Find everything before signalling anything: a parent that dies first hands its children to init,
+        # out of reach of the scan by parentage.
+        pids = sweep.session_and_descendants(self.proc.pid)
+        if self.cgroup is not None:
+            self.cgroup.signal(sig)
+        sweep.killpg(self.proc.pid, sig)
+        sweep.signal_all(pids, sig)
+        if sig == signal.SIGKILL:   # and what was forked meanwhile (now stopped from forking: all got SIGKILL)
+            sweep.signal_all(sweep.session_and_descendants(self.proc.pid), sig)
 
 
 class Worker(ABC):
@@ -147,8 +211,14 @@ class ProcessWorker(Worker):
         3.11) and holds the GIL until the child has exec'd, which Popen does not (CPython gh-104372)."""
         argv = self.command(ctx)
         env = self.environment(ctx)
+        prog = argv[0]
+        cgroup = sweep.CGROUPS.take() if self.cgroup(ctx) else None
         files: list[IO] = []
+        proc = None
         try:
+            if cgroup is not None:
+                _check_exec(ctx, prog, env)
+                argv = cgroup.join_argv(argv)
             stdin = _open(ctx.stdin, "rb", files) if ctx.stdin else _devnull()
             stdout = _open(ctx.stdout, "wb", files) if ctx.stdout else _devnull()
             if ctx.stderr and ctx.stderr == ctx.stdout:
@@ -158,13 +228,28 @@ class ProcessWorker(Worker):
             proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=ctx.cwd, env=env,
                                     start_new_session=True, close_fds=True)
         except FileNotFoundError as exc:
-            raise LaunchError(f"task {ctx.task_id}: cannot run '{argv[0]}': {exc.strerror}") from None
+            raise LaunchError(f"task {ctx.task_id}: cannot run '{prog}': {exc.strerror}") from None
         except PermissionError as exc:
-            raise LaunchError(f"task {ctx.task_id}: cannot run '{argv[0]}': {exc.strerror}") from None
+            raise LaunchError(f"task {ctx.task_id}: cannot run '{prog}': {exc.strerror}") from None
         finally:
             for f in files:
                 f.close()
-        return ProcessRunning(proc)
+            if proc is None and cgroup is not None:   # never started: the cgroup goes back unused
+                sweep.CGROUPS.release(cgroup)
+        return ProcessRunning(proc, cgroup)
+
+    def cgroup(self, ctx: TaskContext) -> bool:
+        """Whether the task gets a cgroup (where there are): with a walltime, or when its job asks for one."""
+        return bool(ctx.model_opts.get("cgroup", ctx.walltime is not None))
+
+
+def _check_exec(ctx: TaskContext, prog: str, env: dict[str, str]) -> None:
+    """What Popen would say of a command that cannot run, for one started through a shell (JOIN)."""
+    found = os.path.join(ctx.cwd, prog) if os.sep in prog else shutil.which(prog, path=env.get("PATH", os.defpath))
+    if not found or not os.path.isfile(found):
+        raise LaunchError(f"task {ctx.task_id}: cannot run '{prog}': No such file or directory")
+    if not os.access(found, os.X_OK):
+        raise LaunchError(f"task {ctx.task_id}: cannot run '{prog}': Permission denied")
 
 
 def task_failure(ctx: TaskContext, what: str, exc: BaseException) -> str:

@@ -1,7 +1,7 @@
 """``default`` (also ``local``): one process on this node, bound to the task's cores."""
 from __future__ import annotations
 
-from workers.base import ProcessWorker
+from .base import ProcessWorker
 
 
 class LocalWorker(ProcessWorker):

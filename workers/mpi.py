@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from workers.base import ProcessWorker, TaskContext
+from .base import ProcessWorker, TaskContext
 
 
 class _MpiWorker(ProcessWorker):

@@ -2,7 +2,7 @@
 shows the ceiling of the queue itself, apart from the cost of spawning processes."""
 from __future__ import annotations
 
-from workers.base import Running, TaskContext, Worker
+from .base import Running, TaskContext, Worker
 
 
 class _Done(Running):

@@ -10,7 +10,7 @@ import importlib
 import logging
 import threading
 
-from workers.base import LaunchError, Running, TaskContext, Worker, task_failure
+from .base import LaunchError, Running, TaskContext, Worker, task_failure
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workers.base import ProcessWorker, TaskContext
+from .base import ProcessWorker, TaskContext
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``threads``: one OpenMP process on one node, told its thread count and bound to its cores."""
 from __future__ import annotations
 
-from workers.base import ProcessWorker, TaskContext
+from .base import ProcessWorker, TaskContext
 
 
 class ThreadsWorker(ProcessWorker):

@@ -1,0 +1,138 @@
+"""Cancel, walltime and a task's end leave no process of the task behind: background children, setsid children
+and (with a cgroup) setsid children re-parented to init. Real processes, found in the process table by a marker
+in their argv (each test's own lingering program: a link to /bin/sleep with a unique name)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from qcgpj import Jobs, Manager
+from qcgpj.workers import sweep
+
+
+def processes(marker: str) -> list[int]:
+    """Live processes whose program (argv[0]) has ``marker`` in it (a zombie's cmdline is empty)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if marker.encode() in f.read().split(b"\0")[0]:
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+def until(predicate, timeout: float = 60, what: str = "condition") -> None:
+    """Wait for a condition outside the queue (a file, the process table), with a generous timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def lingerer(tmp_path):
+    """The name of a program (a link to sleep) that only this test runs; whatever runs it is killed afterwards."""
+    name = f"lingerer-{uuid.uuid4().hex[:12]}"
+    (tmp_path / name).symlink_to("/bin/sleep")
+    yield name
+    sweep.signal_all(processes(name), signal.SIGKILL)
+
+
+def cgroups_usable() -> bool:
+    cg = sweep.CGROUPS.take()
+    if cg is not None:
+        sweep.CGROUPS.release(cg)
+    return cg is not None
+
+
+def gone(name: str) -> bool:
+    return not processes(name)
+
+
+# A script that ignores SIGTERM (and so do its children): only the SIGKILL that follows the grace ends them.
+SPAWNER = "trap '' TERM; ./{L} 1000 & setsid ./{L} 1001 & touch started; wait"
+
+
+@pytest.mark.parametrize("how", ["cancel", "walltime", "walltime-no-cgroup"])
+def test_cancel_and_walltime_kill_background_and_setsid_children(tmp_path, lingerer, how):
+    opts = {"cgroup": False} if how == "walltime-no-cgroup" else {}
+    wt = None if how == "cancel" else "3s"
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="spawner", script=SPAWNER.format(L=lingerer), wt=wt, model_opts=opts))
+        until(lambda: (tmp_path / "started").exists(), what="the task's start")
+        until(lambda: len(processes(lingerer)) == 2, what="both children")
+        if how == "cancel":
+            m.cancel(["spawner"])
+        state = m.wait4(["spawner"], timeout=120)["spawner"]
+        assert state == ("CANCELED" if how == "cancel" else "FAILED")
+        if how != "cancel":
+            assert "walltime" in m.info("spawner")["message"]
+    until(lambda: gone(lingerer), what="the task's children to be killed")
+
+
+def test_a_task_that_exits_takes_its_background_children_along(tmp_path, lingerer):
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="quitter", script=f"./{lingerer} 1000 & touch started; exit 0"))
+        assert m.wait4(["quitter"], timeout=120) == {"quitter": "SUCCEED"}
+    assert (tmp_path / "started").exists()
+    until(lambda: gone(lingerer), what="the lingering child to be killed")
+
+
+def test_a_setsid_orphan_is_held_by_the_tasks_cgroup(tmp_path, lingerer):
+    if not cgroups_usable():
+        pytest.skip("no writable cgroup v2 here")
+    # The subshell exits at once, so the setsid child is re-parented to init: out of reach of the scan.
+    script = (f"(setsid ./{lingerer} 1000 &); "
+              f"for i in $(seq 3000); do pgrep -f '^./{lingerer} ' >/dev/null && break; sleep 0.01; done")
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="daemonizer", script=script, model_opts={"cgroup": True}))
+        assert m.wait4(["daemonizer"], timeout=120) == {"daemonizer": "SUCCEED"}
+    until(lambda: gone(lingerer), what="the re-parented child to be killed")
+
+
+def test_the_scan_finds_a_session_and_its_descendants(tmp_path, lingerer):
+    """session_and_descendants by itself: a setsid grandchild is found through its parent, this process never."""
+    proc = subprocess.Popen(["/bin/bash", "-c", f"./{lingerer} 1000 & setsid ./{lingerer} 1001 & wait"],
+                            cwd=tmp_path, start_new_session=True)
+    try:
+        until(lambda: len(processes(lingerer)) == 2, what="both children")
+        found = sweep.session_and_descendants(proc.pid)
+        assert set(processes(lingerer)) | {proc.pid} <= found
+        assert os.getpid() not in found and 1 not in found
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_task_cgroups_are_reused_and_removed(tmp_path):
+    if not cgroups_usable():
+        pytest.skip("no writable cgroup v2 here")
+    root = Path(sweep._cgroup_root() or "/nonexistent")
+    gone_proc = subprocess.Popen(["true"])
+    gone_proc.wait()
+    stale = root / f"qcgpj-{gone_proc.pid}"          # left by an executor that was killed
+    (stale / "1").mkdir(parents=True)
+    sweep.CGROUPS.tidy()                             # so that the next task sets the pool up again
+    made = sweep.CGROUPS._made
+    with Manager(cores=2, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="t", exec="/bin/true", iteration=40, model_opts={"cgroup": True}))
+        assert m.wait4(["t"], timeout=120) == {"t": "SUCCEED"}
+    assert sweep.CGROUPS._made - made <= 4           # reused: about one per core, not one per task
+    assert not stale.exists()
+    assert not (root / f"qcgpj-{os.getpid()}").exists()   # the executor removed its own when it stopped
+
+
+def test_a_task_with_a_cgroup_that_cannot_start_says_why(tmp_path):
+    with Manager(cores=1, root_wd=str(tmp_path)) as m:
+        m.submit(Jobs().add(name="missing", exec="./nosuchprogram", model_opts={"cgroup": True}))
+        assert m.wait4(["missing"], timeout=120) == {"missing": "FAILED"}
+        assert "cannot run './nosuchprogram': No such file or directory" in m.info("missing")["message"]
