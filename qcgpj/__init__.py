@@ -11,12 +11,13 @@ import logging
 
 from .errors import (ConnectionError, DependencyError, DuplicateJobError, JobSpecError, QcgpjError,
                      ResourceError, TimeoutError, UnknownJobError)
+from .futures import Executor
 from .jobs import Jobs
 from .jobspec import JobSpec
 from .manager import Manager
 
 __version__ = "0.1.0"
-__all__ = ["Manager", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
+__all__ = ["Manager", "Executor", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
            "ResourceError", "ConnectionError", "TimeoutError", "UnknownJobError", "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

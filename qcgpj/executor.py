@@ -28,6 +28,7 @@ from typing import Any, Callable
 import redis
 
 from .errors import QcgpjError
+from .funcjobs import attach_client
 from .jobspec import JobSpec
 from .launching import Runner, Slot
 from .resources import CoreAllocator, Node
@@ -65,6 +66,7 @@ class Executor:
                  heartbeat: float = 2.0, ttl: int = 10,
                  exit_when_idle: bool = False, slurm: bool = False, reconcile: float = 5.0) -> None:
         self.store = Store(client, namespace)
+        attach_client(namespace, client)   # ``function`` tasks write their results through this connection
         self.allocator = CoreAllocator(nodes)
         self.nodes = nodes
         host = socket.gethostname().split(".")[0]

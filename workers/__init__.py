@@ -17,6 +17,7 @@ BUILTIN = {
     "local": "workers.local:LocalWorker",
     "threads": "workers.threads:ThreadsWorker",
     "python": "workers.pycall:PythonWorker",
+    "function": "workers.function:FunctionWorker",
     "noop": "workers.noop:NoopWorker",
     "srun": "workers.slurm:SrunWorker",
     "srunmpi": "workers.slurm:SrunMpiWorker",
