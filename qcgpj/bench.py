@@ -27,7 +27,7 @@ from .connection import connect
 from .jobs import Jobs
 from .manager import Manager
 
-WORKLOADS = ("spawn", "tasks", "iterations", "chain", "queue", "submit")
+WORKLOADS = ("spawn", "tasks", "iterations", "chain", "queue", "submit", "functions")
 
 
 @dataclass
@@ -222,6 +222,61 @@ def bench_submit(cfg: BenchConfig) -> list[Result]:
     return out
 
 
+def square(x: int) -> int:
+    """The trivial importable function of the ``functions`` workload."""
+    return x * x
+
+
+def bench_functions(cfg: BenchConfig, chunksize: int = 100) -> list[Result]:
+    """Python calls through ``qcgpj.Executor``: N calls of a trivial function through ``map`` (the whole run,
+    services and warm processes started in it), a chain of dependent calls (each takes its parent's future),
+    and, as the baseline users know, rq's own SimpleWorker (burst) running the same N calls from an rq queue
+    in the same Redis (only its work is timed, not the enqueueing)."""
+    from .futures import Executor
+    out = []
+    t0 = time.perf_counter()
+    with session(cfg) as (m, _px):
+        ex = Executor(cfg.url, namespace=m.store.keys.namespace, cores=cfg.cores) if cfg.url else m
+        if cfg.url is None:   # local mode: the session's manager would be a second set of services
+            m.finish()
+            ex = Executor(cores=cfg.cores)
+        t1 = time.perf_counter()
+        values = list(ex.map(square, range(cfg.tasks), chunksize=chunksize))
+        t2 = time.perf_counter()
+        f = ex.submit(square, 1)
+        first = f
+        for _ in range(cfg.chain - 1):
+            f = ex.submit(square, f)
+        f.result()
+        hops = ex.manager.info(f.job)["end"] - ex.manager.info(first.job)["start"]
+        ex.shutdown()
+    dt = time.perf_counter() - t0
+    rate = cfg.tasks / dt
+    out.append(Result("functions", f"{cfg.tasks} calls, Executor.map(chunksize={chunksize})", round(rate, 1),
+                      "calls/s", {"seconds": round(dt, 3), "map_seconds": round(t2 - t1, 3),
+                                  "correct": values == [x * x for x in range(cfg.tasks)]}))
+    out.append(Result("functions", f"chain of {cfg.chain} dependent calls", round(hops * 1000 / cfg.chain, 3),
+                      "ms/hop", {"seconds": round(hops, 3)}))
+    if cfg.url is not None:
+        rq_rate = _rq_baseline(cfg)
+        out.append(Result("functions", f"rq SimpleWorker, {cfg.tasks} calls (baseline)", round(rq_rate, 1),
+                          "calls/s", {"qcgpj_over_rq": round(rate / rq_rate, 2)}))
+    return out
+
+
+def _rq_baseline(cfg: BenchConfig) -> float:
+    from rq import Queue, SimpleWorker
+    from rq.serializers import JSONSerializer
+    conn = redis.Redis.from_url(cfg.url)
+    q = Queue(f"qcgpj-bench-{uuid.uuid4().hex[:8]}", connection=conn, serializer=JSONSerializer)
+    q.enqueue_many([Queue.prepare_data(square, args=(i,), result_ttl=600) for i in range(cfg.tasks)])
+    t0 = time.perf_counter()
+    SimpleWorker([q], connection=conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
+    dt = time.perf_counter() - t0
+    q.empty()
+    return cfg.tasks / dt
+
+
 def _used_memory(client: redis.Redis) -> int | None:
     try:
         return int(client.info("memory")["used_memory"])
@@ -253,6 +308,8 @@ def run(cfg: BenchConfig, workloads: tuple[str, ...]) -> list[Result]:
             results.append(bench_tasks(cfg, model="noop"))
         elif w == "submit":
             results.extend(bench_submit(cfg))
+        elif w == "functions":
+            results.extend(bench_functions(cfg))
     _share_of_spawn(cfg, results)
     return results
 

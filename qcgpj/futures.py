@@ -23,17 +23,22 @@ from concurrent.futures import Executor as _StdExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+import redis
+
 from . import funcjobs
 from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
 from .jobspec import make_job
-from .manager import Manager
+from .batch import check_batch
+from .jobspec import JobSpec
+from .manager import Manager, submit_rows
 from .store import FINAL_STATES
 
 log = logging.getLogger(__name__)
 
-FRONT = 256        # open jobs read per wake-up (the oldest first); all of them every FULL_CHECK seconds
+FRONT = 64         # open jobs read at a time, the oldest first; all of them every FULL_CHECK seconds
 FULL_CHECK = 1.0
 WAKE_TIMEOUT = 0.5
+LIMITS_AGE = 2.0   # seconds the executors' sizes are trusted for checking resources
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class _Task:
     chunked: bool = False
     iterative: bool = False
     done: set[int] = field(default_factory=set)
+    messages: dict[int, str] = field(default_factory=dict)   # why iterations failed, from their records
 
 
 class FunctionFuture(Future):
@@ -117,6 +123,8 @@ class Executor(_StdExecutor):
         self._stop = threading.Event()
         self._last = self._store.last_event_id()
         self._full_at = 0.0
+        self._limits: tuple = (None, None, None)
+        self._limits_at = 0.0
         self._thread = threading.Thread(target=self._resolve_loop, name="qcgpj-futures", daemon=True)
         self._thread.start()
 
@@ -231,25 +239,39 @@ class Executor(_StdExecutor):
                         model_opts={"ns": self.namespace, "serializer": self.serializer, "futures": parents,
                                     "result_ttl": self.result_ttl})
         ids = [f"{rqid}-{i}" for i in range(len(rows))] if task.iterative else [rqid]
-        pipe = self._conn.pipeline(transaction=False)
+        self._validate(spec)
         status = JobStatus.DEFERRED if after else JobStatus.QUEUED
-        for jid, (func, args, kwargs) in zip(ids, rows):
-            Job.create(func, args=args, kwargs=kwargs, connection=self._conn, serializer=ser, id=jid,
-                       result_ttl=self.result_ttl, failure_ttl=self.result_ttl, status=status,
-                       description=f"qcgpj job {name}").save(pipeline=pipe)
-        try:
-            pipe.execute()
-        except TypeError as exc:   # raised while serializing: check_json names the argument first
-            raise funcjobs.SerializationError(f"call {name}: {exc}") from None
+        jobs = [Job.create(func, args=args, kwargs=kwargs, connection=self._conn, serializer=ser, id=jid,
+                           result_ttl=self.result_ttl, failure_ttl=self.result_ttl, status=status,
+                           description=f"qcgpj job {name}") for jid, (func, args, kwargs) in zip(ids, rows)]
         with self._lock:
             self._open[name] = task
         try:
-            self.manager.submit([spec])
+            try:
+                self._write_once(jobs, spec)
+            except redis.exceptions.NoScriptError:   # Redis restarted meanwhile: the script is loaded again
+                self._write_once(jobs, spec)
         except BaseException:
             with self._lock:
                 self._open.pop(name, None)
             self._conn.delete(*[f"rq:job:{j}" for j in ids])
             raise
+
+    def _write_once(self, jobs: list, spec: JobSpec) -> None:
+        """The rq jobs and the qcgpj job that runs them in one round trip (rq's values are bytes, sent as they are)."""
+        pipe = self.manager.client.pipeline(transaction=False)
+        for job in jobs:
+            job.save(pipeline=pipe)
+        self._store.submit_on(pipe, submit_rows([spec]))
+        self._store.submitted(pipe.execute(raise_on_error=False)[-1])
+
+    def _validate(self, spec: JobSpec) -> None:
+        """What Manager.submit checks, with the executors' sizes read at most every LIMITS_AGE seconds: the
+        rest (names, dependencies) the submit script checks in the same round trip as the rq jobs' writes."""
+        now = time.monotonic()
+        if now >= self._limits_at:
+            self._limits, self._limits_at = self.manager.limits(), now + LIMITS_AGE
+        check_batch([spec], max_cores=self._limits[0], max_nodes=self._limits[1])
 
     def _cancel_job(self, job: str) -> None:
         try:
@@ -274,25 +296,32 @@ class Executor(_StdExecutor):
                 self._close()   # shutdown(wait=False): the last future is resolved
 
     def _check(self) -> None:
+        """Read the open jobs' states, oldest first: calls mostly end in the order they were submitted, so
+        between full passes (every FULL_CHECK seconds) reading stops at the first group still running."""
         with self._lock:
             tasks = list(self._open.values())
         now = time.monotonic()
+        step = len(tasks) or 1
         if now < self._full_at:
-            tasks = tasks[:FRONT]
+            step = FRONT
         else:
             self._full_at = now + FULL_CHECK
-        if not tasks:
-            return
-        states = self._store.states([t.name for t in tasks])
-        ready: list[tuple[_Task, int, str]] = []   # (task, iteration index, state)
-        for t in tasks:
-            st = states.get(t.name)
-            if t.iterative:
-                ready.extend(self._iterations(t, st))
-            elif st in FINAL_STATES:
-                ready.append((t, 0, st))
-        if ready:
-            self._settle(ready)
+        for i in range(0, len(tasks), step):
+            group = tasks[i:i + step]
+            states = self._store.states([t.name for t in group])
+            ready: list[tuple[_Task, int, str]] = []   # (task, iteration index, state)
+            running = False
+            for t in group:
+                st = states.get(t.name)
+                if t.iterative:
+                    ready.extend(self._iterations(t, st))
+                elif st in FINAL_STATES:
+                    ready.append((t, 0, st))
+                running = running or st not in FINAL_STATES
+            if ready:
+                self._settle(ready)
+            if running:
+                return
 
     def _iterations(self, t: _Task, job_state: str | None) -> list[tuple[_Task, int, str]]:
         recs = self._store.iteration_records(t.name)
@@ -304,6 +333,8 @@ class Executor(_StdExecutor):
             st = rec.split("|", 1)[0] if rec else None
             if st in FINAL_STATES or (job_state in FINAL_STATES and st is None):
                 out.append((t, i, st or job_state))
+                if st == "FAILED":
+                    t.messages[i] = rec.split("|", 6)[-1]
         return out
 
     def _settle(self, ready: list[tuple[_Task, int, str]]) -> None:
@@ -311,11 +342,11 @@ class Executor(_StdExecutor):
         outcomes = funcjobs.read_outcomes(self._conn, [_rqid(t, i) for t, i, _ in with_result],
                                           [t.serializer for t, _, _ in with_result])
         by_key = {(id(t), i): o for (t, i, _), o in zip(with_result, outcomes)}
-        messages = self._messages([t for t, i, st in ready if st == "FAILED"])
+        messages = self._messages([t for t, i, st in ready if st == "FAILED" and not t.iterative])
         for t, i, st in ready:
             t.done.add(i)
             kind, value = by_key.get((id(t), i), ("none", None))
-            _resolve(t, i, st, kind, value, messages.get(t.name, ""))
+            _resolve(t, i, st, kind, value, t.messages.get(i) or messages.get(t.name, ""))
             if len(t.done) == len(t.futures):
                 with self._lock:
                     self._open.pop(t.name, None)
