@@ -22,9 +22,10 @@ from typing import Any, Iterable
 
 import redis
 
-from workers.fnproc import FUTURE_KEY, resolve
+from workers.fnproc import FUTURE_KEY, resolve  # noqa: F401 - FUTURE_KEY is re-exported
 
 from .errors import QcgpjError
+from .keys import rq_job, rq_results
 
 SERIALIZERS = ("json", "cloudpickle")
 _clients: dict[str, redis.Redis] = {}
@@ -188,8 +189,8 @@ def read_outcomes(conn: redis.Redis, ids: list[str], serializers: list[str]) -> 
     from rq.results import Result
     pipe = conn.pipeline(transaction=False)
     for rqid in ids:
-        pipe.xrevrange(Result.get_key(rqid), count=1)
-        pipe.hget(f"rq:job:{rqid}", "meta")
+        pipe.xrevrange(rq_results(rqid), count=1)
+        pipe.hget(rq_job(rqid), "meta")
     raw = pipe.execute()
     out = []
     for i, (rqid, ser) in enumerate(zip(ids, serializers)):

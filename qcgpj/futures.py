@@ -26,10 +26,10 @@ from typing import Any, Callable, Iterable, Iterator
 import redis
 
 from . import funcjobs
-from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
-from .jobspec import make_job
 from .batch import check_batch
-from .jobspec import JobSpec
+from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
+from .jobspec import JobSpec, make_job
+from .keys import rq_job
 from .manager import Manager, submit_rows
 from .store import FINAL_STATES
 
@@ -254,7 +254,7 @@ class Executor(_StdExecutor):
         except BaseException:
             with self._lock:
                 self._open.pop(name, None)
-            self._conn.delete(*[f"rq:job:{j}" for j in ids])
+            self._conn.delete(*[rq_job(j) for j in ids])
             raise
 
     def _write_once(self, jobs: list, spec: JobSpec) -> None:

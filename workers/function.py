@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any
 
 from qcgpj import funcjobs
+from qcgpj.keys import rq_job, rq_results
 from qcgpj.launching import CpuMap
 
 from .base import KILL_GRACE, Running, TaskContext, Worker
@@ -224,9 +225,9 @@ class Pool:
                 conn = funcjobs.client_for(ns)
                 pipe = conn.pipeline(transaction=False)
                 for call in group:
-                    pipe.hget(f"rq:job:{call.rqid}", "data")
+                    pipe.hget(rq_job(call.rqid), "data")
                     for parent in call.parents:
-                        pipe.xrevrange(f"rq:results:{parent}", count=1)
+                        pipe.xrevrange(rq_results(parent), count=1)
                 raw = iter(pipe.execute())
             except Exception as exc:
                 failed.extend((call, _error(f"cannot read the call from Redis: {exc}")) for call in group)
