@@ -12,6 +12,7 @@ on the queue's ``events`` stream and, when jobs become final, reads their result
 """
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import os
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 FRONT = 64         # open jobs read at a time, the oldest first; all of them every FULL_CHECK seconds
 FULL_CHECK = 1.0
 WAKE_TIMEOUT = 0.5
+INLINE_DATA = 2048   # bytes of a call's data copied into its job spec
 LIMITS_AGE = 2.0   # seconds the executors' sizes are trusted for checking resources
 
 
@@ -230,20 +232,23 @@ class Executor(_StdExecutor):
 
     def _write(self, opts: Options, name: str, rqid: str, rows: list[tuple[str, list, dict]], after: list[str],
                parents: list[str], task: _Task) -> None:
-        """The rq jobs first (one round trip), then the qcgpj job that runs them; nothing is left if it fails."""
+        """The rq jobs and the qcgpj job that runs them, in one round trip; nothing is left if it fails."""
         from rq.job import Job, JobStatus
-        ser = funcjobs.serializer_for(self.serializer)
-        spec = make_job(name, exec=rqid, model="function", wd=opts.wd or os.getcwd(), stdout=opts.stdout,
-                        stderr=opts.stderr, env=opts.env or None, numCores=opts.numCores, numNodes=opts.numNodes,
-                        wt=opts.wt, after=after or None, iteration={"stop": len(rows)} if task.iterative else None,
-                        model_opts={"ns": self.namespace, "serializer": self.serializer, "futures": parents,
-                                    "result_ttl": self.result_ttl})
         ids = [f"{rqid}-{i}" for i in range(len(rows))] if task.iterative else [rqid]
-        self._validate(spec)
+        ser = funcjobs.serializer_for(self.serializer)
         status = JobStatus.DEFERRED if after else JobStatus.QUEUED
         jobs = [Job.create(func, args=args, kwargs=kwargs, connection=self._conn, serializer=ser, id=jid,
                            result_ttl=self.result_ttl, failure_ttl=self.result_ttl, status=status,
                            description=f"qcgpj job {name}") for jid, (func, args, kwargs) in zip(ids, rows)]
+        opts_ = {"ns": self.namespace, "serializer": self.serializer, "futures": parents,
+                 "result_ttl": self.result_ttl}
+        if not task.iterative and len(jobs[0].data) <= INLINE_DATA:   # saves the executor a read per call
+            opts_.update(_inline(jobs[0].data, self.serializer))
+        spec = make_job(name, exec=rqid, model="function", wd=opts.wd or os.getcwd(), stdout=opts.stdout,
+                        stderr=opts.stderr, env=opts.env or None, numCores=opts.numCores, numNodes=opts.numNodes,
+                        wt=opts.wt, after=after or None, iteration={"stop": len(rows)} if task.iterative else None,
+                        model_opts=opts_)
+        self._validate(spec)
         with self._lock:
             self._open[name] = task
         try:
@@ -353,6 +358,13 @@ class Executor(_StdExecutor):
 
     def _messages(self, failed: list[_Task]) -> dict[str, str]:
         return {t.name: self._store.job_hash(t.name).get("message", "") for t in failed}
+
+
+def _inline(data: bytes, serializer: str) -> dict[str, str]:
+    """A copy of a small call's rq data for its spec (JSON as it is, cloudpickle in base64)."""
+    if serializer == "json":
+        return {"data": data.decode()}
+    return {"data": base64.b64encode(data).decode(), "encoding": "base64"}
 
 
 def _rqid(t: _Task, i: int) -> str:

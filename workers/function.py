@@ -13,6 +13,7 @@ stopped at its walltime (its process and session are killed and replaced), and a
 """
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import select
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import threading
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from qcgpj import funcjobs
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 MAX_CALLS = 2000              # a warm process is replaced after this many calls (leaks, fragmentation) ...
 MAX_RSS_KB = 2 * 1024 * 1024  # ... or once it has grown beyond this resident size
 RESULT_TTL = 86400
+CACHED_RESULTS = 4096         # recent results kept for the calls that take them as arguments ...
+CACHED_SIZE = 65536           # ... when no larger than this (bytes)
 KILLED = "killed by qcgpj (canceled, or at its walltime)"
 
 
@@ -58,6 +61,9 @@ class Call(Running):
         self.serializer: str = opts.get("serializer", "json")
         self.parents: list[str] = list(opts.get("futures", ()))
         self.ttl: int = int(opts.get("result_ttl", RESULT_TTL))
+        data = opts.get("data")
+        self.data: bytes | None = None if data is None else (
+            base64.b64decode(data) if opts.get("encoding") == "base64" else data.encode())
         self.proc: Proc | None = None
         self.killed = False
         self.code: int | None = None
@@ -114,12 +120,13 @@ class Pool:
     def __init__(self) -> None:
         self.cpus = CpuMap()
         self.env = dict(os.environ)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()   # the executor's threads send calls too
         self._new: deque[Call] = deque()
         self._idle: dict[frozenset[int] | None, list[Proc]] = {}
         self._busy: dict[int, Proc] = {}
         self._procs: dict[int, Proc] = {}    # every live process, by the descriptor it answers on
         self._retired: list[Proc] = []
+        self._results: OrderedDict[str, bytes] = OrderedDict()   # rq id -> serialized result, written here
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._epoll = select.epoll()
@@ -127,7 +134,15 @@ class Pool:
         threading.Thread(target=self._serve, name="qcgpj-functions", daemon=True).start()
 
     def submit(self, call: Call) -> None:
+        """Called by the executor: a call whose data and arguments are at hand goes to an idle process from here,
+        without waking the I/O thread (a hop of a chain of calls); the others go through the I/O thread."""
         with self._lock:
+            if call.data is not None and all(p in self._results for p in call.parents):
+                try:
+                    self._send(call, call.data, {p: self._results[p] for p in call.parents})
+                    return
+                except OSError:   # the I/O thread tries again (and reports a failure)
+                    pass
             self._new.append(call)
         os.write(self._wake_w, b"x")
 
@@ -162,11 +177,12 @@ class Pool:
                 except BlockingIOError:
                     pass
                 continue
-            proc = self._busy.pop(fd, None)
-            if proc is not None:
-                ended.append(self._reply(proc))
-            elif fd in self._procs:   # an idle process died (killed from outside): forget it
-                self._drop(self._procs[fd])
+            with self._lock:
+                proc = self._busy.pop(fd, None)
+                if proc is not None:
+                    ended.append(self._reply(proc))
+                elif fd in self._procs:   # an idle process died (killed from outside): forget it
+                    self._drop(self._procs[fd])
         with self._lock:
             new = list(self._new)
             self._new.clear()
@@ -174,7 +190,8 @@ class Pool:
             ended.extend(self._dispatch(new))
         if ended:
             self._write(ended)
-        self._retired = [p for p in self._retired if p.popen.poll() is None]
+        with self._lock:
+            self._retired = [p for p in self._retired if p.popen.poll() is None]
 
     def _reply(self, proc: Proc) -> tuple[Call, tuple]:
         call = proc.call
@@ -212,18 +229,22 @@ class Pool:
         self._retired.append(proc)
 
     def _dispatch(self, calls: list[Call]) -> list[tuple[Call, tuple]]:
-        """Read the calls' data and their futures' results (one round trip per namespace), then send them."""
+        """Send the calls, reading from Redis (one round trip per namespace) only what is not at hand: a call's
+        data travels in its spec when small, and its futures' results were often written by this process."""
         failed: list[tuple[Call, tuple]] = []
         by_ns: dict[str, list[Call]] = {}
         for call in calls:
             if call.killed:
                 failed.append((call, ("died", -signal.SIGKILL)))
+            elif call.data is not None and all(p in self._results for p in call.parents):
+                with self._lock:
+                    parents = {p: self._results[p] for p in call.parents}
+                self._start(call, call.data, parents, failed)
             else:
                 by_ns.setdefault(call.namespace, []).append(call)
         for ns, group in by_ns.items():
             try:
-                conn = funcjobs.client_for(ns)
-                pipe = conn.pipeline(transaction=False)
+                pipe = funcjobs.client_for(ns).pipeline(transaction=False)
                 for call in group:
                     pipe.hget(rq_job(call.rqid), "data")
                     for parent in call.parents:
@@ -239,32 +260,41 @@ class Pool:
                 if data is None or missing:
                     what = f"the result of {missing[0]}" if missing else "its rq job"
                     failed.append((call, _error(f"call {call.rqid}: {what} is not in Redis (expired?)")))
-                    continue
-                try:
-                    self._send(call, _decompress(data), parents)
-                except OSError as exc:
-                    failed.append((call, _error(f"cannot start the call: {exc}")))
+                else:
+                    self._start(call, _decompress(data), parents, failed)
         return failed
+
+    def _start(self, call: Call, data: bytes, parents: dict[str, Any], failed: list[tuple[Call, tuple]]) -> None:
+        try:
+            self._send(call, data, parents)
+        except OSError as exc:
+            failed.append((call, _error(f"cannot start the call: {exc}")))
 
     def _send(self, call: Call, data: bytes, parents: dict[str, bytes | None]) -> None:
         ctx = call.ctx
         key = self.cpus.binding(ctx.local_cores())
-        idle = self._idle.get(key)
-        proc = idle.pop() if idle else Proc(key, self.env)
         env = {k: v for k, v in ctx.env.items() if self.env.get(k) != v}
         with self._lock:
+            idle = self._idle.get(key)
+            proc = idle.pop() if idle else Proc(key, self.env)
             call.proc = proc
             proc.call = call
-            late_kill = call.killed   # canceled while its data was read: the kill found no process
-        self._busy[proc.from_child] = proc
-        if proc.from_child not in self._procs:
-            self._procs[proc.from_child] = proc
-            self._epoll.register(proc.from_child, select.EPOLLIN)
-        write_msg(proc.to_child, {"id": call.rqid, "serializer": call.serializer, "data": data,
-                                  "parents": parents, "cwd": ctx.cwd, "env": env, "stdout": ctx.stdout,
-                                  "stderr": ctx.stderr})
-        if late_kill:
-            proc.signal(signal.SIGKILL)
+            self._busy[proc.from_child] = proc
+            if proc.from_child not in self._procs:
+                self._procs[proc.from_child] = proc
+                self._epoll.register(proc.from_child, select.EPOLLIN)
+            try:
+                write_msg(proc.to_child, {"id": call.rqid, "serializer": call.serializer, "data": data,
+                                          "parents": parents, "cwd": ctx.cwd, "env": env, "stdout": ctx.stdout,
+                                          "stderr": ctx.stderr})
+            except OSError:   # the process died while idle: forget it, the call stays unsent
+                del self._busy[proc.from_child]
+                proc.call = call.proc = None
+                self._forget(proc)
+                self._retired.append(proc)
+                raise
+            if call.killed:   # canceled while its data was read: the kill found no process
+                proc.signal(signal.SIGKILL)
 
     def _write(self, ended: list[tuple[Call, tuple]]) -> None:
         """Outcomes through rq's result API, one round trip per namespace; then the calls end."""
@@ -281,6 +311,11 @@ class Pool:
             except Exception:
                 log.exception("function pool: cannot write the outcome of %d call(s)", len(group))
             for call, outcome in group:
+                if outcome[0] == "ok" and len(outcome[1]) <= CACHED_SIZE:
+                    with self._lock:
+                        self._results[call.rqid] = outcome[1]
+                        if len(self._results) > CACHED_RESULTS:
+                            self._results.popitem(last=False)
                 call.code = _code(outcome)
                 call.done.set()
 
