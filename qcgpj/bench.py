@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import redis
 
 from .connection import connect
+from .keys import rq_results
 from .jobs import Jobs
 from .manager import Manager
 
@@ -238,12 +239,15 @@ def bench_functions(cfg: BenchConfig, chunksize: int = 100) -> list[Result]:
     with session(cfg) as (m, _px):
         if cfg.url is None:   # local mode: the Executor starts its own services
             m.finish()
-        ex = Executor(cfg.url, namespace=m.store.keys.namespace, cores=cfg.cores)
+        ex = Executor(cfg.url, namespace=m.store.keys.namespace, cores=cfg.cores,
+                      client=m.client if cfg.url else None)
         t1 = time.perf_counter()
         values = list(ex.map(square, range(cfg.tasks), chunksize=chunksize))
         t2 = time.perf_counter()
         hops = _function_chain(ex, cfg.chain)
         ex.shutdown()
+        if cfg.url is not None:
+            ex.drop_calls()
     rate = cfg.tasks / (t2 - t0)
     out.append(Result("functions", f"{cfg.tasks} calls, Executor.map(chunksize={chunksize})", round(rate, 1),
                       "calls/s", {"seconds": round(t2 - t0, 3), "start": round(t1 - t0, 3),
@@ -280,11 +284,15 @@ def _rq_baseline(cfg: BenchConfig) -> float:
     from rq.serializers import JSONSerializer
     conn = redis.Redis.from_url(cfg.url)
     q = Queue(f"qcgpj-bench-{uuid.uuid4().hex[:8]}", connection=conn, serializer=JSONSerializer)
-    q.enqueue_many([Queue.prepare_data(square, args=(i,), result_ttl=600) for i in range(cfg.tasks)])
+    jobs = q.enqueue_many([Queue.prepare_data(square, args=(i,), result_ttl=600) for i in range(cfg.tasks)])
     t0 = time.perf_counter()
-    SimpleWorker([q], connection=conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
+    worker = SimpleWorker([q], connection=conn, serializer=JSONSerializer)
+    worker.work(burst=True, logging_level="WARNING")
     dt = time.perf_counter() - t0
-    q.empty()
+    for i in range(0, len(jobs), 1000):   # rq keeps its jobs, results and registries: remove this run's
+        conn.delete(*[k for j in jobs[i:i + 1000] for k in (j.key, rq_results(j.id))])
+    conn.delete(*conn.scan_iter(match=f"rq:*{q.name}*", count=1000), q.key, worker.key)
+    conn.srem("rq:queues", q.key)
     return cfg.tasks / dt
 
 

@@ -110,14 +110,15 @@ class Executor(_StdExecutor):
 
     def __init__(self, redis_url: str | None = None, namespace: str = "default", *, serializer: str = "json",
                  result_ttl: int = 86400, cores: int | None = None,
-                 max_attempts: int = 3, root_wd: str | None = None) -> None:
+                 max_attempts: int = 3, root_wd: str | None = None, client: redis.Redis | None = None) -> None:
         funcjobs.serializer_for(serializer)
         self.serializer, self.result_ttl = serializer, result_ttl
-        self.manager = Manager(redis_url, namespace, cores=cores, root_wd=root_wd, max_attempts=max_attempts)
+        self.manager = Manager(redis_url, namespace, cores=cores, root_wd=root_wd, max_attempts=max_attempts,
+                               client=client)
         self.namespace = namespace
         self._conn = funcjobs.bytes_client(self.manager.client)
         self._store = self.manager.store
-        self._prefix = uuid.uuid4().hex[:16]
+        self.prefix = uuid.uuid4().hex[:16]   # of this Executor's job names and rq ids
         self._count = itertools.count()
         self._lock = threading.Lock()
         self._open: dict[str, _Task] = {}
@@ -159,6 +160,11 @@ class Executor(_StdExecutor):
                     pass
             self._close()
 
+    def drop_calls(self) -> int:
+        """Delete this Executor's rq jobs and results now, instead of after ``result_ttl`` (the bench cleans up)."""
+        keys = list(self._conn.scan_iter(match=f"rq:*:qcgpj-{self.prefix}-*", count=1000))
+        return self._conn.delete(*keys) if keys else 0
+
     def _close(self) -> None:
         self._stop.set()
         if threading.current_thread() is not self._thread:
@@ -172,7 +178,7 @@ class Executor(_StdExecutor):
 
     def _ids(self, opts: Options) -> tuple[str, str]:
         n = next(self._count)
-        return opts.name or f"fn-{self._prefix}-{n}", f"qcgpj-{self._prefix}-{n}"
+        return opts.name or f"fn-{self.prefix}-{n}", f"qcgpj-{self.prefix}-{n}"
 
     def _submit(self, opts: Options, fn: Callable, args: tuple, kwargs: dict) -> FunctionFuture:
         self._check_open()
