@@ -36,7 +36,8 @@ from .store import FINAL_STATES
 
 log = logging.getLogger(__name__)
 
-FRONT = 64         # open jobs read at a time, the oldest first; all of them every FULL_CHECK seconds
+FRONT = 16         # open jobs read at a time, the oldest first; all of them every FULL_CHECK seconds
+CHECK_INTERVAL = 0.002   # seconds between reads at the most: under load events come every few hundred µs
 FULL_CHECK = 1.0
 WAKE_TIMEOUT = 0.5
 INLINE_DATA = 2048   # bytes of a call's data copied into its job spec
@@ -126,6 +127,7 @@ class Executor(_StdExecutor):
         self._stop = threading.Event()
         self._last = self._store.last_event_id()
         self._full_at = 0.0
+        self._checked_at = 0.0
         self._limits: tuple = (None, None, None)
         self._limits_at = 0.0
         self._thread = threading.Thread(target=self._resolve_loop, name="qcgpj-futures", daemon=True)
@@ -294,7 +296,11 @@ class Executor(_StdExecutor):
     def _resolve_loop(self) -> None:
         while not self._stop.is_set():
             try:
+                pause = self._checked_at + CHECK_INTERVAL - time.monotonic()
+                if pause > 0:   # coalesce: the client must not take the CPU from the executors it waits for
+                    time.sleep(pause)
                 self._last = self._store.wait_event(self._last, WAKE_TIMEOUT)
+                self._checked_at = time.monotonic()
                 if self.manager.local is not None:
                     self.manager.local.check_alive()
                 self._check()

@@ -68,6 +68,17 @@ def dumps(serializer: str, value: Any) -> bytes:
     return cloudpickle.dumps(value)
 
 
+_resolved: dict[str, Any] = {}
+
+
+def resolve_cached(name: str) -> Any:
+    """resolve(), once per name in this process: a warm process calls the same functions again and again."""
+    fn = _resolved.get(name)
+    if fn is None:
+        fn = _resolved[name] = resolve(name)
+    return fn
+
+
 def resolve(name: str) -> Any:
     """``package.module.qualname`` -> the object: the longest importable module prefix, then attributes."""
     parts = name.split(".")
@@ -91,19 +102,23 @@ def _substitute(value: Any, parents: dict[str, Any]) -> Any:
 
 
 class _Redirect:
-    """The call's stdout/stderr go to the task's files (by descriptor, so C code and subprocesses follow)."""
+    """The call's stdout/stderr go to the task's files (by descriptor, so C code and subprocesses follow); a
+    call without files leaves them on /dev/null, where they stay between calls (no system call at all)."""
 
     def __init__(self, stdout: str | None, stderr: str | None) -> None:
         self.stdout, self.stderr = stdout, stderr
 
     def __enter__(self) -> None:
-        _point(1, self.stdout)
+        if self.stdout:
+            _point(1, self.stdout)
         if self.stderr and self.stderr == self.stdout:
             os.dup2(1, 2)
-        else:
+        elif self.stderr:
             _point(2, self.stderr)
 
     def __exit__(self, *exc: object) -> None:
+        if not (self.stdout or self.stderr):
+            return
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -124,7 +139,7 @@ def run_call(msg: dict[str, Any]) -> tuple:
     ser = msg["serializer"]
     saved_env = {k: os.environ.get(k) for k in msg["env"]}
     os.environ.update(msg["env"])
-    os.chdir(msg["cwd"])
+    os.chdir(msg["cwd"])   # every time: the last call may have moved
     if msg["cwd"] not in sys.path:
         sys.path.insert(0, msg["cwd"])
     try:
@@ -134,7 +149,7 @@ def run_call(msg: dict[str, Any]) -> tuple:
                 parents = {k: loads(ser, v) for k, v in msg["parents"].items()}
                 args = [_substitute(a, parents) for a in args]
                 kwargs = {k: _substitute(v, parents) for k, v in kwargs.items()}
-                value = resolve(func_name)(*args, **kwargs)
+                value = resolve_cached(func_name)(*args, **kwargs)
                 return ("ok", dumps(ser, value))
             except BaseException as exc:   # SystemExit too: it ends the call, not this process
                 if isinstance(exc, KeyboardInterrupt):
