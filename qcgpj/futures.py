@@ -37,6 +37,7 @@ from .store import FINAL_STATES
 log = logging.getLogger(__name__)
 
 FRONT = 16         # open jobs read at a time, the oldest first; all of them every FULL_CHECK seconds
+ITER_WINDOW = 256   # iterations of a map read at a time, the oldest open ones first
 CHECK_INTERVAL = 0.002   # seconds between reads at the most: under load events come every few hundred µs
 FULL_CHECK = 1.0
 WAKE_TIMEOUT = 0.5
@@ -72,6 +73,10 @@ class _Task:
     iterative: bool = False
     done: set[int] = field(default_factory=set)
     messages: dict[int, str] = field(default_factory=dict)   # why iterations failed, from their records
+    open_its: list[int] = field(default_factory=list)        # iterations not resolved yet, oldest first
+
+    def __post_init__(self) -> None:
+        self.open_its = list(range(len(self.futures))) if self.iterative else []
 
 
 class FunctionFuture(Future):
@@ -318,10 +323,9 @@ class Executor(_StdExecutor):
         with self._lock:
             tasks = list(self._open.values())
         now = time.monotonic()
-        step = len(tasks) or 1
-        if now < self._full_at:
-            step = FRONT
-        else:
+        full = now >= self._full_at
+        step = (len(tasks) or 1) if full else FRONT
+        if full:
             self._full_at = now + FULL_CHECK
         for i in range(0, len(tasks), step):
             group = tasks[i:i + step]
@@ -331,7 +335,7 @@ class Executor(_StdExecutor):
             for t in group:
                 st = states.get(t.name)
                 if t.iterative:
-                    ready.extend(self._iterations(t, st))
+                    ready.extend(self._iterations(t, st, full))
                 elif st in FINAL_STATES:
                     ready.append((t, 0, st))
                 running = running or st not in FINAL_STATES
@@ -340,18 +344,21 @@ class Executor(_StdExecutor):
             if running:
                 return
 
-    def _iterations(self, t: _Task, job_state: str | None) -> list[tuple[_Task, int, str]]:
-        recs = self._store.iteration_records(t.name)
+    def _iterations(self, t: _Task, job_state: str | None, full: bool) -> list[tuple[_Task, int, str]]:
+        """The iterations that ended: the oldest open ones (ITER_WINDOW), or all on a full pass."""
+        final = job_state in FINAL_STATES
+        window = t.open_its if (full or final) else t.open_its[:ITER_WINDOW]
+        recs = self._store.r.hmget(self._store.keys.its(t.name), window) if window else []
         out = []
-        for i in range(len(t.futures)):
-            if i in t.done:
-                continue
-            rec = recs.get(str(i))
+        for i, rec in zip(window, recs):
             st = rec.split("|", 1)[0] if rec else None
-            if st in FINAL_STATES or (job_state in FINAL_STATES and st is None):
+            if st in FINAL_STATES or (final and st is None):
                 out.append((t, i, st or job_state))
+                t.done.add(i)
                 if st == "FAILED":
                     t.messages[i] = rec.split("|", 6)[-1]
+        if out:
+            t.open_its = [i for i in window if i not in t.done] + t.open_its[len(window):]
         return out
 
     def _settle(self, ready: list[tuple[_Task, int, str]]) -> None:
