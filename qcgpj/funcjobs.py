@@ -18,6 +18,7 @@ import importlib
 import json
 import pickle
 import threading
+import weakref
 from typing import Any, Iterable
 
 import redis
@@ -28,7 +29,7 @@ from .errors import QcgpjError
 from .keys import rq_job, rq_results
 
 SERIALIZERS = ("json", "cloudpickle")
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[str, list[tuple[weakref.ref, redis.Redis]]] = {}
 _lock = threading.Lock()
 
 
@@ -96,16 +97,23 @@ def bytes_client(client: redis.Redis) -> redis.Redis:
 
 
 def attach_client(namespace: str, client: redis.Redis) -> None:
-    """Called by each executor: function tasks of ``namespace`` write their results through this connection."""
+    """Called by each executor: function tasks of ``namespace`` write their results through this connection.
+    Held weakly: an executor that is gone (local mode, one after another in a process) drops out."""
     with _lock:
-        _clients[namespace] = bytes_client(client)
+        live = [(ref, b) for ref, b in _clients.get(namespace, []) if ref() not in (None, client)]
+        _clients[namespace] = [*live, (weakref.ref(client), bytes_client(client))]
 
 
-def client_for(namespace: str) -> redis.Redis:
-    try:
-        return _clients[namespace]
-    except KeyError:
-        raise QcgpjError(f"no executor of namespace '{namespace}' runs in this process") from None
+def client_for(namespace: str, rqid: str) -> redis.Redis:
+    """The connection of the executor whose Redis holds this call: the only one of its namespace in this
+    process, or (two local-mode executors of one namespace at once) the one where the rq job exists."""
+    with _lock:
+        live = _clients[namespace] = [(ref, b) for ref, b in _clients.get(namespace, []) if ref() is not None]
+    if not live:
+        raise QcgpjError(f"no executor of namespace '{namespace}' runs in this process")
+    if len(live) == 1:
+        return live[0][1]
+    return next((b for _ref, b in live if b.exists(rq_job(rqid))), live[-1][1])
 
 
 # ---------------------------------------------------------------------- describing a call

@@ -175,3 +175,13 @@ def test_shutdown_cancel_futures(remote, tmp_path):
     assert f.cancelled()
     with pytest.raises(RuntimeError):
         remote.submit(ff.square, 1)
+
+
+def test_two_local_executors_at_once(tmp_path, monkeypatch):
+    """Each local Executor has its own in-process Redis: a call's result goes to the one that holds it."""
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(tmp_path)
+    with Executor(cores=1) as one, Executor(cores=1) as two:
+        a, b = one.submit(ff.square, 3), two.submit(ff.square, 4)
+        assert (a.result(TIMEOUT), b.result(TIMEOUT)) == (9, 16)
+        assert one.submit(ff.add, a, 1).result(TIMEOUT) == 10

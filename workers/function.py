@@ -65,6 +65,7 @@ class Call(Running):
         self.data: bytes | None = None if data is None else (
             base64.b64decode(data) if opts.get("encoding") == "base64" else data.encode())
         self.proc: Proc | None = None
+        self.conn: Any = None   # the bytes client of the executor's Redis, once known
         self.killed = False
         self.code: int | None = None
         self.done = threading.Event()
@@ -232,7 +233,7 @@ class Pool:
         """Send the calls, reading from Redis (one round trip per namespace) only what is not at hand: a call's
         data travels in its spec when small, and its futures' results were often written by this process."""
         failed: list[tuple[Call, tuple]] = []
-        by_ns: dict[str, list[Call]] = {}
+        by_conn: dict[int, tuple[Any, list[Call]]] = {}
         for call in calls:
             if call.killed:
                 failed.append((call, ("died", -signal.SIGKILL)))
@@ -241,10 +242,15 @@ class Pool:
                     parents = {p: self._results[p] for p in call.parents}
                 self._start(call, call.data, parents, failed)
             else:
-                by_ns.setdefault(call.namespace, []).append(call)
-        for ns, group in by_ns.items():
+                try:
+                    conn = self._conn(call)
+                except Exception as exc:
+                    failed.append((call, _error(f"cannot reach the call's Redis: {exc}")))
+                    continue
+                by_conn.setdefault(id(conn), (conn, []))[1].append(call)
+        for conn, group in by_conn.values():
             try:
-                pipe = funcjobs.client_for(ns).pipeline(transaction=False)
+                pipe = conn.pipeline(transaction=False)
                 for call in group:
                     pipe.hget(rq_job(call.rqid), "data")
                     for parent in call.parents:
@@ -269,6 +275,12 @@ class Pool:
             self._send(call, data, parents)
         except OSError as exc:
             failed.append((call, _error(f"cannot start the call: {exc}")))
+
+    @staticmethod
+    def _conn(call: Call) -> Any:
+        if call.conn is None:
+            call.conn = funcjobs.client_for(call.namespace, call.rqid)
+        return call.conn
 
     def _send(self, call: Call, data: bytes, parents: dict[str, bytes | None]) -> None:
         ctx = call.ctx
@@ -298,12 +310,18 @@ class Pool:
 
     def _write(self, ended: list[tuple[Call, tuple]]) -> None:
         """Outcomes through rq's result API, one round trip per namespace; then the calls end."""
-        by_ns: dict[str, list[tuple[Call, tuple]]] = {}
+        by_conn: dict[int, tuple[Any, list[tuple[Call, tuple]]]] = {}
         for call, outcome in ended:
-            by_ns.setdefault(call.namespace, []).append((call, outcome))
-        for ns, group in by_ns.items():
             try:
-                conn = funcjobs.client_for(ns)
+                conn = self._conn(call)
+            except Exception:
+                log.exception("function pool: no connection for %s", call.rqid)
+                call.code = 1
+                call.done.set()
+                continue
+            by_conn.setdefault(id(conn), (conn, []))[1].append((call, outcome))
+        for conn, group in by_conn.values():
+            try:
                 pipe = conn.pipeline(transaction=False)
                 for call, outcome in group:
                     _record(pipe, conn, call, outcome)
