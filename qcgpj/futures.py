@@ -28,6 +28,7 @@ import redis
 
 from . import funcjobs
 from .batch import check_batch
+from .errors import QcgpjError
 from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
 from .jobspec import JobSpec, make_job
 from .keys import rq_job
@@ -309,6 +310,8 @@ class Executor(_StdExecutor):
                 if self.manager.local is not None:
                     self.manager.local.check_alive()
                 self._check()
+            except QcgpjError as exc:   # local mode's services died: nothing will resolve these futures
+                self._fail_all(exc)
             except Exception as exc:   # keep serving: a lost Redis connection is retried by the client
                 log.warning("resolving futures: %s", exc)
                 self._stop.wait(0.5)
@@ -316,6 +319,15 @@ class Executor(_StdExecutor):
                 idle = self._shutdown and not self._open
             if idle and not self._stop.is_set():
                 self._close()   # shutdown(wait=False): the last future is resolved
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            tasks, self._open = list(self._open.values()), {}
+        for t in tasks:
+            for fs in t.futures:
+                for f in fs:
+                    if f.set_running_or_notify_cancel():
+                        f.set_exception(exc)
 
     def _check(self) -> None:
         """Read the open jobs' states, oldest first: calls mostly end in the order they were submitted, so
