@@ -85,7 +85,6 @@ class FunctionFuture(Future):
 
     job: str = ""       # the qcgpj job (``name`` or ``name:it``), for ``after`` of executable jobs
     rq_id: str = ""     # the rq job that holds the call and its result
-    item: int | None = None   # its place in the result list of a map chunk
 
     def __init__(self, executor: "Executor") -> None:
         super().__init__()
@@ -219,10 +218,6 @@ class Executor(_StdExecutor):
             ref = funcjobs.function_name(fn, self.serializer) or fn
             rows = [("qcgpj.funcjobs.starmap", self._checked(name, [ref, c]), {}) for c in chunks]
         futs = [[self._future(f"{name}:{i}", f"{rqid}-{i}") for _ in c] for i, c in enumerate(chunks)]
-        if chunksize > 1:
-            for fs in futs:
-                for k, f in enumerate(fs):
-                    f.item = k
         task = _Task(name, rqid, self.serializer, futs, chunked=chunksize > 1, iterative=True)
         self._write(opts, name, rqid, rows, after, parents, task)
         flat = [f for fs in futs for f in fs]
@@ -254,6 +249,12 @@ class Executor(_StdExecutor):
         jobs = [Job.create(func, args=args, kwargs=kwargs, connection=self._conn, serializer=ser, id=jid,
                            result_ttl=self.result_ttl, failure_ttl=self.result_ttl, status=status,
                            description=f"qcgpj job {name}") for jid, (func, args, kwargs) in zip(ids, rows)]
+        try:
+            for job in jobs:   # serialized now (rq keeps it), so that a failure names the call
+                job.data
+        except Exception as exc:
+            raise funcjobs.SerializationError(f"call {name}: cannot be serialized with {self.serializer}: "
+                                              f"{type(exc).__name__}: {exc}") from None
         opts_ = {"ns": self.namespace, "serializer": self.serializer, "futures": parents,
                  "result_ttl": self.result_ttl}
         if not task.iterative and len(jobs[0].data) <= INLINE_DATA:   # saves the executor a read per call
@@ -441,9 +442,7 @@ def _argument(value: Any, after: list[str], parents: list[str]) -> Any:
         return value
     if value.job not in after:
         after.append(value.job)
-    marker: dict[str, Any] = {FUTURE_KEY: value.rq_id}
-    if value.item is not None:   # an element of a map chunk: its place in the chunk's result list
-        marker["item"] = value.item
+    marker = {FUTURE_KEY: value.rq_id}
     if value.rq_id not in parents:
         parents.append(value.rq_id)
     return marker

@@ -185,3 +185,11 @@ def test_two_local_executors_at_once(tmp_path, monkeypatch):
         a, b = one.submit(ff.square, 3), two.submit(ff.square, 4)
         assert (a.result(TIMEOUT), b.result(TIMEOUT)) == (9, 16)
         assert one.submit(ff.add, a, 1).result(TIMEOUT) == 10
+
+
+def test_cloudpickle_error_is_a_qcgpj_error(ex):
+    import threading
+    ex.serializer = "cloudpickle"
+    with pytest.raises(SerializationError, match="cannot be serialized with cloudpickle"):
+        ex.submit(ff.square, threading.Lock())
+    assert ex.manager.list() == {}

@@ -94,10 +94,9 @@ def resolve(name: str) -> Any:
 
 
 def _substitute(value: Any, parents: dict[str, Any]) -> Any:
-    """A future's marker -> its result (an element of a map chunk's list: ``item`` is its place)."""
-    if type(value) is dict and FUTURE_KEY in value:
-        result = parents[value[FUTURE_KEY]]
-        return result[value["item"]] if "item" in value else result
+    """A future's marker -> its result."""
+    if type(value) is dict and len(value) == 1 and FUTURE_KEY in value:
+        return parents[value[FUTURE_KEY]]
     return value
 
 
