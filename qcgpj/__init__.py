@@ -22,12 +22,13 @@ from .errors import (ArgumentError, ConnectionError, DependencyError, DuplicateJ
                      FinishedError, JobSpecError, LostJobsError, QcgpjError, QueueFullError, RedisError,
                      RedisMemoryError, RedisPermissionError, ResourceError, StoreError, TimeoutError,
                      UnknownJobError)
+from .futures import Executor
 from .jobs import Jobs
 from .jobspec import JobSpec
 from .manager import Manager
 
 __version__ = "0.1.0"
-__all__ = ["Manager", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
+__all__ = ["Manager", "Executor", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
            "ResourceError", "ConnectionError", "TimeoutError", "UnknownJobError", "ArgumentError", "RedisError",
            "RedisPermissionError", "RedisMemoryError", "LostJobsError", "FinishedError", "StoreError",
            "QueueFullError", "DurabilityError", "__version__"]

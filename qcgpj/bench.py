@@ -29,9 +29,10 @@ import redis
 from .connection import connect
 from .errors import QcgpjError
 from .jobs import Jobs
+from .keys import rq_results
 from .manager import Manager
 
-WORKLOADS = ("spawn", "tasks", "iterations", "chain", "queue", "submit", "local")
+WORKLOADS = ("spawn", "tasks", "iterations", "chain", "queue", "submit", "local", "functions")
 
 
 @dataclass
@@ -268,6 +269,79 @@ def _has_store(choose: Any, store: str) -> bool:
         return False
 
 
+def square(x: int) -> int:
+    """The trivial importable function of the ``functions`` workload."""
+    return x * x
+
+
+def bench_functions(cfg: BenchConfig, chunksize: int = 100) -> list[Result]:
+    """Python calls through ``qcgpj.Executor``: N calls of a trivial function through ``map`` (the whole run,
+    services and warm processes started in it), a chain of dependent calls (each takes its parent's future),
+    and, as the baseline users know, rq's own SimpleWorker (burst) running the same N calls from an rq queue
+    in the same Redis (only its work is timed, not the enqueueing)."""
+    from .futures import Executor
+    out = []
+    t0 = time.perf_counter()
+    with session(cfg) as (m, _px):
+        if cfg.url is None:   # local mode: the Executor starts its own services
+            m.finish()
+        ex = Executor(cfg.url, namespace=m.store.keys.namespace, cores=cfg.cores,
+                      client=m.client if cfg.url else None)
+        t1 = time.perf_counter()
+        values = list(ex.map(square, range(cfg.tasks), chunksize=chunksize))
+        t2 = time.perf_counter()
+        hops = _function_chain(ex, cfg.chain)
+        ex.shutdown()
+        if cfg.url is not None:
+            ex.drop_calls()
+    rate = cfg.tasks / (t2 - t0)
+    out.append(Result("functions", f"{cfg.tasks} calls, Executor.map(chunksize={chunksize})", round(rate, 1),
+                      "calls/s", {"seconds": round(t2 - t0, 3), "start": round(t1 - t0, 3),
+                                  "map": round(t2 - t1, 3),
+                                  "correct": values == [x * x for x in range(cfg.tasks)]}))
+    out.append(Result("functions", f"chain of {cfg.chain} dependent calls", round(hops * 1000 / cfg.chain, 3),
+                      "ms/hop", {"seconds": round(hops, 3)}))
+    if cfg.url is not None:
+        rq_rate = _rq_baseline(cfg)
+        out.append(Result("functions", f"rq SimpleWorker, {cfg.tasks} calls (baseline)", round(rq_rate, 1),
+                          "calls/s", {"qcgpj_over_rq": round(rate / rq_rate, 2)}))
+    return out
+
+
+def _function_chain(ex: Any, n: int) -> float:
+    """Seconds from the first call's start to the last one's end, of n calls each taking its parent's future.
+    Submitted one by one behind a gate (a job that waits for a file), so the figure is the hops', not the
+    client's submitting."""
+    gate_dir = tempfile.mkdtemp(prefix="qcgpj-gate-")
+    gate = os.path.join(gate_dir, "go")
+    name = f"gate-{uuid.uuid4().hex[:8]}"
+    ex.manager.submit(Jobs().add(name=name, script=f"while [ ! -e {gate} ]; do sleep 0.01; done"))
+    f = first = ex.options(after=[name]).submit(square, 1)
+    for _ in range(n - 1):
+        f = ex.submit(square, f)
+    open(gate, "w").close()
+    f.result()
+    shutil.rmtree(gate_dir, ignore_errors=True)
+    return ex.manager.info(f.job)["end"] - ex.manager.info(first.job)["start"]
+
+
+def _rq_baseline(cfg: BenchConfig) -> float:
+    from rq import Queue, SimpleWorker
+    from rq.serializers import JSONSerializer
+    conn = redis.Redis.from_url(cfg.url)
+    q = Queue(f"qcgpj-bench-{uuid.uuid4().hex[:8]}", connection=conn, serializer=JSONSerializer)
+    jobs = q.enqueue_many([Queue.prepare_data(square, args=(i,), result_ttl=600) for i in range(cfg.tasks)])
+    t0 = time.perf_counter()
+    worker = SimpleWorker([q], connection=conn, serializer=JSONSerializer)
+    worker.work(burst=True, logging_level="WARNING")
+    dt = time.perf_counter() - t0
+    for i in range(0, len(jobs), 1000):   # rq keeps its jobs, results and registries: remove this run's
+        conn.delete(*[k for j in jobs[i:i + 1000] for k in (j.key, rq_results(j.id))])
+    conn.delete(*conn.scan_iter(match=f"rq:*{q.name}*", count=1000), q.key, worker.key)
+    conn.srem("rq:queues", q.key)
+    return cfg.tasks / dt
+
+
 def _used_memory(client: redis.Redis) -> int | None:
     try:
         return int(client.info("memory")["used_memory"])
@@ -301,6 +375,8 @@ def run(cfg: BenchConfig, workloads: tuple[str, ...]) -> list[Result]:
             results.extend(bench_submit(cfg))
         elif w == "local":
             results.extend(bench_local(cfg))
+        elif w == "functions":
+            results.extend(bench_functions(cfg))
     _share_of_spawn(cfg, results)
     return results
 

@@ -35,6 +35,7 @@ import redis
 
 from .connection import redis_error
 from .errors import QcgpjError
+from .funcjobs import attach_client
 from .jobspec import JobSpec
 from .launching import Runner, Slot
 from .outage import Outage, refused
@@ -75,6 +76,7 @@ class Executor:
                  heartbeat: float = 2.0, ttl: int = 10,
                  exit_when_idle: bool = False, slurm: bool = False, reconcile: float = 5.0) -> None:
         self.store = Store(client, namespace)
+        attach_client(namespace, client)   # ``function`` tasks write their results through this connection
         self.allocator = CoreAllocator(nodes)
         self.nodes = nodes
         host = socket.gethostname().split(".")[0]

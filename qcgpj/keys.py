@@ -36,6 +36,12 @@ failures                    list     the latest failed tasks (capped): "task|end
 stage:<batch>:<attempt>     list     a submit being written: name, spec, req, iter, deps per job; read only by
                                      the commit that makes it visible; a TTL drops one a killed client left
 batch:<id>                  string   a committed batch's job count, with a TTL: a retried submit is a no-op
+
+Python calls (``qcgpj.Executor``) are rq jobs under rq's own global keys, outside the prefix and not touched by
+any script (only ``qcgpj.funcjobs`` and ``workers/function.py`` use them, through rq's API):
+
+rq:job:qcgpj-<hex>-<n>      hash     rq's job: data (zlib of the serializer's call tuple), status, meta, ...
+rq:results:qcgpj-<hex>-<n>  stream   rq's results of that job (a map's chunks: ...-<n>-<chunk>)
 """
 from __future__ import annotations
 
@@ -190,3 +196,13 @@ def lua_prelude() -> str:
         else:
             lines.append(f"local K_{name} = P .. '{template}'")
     return "\n".join(lines) + "\n"
+
+
+def rq_job(rqid: str) -> str:
+    """rq's key of the job of a Python call (as ``rq.job.Job.key`` spells it)."""
+    return f"rq:job:{rqid}"
+
+
+def rq_results(rqid: str) -> str:
+    """rq's stream of results of that job (as ``rq.results.Result.get_key`` spells it)."""
+    return f"rq:results:{rqid}"

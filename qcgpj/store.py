@@ -102,6 +102,7 @@ class Store:
         self.keys = Keys(namespace)
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
         self._conn: Any = None   # the executor's own connection for its round trips
+        self._submit_loaded = False
 
     def _run(self, name: str, args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=[self.keys.jobs], args=list(args))
@@ -543,6 +544,33 @@ class Store:
     def control(self, eid: str, timeout: float) -> str | None:
         res = self.r.blpop([self.keys.control(eid)], timeout=timeout)
         return res[1] if res else None
+
+    # ------------------------------------------------------------------ submit beside other writes
+    def submit_on(self, pipe: Any, rows: list[tuple[str, str, str, str, str]]) -> None:
+        """Queue the submit script of a small validated batch (at most SUBMIT_CHUNK rows) on ``pipe``, so that a
+        caller's own keys go in the same round trip (qcgpj.Executor: a call's rq job and its qcgpj job). The
+        script checks names and dependencies itself; pass its reply to :meth:`submitted`."""
+        args: list[Any] = [now(), len(rows)]
+        for row in rows:
+            args.extend(row)
+        script = self._scripts["submit"]
+        if not self._submit_loaded:   # EVALSHA itself: a script object in a pipeline asks SCRIPT EXISTS each time
+            self.r.script_load(script.script)
+            self._submit_loaded = True
+        pipe.evalsha(script.sha, 1, self.keys.jobs, *args)
+
+    def submitted(self, reply: Any) -> int:
+        """The reply of a piped submit: how many jobs were queued, or the error naming the job and field. After
+        a Redis restart (scripts flushed) it raises NoScriptError: the caller writes again."""
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            self._submit_loaded = False
+            raise reply
+        if isinstance(reply, Exception):
+            raise reply
+        if reply[0] == "ERR":
+            raise _submit_error(reply[1], reply[2], reply[3])
+        return int(reply[1])
+
 
 def _dep_job(dep: str) -> str:
     return dep.split(":", 1)[0]

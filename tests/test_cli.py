@@ -124,8 +124,12 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
     rows = json.loads(res.stdout)
     assert [(r["workload"], r["unit"]) for r in rows] == [
         ("spawn", "tasks/s"), ("tasks", "tasks/s"), ("iterations", "tasks/s"), ("chain", "ms/hop"),
-        ("queue", "tasks/s"), ("submit", "s"), ("submit", "s"), ("local", "tasks/s"), ("local", "tasks/s")]
-    spawn, tasks, iterations, chain, queue, jobs, one_job = rows[:7]
+        ("queue", "tasks/s"), ("submit", "s"), ("submit", "s"), ("local", "tasks/s"), ("local", "tasks/s"),
+        ("functions", "calls/s"), ("functions", "ms/hop"), ("functions", "calls/s")]
+    spawn, tasks, iterations, chain, queue, jobs, one_job, _local, _local2, calls, _hops, rq_calls = rows
+    assert calls["extra"]["correct"] and rq_calls["extra"]["qcgpj_over_rq"] > 0
+    left = redis.Redis.from_url(redis_url).keys("rq:*")   # rq's jobs of the functions workload are gone too
+    assert not [k for k in left if k.startswith((b"rq:job", b"rq:results", b"rq:queue", b"rq:worker"))], left
     assert tasks["extra"]["succeeded"] == queue["extra"]["succeeded"] == 40
     # the machine's own limit, measured in the same run, and the share of it that the queue reaches
     assert spawn["value"] > 0 and spawn["extra"]["threads"] >= 1
@@ -142,7 +146,7 @@ def test_bench_in_local_mode_runs_every_workload(tmp_path):
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     assert [r["workload"] for r in rows] == ["spawn", "tasks", "iterations", "chain", "queue", "submit", "submit",
-                                             "local", "local"]
+                                             "local", "local", "functions", "functions"]
     assert rows[1]["extra"]["succeeded"] == 40
     assert rows[5]["extra"]["jobs_per_s"] > 0
 

@@ -19,6 +19,7 @@ BUILTIN = {
     "local": "qcgpj.workers.local:LocalWorker",
     "threads": "qcgpj.workers.threads:ThreadsWorker",
     "python": "qcgpj.workers.pycall:PythonWorker",
+    "function": "qcgpj.workers.function:FunctionWorker",
     "noop": "qcgpj.workers.noop:NoopWorker",
     "srun": "qcgpj.workers.slurm:SrunWorker",
     "srunmpi": "qcgpj.workers.slurm:SrunMpiWorker",

@@ -1,0 +1,56 @@
+"""Functions the tests of qcgpj.Executor run as jobs: importable by name in the warm processes."""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+
+
+class NotImportableHere(Exception):
+    """Raised by a call; the test hides this module from the client to see the fallback error."""
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def fail(x):
+    raise ValueError(f"bad value {x}")
+
+
+def where():
+    return {"cwd": os.getcwd(), "task": os.environ.get("QCGPJ_TASK"), "cores": os.environ.get("QCGPJ_CORES")}
+
+
+def talk(text):
+    print(text)
+    print("to stderr", file=sys.stderr)
+    return len(text)
+
+
+def hang(pidfile):
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+def hard_exit(code):
+    os._exit(code)
+
+
+def leave(code):
+    sys.exit(code)
+
+
+def read_file(path):
+    with open(path) as f:
+        return f.read().strip()

@@ -1,0 +1,195 @@
+"""qcgpj.Executor: Python calls as jobs, with real futures, in local mode and on a real redis-server."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from pathlib import Path
+
+import pytest
+import redis
+
+import futures_funcs as ff
+from cluster import Cluster
+from qcgpj import Executor, Jobs
+from qcgpj.funcjobs import FunctionError, SerializationError
+from test_reliability import wait_for
+
+TESTS = str(Path(__file__).resolve().parent)
+TIMEOUT = 120
+
+
+@pytest.fixture(params=["local", "redis"])
+def ex(request, tmp_path, monkeypatch):
+    """An Executor in local mode, or on a private redis-server with an InputQueue and a worker process."""
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(tmp_path)
+    cluster = None
+    if request.param == "local":
+        executor = Executor(cores=2)
+    else:
+        url = request.getfixturevalue("redis_url")
+        cluster = Cluster(url, tmp_path)
+        cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
+        cluster.serving(2)
+        executor = Executor(url)
+    yield executor
+    executor.shutdown(wait=False, cancel_futures=True)
+    if cluster is not None:
+        cluster.stop()
+
+
+@pytest.fixture
+def remote(redis_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
+    cluster.serving(2)
+    executor = Executor(redis_url)
+    yield executor
+    executor.shutdown(wait=False, cancel_futures=True)
+    cluster.stop()
+
+
+def test_return_values_submit_and_map(ex):
+    f = ex.submit(ff.square, 12)
+    assert f.result(TIMEOUT) == 144
+    assert list(ex.map(ff.square, range(20), timeout=TIMEOUT)) == [x * x for x in range(20)]
+    assert list(ex.map(ff.add, range(25), range(25), chunksize=4, timeout=TIMEOUT)) == [2 * x for x in range(25)]
+    w = ex.submit(ff.where)
+    here = w.result(TIMEOUT)
+    assert here["cwd"] == os.getcwd() and here["task"] == w.job
+    assert here["cores"] in ("0", "1")
+
+
+def test_standard_waiting_works(ex):
+    fs = [ex.submit(ff.square, i) for i in range(6)]
+    seen = []
+    fs[0].add_done_callback(lambda f: seen.append(f.result()))
+    done, not_done = cf.wait(fs, timeout=TIMEOUT)
+    assert not not_done
+    assert sorted(f.result() for f in cf.as_completed(fs, timeout=TIMEOUT)) == [i * i for i in range(6)]
+    assert seen == [0]
+
+
+def test_exception_type_and_remote_traceback(ex):
+    f = ex.submit(ff.fail, 3)
+    exc = f.exception(TIMEOUT)
+    assert type(exc) is ValueError and str(exc) == "bad value 3"
+    assert "futures_funcs.py" in exc.remote_traceback and "in fail" in exc.remote_traceback
+    assert ex.manager.status(f.job)[f.job] == "FAILED"
+    with pytest.raises(ValueError):
+        list(ex.map(ff.fail, [1, 2], chunksize=2, timeout=TIMEOUT))
+
+
+def test_futures_as_arguments_are_dependencies(ex):
+    a = ex.submit(ff.square, 3)
+    b = ex.submit(ff.add, a, 1)                      # 10
+    c = ex.options(after=[b]).submit(ff.add, b, a)   # 19
+    chunk = list(ex.map(ff.square, [5, 6, 7], chunksize=3, timeout=TIMEOUT))
+    assert chunk == [25, 36, 49]
+    assert c.result(TIMEOUT) == 19
+    info = ex.manager.info(c.job)
+    assert [str(d) for d in ex.manager.info(b.job)["spec"]["dependencies"]["after"]] == [a.job]
+    assert info["state"] == "SUCCEED"
+
+
+def test_crash_fails_the_call_and_the_executor_lives(ex):
+    seg = ex.submit(ff.segfault)
+    ex_ = seg.exception(TIMEOUT)
+    assert isinstance(ex_, FunctionError) and "SIGSEGV" in str(ex_)
+    gone = ex.submit(ff.hard_exit, 0).exception(TIMEOUT)
+    assert isinstance(gone, FunctionError) and "exited with code 0" in str(gone)
+    left = ex.submit(ff.leave, 4).exception(TIMEOUT)
+    assert isinstance(left, SystemExit)
+    assert ex.submit(ff.square, 9).result(TIMEOUT) == 81
+
+
+def test_json_serializer_names_the_bad_argument(ex):
+    with pytest.raises(SerializationError, match="keyword argument 'b'.*set"):
+        ex.submit(ff.add, 1, b={1, 2})
+    with pytest.raises(SerializationError, match="argument 0"):
+        ex.submit(ff.square, object())
+    with pytest.raises(SerializationError, match="lambda"):
+        ex.submit(lambda: 1)
+    assert ex.manager.list() == {}
+
+
+def test_cancel_kills_the_running_call(remote, tmp_path):
+    pidfile = tmp_path / "pid"
+    f = remote.submit(ff.hang, str(pidfile))
+    m = remote.manager
+    wait_for(m, lambda: pidfile.exists() and pidfile.read_text(), timeout=TIMEOUT, what="the call to start")
+    pid = int(pidfile.read_text())
+    assert os.path.exists(f"/proc/{pid}")
+    assert f.cancel()
+    wait_for(m, lambda: not os.path.exists(f"/proc/{pid}"), timeout=TIMEOUT, what="the call's process to end")
+    assert m.status(f.job)[f.job] == "CANCELED"
+    assert remote.submit(ff.square, 5).result(TIMEOUT) == 25
+
+
+def test_walltime_kills_the_call(remote, tmp_path):
+    pidfile = tmp_path / "pid"
+    f = remote.options(wt="2s").submit(ff.hang, str(pidfile))
+    exc = f.exception(TIMEOUT)
+    assert isinstance(exc, FunctionError) and "walltime" in str(exc)
+    assert not os.path.exists(f"/proc/{int(pidfile.read_text())}")
+
+
+def test_functions_and_executables_depend_on_each_other(remote, tmp_path):
+    m = remote.manager
+    m.submit(Jobs().add(name="prep", script=f"echo ready > {tmp_path}/flag"))
+    f = remote.options(after=["prep"]).submit(ff.read_file, str(tmp_path / "flag"))
+    m.submit(Jobs().add(name="post", script=f"echo done > {tmp_path}/post", after=[f.job]))
+    assert f.result(TIMEOUT) == "ready"
+    assert m.wait4(["post"], timeout=TIMEOUT) == {"post": "SUCCEED"}
+
+
+def test_output_goes_to_the_task_files(ex, tmp_path):
+    f = ex.options(stdout="talk.out", stderr="talk.err").submit(ff.talk, "hello")
+    assert f.result(TIMEOUT) == 5
+    assert (tmp_path / "talk.out").read_text() == "hello\n"
+    assert (tmp_path / "talk.err").read_text() == "to stderr\n"
+
+
+def test_results_readable_with_rq(remote, redis_url):
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+    f = remote.submit(ff.square, 11)
+    assert f.result(TIMEOUT) == 121
+    job = Job.fetch(f.rq_id, connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
+    assert job.get_status() == "finished" and job.return_value() == 121
+    assert job.func_name == "futures_funcs.square" and job.args == [11]
+
+
+def test_cloudpickle_runs_closures(ex):
+    base = 5
+    ex.serializer = "cloudpickle"
+    f = ex.submit(lambda x: x + base, 2)
+    assert f.result(TIMEOUT) == 7
+
+
+def test_shutdown_cancel_futures(remote, tmp_path):
+    pidfile = tmp_path / "pid"
+    f = remote.submit(ff.hang, str(pidfile))
+    remote.shutdown(wait=True, cancel_futures=True)
+    assert f.cancelled()
+    with pytest.raises(RuntimeError):
+        remote.submit(ff.square, 1)
+
+
+def test_two_local_executors_at_once(tmp_path, monkeypatch):
+    """Each local Executor has its own in-process Redis: a call's result goes to the one that holds it."""
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(tmp_path)
+    with Executor(cores=1) as one, Executor(cores=1) as two:
+        a, b = one.submit(ff.square, 3), two.submit(ff.square, 4)
+        assert (a.result(TIMEOUT), b.result(TIMEOUT)) == (9, 16)
+        assert one.submit(ff.add, a, 1).result(TIMEOUT) == 10
+
+
+def test_cloudpickle_error_is_a_qcgpj_error(ex):
+    import threading
+    ex.serializer = "cloudpickle"
+    with pytest.raises(SerializationError, match="cannot be serialized with cloudpickle"):
+        ex.submit(ff.square, threading.Lock())
+    assert ex.manager.list() == {}
