@@ -35,7 +35,7 @@ import redis
 
 from .connection import redis_error
 from .errors import QcgpjError
-from .funcjobs import attach_client
+from .funcjobs import attach_client, detach_client
 from .jobspec import JobSpec
 from .launching import Runner, Slot
 from .outage import Outage, refused
@@ -575,3 +575,4 @@ class Executor:
         self.store.close()
         log.info("executor %s: stopped after %d task(s)", self.eid, self.tasks_done)
         self._runner.close()
+        detach_client(self.store.keys.namespace, self.store.r)

@@ -104,6 +104,12 @@ def attach_client(namespace: str, client: redis.Redis) -> None:
         _clients[namespace] = [*live, (weakref.ref(client), bytes_client(client))]
 
 
+def detach_client(namespace: str, client: redis.Redis) -> None:
+    """Called by an executor that stops: its Redis may go with it (local mode's private server)."""
+    with _lock:
+        _clients[namespace] = [(ref, b) for ref, b in _clients.get(namespace, []) if ref() not in (None, client)]
+
+
 def client_for(namespace: str, rqid: str) -> redis.Redis:
     """The connection of the executor whose Redis holds this call: the only one of its namespace in this
     process, or (two local-mode executors of one namespace at once) the one where the rq job exists."""

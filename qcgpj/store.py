@@ -24,6 +24,7 @@ SCRIPTS = ("submit", "place", "sync", "release", "register", "heartbeat", "reque
 STAGE_CHUNK = 2000        # jobs per RPUSH while a batch is staged
 STAGE_TTL = 3600          # seconds a staging list left by a killed client lives
 BATCH_TTL = 7 * 86400     # seconds a committed batch id is remembered, so that its retry is a no-op
+PIPED_BATCH_TTL = 60      # the same for a batch piped with other writes (submit_on), retried only at once
 BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 JOB_OVERHEAD = 200        # bytes of Redis per job beyond its strings (hash, list entries): measured 175
 EDGE_OVERHEAD = 600       # bytes per dependency (an entry in the parent's children set, often a new set)
@@ -546,18 +547,20 @@ class Store:
         return res[1] if res else None
 
     # ------------------------------------------------------------------ submit beside other writes
-    def submit_on(self, pipe: Any, rows: list[tuple[str, str, str, str, str]]) -> None:
-        """Queue the submit script of a small validated batch (at most SUBMIT_CHUNK rows) on ``pipe``, so that a
-        caller's own keys go in the same round trip (qcgpj.Executor: a call's rq job and its qcgpj job). The
-        script checks names and dependencies itself; pass its reply to :meth:`submitted`."""
-        args: list[Any] = [now(), len(rows)]
-        for row in rows:
-            args.extend(row)
+    def submit_on(self, pipe: Any, rows: list[Row]) -> None:
+        """Queue a small validated batch on ``pipe``, staged and committed in the same round trip as the caller's
+        own keys (qcgpj.Executor: a call's rq job and its qcgpj job). The commit checks names and dependencies
+        itself; pass its reply (the pipeline's last) to :meth:`submitted`. Its batch id is remembered only
+        briefly (PIPED_BATCH_TTL): nothing retries such a batch later than the caller does at once."""
+        attempt = uuid.uuid4().hex
+        key = self.keys.stage(attempt)
+        pipe.rpush(key, *[f for row in rows for f in row])
+        pipe.expire(key, STAGE_TTL)
         script = self._scripts["submit"]
         if not self._submit_loaded:   # EVALSHA itself: a script object in a pipeline asks SCRIPT EXISTS each time
             self.r.script_load(script.script)
             self._submit_loaded = True
-        pipe.evalsha(script.sha, 1, self.keys.jobs, *args)
+        pipe.evalsha(script.sha, 1, self.keys.jobs, now(), attempt, attempt, len(rows), PIPED_BATCH_TTL)
 
     def submitted(self, reply: Any) -> int:
         """The reply of a piped submit: how many jobs were queued, or the error naming the job and field. After
