@@ -595,13 +595,14 @@ def _check_external(job: str, iters: str, parent: str, sel: str, h: list[str | N
 
 
 def _queue_full(client: redis.Redis, what: str, state: str = "is full") -> QueueFullError:
+    """The one line for a Redis at (or a batch past) its maxmemory; worded like connection.redis_error's."""
     try:
         mem = client.info("memory")
         detail = f"{mem['used_memory_human']} used of maxmemory {mem['maxmemory_human']}"
     except redis.RedisError:
-        detail = "maxmemory reached"
-    return QueueFullError(f"Redis {state} ({detail}): {what}; nothing was written; free memory (remove finished "
-                          "jobs) or raise maxmemory, then try again")
+        detail = "limit unknown"
+    return QueueFullError(f"Redis {state}: out of memory (maxmemory reached), {detail}: {what}; nothing was "
+                          "written; free memory (qcgpj remove --finished) or raise maxmemory, then try again")
 
 
 def _submit_error(kind: str, job: str, detail: str) -> QcgpjError:

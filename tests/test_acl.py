@@ -18,8 +18,8 @@ from tests.redisproc import RedisServer
 
 NS = "acl"
 MINIMAL_ACL = ["~qcgpj:{acl}:*", "resetchannels", "-@all", "+ping", "+hello", "+evalsha", "+script|load",
-               "+script|exists", "+get", "+set", "+del", "+incrby", "+decr", "+exists", "+@hash", "+@list", "+@set",
-               "+@stream"]
+               "+script|exists", "+get", "+set", "+del", "+incrby", "+decr", "+exists", "+expire", "+@hash", "+@list",
+               "+@set", "+@stream"]
 
 
 @pytest.fixture(scope="module")

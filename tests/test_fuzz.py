@@ -163,11 +163,16 @@ class DebugRedis(RedisServer):
         return super()._args(port) + ["--enable-debug-command", "local"]
 
 
-def snapshot(r: redis.Redis) -> dict[bytes, tuple[bytes, bool, bytes]]:
-    """Every key's value digest, whether it expires, and its DUMP (to put it back): equal digests are equal data."""
+def snapshot(r: redis.Redis) -> dict[bytes, tuple[bytes, bool, bytes, int]]:
+    """Every key's value digest, whether it expires, its DUMP and TTL (to put it back): equal digests are equal
+    data."""
     keys = sorted(r.keys("*"))
     digests = r.execute_command("DEBUG", "DIGEST-VALUE", *keys) if keys else []
-    return {k: (d, r.pttl(k) > 0, r.dump(k)) for k, d in zip(keys, digests)}
+    out = {}
+    for k, d in zip(keys, digests):
+        ttl = r.pttl(k)
+        out[k] = (d, ttl > 0, r.dump(k), max(ttl, 0))
+    return out
 
 
 def same(a: dict, b: dict) -> bool:
@@ -187,8 +192,8 @@ class Queue:
             changed = sorted(k.decode() for k in set(now) ^ set(self.base)
                              | {k for k in now if k in self.base and now[k][:2] != self.base[k][:2]})
             self.raw.flushall()
-            for k, (_digest, _ttl, dump) in self.base.items():
-                self.raw.restore(k, 0, dump)
+            for k, (_digest, _expires, dump, ttl) in self.base.items():
+                self.raw.restore(k, ttl, dump)
             raise AssertionError(f"Redis changed: {changed}")
 
 

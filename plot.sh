@@ -1,0 +1,1 @@
+#!/bin/sh\necho plotted > plot.out\n
