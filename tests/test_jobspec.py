@@ -331,16 +331,15 @@ def test_bare_list_of_jobs():
     assert parse_jobs_text("[]") == ([], False)
 
 
-def test_other_qcgpj_requests_are_ignored_with_a_warning(caplog):
+def test_questions_submit_nothing_and_service_requests_are_ignored_with_a_warning(caplog):
     reqs = [{"request": "listJobs"}, {"request": "jobStatus", "jobNames": ["a"]}, {"request": "resourcesInfo"},
-            {"request": "status"}, {"request": "jobInfo", "jobNames": ["a"]}]
-    with caplog.at_level(logging.WARNING, logger="qcgpj.jobspec"):
+            {"request": "status"}, {"request": "jobInfo", "jobNames": ["a"]}, {"request": "notify"}]
+    with caplog.at_level(logging.WARNING, logger="qcgpj.requests"):
         assert parse_jobs_text(json.dumps(reqs)) == ([], False)
-    assert "listJobs" in caplog.text and "resourcesInfo" in caplog.text
+    assert "notify" in caplog.text and "listJobs" not in caplog.text
 
 
 @pytest.mark.parametrize("text, field, words", [
-    (SUBMIT, None, "expected a list"),                                   # QCG-PilotJob also wants a list
     ('{"jobs": []}', None, "expected a list"),
     ('"x"', None, "expected a list"),
     ('[{"request": "explode"}]', "[0].request", "unknown request 'explode'"),
