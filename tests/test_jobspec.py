@@ -102,11 +102,9 @@ def test_core_and_node_counts(value, lo, hi):
     assert (s.cores_min, s.cores_max) == (lo, hi) and (s.nodes_min, s.nodes_max) == (lo, hi)
 
 
-def test_iteration_resource_scheduler_is_accepted_and_ignored(caplog):
-    with caplog.at_level(logging.WARNING, logger="qcgpj.jobspec"):
-        s = parse_job(job(resources={"numCores": {"min": 1, "max": 4, "scheduler": {"name": "split-into"}}}))
-    assert (s.cores_min, s.cores_max) == (1, 4)
-    assert "scheduler" in caplog.text
+def test_iteration_resource_scheduler_is_kept_for_submit():
+    s = parse_job(job(resources={"numCores": {"min": 2, "scheduler": {"name": "split-into"}}}))
+    assert (s.cores_min, s.sizing) == (2, ("split-into", 0))   # sized by Manager.submit (tests/test_requests.py)
 
 
 @pytest.mark.parametrize("wt, seconds", [("1h2m3s", 3723), ("10m", 600), ("30s", 30), ("2h", 7200), ("1d2h", 93600),

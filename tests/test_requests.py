@@ -105,3 +105,41 @@ def test_submit_requests_on_a_queue(tmp_path, redis_url):
         assert qcgpj("status", "z", *url, cwd=tmp_path).returncode == 0   # the batch before it was written
     finally:
         cluster.stop()
+
+
+# ---------------------------------------------------------------------- sizes fixed at submit
+def sized(name: str, n: int, scheduler: dict) -> dict:
+    return job(name, f"echo $QCGPJ_NCORES > {name}_${{it}}", iteration={"stop": n},
+               resources={"numCores": {"min": 1, "scheduler": scheduler}})
+
+
+def test_whole_nodes_and_iteration_schedulers_size_against_the_machine(tmp_path):
+    write(tmp_path / "sized.json", [submit(
+        sized("mi", 2, {"name": "maximum-iters"}), sized("si", 2, {"name": "split-into", "params": {"parts": 4}}),
+        sized("rounds", 12, {"name": "maximum-iters"}),
+        job("whole", "echo $QCGPJ_NCORES $QCGPJ_NNODES > whole", resources={"numNodes": {"exact": 2}}),
+        {"name": "plain", "execution": {"exec": "true", "venv": "", "modules": []}})])
+    res = qcgpj("run", "sized.json", "--nodes", "n0:4,n1:4", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = {p.name: p.read_text().split() for p in tmp_path.iterdir() if p.name[:2] in ("mi", "si", "ro", "wh")}
+    assert got["mi_0"] == got["mi_1"] == ["4"] and got["si_0"] == got["si_1"] == ["2"]
+    assert {tuple(v) for k, v in got.items() if k.startswith("rounds")} == {("1",)}   # 12 on 8: two rounds
+    assert got["whole"] == ["8", "2"]
+
+
+@pytest.mark.parametrize("count, words", [
+    ({"min": 1, "max": 2, "scheduler": {"name": "maximum-iters"}}, "give 'min' only"),
+    ({"min": 1, "scheduler": {"name": "fastest"}}, "unknown scheduler"),
+    ({"min": 1, "scheduler": {"name": "split-into", "params": {"parts": 0}}}, "positive")])
+def test_bad_schedulers(count, words):
+    with pytest.raises(JobSpecError) as err:
+        parse_requests(json.dumps([submit(job("s", resources={"numCores": count}))]))
+    assert err.value.job == "s" and words in err.value.message
+
+
+def test_a_scheduler_that_leaves_too_few_cores_is_refused(tmp_path):
+    big = sized("big", 2, {"name": "split-into", "params": {"parts": 4}})
+    big["resources"]["numCores"]["min"] = 2
+    write(tmp_path / "few.json", [big])
+    res = qcgpj("run", "few.json", "--cores", "4", cwd=tmp_path)
+    assert res.returncode == 1 and "job 'big'" in res.stderr and "1 core(s) of the 4" in res.stderr
