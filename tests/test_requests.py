@@ -143,3 +143,19 @@ def test_a_scheduler_that_leaves_too_few_cores_is_refused(tmp_path):
     write(tmp_path / "few.json", [big])
     res = qcgpj("run", "few.json", "--cores", "4", cwd=tmp_path)
     assert res.returncode == 1 and "job 'big'" in res.stderr and "1 core(s) of the 4" in res.stderr
+
+
+def test_tasks_see_qcg_pilotjob_variables(tmp_path):
+    names = ["QCG_PM_NNODES", "QCG_PM_NODELIST", "QCG_PM_NPROCS", "QCG_PM_NTASKS", "QCG_PM_TASKS_PER_NODE",
+             "QCG_PM_CPU_SET", "QCG_PM_STEP_ID", "QCG_PM_EXEC_API_JOB_ID"]
+    show = " ".join(f"${n}" for n in names)
+    write(tmp_path / "env.json", [
+        job("one", resources={"numCores": {"exact": 2}},
+            execution={"script": f"echo {show} > one.txt", "env": {"QCG_PM_EXEC_API_JOB_ID": "${jname}"}}),
+        job("two", f"echo {show} > two.txt", resources={"numCores": {"exact": 1}, "numNodes": {"exact": 2}})])
+    res = qcgpj("run", "env.json", "--nodes", "n0:2,n1:2", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    one = (tmp_path / "one.txt").read_text().split()
+    two = (tmp_path / "two.txt").read_text().split()
+    assert one[:6] == ["1", "n0", "2", "2", "2", "0,1"] and one[6] and one[7] == "one"
+    assert two[:5] == ["2", "n0,n1", "2", "2", "1,1"] and len(two[5].split(",")) == 2 and two[6] == "two"
