@@ -461,7 +461,8 @@ def _scheduler(job: str, count: dict) -> tuple[str, int]:
     """QCG-PilotJob's iteration resource schedulers: ``{"name": "maximum-iters"}`` (as many iterations at once
     as the cores allow, each as large as it can be) or ``{"name": "split-into", "params": {"parts": N}}`` (the
     cores in N equal parts; N defaults to the number of iterations)."""
-    sched = _dict(job, count["scheduler"], SCHED)
+    sched = count["scheduler"]
+    sched = _dict(job, {"name": sched} if isinstance(sched, str) else sched, SCHED)   # older files: a name
     name = sched.get("name", MAXIMUM_ITERS)
     if name not in (MAXIMUM_ITERS, SPLIT_INTO):
         raise JobSpecError(job, SCHED + ".name", f"unknown scheduler {_show(name)} (known: {MAXIMUM_ITERS}, "

@@ -108,14 +108,14 @@ def test_submit_requests_on_a_queue(tmp_path, redis_url):
 
 
 # ---------------------------------------------------------------------- sizes fixed at submit
-def sized(name: str, n: int, scheduler: dict) -> dict:
+def sized(name: str, n: int, scheduler: dict | str) -> dict:
     return job(name, f"echo $QCGPJ_NCORES > {name}_${{it}}", iteration={"stop": n},
                resources={"numCores": {"min": 1, "scheduler": scheduler}})
 
 
 def test_whole_nodes_and_iteration_schedulers_size_against_the_machine(tmp_path):
     write(tmp_path / "sized.json", [submit(
-        sized("mi", 2, {"name": "maximum-iters"}), sized("si", 2, {"name": "split-into", "params": {"parts": 4}}),
+        sized("mi", 2, "maximum-iters"), sized("si", 2, {"name": "split-into", "params": {"parts": 4}}),
         sized("rounds", 12, {"name": "maximum-iters"}),
         job("whole", "echo $QCGPJ_NCORES $QCGPJ_NNODES > whole", resources={"numNodes": {"exact": 2}}),
         {"name": "plain", "execution": {"exec": "true", "venv": "", "modules": []}})])
