@@ -23,6 +23,7 @@ NAMED = frozenset({"jobStatus", "jobInfo", "cancelJob", "removeJob"})   # reques
 ANSWERED = frozenset({"listJobs", "jobStatus", "jobInfo", "resourcesInfo", "status"})
 IGNORED = frozenset({"notify", "register"})   # between QCG-PilotJob's own services; nothing to do in a file
 SUBMIT_VARIABLES = ("rcnt", "uniq", "sname", "date", "time", "dateTime")
+LAUNCH_VARIABLES = frozenset({"it", "itval", "ncores", "nnodes", "nlist", "root_wd", "jname"})
 
 
 @dataclass(slots=True)
@@ -113,8 +114,10 @@ def substitute_submit(jobs: list, where: str, rcnt: int) -> list:
         name = j.get("name") if isinstance(j, dict) else None
         if isinstance(name, str) and "${" in name:
             var = name[name.index("${"):].split("}")[0] + "}"
-            raise JobSpecError(None, f"{where}.jobs[{k}].name", f"unknown variable {var} in the name '{name}' "
-                                     f"(a name may use: {', '.join('${%s}' % v for v in SUBMIT_VARIABLES)})")
+            why = " (a launch-time variable: an iterative job has one name, its iterations are NAME:N)" \
+                if var[2:-1] in LAUNCH_VARIABLES else ""
+            raise JobSpecError(None, f"{where}.jobs[{k}].name", f"unknown variable {var} in the name '{name}'{why}; "
+                                     f"a name may use {', '.join('${%s}' % v for v in SUBMIT_VARIABLES)}")
     return jobs
 
 
