@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 import string
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ NAMED = frozenset({"jobStatus", "jobInfo", "cancelJob", "removeJob"})   # reques
 ANSWERED = frozenset({"listJobs", "jobStatus", "jobInfo", "resourcesInfo", "status"})
 IGNORED = frozenset({"notify", "register"})   # between QCG-PilotJob's own services; nothing to do in a file
 SUBMIT_VARIABLES = ("rcnt", "uniq", "sname", "date", "time", "dateTime")
+SUBMIT_RE = re.compile(r"\$(?:\$|\{?(?:%s)\b)" % "|".join(SUBMIT_VARIABLES))   # what substitution would change
 LAUNCH_VARIABLES = frozenset({"it", "itval", "ncores", "nnodes", "nlist", "root_wd", "jname"})
 
 
@@ -44,10 +46,11 @@ def parse_requests(text: str) -> list[Request]:
         raise JobSpecError(None, None, f"expected a list of requests or of job descriptions, got {_show(data)}")
     out: list[Request] = []
     rcnt = 0
+    variables = SUBMIT_RE.search(text) is not None   # one scan; most large files have none
     for i, item in enumerate(data):
         where = f"[{i}]"
         if isinstance(item, dict) and "request" in item:
-            req = _request(item, where, rcnt + 1)
+            req = _request(item, where, rcnt + 1 if variables else 0)
             rcnt += req.kind == "submit"
             out.append(req)
         elif out and out[-1].kind == "jobs":
@@ -69,6 +72,7 @@ def _json(text: str) -> Any:
 
 
 def _request(req: dict, where: str, rcnt: int) -> Request:
+    """One request, checked; ``rcnt`` is its submit number, 0 when the file uses no submit-time variable."""
     kind = req["request"]
     if not isinstance(kind, str):
         raise JobSpecError(None, where + ".request", f"must be a request name, got {_show(kind)}")
@@ -77,7 +81,8 @@ def _request(req: dict, where: str, rcnt: int) -> Request:
         sub = req.get("jobs")
         if not isinstance(sub, list) or not sub:
             raise JobSpecError(None, where + ".jobs", "a submit request needs a non-empty list of jobs")
-        sub = substitute_submit(sub, where, rcnt)
+        if rcnt:
+            sub = substitute_submit(sub, where, rcnt)
         return Request(kind, where, [_job_at(j, f"{where}.jobs[{k}]") for k, j in enumerate(sub)])
     if kind == "control":
         if req.get("command") != "finishAfterAllTasksDone":
@@ -109,16 +114,18 @@ def substitute_submit(jobs: list, where: str, rcnt: int) -> list:
     now = datetime.datetime.now()
     values = {"rcnt": str(rcnt), "uniq": str(uuid.uuid4()), "sname": "local", "date": now.date().isoformat(),
               "time": now.time().isoformat(timespec="seconds"), "dateTime": now.isoformat(sep=" ")}
-    jobs = json.loads(string.Template(text).safe_substitute(values))
-    for k, j in enumerate(jobs):
-        name = j.get("name") if isinstance(j, dict) else None
-        if isinstance(name, str) and "${" in name:
-            var = name[name.index("${"):].split("}")[0] + "}"
-            why = " (a launch-time variable: an iterative job has one name, its iterations are NAME:N)" \
-                if var[2:-1] in LAUNCH_VARIABLES else ""
-            raise JobSpecError(None, f"{where}.jobs[{k}].name", f"unknown variable {var} in the name '{name}'{why}; "
-                                     f"a name may use {', '.join('${%s}' % v for v in SUBMIT_VARIABLES)}")
-    return jobs
+    return json.loads(string.Template(text).safe_substitute(values))
+
+
+def _unknown_variable(name: str) -> str | None:
+    """Why a name still holding ``${...}`` after substitution is refused, or None."""
+    if "${" not in name:
+        return None
+    var = name[name.index("${"):].split("}")[0] + "}"
+    why = " (a launch-time variable: an iterative job has one name, its iterations are NAME:N)" \
+        if var[2:-1] in LAUNCH_VARIABLES else ""
+    return f"unknown variable {var} in the name '{name}'{why}; a name may use " + \
+        ", ".join("${%s}" % v for v in SUBMIT_VARIABLES)
 
 
 def _job_at(item: Any, where: str) -> JobSpec:
@@ -126,6 +133,10 @@ def _job_at(item: Any, where: str) -> JobSpec:
     try:
         return parse_job(item)
     except JobSpecError as exc:
+        name = item.get("name") if isinstance(item, dict) else None
+        why = _unknown_variable(name) if isinstance(name, str) else None
+        if why is not None:
+            raise JobSpecError(None, f"{where}.name", why) from None
         if exc.job is not None:
             raise
         fld = where if exc.field is None else f"{where}.{exc.field}"
