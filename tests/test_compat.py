@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from qcgpj.compat import BasicTemplate, Jobs, LocalManager, Manager, QCGPJExecutor
+from qcgpj.compat import Jobs, LocalManager, Manager, QCGPJExecutor
+from qcgpj.compat.templates import BasicTemplate
 from qcgpj.errors import ArgumentError, JobSpecError, QcgpjError
 from tests.cluster import Cluster
 

@@ -10,25 +10,9 @@ from typing import Any, Callable
 
 from ..errors import JobSpecError
 from .api import FINAL, Jobs, LocalManager, Manager
+from .templates import BasicTemplate, QCGPJTemplate
 
-
-class QCGPJTemplate:
-    """A template: ``template()`` returns a job description with ``${placeholders}`` (a Python literal) and the
-    placeholders' defaults."""
-
-    @staticmethod
-    def template() -> tuple[str, dict[str, Any]]:
-        raise NotImplementedError
-
-
-class BasicTemplate(QCGPJTemplate):
-    """One command with arguments, its output in files."""
-
-    @staticmethod
-    def template() -> tuple[str, dict[str, Any]]:
-        return ("{'name': '${name}', 'execution': {'exec': '${exec}', 'args': ${args}, "
-                "'stdout': '${stdout}', 'stderr': '${stderr}'}}",
-                {"args": [], "stdout": "stdout", "stderr": "stderr"})
+__all__ = ["QCGPJExecutor", "QCGPJFuture", "QCGPJTemplate", "BasicTemplate"]
 
 
 class QCGPJFuture:
