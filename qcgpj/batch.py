@@ -2,85 +2,27 @@
 batch at once (duplicate names, cycles, iteration dependencies, sizes). Single jobs are jobspec's business."""
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
-from .errors import DependencyError, DuplicateJobError, JobSpecError, ResourceError
-from .jobspec import AFTER, SUBMIT_FIELDS, Dependency, JobSpec, _known, _show, parse_job
+from .errors import DependencyError, DuplicateJobError, ResourceError
+from .jobspec import AFTER, Dependency, JobSpec
+from .requests import Request, parse_requests, read_requests
 
 log = logging.getLogger(__name__)
 
-IGNORED_REQUESTS = frozenset({"listJobs", "jobStatus", "jobInfo", "status", "resourcesInfo", "cancelJob",
-                              "removeJob", "notify", "register"})
-
 
 def parse_jobs_text(text: str) -> tuple[list[JobSpec], bool]:
-    """A request file: QCG-PilotJob's list of requests, or a bare list of job descriptions (its
-    ``Jobs.save_to_file``). Returns the jobs and whether ``finishAfterAllTasksDone`` was asked for."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise JobSpecError(None, None, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except RecursionError:
-        raise JobSpecError(None, None, "malformed JSON: nested too deeply") from None
-    except ValueError as exc:   # a number of more than 4300 digits
-        raise JobSpecError(None, None, f"malformed JSON: {exc}") from None
-    if not isinstance(data, list):
-        raise JobSpecError(None, None, f"expected a list of requests or of job descriptions, got {_show(data)}")
-    jobs: list[JobSpec] = []
-    finish = False
-    for i, item in enumerate(data):
-        if isinstance(item, dict) and "request" in item:
-            finish = _request(item, f"[{i}]", jobs) or finish
-        else:
-            jobs.append(_job_at(item, f"[{i}]"))
-    return jobs, finish
-
-
-def _request(req: dict, where: str, jobs: list[JobSpec]) -> bool:
-    """Apply one request; True for finishAfterAllTasksDone."""
-    kind = req["request"]
-    if not isinstance(kind, str):
-        raise JobSpecError(None, where + ".request", f"must be a request name, got {_show(kind)}")
-    if kind == "submit":
-        _known(None, req, SUBMIT_FIELDS, where)
-        sub = req.get("jobs")
-        if not isinstance(sub, list) or not sub:
-            raise JobSpecError(None, where + ".jobs", "a submit request needs a non-empty list of jobs")
-        jobs.extend(_job_at(j, f"{where}.jobs[{k}]") for k, j in enumerate(sub))
-    elif kind == "control":
-        if req.get("command") != "finishAfterAllTasksDone":
-            raise JobSpecError(None, where + ".command", f"unknown control command {req.get('command')!r} "
-                                                         "(known: finishAfterAllTasksDone)")
-        return True
-    elif kind == "finish":
-        log.info("request %s: 'finish' read; qcgpj ends when the jobs are done", where)
-    elif kind in IGNORED_REQUESTS:
-        log.warning("request %s (%s) has no meaning in a qcgpj file and is ignored", where, kind)
-    else:
-        raise JobSpecError(None, where + ".request", f"unknown request {kind!r}")
-    return False
-
-
-def _job_at(item: Any, where: str) -> JobSpec:
-    """parse_job, with the position in the file when the job has no usable name to point at."""
-    try:
-        return parse_job(item)
-    except JobSpecError as exc:
-        if exc.job is not None:
-            raise
-        fld = where if exc.field is None else f"{where}.{exc.field}"
-        raise type(exc)(None, fld, exc.message) from None
+    """Every job a request file submits, in order, and whether it asks ``finishAfterAllTasksDone`` (what
+    ``Jobs.load_from_file`` needs; ``qcgpj run``/``submit`` apply the requests one by one, see requests.py)."""
+    return _flat(parse_requests(text))
 
 
 def parse_jobs_file(path: str) -> tuple[list[JobSpec], bool]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JobSpecError(None, None, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return parse_jobs_text(text)
+    return _flat(read_requests(path))
+
+
+def _flat(reqs: list[Request]) -> tuple[list[JobSpec], bool]:
+    return [j for r in reqs for j in r.jobs], any(r.kind == "control" for r in reqs)
 
 
 # ---------------------------------------------------------------------- batches

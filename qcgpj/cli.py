@@ -20,7 +20,7 @@ from . import record
 from .errors import QcgpjError, TimeoutError
 from .keys import Keys, check_executor_id
 from . import arguments
-from .batch import parse_jobs_file
+from .requests import ANSWERED, Interpreter, Request, readable, read_requests
 from .bench import WORKLOADS
 from .manager import Manager
 from .progress import Display, Interrupted, Interrupts, Watch
@@ -103,12 +103,27 @@ def _not_nan(_ctx: click.Context, _param: click.Parameter, value: float | None) 
     return value
 
 
-def _read_jobs(file: str) -> list:
-    """The jobs of FILE; a file with none is a mistake (a wrong file, an emptied list), not a success."""
-    specs, _finish = parse_jobs_file(file)
-    if not specs:
+def _read_requests(file: str) -> list[Request]:
+    """The requests of FILE; a file with none is a mistake (a wrong file, an emptied list), not a success."""
+    reqs = read_requests(file)
+    if not any(r.kind in ANSWERED or r.jobs or r.names for r in reqs):
         raise QcgpjError(f"{file} holds no jobs")
-    return specs
+    return reqs
+
+
+def _answers(as_json: bool) -> Callable[[dict], None]:
+    """How a request file's answers are shown: JSON lines, or one readable line each (errors on stderr)."""
+    def show(answer: dict) -> None:
+        if as_json:
+            click.echo(json.dumps(answer, default=str))
+        else:
+            click.echo(readable(answer), err="error" in answer)
+    return show
+
+
+json_answers_option = click.option("--json", "as_json", is_flag=True,
+                                   help="Answers to the file's listJobs, jobStatus, jobInfo... requests as JSON "
+                                        "lines on stdout.")
 
 
 def _check_wd(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -244,22 +259,26 @@ def _task_line(info: dict) -> str:
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
               help="After S seconds: local mode cancels what is left (exit 1); with a queue, stop waiting.")
 @click.option("--progress/--no-progress", default=None, help="Progress display (default: when on a terminal).")
+@json_answers_option
 @verbose_option
 @_errors
 def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nodes: str | None,
-        store: str | None, timeout: float | None, progress: bool | None, verbose: int) -> None:
+        store: str | None, timeout: float | None, progress: bool | None, as_json: bool, verbose: int) -> None:
     """Run the jobs of FILE and wait for them: locally with no Redis, or on a queue's executors.
 
     Ctrl-C in local mode cancels what is queued and kills what runs (a second Ctrl-C exits at once); with a
     queue it only stops waiting: the jobs go on."""
     _logging(verbose)
-    specs = _read_jobs(file)
+    reqs = _read_requests(file)
     m = Manager(redis_url, namespace=namespace, cores=cores, nodes=nodes, store=store)
     local = m.local is not None
     with Interrupts(m.abort) as interrupts:
         try:
-            names = m.submit(specs)
-            code = _run_wait(m, names, timeout, _show(progress), interrupts, namespace, local)
+            interp = Interpreter(m, _answers(as_json))
+            interp.run(reqs)
+            names = list(interp.names)
+            code = _run_wait(m, names, timeout, _show(progress), interrupts, namespace, local) if names else 0
+            code = code or (1 if interp.failed else 0)
         finally:
             m.finish()
     sys.exit(code)
@@ -309,13 +328,26 @@ CANCEL_WAIT = 60.0   # seconds: canceled states are written at once; this only b
 @click.option("--batch-id", default=None, metavar="ID",
               help="Name this submit: submitting the same ID again after it succeeded writes nothing (a safe "
                    "retry after an interrupted submit).")
+@json_answers_option
 @_errors
-def submit(file: str, redis_url: str | None, namespace: str, durable: bool, batch_id: str | None) -> None:
-    """Submit the jobs of FILE to the queue (all or none)."""
+def submit(file: str, redis_url: str | None, namespace: str, durable: bool, batch_id: str | None,
+           as_json: bool) -> None:
+    """Submit the jobs of FILE to the queue: the file's requests in order, each submit all or none."""
     _logging(0)   # the settings check's warnings
-    specs = _read_jobs(file)
-    names = _remote(redis_url, namespace).submit(specs, durable=durable, batch_id=batch_id)
-    click.echo(f"submitted {len(names)} job(s)")
+    reqs = _read_requests(file)
+    m = _remote(redis_url, namespace)
+    if durable or batch_id is not None:
+        submits = [r for r in reqs if r.jobs]
+        if len(submits) != 1 or len(reqs) != 1:
+            raise QcgpjError("--durable and --batch-id take a file of one batch (a list of jobs or one submit)")
+        names = m.submit(submits[0].jobs, durable=durable, batch_id=batch_id)
+        click.echo(f"submitted {len(names)} job(s)")
+        return
+    interp = Interpreter(m, _answers(as_json))
+    interp.run(reqs)
+    click.echo(f"submitted {len(interp.names)} job(s)", err=as_json)
+    if interp.failed:
+        sys.exit(1)
 
 
 from_option = click.option("--from", "from_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",

@@ -13,12 +13,12 @@ import operator
 import re
 import reprlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
-from .errors import DependencyError, JobSpecError
+from .errors import DependencyError, JobSpecError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class JobSpec:
     after: tuple[Dependency, ...] = ()
     iteration: Iteration | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    sizing: tuple[str, int] | None = None   # cores fixed at submit (size_at_submit); never stored
 
     @property
     def n_iterations(self) -> int:
@@ -322,9 +323,6 @@ def _count(job: str, v: Any, fld: str) -> tuple[int, int | None]:
         n = _positive(job, v, fld)
         return n, n
     _known(job, v, COUNT_FIELDS, fld)
-    if v.get("scheduler") is not None:
-        _warn_once(f"'{fld}.scheduler' (QCG-PilotJob's iteration resource scheduler) is ignored by qcgpj: "
-                   "each iteration gets between min and max as the executor finds them free")
     exact, lo, hi = v.get("exact"), v.get("min"), v.get("max")
     if exact is not None:
         if lo is not None or hi is not None:
@@ -426,6 +424,8 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
         _str(job, stderr, "execution.stderr")
     if wd is not None:
         _str(job, wd, "execution.wd")
+    if venv == "":   # EasyVVUQ's templates send an empty venv for none
+        venv = None
     if venv is not None:
         _str(job, venv, "execution.venv")
     env = {} if env is None else _env(job, env)
@@ -438,13 +438,70 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
             wt = parse_walltime(wt)
         except (ValueError, TypeError) as exc:
             raise JobSpecError(job, "resources.wt", str(exc)) from None
+    sizing = None
+    if numCores is None and nodes[0] is not None:
+        sizing = WHOLE_NODES, 0
+    elif type(numCores) is dict and numCores.get("scheduler") is not None:
+        sizing = _scheduler(job, numCores)
     return JobSpec(job, exec, script, args, env, stdin, stdout, stderr, wd,
                    "default" if model is None else _model(job, model, exec),
                    {} if model_opts is None else _plain_dict(job, model_opts, "execution.model_opts"),
                    modules, venv,
                    cores[0], cores[1], nodes[0], nodes[1], wt, () if after is None else _after(job, after),
                    None if iteration is None else _iteration(job, iteration),
-                   {} if attributes is None else _plain_dict(job, attributes, "attributes"))
+                   {} if attributes is None else _plain_dict(job, attributes, "attributes"), sizing)
+
+
+# ---------------------------------------------------------------------- sizes fixed at submit
+WHOLE_NODES, MAXIMUM_ITERS, SPLIT_INTO = "whole-nodes", "maximum-iters", "split-into"
+SCHED = "resources.numCores.scheduler"
+
+
+def _scheduler(job: str, count: dict) -> tuple[str, int]:
+    """QCG-PilotJob's iteration resource schedulers: ``{"name": "maximum-iters"}`` (as many iterations at once
+    as the cores allow, each as large as it can be) or ``{"name": "split-into", "params": {"parts": N}}`` (the
+    cores in N equal parts; N defaults to the number of iterations)."""
+    sched = count["scheduler"]
+    sched = _dict(job, {"name": sched} if isinstance(sched, str) else sched, SCHED)   # older files: a name
+    name = sched.get("name", MAXIMUM_ITERS)
+    if name not in (MAXIMUM_ITERS, SPLIT_INTO):
+        raise JobSpecError(job, SCHED + ".name", f"unknown scheduler {_show(name)} (known: {MAXIMUM_ITERS}, "
+                                                 f"{SPLIT_INTO})")
+    if count.get("max") is not None or count.get("exact") is not None:
+        raise JobSpecError(job, SCHED, f"'{name}' chooses the cores itself: give 'min' only, not 'max' or 'exact'")
+    parts = (sched.get("params") or {}).get("parts")
+    return name, 0 if parts is None or name != SPLIT_INTO else _positive(job, parts, SCHED + ".params.parts")
+
+
+def size_at_submit(specs: list[JobSpec], total: int | None, per_node: int | None) -> list[JobSpec]:
+    """Fix the cores of jobs whose size depends on the resources (whole nodes, iteration schedulers) against
+    the cores known now: the largest live executor's, or in local mode the machine's. With no executor yet,
+    such a job keeps its least size (a warning says so)."""
+    if not any(s.sizing for s in specs):
+        return specs
+    return [s if s.sizing is None else _sized(s, total, per_node) for s in specs]
+
+
+def _sized(s: JobSpec, total: int | None, per_node: int | None) -> JobSpec:
+    kind, parts = s.sizing or ("", 0)
+    known = per_node if kind == WHOLE_NODES else total
+    if known is None:
+        _warn_once(f"job '{s.name}': {kind} sizes against the executors' cores, and none is up yet: "
+                   f"it gets its least size ({s.cores_min} core(s){' per node' if s.nodes_min else ''})")
+        return replace(s, sizing=None)
+    n = s.n_iterations
+    if kind == WHOLE_NODES:
+        cores = known
+    elif kind == SPLIT_INTO:
+        cores = known // (parts or n)
+    else:
+        at_once = min(n, max(known // s.cores_min, 1))   # iterations per round; the rounds as few as can be
+        rounds = -(-n // at_once)
+        cores = known // -(-n // rounds)
+    if cores < s.cores_min:
+        raise ResourceError(s.name, SCHED, f"'{kind}' gives each iteration {cores} core(s) of the {known} known "
+                                           f"now, less than the least asked for ({s.cores_min})")
+    return replace(s, cores_min=cores, cores_max=cores, sizing=None)
 
 
 def _os_strings(job: str, exec: str | None, script: str | None, args: tuple[str, ...], stdin: str | None,

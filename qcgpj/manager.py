@@ -13,7 +13,7 @@ from .errors import (ArgumentError, FinishedError, LostJobsError, QcgpjError, Re
                      UnknownJobError)
 from .jobs import Jobs
 from .batch import check_batch
-from .jobspec import JobSpec, parse_job
+from .jobspec import JobSpec, parse_job, size_at_submit
 from .store import FINAL_STATES, Store, parse_record
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,8 @@ class Manager:
         if self._finished:
             raise FinishedError("this Manager is finished: its local services are stopped, so the jobs would "
                                 "never run; submit before finish() or use a new Manager")
-        specs = _as_specs(jobs)
         max_cores, max_nodes, per_node = self.limits()
+        specs = size_at_submit(_as_specs(jobs), max_cores, per_node)
         check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
         _check_node_cores(specs, per_node)
         self.store.submit(submit_rows(specs), batch_id=batch_id, durable=durable)

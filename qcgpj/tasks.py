@@ -91,8 +91,12 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
     env.update({
         "QCGPJ_TASK": entry.task, "QCGPJ_JOB": spec.name, "QCGPJ_ITERATION": var["it"],
         "QCGPJ_NCORES": var["ncores"], "QCGPJ_NNODES": var["nnodes"], "QCGPJ_NODES": var["nlist"],
-        "QCGPJ_CORES": ",".join(map(str, alloc.cores_on(local_node))), "QCGPJ_NODE_CORES": alloc.to_text(),
-        "QCGPJ_ROOT_WD": root_wd,
+        "QCGPJ_CORES": ",".join(map(str, alloc.cores_on(local_node))), "QCGPJ_NODE_CORES": alloc.to_text(), "QCGPJ_ROOT_WD": root_wd,
+        # QCG-PilotJob's names for the same, so its scripts run unchanged
+        "QCG_PM_NNODES": var["nnodes"], "QCG_PM_NODELIST": var["nlist"], "QCG_PM_NPROCS": var["ncores"],
+        "QCG_PM_NTASKS": var["ncores"], "QCG_PM_STEP_ID": entry.task,
+        "QCG_PM_TASKS_PER_NODE": ",".join([str(len(c)) for _n, c in alloc.parts]),
+        "QCG_PM_CPU_SET": ",".join([str(c) for _n, cores in alloc.parts for c in cores]),   # every node's
     })
     ctx = TaskContext(task_id=entry.task, job=spec.name, iteration=entry.iteration, argv=argv, env=env, cwd=wd,
                       stdin=path(spec.stdin), stdout=path(spec.stdout, True), stderr=path(spec.stderr, True),

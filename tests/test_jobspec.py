@@ -102,11 +102,9 @@ def test_core_and_node_counts(value, lo, hi):
     assert (s.cores_min, s.cores_max) == (lo, hi) and (s.nodes_min, s.nodes_max) == (lo, hi)
 
 
-def test_iteration_resource_scheduler_is_accepted_and_ignored(caplog):
-    with caplog.at_level(logging.WARNING, logger="qcgpj.jobspec"):
-        s = parse_job(job(resources={"numCores": {"min": 1, "max": 4, "scheduler": {"name": "split-into"}}}))
-    assert (s.cores_min, s.cores_max) == (1, 4)
-    assert "scheduler" in caplog.text
+def test_iteration_resource_scheduler_is_kept_for_submit():
+    s = parse_job(job(resources={"numCores": {"min": 2, "scheduler": {"name": "split-into"}}}))
+    assert (s.cores_min, s.sizing) == (2, ("split-into", 0))   # sized by Manager.submit (tests/test_requests.py)
 
 
 @pytest.mark.parametrize("wt, seconds", [("1h2m3s", 3723), ("10m", 600), ("30s", 30), ("2h", 7200), ("1d2h", 93600),
@@ -331,16 +329,15 @@ def test_bare_list_of_jobs():
     assert parse_jobs_text("[]") == ([], False)
 
 
-def test_other_qcgpj_requests_are_ignored_with_a_warning(caplog):
+def test_questions_submit_nothing_and_service_requests_are_ignored_with_a_warning(caplog):
     reqs = [{"request": "listJobs"}, {"request": "jobStatus", "jobNames": ["a"]}, {"request": "resourcesInfo"},
-            {"request": "status"}, {"request": "jobInfo", "jobNames": ["a"]}]
-    with caplog.at_level(logging.WARNING, logger="qcgpj.jobspec"):
+            {"request": "status"}, {"request": "jobInfo", "jobNames": ["a"]}, {"request": "notify"}]
+    with caplog.at_level(logging.WARNING, logger="qcgpj.requests"):
         assert parse_jobs_text(json.dumps(reqs)) == ([], False)
-    assert "listJobs" in caplog.text and "resourcesInfo" in caplog.text
+    assert "notify" in caplog.text and "listJobs" not in caplog.text
 
 
 @pytest.mark.parametrize("text, field, words", [
-    (SUBMIT, None, "expected a list"),                                   # QCG-PilotJob also wants a list
     ('{"jobs": []}', None, "expected a list"),
     ('"x"', None, "expected a list"),
     ('[{"request": "explode"}]', "[0].request", "unknown request 'explode'"),

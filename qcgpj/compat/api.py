@@ -1,0 +1,196 @@
+"""QCG-PilotJob's ``qcg.pilotjob.api`` (``Manager``, ``LocalManager``, ``Jobs``) as a thin layer over qcgpj.
+
+Return shapes are QCG-PilotJob's (``status()`` -> ``{'jobs': {name: {'status': 0, 'data': {...}}}}``), errors
+are qcgpj's (QcgpjError subclasses naming the job)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .. import jobs as _jobs
+from .. import manager as _manager
+from ..errors import ArgumentError, TimeoutError
+
+log = logging.getLogger(__name__)
+
+FINAL = ("SUCCEED", "FAILED", "CANCELED", "OMITTED")
+SERVICE_OPTIONS = {"--nodes": "nodes", "--wd": "root_wd"}   # the service options that mean something here
+
+
+class Jobs(_jobs.Jobs):
+    """qcgpj's Jobs, with QCG-PilotJob's views: ``jobs()`` and ``ordered_jobs()`` as job descriptions."""
+
+    __slots__ = ()
+
+    def jobs(self) -> list[dict[str, Any]]:   # type: ignore[override]
+        return [s.to_dict() for s in self]
+
+    ordered_jobs = jobs
+
+
+def _names(names: Sequence[str] | str) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
+class Manager:
+    """QCG-PilotJob's client API. ``address``: a Redis URL (its ZMQ address has no meaning here); None: the
+    ``QCGPJ_REDIS_URL`` variable, else local mode."""
+
+    def __init__(self, address: str | None = None, cfg: dict | None = None, **local: Any) -> None:
+        self.m = _manager.Manager(address, **local)
+
+    # ------------------------------------------------------------------ submit and queries
+    def submit(self, jobs: _jobs.Jobs) -> list[str]:
+        return self.m.submit(list(jobs) if isinstance(jobs, _jobs.Jobs) else jobs)
+
+    def resources(self) -> dict[str, int]:
+        res = self.m.resources()
+        return {k: res[k] for k in ("total_nodes", "total_cores", "used_cores", "free_cores")}
+
+    def list(self) -> dict[str, dict[str, Any]]:
+        return {n: {"status": st, "inQueue": 0} for n, st in self.m.list().items()}
+
+    def status(self, names: Sequence[str] | str) -> dict[str, Any]:
+        states = self.m.status(_names(names))
+        return {"jobs": {n: {"status": 0, "data": {"jobName": n, "status": st}} for n, st in states.items()}}
+
+    def info(self, names: Sequence[str] | str, withChilds: bool = False, **_kw: Any) -> dict[str, Any]:
+        return {"jobs": {n: {"status": 0, "data": self._info(n, withChilds)} for n in _names(names)}}
+
+    def _info(self, name: str, children: bool) -> dict[str, Any]:
+        i = self.m.info(name)
+        data: dict[str, Any] = {"jobName": name, "status": i["state"], "messages": i.get("message") or None}
+        if i.get("exit_code") is not None or i.get("start") is not None:
+            data["runtime"] = _runtime(i)
+        its = i.get("iterations")
+        if its:
+            data["iterations"] = {"start": its["start"], "stop": its["start"] + its["total"], "total": its["total"],
+                                  "finished": its["finished"], "failed": its["FAILED"]}
+            if children and ":" not in name:
+                data["childs"] = [{"iteration": it, "state": c["state"], "runtime": _runtime(c)}
+                                  for it, c in self.m.iterations(name).items()]
+        data["history"] = "".join(f"\n{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))}: {what}"
+                                  for t, what in ((i.get("created"), "QUEUED"), (i.get("start"), "EXECUTING"),
+                                                  (i.get("end"), i["state"])) if t)
+        return data
+
+    def info_parsed(self, names: Sequence[str] | str, withChilds: bool = False, **kw: Any) -> dict[str, JobInfo]:
+        return {n: JobInfo.from_data(d["data"]) for n, d in self.info(names, withChilds, **kw)["jobs"].items()}
+
+    def system_status(self) -> dict[str, Any]:
+        res, states = self.m.resources(), self.m.list()
+        count = sum(1 for st in states.values() if st in FINAL)
+        return {"System": {"Store": self.m.store_kind or "redis", "Local": self.m.local is not None},
+                "Resources": {"TotalNodes": res["total_nodes"], "TotalCores": res["total_cores"],
+                              "UsedCores": res["used_cores"], "FreeCores": res["free_cores"]},
+                "JobStats": {"TotalJobs": len(states), "InScheduleJobs": len(states) - count,
+                             "FailedJobs": sum(1 for st in states.values() if st == "FAILED"),
+                             "FinishedJobs": count,
+                             "ExecutingJobs": sum(1 for st in states.values() if st == "EXECUTING")}}
+
+    # ------------------------------------------------------------------ changes
+    def remove(self, names: Sequence[str] | str) -> None:
+        self.m.remove(_names(names))
+
+    def cancel(self, names: Sequence[str] | str) -> None:
+        self.m.cancel(_names(names))
+
+    def cleanup(self) -> None:
+        """QCG-PilotJob deletes its service's auxiliary files; qcgpj keeps none on the client side."""
+
+    def finish(self) -> None:
+        self.m.finish()
+
+    # ------------------------------------------------------------------ waiting
+    def wait4(self, names: Sequence[str] | str, timeout: float | None = None) -> dict[str, str | None]:
+        return self.m.wait4(_names(names), timeout=timeout)
+
+    def wait4all(self, timeout_secs: float | None = None) -> None:
+        self.m.wait4all(timeout=timeout_secs)
+
+    def wait4_any_job_finish(self, timeout_secs: float | None = None) -> tuple[str | None, str | None]:
+        """The first job, of those not final at the call, to become final; (None, None) on timeout."""
+        open_names = [n for n, st in self.m.list().items() if st not in FINAL]
+        deadline = None if timeout_secs is None else time.monotonic() + timeout_secs
+        last = "$"
+        while open_names:
+            states = self.m.status(open_names)
+            done = [n for n in open_names if states[n] in FINAL]
+            if done:
+                return done[0], states[done[0]]
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            last = self.m.store.wait_event(last, 0.5 if left is None else min(0.5, left))
+        return None, None
+
+    @staticmethod
+    def is_status_finished(status: str) -> bool:
+        return status in FINAL
+
+
+class LocalManager(Manager):
+    """QCG-PilotJob's LocalManager: a service in this process, here qcgpj's local mode. ``server_args`` are its
+    service's options; ``--nodes`` and ``--wd`` are honoured, the others (logging, ZMQ, reports) have no meaning
+    here and are logged and skipped."""
+
+    def __init__(self, server_args: Sequence[str] | None = None, cfg: dict | None = None) -> None:
+        opts: dict[str, Any] = {}
+        args = list(server_args or [])
+        while args:
+            arg = args.pop(0)
+            key, eq, value = arg.partition("=")
+            if key in SERVICE_OPTIONS:
+                if not eq:
+                    if not args:
+                        raise ArgumentError(f"LocalManager: '{key}' needs a value")
+                    value = args.pop(0)
+                opts[SERVICE_OPTIONS[key]] = value
+            elif key.startswith("--"):
+                if not eq and args and not args[0].startswith("--"):
+                    args.pop(0)
+                log.info("LocalManager: service option %s has no meaning in qcgpj and is skipped", key)
+        super().__init__(None, cfg, **opts)
+        if self.m.local is None:
+            raise ArgumentError("LocalManager runs in local mode: unset QCGPJ_REDIS_URL, or use Manager(url)")
+
+    def kill_manager_process(self) -> None:
+        self.m.abort()
+
+
+@dataclass
+class JobInfo:
+    """QCG-PilotJob's parsed job information (``info_parsed``)."""
+    name: str
+    status: str
+    total_cores: int | None = None
+    nodes: dict[str, list[int]] | None = None
+    wdir: str | None = None
+    exit_code: int | None = None
+    time: float | None = None
+    iterations: dict[str, int] | None = None
+    childs: list[JobInfo] = field(default_factory=list)
+    messages: str | None = None
+    history: str = ""
+
+    @classmethod
+    def from_data(cls, d: dict[str, Any], name: str | None = None) -> JobInfo:
+        rt = d.get("runtime") or {}
+        return cls(name or d.get("jobName", ""), d.get("status") or d.get("state", ""),
+                   None, None, None, rt.get("exit_code"), rt.get("rtime"),
+                   d.get("iterations"),
+                   [cls.from_data(c, f"{d.get('jobName')}:{c['iteration']}") for c in d.get("childs", [])],
+                   d.get("messages"), d.get("history", ""))
+
+
+def _runtime(i: dict[str, Any]) -> dict[str, Any]:
+    """Exit code and run time (qcgpj does not record the allocation of a finished task yet)."""
+    out: dict[str, Any] = {"exit_code": i.get("exit_code")}
+    if i.get("start") is not None and i.get("end") is not None:
+        out["rtime"] = round(i["end"] - i["start"], 3)
+    return out
+
+
+__all__ = ["Manager", "LocalManager", "Jobs", "JobInfo", "TimeoutError"]

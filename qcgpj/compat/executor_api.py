@@ -1,0 +1,100 @@
+"""QCG-PilotJob's executor API (``qcg.pilotjob.executor_api``), as EasyVVUQ uses it: a
+``concurrent.futures.Executor`` whose ``submit`` fills a job-description template."""
+from __future__ import annotations
+
+import ast
+import concurrent.futures
+import string
+import textwrap
+from typing import Any, Callable
+
+from ..errors import JobSpecError
+from .api import FINAL, Jobs, LocalManager, Manager
+from .templates import BasicTemplate, QCGPJTemplate
+
+__all__ = ["QCGPJExecutor", "QCGPJFuture", "QCGPJTemplate", "BasicTemplate"]
+
+
+class QCGPJFuture:
+    """The jobs of one ``submit``: ``result()`` waits and returns their final states by name."""
+
+    def __init__(self, ids: list[str], qcgpjm: Manager) -> None:
+        self.ids, self.qcgpjm = ids, qcgpjm
+        self._done = self._cancelled = False
+
+    def result(self, timeout: float | None = None) -> dict[str, str | None]:
+        return self.qcgpjm.wait4(self.ids, timeout=timeout)
+
+    def done(self) -> bool:
+        if not self._done:
+            self._done = all(st in FINAL for st in self.qcgpjm.m.status(self.ids).values())
+        return self._done
+
+    def running(self) -> bool:
+        return not self.done()
+
+    def cancel(self) -> bool:
+        if not self._cancelled:
+            self.qcgpjm.cancel(self.ids)
+            self._cancelled = True
+        return True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+class QCGPJExecutor(concurrent.futures.Executor):
+    """Local mode on ``resources`` (QCG-PilotJob's ``--nodes``, e.g. "n0:4") under ``wd``; with ``redis_url``,
+    the jobs go to that queue's executors instead. ``reserve_core``, ``enable_rt_stats``, ``wrapper_rt_stats``
+    and ``log_level`` are accepted for compatibility: qcgpj's executor needs no core of its own."""
+
+    def __init__(self, wd: str = ".", resources: str | None = None, reserve_core: bool = False,
+                 enable_rt_stats: bool = False, wrapper_rt_stats: str | None = None, log_level: str = "info",
+                 *other_args: str, redis_url: str | None = None) -> None:
+        if redis_url is not None:
+            self._qcgpjm: Manager = Manager(redis_url)
+        else:
+            args = ["--wd", wd] + (["--nodes", str(resources)] if resources else []) + list(other_args)
+            self._qcgpjm = LocalManager(args)
+        self.finished = False
+
+    def __enter__(self) -> QCGPJExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def shutdown(self, wait: bool = True, **_kw: Any) -> None:
+        if not self.finished:
+            self._qcgpjm.finish()
+            self.finished = True
+
+    def submit(self, fn: Callable[[], Any], *args: dict | None, **kwargs: Any) -> QCGPJFuture:  # type: ignore[override]
+        """``fn()`` gives the template (and defaults); ``args`` (dicts) override the defaults and ``kwargs``
+        override both. The filled template is a Python literal of one job description."""
+        template = fn()
+        text, defaults = template if isinstance(template, tuple) else (template, {})
+        values = dict(defaults)
+        for a in args:
+            if a is not None:
+                values.update(a)
+        values.update(kwargs)
+        try:
+            filled = string.Template(textwrap.dedent(text)).substitute(values)
+        except KeyError as exc:
+            raise JobSpecError(values.get("name"), None, f"template placeholder ${{{exc.args[0]}}} has no value")
+        except ValueError as exc:
+            raise JobSpecError(values.get("name"), None, f"template: {exc}") from None
+        try:
+            desc = ast.literal_eval(filled)
+        except (ValueError, SyntaxError) as exc:
+            raise JobSpecError(values.get("name"), None, f"the filled template is not a Python literal: {exc}") \
+                from None
+        if not isinstance(desc, dict) or not isinstance(desc.get("execution"), dict):
+            raise JobSpecError(values.get("name"), "execution", "the filled template must be one job description")
+        desc["execution"].setdefault("env", {})["QCG_PM_EXEC_API_JOB_ID"] = "${jname}"
+        return QCGPJFuture(self._qcgpjm.submit(Jobs().add_std(desc)), self._qcgpjm)
+
+    @property
+    def qcgpj_manager(self) -> Manager:
+        return self._qcgpjm

@@ -1,0 +1,124 @@
+"""qcgpj.compat: QCG-PilotJob's Manager/LocalManager/Jobs and executor API, with its return shapes. The
+expectations follow what QCG-PilotJob's own API, local-manager and executor tests check, said in our words.
+Local mode, and a real redis-server with an executor."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from qcgpj.compat import Jobs, LocalManager, Manager, QCGPJExecutor
+from qcgpj.compat.templates import BasicTemplate
+from qcgpj.errors import ArgumentError, JobSpecError, QcgpjError
+from tests.cluster import Cluster
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    monkeypatch.delenv("QCGPJ_REDIS_URL", raising=False)
+    m = LocalManager(["--log", "debug", "--nodes", "n0:2", "--wd", str(tmp_path)], {"log_level": "debug"})
+    yield m
+    m.finish()
+
+
+def test_resources_and_system_status(local):
+    assert local.resources() == {"total_nodes": 1, "total_cores": 2, "used_cores": 0, "free_cores": 2}
+    st = local.system_status()
+    assert st["Resources"]["TotalCores"] == 2 and st["JobStats"]["TotalJobs"] == 0
+
+
+def test_submit_wait_and_the_answer_shapes(local, tmp_path):
+    jobs = Jobs().add(name="a", exec="/bin/echo", args=["hi"], stdout="a.out") \
+        .add({"name": "it", "script": "echo ${it} > it_${it}"}, iteration=3) \
+        .add_std({"name": "b", "execution": {"exec": "/bin/date"}, "dependencies": {"after": ["a"]}})
+    assert [d["name"] for d in jobs.jobs()] == ["a", "it", "b"] == jobs.ordered_job_names()
+    assert local.submit(jobs) == ["a", "it", "b"]
+    assert local.wait4(["a", "it", "b"]) == {"a": "SUCCEED", "it": "SUCCEED", "b": "SUCCEED"}
+    assert local.list() == {n: {"status": "SUCCEED", "inQueue": 0} for n in ("a", "it", "b")}
+    assert local.status("a") == {"jobs": {"a": {"status": 0, "data": {"jobName": "a", "status": "SUCCEED"}}}}
+    data = local.info("it", withChilds=True)["jobs"]["it"]["data"]
+    assert data["iterations"] == {"start": 0, "stop": 3, "total": 3, "finished": 3, "failed": 0}
+    assert [(c["iteration"], c["state"], c["runtime"]["exit_code"]) for c in data["childs"]] == \
+        [(0, "SUCCEED", 0), (1, "SUCCEED", 0), (2, "SUCCEED", 0)]
+    parsed = local.info_parsed(["a", "it"], withChilds=True)
+    assert parsed["a"].status == "SUCCEED" and parsed["a"].exit_code == 0 and len(parsed["it"].childs) == 3
+    assert (tmp_path / "a.out").read_text() == "hi\n" and (tmp_path / "it_2").read_text() == "2\n"
+    assert local.is_status_finished("FAILED") and not local.is_status_finished("EXECUTING")
+    local.remove("b")
+    assert list(local.list()) == ["a", "it"]
+    local.cleanup()
+
+
+def test_cancel_and_wait_for_any(local):
+    local.submit(Jobs().add(name="long", script="sleep 300").add(name="short", script="exit 2"))
+    assert local.wait4_any_job_finish(60) == ("short", "FAILED")
+    local.cancel("long")
+    assert local.wait4("long", timeout=60) == {"long": "CANCELED"}
+    assert local.wait4_any_job_finish(0.2) == (None, None)   # nothing left to finish
+    local.wait4all(timeout_secs=60)
+
+
+def test_errors_are_qcgpj_errors(local, tmp_path):
+    with pytest.raises(QcgpjError, match="'nope'"):
+        local.status("nope")
+    with pytest.raises(JobSpecError, match="unknownAttribute"):
+        Jobs().add(name="x", exec="true", unknownAttribute=1)
+    with pytest.raises(QcgpjError, match="cannot write"):
+        Jobs().add(name="x", exec="true").save_to_file(str(tmp_path / "no" / "such" / "dir.json"))
+    with pytest.raises(ArgumentError, match="--nodes"):
+        LocalManager(["--nodes"])
+
+
+def test_jobs_files_round_trip(tmp_path):
+    path = str(tmp_path / "jobs.json")
+    Jobs().add(name="a", exec="echo", args=["1"], numCores={"exact": 2}).add(name="b", script="true", after="a") \
+        .save_to_file(path)
+    again = Jobs().load_from_file(path)
+    assert again.jobs() == json.loads((tmp_path / "jobs.json").read_text())
+
+
+# ---------------------------------------------------------------------- the executor API (EasyVVUQ's calls)
+class EchoTemplate(BasicTemplate):
+    @staticmethod
+    def template():
+        return ("{'name': '${name}', 'execution': {'exec': '/bin/sh', "
+                "'args': ['-c', 'echo ${word} $$QCG_PM_EXEC_API_JOB_ID > ${name}.txt'], 'venv': '${venv}', "
+                "'modules': ${modules}}, 'resources': {'numCores': {'exact': ${cores}}}}",
+                {"word": "default", "venv": "", "modules": [], "cores": 1})
+
+
+def test_executor_submit_fills_the_template(tmp_path, monkeypatch):
+    monkeypatch.delenv("QCGPJ_REDIS_URL", raising=False)
+    with QCGPJExecutor(wd=str(tmp_path), resources="n0:2", reserve_core=True) as ex:
+        f1 = ex.submit(EchoTemplate.template, {"name": "one", "word": "from-args"}, word="from-kwargs")
+        f2 = ex.submit(EchoTemplate.template, {"name": "two"}, None, cores=2)
+        assert f1.result() == {"one": "SUCCEED"} and f2.result(timeout=60) == {"two": "SUCCEED"}
+        assert f1.done() and not f1.running() and not f1.cancelled()
+        f3 = ex.submit(BasicTemplate.template, name="slow", exec="/bin/sleep", args=["300"])
+        assert f3.cancel() and f3.cancelled() and f3.result(timeout=60) == {"slow": "CANCELED"}
+        with pytest.raises(JobSpecError, match=r"\$\{name\}"):
+            ex.submit(BasicTemplate.template, exec="true")
+    assert (tmp_path / "one.txt").read_text() == "from-kwargs one\n"
+    assert (tmp_path / "two.txt").read_text() == "default two\n"
+
+
+# ---------------------------------------------------------------------- a real queue
+def test_manager_on_a_queue(tmp_path, redis_url):
+    cluster = Cluster(redis_url, tmp_path)
+    try:
+        cluster.serving(2)
+        m = Manager(redis_url)
+        assert m.resources()["total_cores"] == 2
+        m.submit(Jobs().add(name="q", script="echo $QCG_PM_NPROCS > q.txt", numCores=2))
+        assert m.wait4("q", timeout=120) == {"q": "SUCCEED"}
+        assert m.status(["q"])["jobs"]["q"]["data"] == {"jobName": "q", "status": "SUCCEED"}
+        assert (tmp_path / "q.txt").read_text() == "2\n"
+        with pytest.raises(ArgumentError, match="local mode"):
+            os.environ["QCGPJ_REDIS_URL"] = redis_url
+            try:
+                LocalManager([])
+            finally:
+                del os.environ["QCGPJ_REDIS_URL"]
+    finally:
+        cluster.stop()

@@ -1,0 +1,161 @@
+"""QCG-PilotJob request files as sequences of requests (`qcgpj run`, `qcgpj submit`) and its submit-time
+variables. Real processes: local mode, and a real redis-server with an executor."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qcgpj.errors import JobSpecError
+from qcgpj.requests import parse_requests
+from tests.cluster import Cluster
+from tests.test_cli import qcgpj, write
+
+
+def submit(*jobs: dict) -> dict:
+    return {"request": "submit", "jobs": list(jobs)}
+
+
+def job(name: str, script: str = "true", **extra) -> dict:
+    return {"name": name, "execution": {"script": script}, **extra}
+
+
+# ---------------------------------------------------------------------- reading
+def test_submit_time_variables_and_the_dollar_escape():
+    reqs = parse_requests(json.dumps([
+        submit(job("a${rcnt}", "echo $$HOME ${it} ${jname} ${sname}"), job("u${rcnt}", "echo ${uniq}")),
+        {"request": "listJobs"},
+        submit(job("b${rcnt}", "echo ${uniq} ${date}"))]))
+    a, u = reqs[0].jobs
+    b = reqs[2].jobs[0]
+    assert [a.name, u.name, b.name] == ["a1", "u1", "b2"]   # ${rcnt} counts submit requests only
+    assert a.script == "echo $HOME ${it} ${jname} local"    # $$ is '$'; launch-time variables stay
+    uniq1, (uniq2, date) = u.script.split()[1], b.script.split()[1:]
+    assert len(uniq1) == 36 and uniq1 != uniq2 and len(date) == 10
+
+
+def test_unknown_variable_in_a_name_is_named():
+    with pytest.raises(JobSpecError) as err:
+        parse_requests(json.dumps([submit(job("x${nope}"))]))
+    assert err.value.field == "[0].jobs[0].name" and "unknown variable ${nope}" in err.value.message
+
+
+def test_a_single_request_object_is_a_file():
+    reqs = parse_requests(json.dumps(submit(job("solo"))))
+    assert [(r.kind, [j.name for j in r.jobs]) for r in reqs] == [("submit", ["solo"])]
+
+
+@pytest.mark.parametrize("req", [{"request": "cancelJob"}, {"request": "removeJob", "jobNames": []},
+                                 {"request": "jobStatus", "jobNames": "a"}])
+def test_requests_about_jobs_need_their_names(req):
+    with pytest.raises(JobSpecError) as err:
+        parse_requests(json.dumps([req]))
+    assert err.value.field == "[0].jobNames"
+
+
+# ---------------------------------------------------------------------- local mode
+def test_local_run_applies_requests_in_order(tmp_path):
+    write(tmp_path / "reqs.json", [
+        submit(job("a${rcnt}", "echo $$0 ${jname} > out_${rcnt}.txt")),
+        submit(job("b${rcnt}", "sleep 300"), job("c${rcnt}", "true", dependencies={"after": ["a1"]})),
+        {"request": "cancelJob", "jobNames": ["b2"]},
+        {"request": "jobStatus", "jobNames": ["b2"]},
+        {"request": "resourcesInfo"},
+        {"request": "removeJob", "jobNames": ["nosuch"]},
+        {"request": "control", "command": "finishAfterAllTasksDone"}])
+    res = qcgpj("run", "reqs.json", "--cores", "2", "--json", cwd=tmp_path)
+    answers = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [a["request"] for a in answers] == ["cancelJob", "jobStatus", "resourcesInfo", "removeJob"]
+    assert answers[1]["data"] == {"b2": "CANCELED"} and answers[2]["data"]["total_cores"] == 2
+    assert "'nosuch'" in answers[3]["error"] and "unknown" in answers[3]["error"]
+    assert (tmp_path / "out_1.txt").read_text().split()[1] == "a1"     # $$0 -> $0 of the shell
+    assert "3 jobs: SUCCEED 2, CANCELED 1" in res.stdout
+    assert res.returncode == 1   # a canceled job and a refused request
+
+
+def test_local_run_of_a_file_with_only_questions(tmp_path):
+    write(tmp_path / "res.json", [{"request": "resourcesInfo"}, {"request": "finish"}])
+    res = qcgpj("run", "res.json", "--cores", "3", cwd=tmp_path)
+    assert res.returncode == 0 and "total_cores 3" in res.stdout, res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------------- a real queue
+def test_submit_requests_on_a_queue(tmp_path, redis_url):
+    url = ["--redis-url", redis_url]
+    write(tmp_path / "one.json", [submit(job("x")), {"request": "removeJob", "jobNames": ["x"]},
+                                  submit(job("y", dependencies={"after": ["x"]}))])
+    res = qcgpj("submit", "one.json", *url, cwd=tmp_path)
+    assert res.returncode == 1 and "removeJob [1]: error" in res.stderr   # x is not final yet: it stays
+    assert "submitted 2 job(s)" in res.stdout                             # y, a later batch, depends on it
+    cluster = Cluster(redis_url, tmp_path)
+    try:
+        cluster.serving(2)
+        assert qcgpj("wait", "--timeout", "120", *url, cwd=tmp_path).returncode == 0
+        write(tmp_path / "two.json", [{"request": "removeJob", "jobNames": ["y"]},
+                                      {"request": "removeJob", "jobNames": ["x"]},
+                                      submit(job("x", "exit 3")), {"request": "listJobs"}])
+        res = qcgpj("submit", "two.json", "--json", *url, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        answers = [json.loads(line) for line in res.stdout.splitlines()]
+        assert [a["data"] for a in answers][:2] == [{"removed": ["y"]}, {"removed": ["x"]}]
+        assert list(answers[2]["data"]) == ["x"]   # the name is taken again
+        dup = write(tmp_path / "dup.json", [submit(job("z")), submit(job("x"))])
+        res = qcgpj("submit", dup.name, *url, cwd=tmp_path)
+        assert res.returncode == 1 and "'x'" in res.stderr and "already" in res.stderr
+        assert qcgpj("status", "z", *url, cwd=tmp_path).returncode == 0   # the batch before it was written
+    finally:
+        cluster.stop()
+
+
+# ---------------------------------------------------------------------- sizes fixed at submit
+def sized(name: str, n: int, scheduler: dict | str) -> dict:
+    return job(name, f"echo $QCGPJ_NCORES > {name}_${{it}}", iteration={"stop": n},
+               resources={"numCores": {"min": 1, "scheduler": scheduler}})
+
+
+def test_whole_nodes_and_iteration_schedulers_size_against_the_machine(tmp_path):
+    write(tmp_path / "sized.json", [submit(
+        sized("mi", 2, "maximum-iters"), sized("si", 2, {"name": "split-into", "params": {"parts": 4}}),
+        sized("rounds", 12, {"name": "maximum-iters"}),
+        job("whole", "echo $QCGPJ_NCORES $QCGPJ_NNODES > whole", resources={"numNodes": {"exact": 2}}),
+        {"name": "plain", "execution": {"exec": "true", "venv": "", "modules": []}})])
+    res = qcgpj("run", "sized.json", "--nodes", "n0:4,n1:4", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = {p.name: p.read_text().split() for p in tmp_path.iterdir() if p.name[:2] in ("mi", "si", "ro", "wh")}
+    assert got["mi_0"] == got["mi_1"] == ["4"] and got["si_0"] == got["si_1"] == ["2"]
+    assert {tuple(v) for k, v in got.items() if k.startswith("rounds")} == {("1",)}   # 12 on 8: two rounds
+    assert got["whole"] == ["8", "2"]
+
+
+@pytest.mark.parametrize("count, words", [
+    ({"min": 1, "max": 2, "scheduler": {"name": "maximum-iters"}}, "give 'min' only"),
+    ({"min": 1, "scheduler": {"name": "fastest"}}, "unknown scheduler"),
+    ({"min": 1, "scheduler": {"name": "split-into", "params": {"parts": 0}}}, "positive")])
+def test_bad_schedulers(count, words):
+    with pytest.raises(JobSpecError) as err:
+        parse_requests(json.dumps([submit(job("s", resources={"numCores": count}))]))
+    assert err.value.job == "s" and words in err.value.message
+
+
+def test_a_scheduler_that_leaves_too_few_cores_is_refused(tmp_path):
+    big = sized("big", 2, {"name": "split-into", "params": {"parts": 4}})
+    big["resources"]["numCores"]["min"] = 2
+    write(tmp_path / "few.json", [big])
+    res = qcgpj("run", "few.json", "--cores", "4", cwd=tmp_path)
+    assert res.returncode == 1 and "job 'big'" in res.stderr and "1 core(s) of the 4" in res.stderr
+
+
+def test_tasks_see_qcg_pilotjob_variables(tmp_path):
+    names = ["QCG_PM_NNODES", "QCG_PM_NODELIST", "QCG_PM_NPROCS", "QCG_PM_NTASKS", "QCG_PM_TASKS_PER_NODE",
+             "QCG_PM_CPU_SET", "QCG_PM_STEP_ID", "QCG_PM_EXEC_API_JOB_ID"]
+    show = " ".join(f"${n}" for n in names)
+    write(tmp_path / "env.json", [
+        job("one", resources={"numCores": {"exact": 2}},
+            execution={"script": f"echo {show} > one.txt", "env": {"QCG_PM_EXEC_API_JOB_ID": "${jname}"}}),
+        job("two", f"echo {show} > two.txt", resources={"numCores": {"exact": 1}, "numNodes": {"exact": 2}})])
+    res = qcgpj("run", "env.json", "--nodes", "n0:2,n1:2", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    one = (tmp_path / "one.txt").read_text().split()
+    two = (tmp_path / "two.txt").read_text().split()
+    assert one[:6] == ["1", "n0", "2", "2", "2", "0,1"] and one[6] and one[7] == "one"
+    assert two[:5] == ["2", "n0,n1", "2", "2", "1,1"] and len(two[5].split(",")) == 2 and two[6] == "two"
