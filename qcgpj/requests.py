@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import JobSpecError, QcgpjError
+from .errors import DuplicateJobError, JobSpecError, QcgpjError
 from .jobspec import SUBMIT_FIELDS, JobSpec, _known, _show, parse_job
 
 if TYPE_CHECKING:
@@ -57,7 +57,21 @@ def parse_requests(text: str) -> list[Request]:
             out[-1].jobs.append(_job_at(item, where))
         else:
             out.append(Request("jobs", where, [_job_at(item, where)]))
+    _check_names(out)
     return out
+
+
+def _check_names(requests: list[Request]) -> None:
+    """A name submitted twice in one file is a mistake found before anything is written, unless a ``removeJob``
+    between the two submits frees it (QCG-PilotJob's way of reusing a name)."""
+    seen: set[str] = set()
+    for req in requests:
+        if req.kind == "removeJob":
+            seen.difference_update(req.names)
+        for job in req.jobs:
+            if job.name in seen:
+                raise DuplicateJobError(job.name, "name", f"submitted again at {req.where} of this file")
+            seen.add(job.name)
 
 
 def _json(text: str) -> Any:

@@ -54,7 +54,7 @@ BAD_FIELDS: dict[tuple[str, ...], list[Any]] = {
     ("execution", "model"): [3, "", "a b", [], "python"],
     ("execution", "model_opts"): [[], "x", 3, {"a": math.nan}, {"a": math.inf}],
     ("execution", "modules"): [3, [3], [""], {}],
-    ("execution", "venv"): [3, ""],
+    ("execution", "venv"): [3, ["v"]],   # "" is valid: QCG-PilotJob's "no venv"
     ("execution", "script"): ["echo both"],   # with 'exec' too
     ("execution", "bogus"): ["x"],
     ("resources",): [[], "x", 3],
