@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
+import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, fields
@@ -109,6 +110,45 @@ class RedisSource:
                     r = parse_record(rec)
                     yield TaskRow(f"{name}:{it}", name, r["state"], r["executor"], cores, _f(created), r["start"],
                                   r["end"], r["exit_code"], r["message"], state)
+
+
+class RecordSource:
+    """The record a local ``qcgpj run`` left in its directory (:mod:`qcgpj.record`): a finished run, no queue.
+
+    The record has each job's spec (cores: the request's minimum, as in Redis) and a line per iteration that
+    has a record; an iteration without one (never placed) takes its job's state, as :class:`RedisSource` does.
+    """
+
+    def __init__(self, directory: str) -> None:
+        from . import record
+        self.meta, self.entries = record.load(directory)
+
+    def executors(self) -> list[ExecutorRow]:
+        m = self.meta
+        if not m.get("executor"):
+            return []
+        return [ExecutorRow(m["executor"], m.get("host", ""), "LEFT", int(m.get("cores", 0)),
+                            int(m.get("nodes", 0)), m.get("started"), m.get("ended"))]
+
+    def tasks(self) -> Iterator[TaskRow]:
+        from .jobspec import JobSpec
+        for name, e in self.entries.items():
+            if "spec" not in e:
+                continue   # an iteration's line: read with its job
+            cores = JobSpec.from_json(json.dumps(e["spec"])).cores_min
+            its = e.get("iterations")
+            if its is None:
+                yield _record_row(name, name, e, cores, e, e["state"])
+                continue
+            for it in range(its["start"], its["start"] + its["total"]):
+                rec = self.entries.get(f"{name}:{it}", {"state": e["state"]})
+                yield _record_row(f"{name}:{it}", name, rec, cores, e, e["state"])
+
+
+def _record_row(task: str, job: str, rec: dict[str, Any], cores: int, job_entry: dict[str, Any],
+                job_state: str) -> TaskRow:
+    return TaskRow(task, job, rec["state"], rec.get("executor"), cores, job_entry.get("created"),
+                   rec.get("start"), rec.get("end"), rec.get("exit_code"), rec.get("message", ""), job_state)
 
 
 def _f(v: str | None) -> float | None:
