@@ -692,10 +692,29 @@ def report_stats(redis_url: str | None, namespace: str, from_dir: str | None, as
                f"({s['busy_core_seconds']:,.1f} busy of {s['available_core_seconds']:,.1f} core-seconds)")
     click.echo(f"task runtime   {summary(s['runtime'])}")
     click.echo(f"queue wait     {summary(s['queue_wait'])} (submitted to started)")
+    _usage_lines(s)
     for e in s["executors"]:
         u = "-" if e["utilisation_pct"] is None else f"{e['utilisation_pct']:.1f} %"
         click.echo(f"  {e['id']}  {e['state']}  {e['cores']} cores  {e['tasks']:,} tasks  utilisation {u}  "
                    f"{local_time(e['started'])} .. {local_time(e['ended']) if e['ended'] else 'now'}")
+
+
+def _usage_lines(s: dict[str, Any], most: int = 10) -> None:
+    """CPU and memory of the tasks that were processes; per job, the least efficient ``most`` jobs."""
+    from .timefmt import duration
+    if not s["measured_tasks"]:
+        return
+
+    def line(u: dict[str, Any]) -> str:
+        eff = "-" if u["cpu_efficiency_pct"] is None else f"{u['cpu_efficiency_pct']:.1f} %"
+        return (f"{duration(u['cpu_user'])} user + {duration(u['cpu_system'])} system, CPU efficiency {eff}, "
+                f"max RSS {u['max_rss_kb'] / 1024:,.1f} MiB over {u['measured_tasks']:,} task(s)")
+    click.echo(f"cpu and memory {line(s)}")
+    jobs = sorted(s["jobs_usage"], key=lambda u: (u["cpu_efficiency_pct"] is None, u["cpu_efficiency_pct"] or 0))
+    for u in jobs[:most]:
+        click.echo(f"  {u['job']}  {line(u)}")
+    if len(jobs) > most:
+        click.echo(f"  ... {len(jobs) - most:,} more jobs (least efficient first; all in --json)")
 
 
 @report.command(name="jobs")

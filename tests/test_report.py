@@ -169,6 +169,7 @@ def test_reports_from_the_record_of_a_local_run(tmp_path):
     assert [t.task for t in select_tasks(src, state="failed")] == ["sweep:1"]
     assert len([r for r in lanes(src) if r["task"] == "wide"]) == 2
     assert max(p["busy"] for p in utilisation(src)) <= 3
+    assert s["measured_tasks"] == 5 and s["cpu_efficiency_pct"] < 100   # sleeps: CPU and memory recorded
 
     def cli(*args: str) -> str:
         res = qcgpj("report", *args, "--from", str(tmp_path), cwd=tmp_path)
