@@ -30,7 +30,8 @@ def test_cpu_and_memory_of_a_job_and_an_iteration(redis_url, tmp_path):
             assert info["max_rss_kb"] >= 80 * 1024, info
             assert info["cpu_user"] + info["cpu_system"] <= (info["end"] - info["start"]) * 1.1 + 0.05, info
         idle = m.info("idle")
-        assert idle["cpu_user"] < 0.2 and idle["max_rss_kb"] < 80 * 1024
+        # a small task's peak is the executor's (Linux keeps the forking process's across exec): below burn's
+        assert idle["cpu_user"] < 0.2 and idle["max_rss_kb"] < m.info("burn")["max_rss_kb"]
         assert m.info("sweep:0")["attempt"] == 0   # the usage rides on the attempt field, which still parses
 
         s = stats(RedisSource(m.store))

@@ -143,7 +143,9 @@ class ProcessRunning(Running):
 
     def _reap(self) -> int:
         """Reap the ended main process with wait4, which gives its resource usage with its status at no extra
-        cost (the same system call Popen makes, with the rusage it drops); Popen is told the code."""
+        cost (the same system call Popen makes, with the rusage it drops); Popen is told the code. Its max RSS
+        is at least the executor's peak when the task was spawned: Linux keeps the peak of the memory an exec
+        replaces, which a forked (or vforked) child has from the executor."""
         if self.proc.returncode is None:
             try:
                 _pid, status, ru = os.wait4(self.proc.pid, 0)
