@@ -675,9 +675,9 @@ def report() -> None:
     """Reports over a namespace: stats, jobs, gantt, utilisation."""
 
 
-def _report_source(redis_url: str | None, namespace: str) -> Any:
-    from .report import RedisSource
-    return RedisSource(_remote(redis_url, namespace).store)
+def _report_source(redis_url: str | None, namespace: str, from_dir: str | None) -> Any:
+    from .report import RecordSource, RedisSource
+    return RecordSource(from_dir) if from_dir is not None else RedisSource(_remote(redis_url, namespace).store)
 
 
 def _emit_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool) -> bool:
@@ -697,13 +697,14 @@ csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV output (raw
 @report.command(name="stats")
 @url_option
 @ns_option
+@from_option
 @json_option
 @_errors
-def report_stats(redis_url: str | None, namespace: str, as_json: bool) -> None:
+def report_stats(redis_url: str | None, namespace: str, from_dir: str | None, as_json: bool) -> None:
     """Jobs and tasks by state, spans, core-hours, core utilisation, queue wait, per-executor figures."""
     from .report import stats
     from .timefmt import duration, local_time
-    s = stats(_report_source(redis_url, namespace))
+    s = stats(_report_source(redis_url, namespace, from_dir))
     if as_json:
         click.echo(json.dumps(s, indent=1))
         return
@@ -723,15 +724,35 @@ def report_stats(redis_url: str | None, namespace: str, as_json: bool) -> None:
                f"({s['busy_core_seconds']:,.1f} busy of {s['available_core_seconds']:,.1f} core-seconds)")
     click.echo(f"task runtime   {summary(s['runtime'])}")
     click.echo(f"queue wait     {summary(s['queue_wait'])} (submitted to started)")
+    _usage_lines(s)
     for e in s["executors"]:
         u = "-" if e["utilisation_pct"] is None else f"{e['utilisation_pct']:.1f} %"
         click.echo(f"  {e['id']}  {e['state']}  {e['cores']} cores  {e['tasks']:,} tasks  utilisation {u}  "
                    f"{local_time(e['started'])} .. {local_time(e['ended']) if e['ended'] else 'now'}")
 
 
+def _usage_lines(s: dict[str, Any], most: int = 10) -> None:
+    """CPU and memory of the tasks that were processes; per job, the least efficient ``most`` jobs."""
+    from .timefmt import duration
+    if not s["measured_tasks"]:
+        return
+
+    def line(u: dict[str, Any]) -> str:
+        eff = "-" if u["cpu_efficiency_pct"] is None else f"{u['cpu_efficiency_pct']:.1f} %"
+        return (f"{duration(u['cpu_user'])} user + {duration(u['cpu_system'])} system, CPU efficiency {eff}, "
+                f"max RSS {u['max_rss_kb'] / 1024:,.1f} MiB over {u['measured_tasks']:,} task(s)")
+    click.echo(f"cpu and memory {line(s)}")
+    jobs = sorted(s["jobs_usage"], key=lambda u: (u["cpu_efficiency_pct"] is None, u["cpu_efficiency_pct"] or 0))
+    for u in jobs[:most]:
+        click.echo(f"  {u['job']}  {line(u)}")
+    if len(jobs) > most:
+        click.echo(f"  ... {len(jobs) - most:,} more jobs (least efficient first; all in --json)")
+
+
 @report.command(name="jobs")
 @url_option
 @ns_option
+@from_option
 @click.option("--state", default=None, help="Only tasks in this state.")
 @click.option("--executor", default=None, help="Only tasks run by this executor.")
 @click.option("--name", default=None, metavar="PATTERN", help="Only tasks whose name matches (shell-style, 'sw:*').")
@@ -740,12 +761,12 @@ def report_stats(redis_url: str | None, namespace: str, as_json: bool) -> None:
 @json_option
 @csv_option
 @_errors
-def report_jobs(redis_url: str | None, namespace: str, state: str | None, executor: str | None, name: str | None,
+def report_jobs(redis_url: str | None, namespace: str, from_dir: str | None, state: str | None, executor: str | None, name: str | None,
                 sort: str, limit: int | None, as_json: bool, as_csv: bool) -> None:
     """Tasks (jobs, and iterations as NAME:IT) with their executor, times and outcome."""
     from .report import select_tasks, task_dicts
     from .timefmt import duration, local_time
-    rows = task_dicts(select_tasks(_report_source(redis_url, namespace), state, executor, name, sort)[:limit])
+    rows = task_dicts(select_tasks(_report_source(redis_url, namespace, from_dir), state, executor, name, sort)[:limit])
     if _emit_rows(rows, as_json, as_csv):
         return
     for r in rows:
@@ -756,19 +777,20 @@ def report_jobs(redis_url: str | None, namespace: str, state: str | None, execut
 @report.command(name="gantt")
 @url_option
 @ns_option
+@from_option
 @click.option("--output", "-o", default=None, metavar="FILE", help="Image to write: .png, .svg or .pdf.")
 @click.option("--colour", "--color", "colour", type=click.Choice(["state", "job"]), default="state",
               show_default=True, help="Colour tasks by state or by job.")
 @json_option
 @csv_option
 @_errors
-def report_gantt(redis_url: str | None, namespace: str, output: str | None, colour: str, as_json: bool,
+def report_gantt(redis_url: str | None, namespace: str, from_dir: str | None, output: str | None, colour: str, as_json: bool,
                  as_csv: bool) -> None:
     """Tasks on core lanes per executor over time (lanes packed from the tasks' core counts)."""
     from .report import lanes
     if not output and not (as_json or as_csv):
         raise click.UsageError("give --output FILE, --json or --csv")
-    rows = lanes(_report_source(redis_url, namespace))
+    rows = lanes(_report_source(redis_url, namespace, from_dir))
     if _emit_rows(rows, as_json, as_csv):
         return
     from .plots import gantt
@@ -779,17 +801,18 @@ def report_gantt(redis_url: str | None, namespace: str, output: str | None, colo
 @report.command(name="utilisation")
 @url_option
 @ns_option
+@from_option
 @click.option("--output", "-o", default=None, metavar="FILE", help="Image to write: .png, .svg or .pdf.")
 @json_option
 @csv_option
 @_errors
-def report_utilisation(redis_url: str | None, namespace: str, output: str | None, as_json: bool,
+def report_utilisation(redis_url: str | None, namespace: str, from_dir: str | None, output: str | None, as_json: bool,
                        as_csv: bool) -> None:
     """Busy cores over time, against the cores the executors offered."""
     from .report import utilisation
     if not output and not (as_json or as_csv):
         raise click.UsageError("give --output FILE, --json or --csv")
-    points = utilisation(_report_source(redis_url, namespace))
+    points = utilisation(_report_source(redis_url, namespace, from_dir))
     if _emit_rows(points, as_json, as_csv):
         return
     from .plots import utilisation as plot

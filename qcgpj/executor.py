@@ -41,7 +41,7 @@ from .launching import Runner, Slot
 from .outage import Outage, refused
 from .resources import CoreAllocator, Node
 from .keys import check_executor_id
-from .store import Entry, Report, Store, now
+from .store import Entry, Report, Store, format_usage, now
 from .tasks import SLURM_MODELS, SpecCache, build_launch
 
 log = logging.getLogger(__name__)
@@ -433,7 +433,8 @@ class Executor:
             state, message = "SUCCEED", ""
         else:
             state, message = "FAILED", slot.message or f"exit code {code}"
-        self._finished.append(Report(entry.raw, state, code, slot.start, now(), message))
+        usage = format_usage(slot.running.usage) if slot.running is not None else ""
+        self._finished.append(Report(entry.raw, state, code, slot.start, now(), message, usage))
         self._ended_since += 1
         self._unreported()
 

@@ -14,7 +14,7 @@ from .errors import (ArgumentError, FinishedError, LostJobsError, QcgpjError, Re
 from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job, size_at_submit
-from .store import FINAL_STATES, Store, parse_record
+from .store import FINAL_STATES, Store, parse_record, parse_usage
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class Manager:
                                 "attempts": int(h.get("attempts", 0)), "executor": h.get("executor") or None,
                                 "created": _f(h.get("created")), "start": _f(h.get("start")),
                                 "end": _f(h.get("end")), "exit_code": _i(h.get("exit")),
-                                "message": h.get("message", "")}
+                                "message": h.get("message", ""), **parse_usage(h.get("usage"))}
         if h.get("unplaceable"):   # since when no live executor can fit it (the message says what it needs)
             info["unplaceable"] = float(h["unplaceable"])
         if info["start"] is not None and info["end"] is not None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
+import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, fields
 from statistics import median
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
-from .store import Store, parse_record
+from .store import Store, parse_record, parse_usage
 
 READ_CHUNK = 1000
 
@@ -40,6 +41,9 @@ class TaskRow:
     exit_code: int | None
     message: str
     job_state: str = ""
+    cpu_user: float | None = None     # seconds of CPU, and peak memory, of a task that was a process
+    cpu_system: float | None = None
+    max_rss_kb: int | None = None
 
     @property
     def runtime(self) -> float | None:
@@ -82,7 +86,7 @@ class RedisSource:
 
     def tasks(self) -> Iterator[TaskRow]:
         names = self.store.job_names()
-        fields_ = ("state", "req", "n", "it0", "created", "start", "end", "exit", "executor", "message")
+        fields_ = ("state", "req", "n", "it0", "created", "start", "end", "exit", "executor", "message", "usage")
         for i in range(0, len(names), READ_CHUNK):
             chunk = names[i:i + READ_CHUNK]
             rows = self.store.job_fields(chunk, *fields_)
@@ -91,13 +95,14 @@ class RedisSource:
             for n in iterative:
                 pipe.hgetall(self.store.keys.its(n))
             records = dict(zip(iterative, pipe.execute()))
-            for name, (state, req, n, it0, created, t0, t1, code, eid, msg) in zip(chunk, rows):
+            for name, (state, req, n, it0, created, t0, t1, code, eid, msg, usage) in zip(chunk, rows):
                 if state is None:
                     continue   # removed meanwhile
                 cores = int((req or "1").split("|")[0])
                 if n is None:
                     yield TaskRow(name, name, state, eid or None, cores, _f(created), _f(t0), _f(t1),
-                                  int(code) if code not in (None, "") else None, msg or "", state)
+                                  int(code) if code not in (None, "") else None, msg or "", state,
+                                  **parse_usage(usage))
                     continue
                 recs = records[name]
                 for it in range(int(it0), int(it0) + int(n)):
@@ -108,7 +113,48 @@ class RedisSource:
                         continue
                     r = parse_record(rec)
                     yield TaskRow(f"{name}:{it}", name, r["state"], r["executor"], cores, _f(created), r["start"],
-                                  r["end"], r["exit_code"], r["message"], state)
+                                  r["end"], r["exit_code"], r["message"], state, r.get("cpu_user"),
+                                  r.get("cpu_system"), r.get("max_rss_kb"))
+
+
+class RecordSource:
+    """The record a local ``qcgpj run`` left in its directory (:mod:`qcgpj.record`): a finished run, no queue.
+
+    The record has each job's spec (cores: the request's minimum, as in Redis) and a line per iteration that
+    has a record; an iteration without one (never placed) takes its job's state, as :class:`RedisSource` does.
+    """
+
+    def __init__(self, directory: str) -> None:
+        from . import record
+        self.meta, self.entries = record.load(directory)
+
+    def executors(self) -> list[ExecutorRow]:
+        m = self.meta
+        if not m.get("executor"):
+            return []
+        return [ExecutorRow(m["executor"], m.get("host", ""), "LEFT", int(m.get("cores", 0)),
+                            int(m.get("nodes", 0)), m.get("started"), m.get("ended"))]
+
+    def tasks(self) -> Iterator[TaskRow]:
+        from .jobspec import JobSpec
+        for name, e in self.entries.items():
+            if "spec" not in e:
+                continue   # an iteration's line: read with its job
+            cores = JobSpec.from_json(json.dumps(e["spec"])).cores_min
+            its = e.get("iterations")
+            if its is None:
+                yield _record_row(name, name, e, cores, e, e["state"])
+                continue
+            for it in range(its["start"], its["start"] + its["total"]):
+                rec = self.entries.get(f"{name}:{it}", {"state": e["state"]})
+                yield _record_row(f"{name}:{it}", name, rec, cores, e, e["state"])
+
+
+def _record_row(task: str, job: str, rec: dict[str, Any], cores: int, job_entry: dict[str, Any],
+                job_state: str) -> TaskRow:
+    return TaskRow(task, job, rec["state"], rec.get("executor"), cores, job_entry.get("created"),
+                   rec.get("start"), rec.get("end"), rec.get("exit_code"), rec.get("message", ""), job_state,
+                   rec.get("cpu_user"), rec.get("cpu_system"), rec.get("max_rss_kb"))
 
 
 def _f(v: str | None) -> float | None:
@@ -150,7 +196,28 @@ def stats(source: Source, now: float | None = None) -> dict[str, Any]:
         "runtime": _summary([t.runtime for t in ran]),
         "queue_wait": _summary(waits),
         "executors": per_exec,
+        **usage_of(ran),
     }
+
+
+def usage_of(ran: Sequence[TaskRow]) -> dict[str, Any]:
+    """CPU seconds and peak memory of the tasks that were processes, and CPU efficiency: CPU seconds over the
+    core-seconds they held (cores x wall time; low for tasks that wait or leave cores idle). Per job too."""
+    per_job: dict[str, list[TaskRow]] = defaultdict(list)
+    for t in ran:
+        if t.cpu_user is not None:
+            per_job[t.job].append(t)
+    jobs = [{"job": job, **_usage_sums(ts)} for job, ts in per_job.items()]
+    return {**_usage_sums([t for ts in per_job.values() for t in ts]), "jobs_usage": jobs}
+
+
+def _usage_sums(ts: Sequence[TaskRow]) -> dict[str, Any]:
+    user = sum(t.cpu_user or 0.0 for t in ts)
+    system = sum(t.cpu_system or 0.0 for t in ts)
+    held = sum(t.cores * (t.runtime or 0.0) for t in ts)
+    return {"measured_tasks": len(ts), "cpu_user": round(user, 3), "cpu_system": round(system, 3),
+            "cpu_efficiency_pct": _pct(user + system, held),
+            "max_rss_kb": max((t.max_rss_kb or 0 for t in ts), default=None)}
 
 
 def _alive_span(e: ExecutorRow, now: float) -> float:

@@ -61,6 +61,7 @@ class Report:
     start: str
     end: str
     message: str = ""
+    usage: str = ""     # "user CPU s,system CPU s,max RSS KiB" of a process (format_usage); '' when unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +89,26 @@ class Entry:
 
 
 def parse_record(rec: str) -> dict[str, Any]:
-    """An iteration record ``STATE|exit|executor|start|end|attempt|message`` as a dict."""
+    """An iteration record ``STATE|exit|executor|start|end|attempt[,usage]|message`` as a dict (the usage, if the
+    task was a process, rides on the attempt field: the message, last, may hold any character)."""
     state, exit_code, eid, t0, t1, att, msg = rec.split("|", 6)
+    att, _, usage = att.partition(",")
     return {"state": state, "exit_code": int(exit_code) if exit_code else None, "executor": eid or None,
             "start": float(t0) if t0 else None, "end": float(t1) if t1 else None,
-            "attempt": int(att or 0), "message": msg}
+            "attempt": int(att or 0), "message": msg, **parse_usage(usage)}
+
+
+def format_usage(usage: tuple[float, float, int] | None) -> str:
+    """A reaped process's (user CPU s, system CPU s, max RSS KiB) as reported: a few bytes, ms resolution."""
+    return "" if usage is None else f"{usage[0]:.3f},{usage[1]:.3f},{usage[2]}"
+
+
+def parse_usage(usage: str | None) -> dict[str, Any]:
+    """``cpu_user``, ``cpu_system`` (seconds) and ``max_rss_kb`` from a reported usage; none when there is none."""
+    if not usage:
+        return {}
+    user, system, rss = usage.split(",")
+    return {"cpu_user": float(user), "cpu_system": float(system), "max_rss_kb": int(rss)}
 
 
 class Store:
@@ -520,7 +536,7 @@ class Store:
             args += [entry, t0]
         for rep in finished:
             args += [rep.entry, rep.state, "" if rep.exit_code is None else rep.exit_code, rep.start, rep.end,
-                     rep.message]
+                     rep.message, rep.usage]
         res = self._run_direct("sync", args)
         return [(Entry.parse(res[i]), res[i + 1]) for i in range(0, len(res), 2)]
 

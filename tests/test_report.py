@@ -147,3 +147,38 @@ def test_readable_times_and_typed_json(run):
     assert datetime.fromisoformat(info["start"]).timestamp() == pytest.approx(m.info("wide")["start"], abs=0.001)
     assert info["runtime"].endswith(" ms") or info["runtime"].endswith(" s")
     assert isinstance(json.loads(cli("info", "wide", "--json"))["start"], float)   # raw epochs in JSON
+
+
+def test_reports_from_the_record_of_a_local_run(tmp_path):
+    """A local `qcgpj run` leaves no queue: `report ... --from DIR` reads its record, with the same figures."""
+    from tests.test_cli import qcgpj, write
+    from qcgpj.report import RecordSource
+    write(tmp_path / "jobs.json", [
+        {"name": "wide", "execution": {"exec": "/bin/sleep", "args": ["0.3"]}, "resources": {"numCores": 2}},
+        {"name": "after", "execution": {"exec": "/bin/sleep", "args": ["0.1"]},
+         "dependencies": {"after": ["wide"]}},
+        {"name": "sweep", "iteration": {"stop": 3}, "execution": {"script": "exit $(( ${it} == 1 ))"}}])
+    assert qcgpj("run", "jobs.json", "--cores", "3", cwd=tmp_path).returncode == 1
+    src = RecordSource(str(tmp_path))
+    s = stats(src)
+    assert s["jobs_by_state"] == {"SUCCEED": 2, "FAILED": 1}
+    assert s["tasks"] == 5 and s["tasks_by_state"] == {"SUCCEED": 4, "FAILED": 1}
+    (e,) = s["executors"]
+    assert e["cores"] == 3 and e["tasks"] == 5 and e["ended"] >= e["started"]
+    assert s["busy_core_seconds"] >= 2 * 0.3 + 0.1 and 0 < s["utilisation_pct"] <= 100
+    assert [t.task for t in select_tasks(src, state="failed")] == ["sweep:1"]
+    assert len([r for r in lanes(src) if r["task"] == "wide"]) == 2
+    assert max(p["busy"] for p in utilisation(src)) <= 3
+    assert s["measured_tasks"] == 5 and s["cpu_efficiency_pct"] < 100   # sleeps: CPU and memory recorded
+
+    def cli(*args: str) -> str:
+        res = qcgpj("report", *args, "--from", str(tmp_path), cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+    assert json.loads(cli("stats", "--json"))["tasks"] == 5
+    assert {r["task"] for r in json.loads(cli("jobs", "--json"))} == {"wide", "after", "sweep:0", "sweep:1",
+                                                                       "sweep:2"}
+    assert "sweep:1\tFAILED" in cli("jobs")
+    assert len(json.loads(cli("gantt", "--json"))) == 6 and json.loads(cli("utilisation", "--json"))
+    missing = qcgpj("report", "stats", "--from", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 1 and "no record of a run" in missing.stderr

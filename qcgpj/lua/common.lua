@@ -118,16 +118,19 @@ end
 
 -- A task (job or iteration) reached a final state: record it and queue the consequences.
 -- childless: the caller already knows that no job depends on this one (saves reading it again)
-local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childless)
+-- usage: 'user s,system s,max RSS KiB' of a process that ran (from sync), else nil or ''; an iteration's rides on
+-- its record's attempt field ('attempt,usage'), since the message, last, may hold any character.
+local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childless, usage)
   local jk = K_job(name)
   if it == nil then
     redis.call('HSET', jk, 'state', state, 'exit', exit or '', 'start', t0 or '', 'end', t1 or NOW,
-      'message', msg or '')
+      'message', msg or '', 'usage', usage or '')
     count_final(state, 1)
     if state == 'FAILED' then note_failure(name, t1, eid, exit, msg) end
     work[#work + 1] = {'job_final', name, nil, state, childless}
     return
   end
+  if usage and usage ~= '' then att = (att or 0) .. ',' .. usage end
   redis.call('HSET', K_its(name), it, record(state, exit, eid, t0, t1 or NOW, att, msg))
   redis.call('HINCRBY', jk, 'n_' .. state, 1)
   count_final(state, 1)

@@ -1,7 +1,8 @@
 -- One round trip of an executor: what started, what finished, and more work.
 -- ARGV: executor id, now, want, n_adopt, n_started, n_finished, new prefetch ('' to keep it), then
 --   adopt entries (moved to running by BLMOVE; to check and describe), started (entry, start time) pairs,
---   finished (entry, state, exit, start, end, message) 6-tuples.
+--   finished (entry, state, exit, start, end, message, usage) 7-tuples; usage is 'user s,system s,max RSS KiB'
+--   of a process, or ''.
 -- Returns {entry, spec, entry, spec...} for the adopted and newly claimed entries that are still wanted; spec
 -- is '' when the previous entry was of the same job. Claimed entries stay SCHEDULED until reported started.
 -- A report about an entry no longer in our running list (we were declared dead and it was requeued) is ignored:
@@ -65,14 +66,15 @@ for i = 1, n_started do
 end
 for i = 1, n_finished do
   local entry, state, exit, t0, t1, msg = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-  b = b + 6
+  local usage = ARGV[b + 6]
+  b = b + 7
   if redis.call('LREM', running, 1, entry) == 1 then
     local tid, c, k, att = parse_entry(entry)
     credit = credit + c
     local name, it = split_tid(tid)
     local st, kids = live(name, it, 'kids')
     if st then
-      task_final(name, it, state, exit, eid, t0, t1, att, msg, not kids)
+      task_final(name, it, state, exit, eid, t0, t1, att, msg, not kids, usage)
       finished = finished + 1
     end
   end
