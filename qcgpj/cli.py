@@ -217,7 +217,7 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
                f"free {res['free_cores']}")
     for eid, e in res["executors"].items():
         click.echo(f"  {eid}\t{e.get('state')}\tcores {e.get('total')}\trunning {e.get('running')}\t"
-                   f"nodes {e.get('nodes')}")
+                   f"nodes {e.get('nodes')}" + (f"\tslurm job {e['slurm_job']}" if e.get("slurm_job") else ""))
 
 
 @main.command()
@@ -257,6 +257,8 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @click.option("--nodes", default=None, metavar="N1:C,N2:C", help="Nodes and cores to own, instead of discovery.")
 @click.option("--wd", default=None, help="Root working directory of tasks (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
+@click.option("--idle-grace", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --exit-when-idle: exit only once the queue has stayed empty this many seconds.")
 @click.option("--prefetch", type=int, default=None,
               help="Tasks claimed ahead on this executor, fixed (default: adapts to the rate tasks end, "
                    "from max(cores, 16) up to 256).")
@@ -271,7 +273,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @_errors
 def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes: str | None, wd: str | None,
                 exit_when_idle: bool, prefetch: int | None, heartbeat: float, ttl: int, eid: str | None,
-                reconcile: float, verbose: int) -> None:
+                reconcile: float, verbose: int, idle_grace: float) -> None:
     """qcgpj-worker: an executor that runs the queue's tasks on this allocation's cores."""
     from .executor import Executor
     from .resources import discover
@@ -288,7 +290,8 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
         raise QcgpjError(str(exc)) from None
     in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes
     ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
-                  ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile)
+                  ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile,
+                  idle_grace=idle_grace)
     _on_signals(ex.stop)
     ex.run()
 
@@ -337,3 +340,7 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
 
 
 main.add_command(worker_main, name="worker")
+
+from .alloc_cli import alloc  # noqa: E402  (it uses this module's options)
+
+main.add_command(alloc)

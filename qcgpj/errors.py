@@ -44,3 +44,7 @@ class UnknownJobError(QcgpjError):
 
 class TimeoutError(QcgpjError):  # noqa: A001
     """A wait ran out of time before the jobs finished."""
+
+
+class AllocError(QcgpjError):
+    """An allocation queue definition is invalid, unknown, or Slurm cannot be asked."""

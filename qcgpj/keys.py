@@ -22,13 +22,17 @@ pending                     list     ready work not yet placed: "name" (all rema
 executors                   set      every executor that joined (for listings: departed ones stay)
 live                        set      executors that may take work: placement and checks read only these
 exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started,
-                                     ttl (seconds without heartbeat before it is dead)
+                                     ttl (seconds without heartbeat before it is dead), slurm_job (its allocation)
 exec:<id>:alive             string   heartbeat, with a TTL
 exec:<id>:ready             list     tasks placed on the executor: "task|cores|nodes|attempt"
 exec:<id>:running           list     tasks it claimed (the reliable-queue processing list)
 exec:<id>:control           list     "cancel <task>" / "drain" commands
 events                      stream   wake-ups and audit: submit, finish, executor joined/lost, stop
 inputqueue:leader           string   the acting InputQueue's id, with a TTL (leader lease)
+alloc:queues                hash     allocation queue name -> its definition (JSON): ``qcgpj alloc add``
+alloc:status:<queue>        hash     paused (reason), failures (in a row), toolarge, last (the last decision)
+alloc:jobs:<queue>          hash     Slurm job id -> JSON {submitted, running_since}: allocations it submitted
+alloc:leader                string   the acting allocator's id, with a TTL (leader lease)
 """
 from __future__ import annotations
 
@@ -56,6 +60,10 @@ TEMPLATES: dict[str, str] = {
     "control": "exec:{}:control",
     "events": "events",
     "leader": "inputqueue:leader",
+    "alloc_queues": "alloc:queues",
+    "alloc_status": "alloc:status:{}",
+    "alloc_jobs": "alloc:jobs:{}",
+    "alloc_leader": "alloc:leader",
 }
 
 EVENTS_GROUP = "inputqueue"
@@ -101,6 +109,16 @@ class Keys:
     @property
     def leader(self) -> str:
         return self._k("leader")
+
+    @property
+    def alloc_queues(self) -> str:
+        return self._k("alloc_queues")
+
+    def alloc_status(self, queue: str) -> str:
+        return self._k("alloc_status", queue)
+
+    def alloc_jobs(self, queue: str) -> str:
+        return self._k("alloc_jobs", queue)
 
     def job(self, name: str) -> str:
         return self._k("job", name)
