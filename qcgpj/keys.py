@@ -30,8 +30,8 @@ exec:<id>:control           list     "cancel <task>" / "drain" commands
 events                      stream   wake-ups and audit: submit, finish, executor joined/lost, stop
 inputqueue:leader           string   the acting InputQueue's id, with a TTL (leader lease)
 alloc:queues                hash     allocation queue name -> its definition (JSON): ``qcgpj alloc add``
-alloc:status:<queue>        hash     paused (reason), failures (in a row), toolarge, last (the last decision)
-alloc:jobs:<queue>          hash     Slurm job id -> JSON {submitted, running_since}: allocations it submitted
+alloc:status:<queue>        hash     paused (reason), failures (in a row), reason (the last failure), toolarge, last (decision)
+alloc:jobs:<queue>          hash     Slurm job id -> JSON {submitted, running_since, registered}: its allocations
 alloc:leader                string   the acting allocator's id, with a TTL (leader lease)
 """
 from __future__ import annotations
