@@ -257,3 +257,25 @@ def test_a_task_too_large_is_reported_and_not_requested(slurm, redis_url, tmp_pa
     assert row["allocations"] == [] and submitted(cluster, "alloc") == []
     assert "too large for its allocations" in (tmp_path / "alloc.log").read_text()
     assert "job 'huge'" in cli(redis_url, "alloc", "list").stdout
+
+
+@pytest.mark.slurm
+def test_an_allocation_whose_worker_never_registers_is_cancelled_and_remove_cancels(slurm, redis_url, tmp_path):
+    silent = ["--worker-cmd", "bash -c 'sleep 600'", "--cores-per-node", "1"]   # starts, never registers
+    cli(redis_url, *add_args(tmp_path, "mute", "--register-timeout", "3", "--failure-limit", "1", *silent))
+    cli(redis_url, *add_args(tmp_path, "kept", "--register-timeout", "600", *silent))
+    Manager(redis_url).submit(Jobs().add(name="t", script="true"))
+    store = AllocStore(connect(redis_url))
+    mute, kept = (store.queue(name).tag("default") for name in ("mute", "kept"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.allocator("--poll", "0.5")
+    try:
+        wait_until(lambda: listing(redis_url)["mute"]["paused"], 180, "the silent allocation to count", cluster.logs)
+        assert "did not register within 3 s: cancelled" in listing(redis_url)["mute"]["paused"]
+        wait_until(lambda: not slurm_jobs(mute), 60, "its cancellation", cluster.logs)
+        wait_until(lambda: slurm_jobs(kept), 60, "the other queue's allocation", cluster.logs)
+    finally:
+        cluster.stop()     # SIGTERM: the allocations stay
+    assert slurm_jobs(kept)
+    assert "1 allocation(s) cancelled" in cli(redis_url, "alloc", "remove", "kept", "--cancel").stdout
+    wait_until(lambda: not slurm_jobs(kept), 60, "alloc remove --cancel")
