@@ -46,6 +46,7 @@ class Allocator:
         self.leader = False
         self._cpn: dict[str | None, int | None] = {}   # partition -> cores per node, from sinfo
         self._reported: dict[str, str] = {}            # queue -> the last too-large report logged
+        self._slurm_down = False                        # squeue failed at the last pass (logged once)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -61,10 +62,13 @@ class Allocator:
                 if self._hold_lease():
                     if last == "$":
                         last = self.store.last_event_id()
+                    began = time.monotonic()
                     self.step()
                     outage.ok()
-                    # Woken by the queue's events (a submit, an executor leaving), or polled for Slurm's news.
+                    # Woken by the queue's events (a submit, an executor leaving), or polled for Slurm's news;
+                    # but tasks end (events) all the time: squeue runs at most every poll / 2 seconds.
                     last = self.store.wait_event(last, self.poll)
+                    self.stop_event.wait(max(0.0, began + self.poll / 2 - time.monotonic()))
                 else:
                     self.stop_event.wait(self.lease_ttl / 3)
             except redis.RedisError as exc:
@@ -96,8 +100,13 @@ class Allocator:
             try:
                 in_slurm = slurm.our_jobs()
             except AllocError as exc:
-                log.warning("allocator: %s; trying again in %g s", exc, self.poll)
+                if not self._slurm_down:
+                    log.warning("allocator: %s; no allocations are submitted until it answers", exc)
+                self._slurm_down = True
                 return {}
+            if self._slurm_down:
+                log.info("allocator: Slurm answers again")
+            self._slurm_down = False
         registered = self.allocs.slurm_executors()
         out = {}
         for q in queues.values():
