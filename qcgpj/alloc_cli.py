@@ -9,7 +9,7 @@ import click
 
 from .alloc import AllocQueue
 from .allocstore import AllocStore
-from .cli import _errors, _logging, _on_signals, ns_option, url_option, verbose_option
+from .cli import _errors, _logging, _on_signals, main, ns_option, url_option, verbose_option
 from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
 
@@ -174,3 +174,6 @@ def serve(redis_url: str | None, namespace: str, poll: float, lease: float, dry_
         return
     _on_signals(a.stop)
     a.run()
+
+
+main.add_command(alloc)

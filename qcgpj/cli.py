@@ -341,6 +341,4 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
 
 main.add_command(worker_main, name="worker")
 
-from .alloc_cli import alloc  # noqa: E402  (it uses this module's options)
-
-main.add_command(alloc)
+from . import alloc_cli  # noqa: E402,F401  (registers `qcgpj alloc`; it uses this module's options)

@@ -110,16 +110,6 @@ class Keys:
     def leader(self) -> str:
         return self._k("leader")
 
-    @property
-    def alloc_queues(self) -> str:
-        return self._k("alloc_queues")
-
-    def alloc_status(self, queue: str) -> str:
-        return self._k("alloc_status", queue)
-
-    def alloc_jobs(self, queue: str) -> str:
-        return self._k("alloc_jobs", queue)
-
     def job(self, name: str) -> str:
         return self._k("job", name)
 
@@ -138,6 +128,16 @@ class Keys:
     def of_job(self, name: str) -> list[str]:
         """Every key of job ``name`` (a name prefix gives the prefixes of the keys of those jobs)."""
         return [self._k(kind, name) for kind in JOB_KINDS]
+
+    @property
+    def alloc_queues(self) -> str:
+        return self._k("alloc_queues")
+
+    def alloc_status(self, queue: str) -> str:
+        return self._k("alloc_status", queue)
+
+    def alloc_jobs(self, queue: str) -> str:
+        return self._k("alloc_jobs", queue)
 
     def exec(self, eid: str) -> str:
         return self._k("exec", eid)
