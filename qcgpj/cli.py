@@ -465,7 +465,8 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
     for eid, e in res["executors"].items():
         since = f"\tleft {local_time(e['ended'])}" if e.get("ended") else f"\tsince {local_time(e.get('started'))}"
         click.echo(f"  {eid}\t{e.get('state')}\tcores {e.get('total')}\trunning {e.get('running')}\t"
-                   f"nodes {e.get('nodes')}{since}")
+                   f"nodes {e.get('nodes')}{since}"
+                   + (f"\tslurm job {e['slurm_job']}" if e.get("slurm_job") else ""))
 
 
 @main.command()
@@ -518,6 +519,8 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @click.option("--wd", default=None, callback=_check_wd,
               help="Root working directory of tasks (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
+@click.option("--idle-grace", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --exit-when-idle: exit only once the queue has stayed empty this many seconds.")
 @click.option("--prefetch", type=click.IntRange(min=1), default=None,
               help="Tasks claimed ahead on this executor, fixed (default: adapts to the rate tasks end, "
                    "from max(cores, 16) up to 256).")
@@ -534,7 +537,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @_errors
 def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes: str | None, wd: str | None,
                 exit_when_idle: bool, prefetch: int | None, heartbeat: float, ttl: int, eid: str | None,
-                reconcile: float, connect_wait: float, verbose: int) -> None:
+                reconcile: float, connect_wait: float, verbose: int, idle_grace: float) -> None:
     """qcgpj-worker: an executor that runs the queue's tasks on this allocation's cores."""
     from .executor import Executor
     from .resources import discover
@@ -552,7 +555,8 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
         raise QcgpjError(str(exc)) from None
     in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes
     ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
-                  ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile)
+                  ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile,
+                  idle_grace=idle_grace)
     _on_signals(ex.stop)
     ex.run()
 
@@ -818,3 +822,6 @@ def report_utilisation(redis_url: str | None, namespace: str, from_dir: str | No
     from .plots import utilisation as plot
     plot(points, output)
     click.echo(f"{output}: {len(points):,} points")
+
+
+from . import alloc_cli  # noqa: E402,F401  (registers `qcgpj alloc`; it uses this module's options)

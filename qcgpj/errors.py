@@ -107,3 +107,7 @@ class QueueFullError(RedisMemoryError):
 
 class DurabilityError(QcgpjError):
     """A durable submit was asked for, but this Redis cannot confirm that the batch reached disk or a replica."""
+
+
+class AllocError(QcgpjError):
+    """An allocation queue definition is invalid, unknown, or Slurm cannot be asked."""

@@ -74,7 +74,8 @@ class Executor:
     def __init__(self, client: redis.Redis, nodes: list[Node], namespace: str = "default",
                  eid: str | None = None, root_wd: str | None = None, prefetch: int | None = None,
                  heartbeat: float = 2.0, ttl: int = 10,
-                 exit_when_idle: bool = False, slurm: bool = False, reconcile: float = 5.0) -> None:
+                 exit_when_idle: bool = False, slurm: bool = False, reconcile: float = 5.0,
+                 idle_grace: float = 0.0) -> None:
         self.store = Store(client, namespace)
         attach_client(namespace, client)   # ``function`` tasks write their results through this connection
         self.allocator = CoreAllocator(nodes)
@@ -95,6 +96,8 @@ class Executor:
         self._ended_since = 0
         self.heartbeat_every, self.ttl = heartbeat, ttl
         self.exit_when_idle = exit_when_idle
+        self.idle_grace = idle_grace
+        self._idle_since: float | None = None   # when the queue was last seen with nothing unfinished
         self.local_node = os.environ.get("SLURMD_NODENAME", host) if slurm else (
             nodes[0].name if len(nodes) == 1 else host)
         self.models = SLURM_MODELS if slurm else None
@@ -146,7 +149,8 @@ class Executor:
         sent = time.monotonic()
         try:
             self.store.register(self.eid, self.ttl, socket.gethostname(), nodes_text, self.allocator.total,
-                                maxnode, len(self.nodes), self.prefetch, os.getpid())
+                                maxnode, len(self.nodes), self.prefetch, os.getpid(),
+                                os.environ.get("SLURM_JOB_ID", ""))
         except redis.RedisError as exc:
             if refused(exc) and self._gen == 0:   # never joined: the user's ACL or password, said in one line
                 raise redis_error(exc) from None
@@ -296,9 +300,15 @@ class Executor:
         if not self.exit_when_idle:
             return False
         try:
-            return self.store.active() == 0
+            empty = self.store.active() == 0
         except redis.RedisError:
             return False
+        # The grace keeps an allocation for a burst of dependent jobs submitted just after the queue emptied.
+        if not empty:
+            self._idle_since = None
+            return False
+        self._idle_since = self._idle_since or time.monotonic()
+        return time.monotonic() - self._idle_since >= self.idle_grace
 
     def _read_inbox(self) -> int:
         """Handle the messages that arrived; returns how many."""

@@ -23,7 +23,7 @@ pending                     list     ready work not yet placed: "name" (all rema
 executors                   set      every executor that joined (for listings: departed ones stay for --executor-retention)
 live                        set      executors that may take work: placement and checks read only these
 exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started,
-                                     ttl (seconds without heartbeat before it is dead)
+                                     ttl (seconds without heartbeat before it is dead), slurm_job (its allocation)
 exec:<id>:alive             string   heartbeat, with a TTL
 exec:<id>:ready             list     tasks placed on the executor: "task|cores|nodes|attempt"
 exec:<id>:running           list     tasks it claimed (the reliable-queue processing list)
@@ -43,6 +43,11 @@ any script (only ``qcgpj.funcjobs`` and ``workers/function.py`` use them, throug
 
 rq:job:qcgpj-<hex>-<n>      hash     rq's job: data (zlib of the serializer's call tuple), status, meta, ...
 rq:results:qcgpj-<hex>-<n>  stream   rq's results of that job (a map's chunks: ...-<n>-<chunk>)
+
+alloc:queues                hash     allocation queue name -> its definition (JSON): ``qcgpj alloc add``
+alloc:status:<queue>        hash     paused (reason), failures (in a row), reason (the last failure), toolarge, last (decision)
+alloc:jobs:<queue>          hash     Slurm job id -> JSON {submitted, running_since, registered}: its allocations
+alloc:leader                string   the acting allocator's id, with a TTL (leader lease)
 """
 from __future__ import annotations
 
@@ -80,6 +85,10 @@ TEMPLATES: dict[str, str] = {
     "failures": "failures",
     "stage": "stage:{}",
     "batch": "batch:{}",
+    "alloc_queues": "alloc:queues",
+    "alloc_status": "alloc:status:{}",
+    "alloc_jobs": "alloc:jobs:{}",
+    "alloc_leader": "alloc:leader",
 }
 
 EVENTS_GROUP = "inputqueue"
@@ -156,6 +165,16 @@ class Keys:
     def of_job(self, name: str) -> list[str]:
         """Every key of job ``name`` (a name prefix gives the prefixes of the keys of those jobs)."""
         return [self._k(kind, name) for kind in JOB_KINDS]
+
+    @property
+    def alloc_queues(self) -> str:
+        return self._k("alloc_queues")
+
+    def alloc_status(self, queue: str) -> str:
+        return self._k("alloc_status", queue)
+
+    def alloc_jobs(self, queue: str) -> str:
+        return self._k("alloc_jobs", queue)
 
     def exec(self, eid: str) -> str:
         return self._k("exec", eid)

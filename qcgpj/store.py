@@ -484,12 +484,13 @@ class Store:
             pipe.xack(self.keys.events, EVENTS_GROUP, *ids)
         pipe.execute()
 
-    def lease(self, candidate: str, ttl_ms: int) -> bool:
-        return self._run("lease", [candidate, ttl_ms]) == candidate
+    def lease(self, candidate: str, ttl_ms: int, role: str = "inputqueue") -> bool:
+        """The leader lease of a service: ``role`` 'inputqueue' or 'alloc' (the allocator)."""
+        return self._run("lease", [candidate, ttl_ms, role]) == candidate
 
-    def release_lease(self, holder: str) -> None:
+    def release_lease(self, holder: str, role: str = "inputqueue") -> None:
         """Give the lease up if it is still ours."""
-        self._run("lease", [holder, "release"])
+        self._run("lease", [holder, "release", role])
 
     def dead_executors(self) -> dict[str, float]:
         """Executors without a heartbeat, with their TTL (seconds). Candidates only: one that leaves meanwhile
@@ -517,8 +518,8 @@ class Store:
 
     # ------------------------------------------------------------------ executor side
     def register(self, eid: str, ttl: int, host: str, nodes: str, total: int, maxnode: int, nnodes: int,
-                 prefetch: int, pid: int) -> None:
-        self._run("register", [eid, now(), ttl, host, nodes, total, maxnode, nnodes, prefetch, pid])
+                 prefetch: int, pid: int, slurm_job: str = "") -> None:
+        self._run("register", [eid, now(), ttl, host, nodes, total, maxnode, nnodes, prefetch, pid, slurm_job])
 
     def heartbeat(self, eid: str, ttl: int) -> str:
         return self._run("heartbeat", [eid, now(), ttl])

@@ -51,6 +51,9 @@ class Cluster:
     def inputqueue(self, *extra: str) -> subprocess.Popen:
         return self._spawn("inputqueue", ["inputqueue", "--redis-url", self.url, "-n", self.namespace, *extra])
 
+    def allocator(self, *extra: str, name: str = "alloc") -> subprocess.Popen:
+        return self._spawn(name, ["alloc", "serve", "--redis-url", self.url, "-n", self.namespace, *extra])
+
     def worker(self, cores: int = 2, *extra: str, name: str = "worker") -> subprocess.Popen:
         return self._spawn(name, ["worker", "--redis-url", self.url, "-n", self.namespace,
                                   "--cores", str(cores), "--wd", str(self.workdir), *extra])
