@@ -126,3 +126,14 @@ def _wait_screen(session: str, predicate) -> str:
         return predicate(screen[0])
     _wait_until(check, f"the screen of {session}")
     return screen[0]
+
+
+def test_executors_show_the_slurm_job_they_run_in(redis_url):
+    """An executor started inside a Slurm allocation (by hand or by `qcgpj alloc`) says which one."""
+    m = Manager(redis_url)
+    m.store.register("in-alloc", 60, "node1", "node1=4", 4, 4, 1, 0, 1, "4242")
+    m.store.register("by-hand", 60, "node2", "node2=4", 4, 4, 1, 0, 2)
+    assert {e["id"]: e["slurm_job"] for e in snapshot(m.store)["executors"]} == {"in-alloc": "4242", "by-hand": None}
+    once = subprocess.run(qcgpj_cmd("top", "--once", "--redis-url", redis_url), capture_output=True, text=True,
+                          timeout=60)
+    assert once.returncode == 0 and "4242" in once.stdout, once.stdout + once.stderr
