@@ -521,9 +521,9 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
 @click.option("--idle-grace", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="With --exit-when-idle: exit only once the queue has stayed empty this many seconds.")
-@click.option("--prefetch", type=click.IntRange(min=1), default=None,
-              help="Tasks claimed ahead on this executor, fixed (default: adapts to the rate tasks end, "
-                   "from max(cores, 16) up to 256).")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None,
+              help="Tasks claimed ahead on this executor, fixed (0: none; default: adapts to the rate tasks "
+                   "end, from max(cores, 16) up to 256).")
 @click.option("--heartbeat", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
               help="Seconds between heartbeats (less than --ttl).")
 @click.option("--ttl", type=click.IntRange(min=1), default=10, show_default=True,

@@ -261,7 +261,7 @@ def test_malformed_file_as_a_real_process(queue, tmp_path, name):
     ["wait", "nosuch", "--redis-url", "{url}", "--timeout", "1"], ["wait", "single", "--redis-url", "{url}",
                                                                    "--timeout", "nan"],
     ["worker", "--redis-url", "{url}", "--id", "bad|id"], ["worker", "--redis-url", "{url}", "--cores", "0"],
-    ["worker", "--redis-url", "{url}", "--prefetch", "0"], ["worker", "--redis-url", "{url}", "--heartbeat", "0"],
+    ["worker", "--redis-url", "{url}", "--prefetch", "-1"], ["worker", "--redis-url", "{url}", "--heartbeat", "0"],
     ["worker", "--redis-url", "{url}", "--nodes", "a:0"], ["worker", "--redis-url", "{url}", "--nodes", "a:1,a:2"],
     ["worker", "--redis-url", "{url}", "--wd", "/proc/nonexistent/wd"], ["run", "{file}", "--nodes", "a:1,a:2"],
     ["inputqueue", "--redis-url", "{url}", "--max-attempts", "0"],
