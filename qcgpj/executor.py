@@ -134,8 +134,9 @@ class Executor:
         """Register and start the helper threads; :meth:`serve` is the dispatcher."""
         sys.setswitchinterval(SWITCH_INTERVAL)
         self._env = dict(os.environ)   # the tasks' base environment, as it is when the executor starts
-        while not self._register():
-            time.sleep(max(0.0, self._retry_at - time.monotonic()))
+        while not self._register():   # Redis away: wait for it, but a stop (SIGTERM, Ctrl-C) ends the wait
+            if self._stop.wait(max(0.0, self._retry_at - time.monotonic())):
+                raise QcgpjError(f"executor {self.eid}: stopped before it could join (Redis unavailable)")
         log.info("executor %s: %d cores on %d node(s)", self.eid, self.allocator.total, len(self.nodes))
         for target in (self._wait_loop, self._heartbeat_loop, self._control_loop, self._sync_loop):
             t = threading.Thread(target=target, name=f"qcgpj-{target.__name__.strip('_')}", daemon=True)

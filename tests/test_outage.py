@@ -221,3 +221,21 @@ def wait_for_log(path, text: str, timeout: float = 60) -> None:
     while not (path.exists() and text in path.read_text()):
         assert time.monotonic() < deadline, f"{path.name} never said {text!r}"
         time.sleep(0.05)
+
+
+def test_a_worker_that_cannot_join_yet_stops_on_sigterm(tmp_path):
+    """Redis answers but refuses the registration (out of memory): the worker waits to join, and SIGTERM (a batch
+    system ending it) stops that wait with one line instead of being ignored."""
+    from tests.redisproc import RedisServer
+    with RedisServer(config={"maxmemory": "2mb", "maxmemory-policy": "noeviction"}) as server:
+        r = server.client()
+        r.config_set("maxmemory", "0")
+        r.set("ballast", "x" * 4_000_000)
+        r.config_set("maxmemory", "2mb")
+        c = Cluster(server.url, tmp_path)
+        worker = c.worker(1, *FAST)
+        wait_for_log(tmp_path / "worker.log", "Redis unavailable (OutOfMemoryError")
+        worker.terminate()
+        assert worker.wait(timeout=60) == 1, c.logs()
+        assert "stopped before it could join" in (tmp_path / "worker.log").read_text()
+        no_tracebacks(c)
