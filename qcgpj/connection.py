@@ -60,27 +60,29 @@ def connect(url: str, check: bool = True, wait: float = 0.0) -> redis.Redis:
 
 
 def _first_ping(client: redis.Redis, url: str, wait: float) -> None:
-    """Ping until Redis answers, for up to ``wait`` seconds (one log line, not one per try)."""
+    """Ping until Redis answers, for up to ``wait`` seconds (one log line, not one per try). Only a Redis that is
+    not there yet (refused, timed out, loading its data) is waited for, decided on redis-py's exception types;
+    refused credentials or a bad database fail at once."""
     deadline = time.monotonic() + wait
     delay, told = 0.1, False
     while True:
         try:
-            ping(client, url)
+            client.ping()
             return
-        except (ConnectionError, RedisError) as exc:
-            if not _unreachable(exc) or time.monotonic() + delay > deadline:
-                raise
+        except redis.AuthenticationError as exc:   # a ConnectionError to redis-py, but no wait mends it
+            raise redis_error(exc, url) from None
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as exc:
+            err = redis_error(exc, url) if isinstance(exc, redis.RedisError) else \
+                ConnectionError(f"cannot reach Redis at {safe_url(url)}: {exc}")
+            if time.monotonic() + delay > deadline:
+                raise err from None
             if not told:
-                log.warning("%s; waiting up to %.0f s for it", exc, wait)
+                log.warning("%s; waiting up to %.0f s for it", err, wait)
                 told = True
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-
-def _unreachable(exc: QcgpjError) -> bool:
-    """Redis not there (yet): refused, timed out, or still loading its data; not a refusal of our credentials."""
-    text = str(exc)
-    return text.startswith("cannot reach Redis") or "still loading" in text
+        except redis.RedisError as exc:
+            raise redis_error(exc, url) from None
 
 
 def ping(client: redis.Redis, url: str) -> None:

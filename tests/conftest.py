@@ -48,6 +48,15 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture
+def cluster(redis_url, tmp_path):
+    """Services (InputQueue, workers) as processes on the session server, stopped after the test."""
+    from tests.cluster import Cluster
+    c = Cluster(redis_url, tmp_path)
+    yield c
+    c.stop()
+
+
+@pytest.fixture
 def fresh_redis():
     """A redis-server of this test's own, with AOF on (appendfsync everysec), to kill and restart."""
     with RedisServer(aof=True) as server:

@@ -27,11 +27,7 @@ def ex(request, tmp_path, monkeypatch):
     if request.param == "local":
         executor = Executor(cores=2)
     else:
-        url = request.getfixturevalue("redis_url")
-        cluster = Cluster(url, tmp_path)
-        cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
-        cluster.serving(2)
-        executor = Executor(url)
+        cluster, executor = serving(request.getfixturevalue("redis_url"), tmp_path)
     yield executor
     executor.shutdown(wait=False, cancel_futures=True)
     if cluster is not None:
@@ -41,13 +37,18 @@ def ex(request, tmp_path, monkeypatch):
 @pytest.fixture
 def remote(redis_url, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cluster = Cluster(redis_url, tmp_path)
-    cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
-    cluster.serving(2)
-    executor = Executor(redis_url)
+    cluster, executor = serving(redis_url, tmp_path)
     yield executor
     executor.shutdown(wait=False, cancel_futures=True)
     cluster.stop()
+
+
+def serving(url: str, tmp_path: Path) -> tuple[Cluster, Executor]:
+    """An InputQueue and a 2-core worker that can import this folder's functions, and an Executor on them."""
+    cluster = Cluster(url, tmp_path)
+    cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
+    cluster.serving(2)
+    return cluster, Executor(url)
 
 
 def test_return_values_submit_and_map(ex):

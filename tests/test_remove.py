@@ -8,7 +8,7 @@ import pytest
 from qcgpj import Jobs, Manager
 from qcgpj.errors import RemoveError
 from qcgpj.keys import JOB_KINDS, TEMPLATES
-from tests.cluster import Cluster, qcgpj_cmd
+from tests.cluster import qcgpj_cmd
 from tests.test_reliability import wait_for
 
 JOB_KEY_HEADS = tuple(TEMPLATES[k].split("{}")[0] for k in JOB_KINDS)   # "job:", "its:", ...
@@ -25,13 +25,6 @@ def job_keys(m: Manager) -> list[str]:
 
 def namespace_bytes(m: Manager) -> int:
     return sum(m.client.memory_usage(k) or 0 for k in namespace_keys(m))
-
-
-@pytest.fixture
-def cluster(redis_url, tmp_path):
-    c = Cluster(redis_url, tmp_path)
-    yield c
-    c.stop()
 
 
 def test_remove_finished_after_20000_jobs_leaves_a_few_kb(cluster):

@@ -206,13 +206,6 @@ def _big_jobs() -> Jobs:
             .add(name="small", exec="/bin/true"))
 
 
-@pytest.fixture
-def cluster(redis_url, tmp_path):
-    c = Cluster(redis_url, tmp_path)
-    yield c
-    c.stop()
-
-
 def test_a_job_no_executor_fits_is_flagged_then_failed(cluster):
     cluster.inputqueue("--unplaceable-timeout", "2")
     m = cluster.manager()
