@@ -16,8 +16,8 @@ FINAL = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
 
 
 def _req(text: str | None) -> tuple[int, int]:
-    """``cmin|cmax|kmin|kmax`` -> (cores, nodes) a task needs at least."""
-    cmin, _cmax, kmin, _kmax = (text or "1|1|0|0").split("|")
+    """``cmin|cmax|kmin|kmax[|gpus|mem]`` -> (cores, nodes) a task needs at least."""
+    cmin, _cmax, kmin = (text or "1|1|0|0").split("|")[:3]
     return int(cmin), int(kmin)
 
 

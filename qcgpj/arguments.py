@@ -123,6 +123,26 @@ def optional_positive(v: Any) -> int | None:
     return None if v is None else positive(v)
 
 
+def optional_gpus(v: Any) -> int | None:
+    """GPUs to declare: None (detect them) or a non-negative integer."""
+    if v is None:
+        return None
+    if type(v) is not int or v < 0:
+        raise ArgumentError(f"must be a non-negative integer or None, got {_show(v)}")
+    return v
+
+
+def optional_mem(v: Any) -> int | None:
+    """Memory per node: None (detect it), MiB, or a string with a unit ('4G')."""
+    from .gpus import parse_mem
+    if v is None:
+        return None
+    try:
+        return parse_mem(v)
+    except ValueError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
 def optional_str(v: Any) -> str | None:
     if v is not None and not isinstance(v, str):
         raise ArgumentError(f"must be a string or None, got {_show(v)}")
@@ -144,7 +164,7 @@ def nodes(v: Any) -> str | None:
     if v is None:
         return None
     if not isinstance(v, str):
-        raise ArgumentError(f"must be a string like 'n1:4,n2:4', got {_show(v)}")
+        raise ArgumentError(f"must be a string like 'n1:4,n2:4' (or 'n1:4:2' with 2 GPUs), got {_show(v)}")
     try:
         names = [n.name for n in parse_nodes_option(v)]
     except ValueError as exc:

@@ -15,7 +15,7 @@ import click
 import redis
 
 from . import __version__
-from .connection import ENV_URL, check_settings, connect, redis_error
+from .connection import ENV_URL, check_settings, connect, redis_error, url_from_env
 from . import record
 from .errors import QcgpjError, TimeoutError
 from .keys import Keys, check_executor_id
@@ -162,8 +162,23 @@ ns_option = click.option("--namespace", "-n", envvar="QCGPJ_NAMESPACE", default=
                          callback=_checked(Keys), help="Independent queue inside one Redis.")
 cores_option = click.option("--cores", type=click.IntRange(min=1), default=None,
                             help="Cores to use (default: the allocation's or this machine's).")
-nodes_option = click.option("--nodes", default=None, metavar="N1:C,N2:C", callback=_checked(arguments.nodes),
-                            help="Nodes and cores to own, instead of discovery (testing, in local mode).")
+nodes_option = click.option("--nodes", default=None, metavar="N1:C[:G],N2:C[:G]", callback=_checked(arguments.nodes),
+                            help="Nodes, cores and GPUs to own, instead of discovery (testing, in local mode).")
+
+
+def _mem(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    try:
+        return arguments.optional_mem(value)
+    except QcgpjError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+gpus_option = click.option("--gpus", type=click.IntRange(min=0), default=None, metavar="N",
+                           help="GPUs of each node, ids 0..N-1 (default: CUDA_VISIBLE_DEVICES, Slurm's GPU "
+                                "variables or nvidia-smi; none found: none).")
+mem_option = click.option("--mem", default=None, metavar="SIZE", callback=_mem,
+                          help="Memory of each node for nodeCrs.mem, MiB or with a unit (4G) (default: Slurm's "
+                               "SLURM_MEM_PER_NODE or this machine's; none with --nodes).")
 timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
                               help="Give up waiting after S seconds.")
 connect_wait_option = click.option(
@@ -254,6 +269,8 @@ def _task_line(info: dict) -> str:
 @ns_option
 @cores_option
 @nodes_option
+@gpus_option
+@mem_option
 @click.option("--store", type=click.Choice(("fakeredis", "redis-server")), default=None,
               help="Local mode's store (default: a private redis-server when on PATH, else fakeredis).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
@@ -262,15 +279,19 @@ def _task_line(info: dict) -> str:
 @json_answers_option
 @verbose_option
 @_errors
-def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nodes: str | None,
-        store: str | None, timeout: float | None, progress: bool | None, as_json: bool, verbose: int) -> None:
+def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nodes: str | None, gpus: int | None,
+        mem: int | None, store: str | None, timeout: float | None, progress: bool | None, as_json: bool,
+        verbose: int) -> None:
     """Run the jobs of FILE and wait for them: locally with no Redis, or on a queue's executors.
 
     Ctrl-C in local mode cancels what is queued and kills what runs (a second Ctrl-C exits at once); with a
     queue it only stops waiting: the jobs go on."""
     _logging(verbose)
     reqs = _read_requests(file)
-    m = Manager(redis_url, namespace=namespace, cores=cores, nodes=nodes, store=store)
+    if (gpus is not None or mem is not None) and url_from_env(redis_url) is not None:
+        raise click.BadParameter("GPUs and memory are declared by the workers (qcgpj-worker --gpus/--mem); "
+                                 "here only in local mode", param_hint="'--gpus/--mem'")
+    m = Manager(redis_url, namespace=namespace, cores=cores, nodes=nodes, store=store, gpus=gpus, mem=mem)
     local = m.local is not None
     with Interrupts(m.abort) as interrupts:
         try:
@@ -460,12 +481,13 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
         click.echo(json.dumps(res, indent=1))
         return
     click.echo(f"nodes {res['total_nodes']}  cores {res['total_cores']}  used {res['used_cores']}  "
-               f"free {res['free_cores']}")
+               f"free {res['free_cores']}" + (f"  gpus {res['total_gpus']}  used {res['used_gpus']}"
+                                              if res["total_gpus"] else ""))
     from .timefmt import local_time
     for eid, e in res["executors"].items():
         since = f"\tleft {local_time(e['ended'])}" if e.get("ended") else f"\tsince {local_time(e.get('started'))}"
         click.echo(f"  {eid}\t{e.get('state')}\tcores {e.get('total')}\trunning {e.get('running')}\t"
-                   f"nodes {e.get('nodes')}{since}"
+                   + (f"gpus {e['gpus']}\t" if e.get("gpus") else "") + f"nodes {e.get('nodes')}{since}"
                    + (f"\tslurm job {e['slurm_job']}" if e.get("slurm_job") else ""))
 
 
@@ -516,6 +538,8 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @ns_option
 @cores_option
 @nodes_option
+@gpus_option
+@mem_option
 @click.option("--wd", default=None, callback=_check_wd,
               help="Root working directory of tasks (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
@@ -535,7 +559,8 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @connect_wait_option
 @verbose_option
 @_errors
-def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes: str | None, wd: str | None,
+def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes: str | None, gpus: int | None,
+                mem: int | None, wd: str | None,
                 exit_when_idle: bool, prefetch: int | None, heartbeat: float, ttl: int, eid: str | None,
                 reconcile: float, connect_wait: float, verbose: int, idle_grace: float) -> None:
     """qcgpj-worker: an executor that runs the queue's tasks on this allocation's cores."""
@@ -550,7 +575,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     client = connect(redis_url, wait=connect_wait)
     check_settings(client)
     try:
-        node_list = discover(cores=cores, nodes=nodes)
+        node_list = discover(cores=cores, nodes=nodes, gpus=gpus, mem=mem)
     except ValueError as exc:
         raise QcgpjError(str(exc)) from None
     in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes

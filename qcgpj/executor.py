@@ -137,7 +137,8 @@ class Executor:
         while not self._register():   # Redis away: wait for it, but a stop (SIGTERM, Ctrl-C) ends the wait
             if self._stop.wait(max(0.0, self._retry_at - time.monotonic())):
                 raise QcgpjError(f"executor {self.eid}: stopped before it could join (Redis unavailable)")
-        log.info("executor %s: %d cores on %d node(s)", self.eid, self.allocator.total, len(self.nodes))
+        log.info("executor %s: %d cores, %d GPU(s) on %d node(s)", self.eid, self.allocator.total,
+                 self.allocator.gpus_total, len(self.nodes))
         for target in (self._wait_loop, self._heartbeat_loop, self._control_loop, self._sync_loop):
             t = threading.Thread(target=target, name=f"qcgpj-{target.__name__.strip('_')}", daemon=True)
             t.start()
@@ -151,7 +152,8 @@ class Executor:
         try:
             self.store.register(self.eid, self.ttl, socket.gethostname(), nodes_text, self.allocator.total,
                                 maxnode, len(self.nodes), self.prefetch, os.getpid(),
-                                os.environ.get("SLURM_JOB_ID", ""))
+                                os.environ.get("SLURM_JOB_ID", ""), self.allocator.gpus_total,
+                                self.allocator.gpus_per_node, self.allocator.mem_per_node)
         except redis.RedisError as exc:
             if refused(exc) and self._gen == 0:   # never joined: the user's ACL or password, said in one line
                 raise redis_error(exc) from None
@@ -400,7 +402,7 @@ class Executor:
             if n and len(self._local) < low and self._inflight is None and not self._ready_empty:
                 break   # below the low-water mark: let the dispatcher send the next claim first
             entry = self._local[0]
-            alloc = self.allocator.allocate(entry.cores, entry.nodes or None)
+            alloc = self.allocator.allocate(entry.cores, entry.nodes or None, entry.gpus)
             if alloc is None:
                 break
             self._local.popleft()

@@ -32,7 +32,7 @@ class Jobs:
             modules: list[str] | str | None = None, venv: str | None = None, model: str | None = None,
             model_opts: dict | None = None, numCores: Any = None, numNodes: Any = None,
             wt: str | float | None = None, iteration: Any = None, after: list[str] | str | None = None,
-            attributes: dict | None = None, **unknown: Any) -> Jobs:
+            attributes: dict | None = None, nodeCrs: dict | None = None, **unknown: Any) -> Jobs:
         """Add one job; without a name it gets a unique one (QCG-PilotJob uses a UUID4; see ``_unique_name``).
 
         ``numCores``/``numNodes``: an int or ``{"exact": n}`` / ``{"min": a, "max": b}``; ``iteration``: N (0..N-1),
@@ -49,7 +49,8 @@ class Jobs:
         if iteration is not None:
             iteration = _iteration_arg(name, iteration)
         spec = make_job(name, exec, script, args, env, stdin, stdout, stderr, wd, model, model_opts, modules, venv,
-                        numCores, numNodes, wt, [after] if isinstance(after, str) else after, iteration, attributes)
+                        numCores, numNodes, wt, [after] if isinstance(after, str) else after, iteration, attributes,
+                        nodeCrs)
         return self._append(spec)
 
     def add_std(self, d: dict) -> Jobs:

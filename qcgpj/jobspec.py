@@ -19,6 +19,7 @@ from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
 from .errors import DependencyError, JobSpecError, ResourceError
+from .gpus import crs_json, node_crs
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ class JobSpec:
     iteration: Iteration | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     sizing: tuple[str, int] | None = None   # cores fixed at submit (size_at_submit); never stored
+    gpus: int = 0                            # nodeCrs: GPUs on each of its nodes (qcgpj.gpus)
+    mem: int = 0                             # nodeCrs: MiB each of its nodes must declare
 
     @property
     def n_iterations(self) -> int:
@@ -175,6 +178,8 @@ class JobSpec:
             res += ',"numNodes":' + _count_json(self.nodes_min, self.nodes_max)
         if self.walltime is not None:
             res += ',"wt":"' + format_walltime(self.walltime) + '"'
+        if self.gpus or self.mem:
+            res += "," + crs_json(self.gpus, self.mem)
         if res:
             out += ',"resources":{' + res[1:] + "}"
         if self.after:
@@ -201,10 +206,14 @@ class JobSpec:
                 Iteration(0, len(it["values"]), tuple(it["values"]))
         wt = res.get("wt")
         after = tuple(Dependency.parse(a, d["name"]) for a in d["dependencies"]["after"]) if "dependencies" in d else ()
-        return cls(d["name"], ex.get("exec"), ex.get("script"), tuple(ex.get("args", ())), ex.get("env", {}),
+        crs = res.get("nodeCrs")
+        spec = cls(d["name"], ex.get("exec"), ex.get("script"), tuple(ex.get("args", ())), ex.get("env", {}),
                    ex.get("stdin"), ex.get("stdout"), ex.get("stderr"), ex.get("wd"), ex.get("model", "default"),
                    ex.get("model_opts", {}), tuple(ex.get("modules", ())), ex.get("venv"), cores[0], cores[1], nodes[0],
                    nodes[1], None if wt is None else parse_walltime(wt), after, it, d.get("attributes", {}))
+        if crs:
+            spec.gpus, spec.mem = crs.get("gpu", 0), crs.get("mem", 0)
+        return spec
 
 
 def _count_json(lo: int, hi: int | None) -> str:
@@ -403,7 +412,7 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
              stdin: Any = None, stdout: Any = None, stderr: Any = None, wd: Any = None, model: Any = None,
              model_opts: Any = None, modules: Any = None, venv: Any = None, numCores: Any = None,
              numNodes: Any = None, wt: Any = None, after: Any = None, iteration: Any = None,
-             attributes: Any = None) -> JobSpec:
+             attributes: Any = None, nodeCrs: Any = None) -> JobSpec:
     """A checked JobSpec from the fields of a description (None = absent); the builder and the parser share it.
     Written for speed (one constructor call, no temporary objects on the common paths): it runs once per job."""
     job = name if type(name) is str and NAME_RE.fullmatch(name) else _check_name(name)
@@ -443,13 +452,16 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
         sizing = WHOLE_NODES, 0
     elif type(numCores) is dict and numCores.get("scheduler") is not None:
         sizing = _scheduler(job, numCores)
-    return JobSpec(job, exec, script, args, env, stdin, stdout, stderr, wd,
+    spec = JobSpec(job, exec, script, args, env, stdin, stdout, stderr, wd,
                    "default" if model is None else _model(job, model, exec),
                    {} if model_opts is None else _plain_dict(job, model_opts, "execution.model_opts"),
                    modules, venv,
                    cores[0], cores[1], nodes[0], nodes[1], wt, () if after is None else _after(job, after),
                    None if iteration is None else _iteration(job, iteration),
                    {} if attributes is None else _plain_dict(job, attributes, "attributes"), sizing)
+    if nodeCrs is not None:
+        spec.gpus, spec.mem = node_crs(job, nodeCrs)
+    return spec
 
 
 # ---------------------------------------------------------------------- sizes fixed at submit
@@ -616,8 +628,6 @@ def parse_job(d: Any) -> JobSpec:
     res = d.get("resources")
     res = {} if res is None else _dict(job, res, "resources")
     _known(job, res, RES_FIELDS, "resources")
-    if res.get("nodeCrs"):
-        raise JobSpecError(job, "resources.nodeCrs", "consumable resources (such as GPUs) are not supported by qcgpj")
     deps = d.get("dependencies")
     deps = {} if deps is None else _dict(job, deps, "dependencies")
     _known(job, deps, DEP_FIELDS, "dependencies")
@@ -625,7 +635,7 @@ def parse_job(d: Any) -> JobSpec:
     return make_job(job, get("exec"), get("script"), get("args"), get("env"), get("stdin"), get("stdout"),
                     get("stderr"), get("wd"), get("model"), get("model_opts"), get("modules"), get("venv"),
                     res.get("numCores"), res.get("numNodes"), res.get("wt"), deps.get("after"), d.get("iteration"),
-                    d.get("attributes"))
+                    d.get("attributes"), res.get("nodeCrs"))
 
 
 def substitute(text: str, variables: Mapping[str, str]) -> str:

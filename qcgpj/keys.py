@@ -10,7 +10,7 @@ Key (after the prefix)      type     holds
 -------------------------   ------   ------------------------------------------------
 jobs                        list     job names in submission order
 active                      string   count of jobs not yet in a final state
-job:<name>                  hash     spec (JSON), state, req, deps, pdeps, n, it0, next,
+job:<name>                  hash     spec (JSON), state, req ("cmin|cmax|kmin|kmax[|gpus|mem]"), deps, pdeps, n, it0, next,
                                      attempts, executor, created/start/end, exit, message,
                                      usage ("user s,system s,max RSS KiB" of a process),
                                      n_SUCCEED/n_FAILED/n_CANCELED/n_OMITTED, done (iterative),
@@ -23,9 +23,12 @@ pending                     list     ready work not yet placed: "name" (all rema
 executors                   set      every executor that joined (for listings: departed ones stay for --executor-retention)
 live                        set      executors that may take work: placement and checks read only these
 exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started,
-                                     ttl (seconds without heartbeat before it is dead), slurm_job (its allocation)
+                                     ttl (seconds without heartbeat before it is dead), slurm_job (its allocation),
+                                     gpus, gmax (most on one node), gfree (GPU credit, no look-ahead), mem (most MiB
+                                     on one node): see qcgpj.gpus
 exec:<id>:alive             string   heartbeat, with a TTL
-exec:<id>:ready             list     tasks placed on the executor: "task|cores|nodes|attempt"
+exec:<id>:ready             list     tasks placed on the executor: "task|cores|nodes|attempt" ("cores+gpus" for a
+                                     task with GPUs: that many on each of its nodes)
 exec:<id>:running           list     tasks it claimed (the reliable-queue processing list)
 exec:<id>:control           list     "cancel <task>" / "drain" commands
 events                      stream   wake-ups and audit: submit, finish, executor joined/lost, stop

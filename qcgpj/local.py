@@ -25,7 +25,7 @@ from typing import Any, Callable
 import redis
 
 from .connection import connect
-from .errors import QcgpjError, StoreError
+from .errors import ArgumentError, QcgpjError, StoreError
 from .executor import Executor
 from .inputqueue import InputQueue
 from .resources import discover
@@ -130,8 +130,15 @@ class LocalServices:
     """The InputQueue and an Executor over a private store."""
 
     def __init__(self, namespace: str = "default", cores: int | None = None, nodes: str | None = None,
-                 root_wd: str | None = None, max_attempts: int = 3, store: str | None = None) -> None:
-        node_list = discover(cores=cores, nodes=nodes, environ={})
+                 root_wd: str | None = None, max_attempts: int = 3, store: str | None = None,
+                 gpus: int | None = None, mem: int | None = None) -> None:
+        try:
+            # Not the Slurm variables (local mode owns this machine, not an allocation): GPUs from
+            # CUDA_VISIBLE_DEVICES or nvidia-smi only
+            visible = {k: v for k, v in os.environ.items() if k == "CUDA_VISIBLE_DEVICES"}
+            node_list = discover(cores=cores, nodes=nodes, environ=visible, gpus=gpus, mem=mem)
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
         self.total_cores = sum(len(n.cores) for n in node_list)
         self.total_nodes = len(node_list)
         self.max_per_node = max(len(n.cores) for n in node_list)

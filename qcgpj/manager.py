@@ -30,6 +30,8 @@ def submit_rows(specs: Sequence[JobSpec]) -> list[tuple[str, str, str, str, str]
     rows = []
     for s in _dependency_order(specs):
         req = f"{s.cores_min}|{s.cores_max or 0}|{s.nodes_min or 0}|{s.nodes_max or 0}"
+        if s.gpus or s.mem:   # nodeCrs: GPUs and MiB per node (placement reads them from req)
+            req += f"|{s.gpus}|{s.mem}"
         it = f"{s.iteration.ids().start}|{s.iteration.count}" if s.iteration is not None else ""
         deps = " ".join(d.job if (d.iteration is None and not d.per_iteration)
                         else f"{d.job}:{'*' if d.per_iteration else d.iteration}" for d in s.after)
@@ -65,6 +67,19 @@ def _check_node_cores(specs: Sequence[JobSpec], per_node: int | None) -> None:
                                 f"{s.cores_min} cores per node requested, but the largest node has {per_node}")
 
 
+def _check_local_crs(specs: Sequence[JobSpec], alloc: Any) -> None:
+    """Local mode's one executor is all there will ever be: a job asking more GPUs or memory per node than it
+    has is refused now, not left waiting (with a queue, other executors may come: see ``--unplaceable-timeout``)."""
+    for s in specs:
+        if s.gpus > alloc.gpus_per_node:
+            raise ResourceError(s.name, "resources.nodeCrs.gpu",
+                                f"{s.gpus} GPU(s) per node requested, but this machine has {alloc.gpus_per_node} "
+                                "(declare them with --gpus N or --nodes NAME:CORES:GPUS)")
+        if s.mem > alloc.mem_per_node:
+            raise ResourceError(s.name, "resources.nodeCrs.mem",
+                                f"{s.mem} MiB per node requested, but the largest node has {alloc.mem_per_node} MiB")
+
+
 def _as_specs(jobs: Jobs | Iterable[JobSpec | dict]) -> list[JobSpec]:
     if isinstance(jobs, Jobs):
         return jobs.jobs()
@@ -75,11 +90,14 @@ class Manager:
     """``Manager()`` runs everything in this process (local mode); ``Manager(url)`` talks to a shared Redis."""
 
     @a.api(redis_url=a.optional_str, namespace=a.namespace, cores=a.optional_positive, nodes=a.nodes,
-           root_wd=a.optional_path, max_attempts=a.positive, client=a.client, store=a.optional_str)
+           root_wd=a.optional_path, max_attempts=a.positive, client=a.client, store=a.optional_str,
+           gpus=a.optional_gpus, mem=a.optional_mem)
     def __init__(self, redis_url: str | None = None, namespace: str = "default", cores: int | None = None,
                  nodes: str | None = None, root_wd: str | None = None, max_attempts: int = 3,
-                 client: redis.Redis | None = None, store: str | None = None) -> None:
-        """``store`` (local mode only): "redis-server", "fakeredis" or None (the first when on PATH)."""
+                 client: redis.Redis | None = None, store: str | None = None, gpus: int | None = None,
+                 mem: int | None = None) -> None:
+        """``store`` (local mode only): "redis-server", "fakeredis" or None (the first when on PATH); ``gpus``
+        and ``mem`` (local mode only) declare the GPUs and memory (MiB or '4G') of each node, else detected."""
         self.local: Any = None   # LocalServices in local mode
         self._last_check = 0.0
         self._finished = False
@@ -91,7 +109,7 @@ class Manager:
         elif url is None:
             from .local import LocalServices   # fakeredis is only needed in local mode
             self.local = LocalServices(namespace=namespace, cores=cores, nodes=nodes, root_wd=root_wd,
-                                       max_attempts=max_attempts, store=store)
+                                       max_attempts=max_attempts, store=store, gpus=gpus, mem=mem)
             self.client = self.local.client
         else:
             self.client = connect(url)
@@ -149,6 +167,8 @@ class Manager:
         specs = size_at_submit(_as_specs(jobs), max_cores, per_node)
         check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
         _check_node_cores(specs, per_node)
+        if self.local is not None:
+            _check_local_crs(specs, self.local.executor.allocator)
         self.store.submit(submit_rows(specs), batch_id=batch_id, durable=durable)
         return [s.name for s in specs]
 
@@ -231,8 +251,10 @@ class Manager:
         live = {k: e for k, e in execs.items() if e.get("state") == "ALIVE"} if departed else execs
         total = sum(int(e["total"]) for e in live.values())
         used = sum(min(int(e["total"]), int(e["total"]) + int(e["prefetch"]) - int(e["free"])) for e in live.values())
+        gpus = sum(int(e.get("gpus") or 0) for e in live.values())
         return {"total_nodes": sum(int(e["nnodes"]) for e in live.values()), "total_cores": total,
                 "used_cores": max(used, 0), "free_cores": max(total - max(used, 0), 0),
+                "total_gpus": gpus, "used_gpus": gpus - sum(int(e.get("gfree") or 0) for e in live.values()),
                 "executors": execs}
 
     def remove(self, names: Sequence[str] | str | None = None, *, finished: bool = False,
@@ -366,7 +388,7 @@ def _derived_state(h: dict[str, str], it: int) -> str:
     return "READY" if st in ("SCHEDULED", "EXECUTING") else st
 
 
-_EXEC_INTS = ("total", "maxnode", "nnodes", "free", "prefetch", "pid", "running")
+_EXEC_INTS = ("total", "maxnode", "nnodes", "free", "prefetch", "pid", "running", "gpus", "gfree", "gmax", "mem")
 
 
 def _typed(e: dict[str, str]) -> dict[str, Any]:

@@ -1,13 +1,15 @@
-"""What an executor owns (nodes and cores, found in the Slurm allocation or on this machine) and how it hands
-out concrete cores to tasks."""
+"""What an executor owns (nodes and cores, found in the Slurm allocation or on this machine; GPUs and memory:
+``qcgpj.gpus``) and how it hands out concrete cores and GPUs to tasks."""
 from __future__ import annotations
 
 import logging
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
+
+from .gpus import declared_gpus, detect_gpus, detect_mem
 
 log = logging.getLogger(__name__)
 
@@ -16,13 +18,16 @@ log = logging.getLogger(__name__)
 class Node:
     name: str
     cores: tuple[int, ...]
+    gpus: tuple[str, ...] = ()   # GPU ids, as the node's CUDA_VISIBLE_DEVICES names them
+    mem: int = 0                 # MiB declared (0: not declared)
 
 
 @dataclass(frozen=True, slots=True)
 class Allocation:
-    """Concrete cores given to one task: ((node, (core ids...)), ...)."""
+    """Concrete cores given to one task: ((node, (core ids...)), ...); and GPUs, if it asked: ((node, (ids...)), ...)."""
 
     parts: tuple[tuple[str, tuple[int, ...]], ...]
+    gpus: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def ncores(self) -> int:
@@ -39,6 +44,9 @@ class Allocation:
     def cores_on(self, node: str) -> list[int]:
         """The cores of this allocation on ``node`` (the executor's own node: the ones it binds the task to)."""
         return [c for n, cores in self.parts if n == node for c in cores]
+
+    def gpus_on(self, node: str) -> list[str]:
+        return [g for n, ids in self.gpus if n == node for g in ids]
 
     def to_text(self) -> str:
         return ";".join(f"{n}={','.join(map(str, c))}" for n, c in self.parts)
@@ -111,22 +119,40 @@ def parse_cpus_per_node(text: str, n_nodes: int) -> list[int]:
 
 
 def parse_nodes_option(text: str) -> list[Node]:
-    """``--nodes n1:4,n2:4``."""
+    """``--nodes n1:4,n2:4``, or with GPUs ``n1:32:4`` (NAME:CORES:GPUS)."""
     nodes = []
     for part in filter(None, text.split(",")):
-        name, _, cores = part.partition(":")
-        if not name or not cores.isdigit() or int(cores) < 1:
-            raise ValueError(f"--nodes: expected NAME:CORES, got {part!r}")
-        nodes.append(Node(name, tuple(range(int(cores)))))
+        name, cores, *rest = part.split(":")
+        if not name or not cores.isdigit() or int(cores) < 1 or len(rest) > 1:
+            raise ValueError(f"--nodes: expected NAME:CORES or NAME:CORES:GPUS, got {part!r}")
+        if rest and not rest[0].isdigit():
+            raise ValueError(f"--nodes: the GPUs of {name!r} must be a non-negative integer, got {rest[0]!r}")
+        nodes.append(Node(name, tuple(range(int(cores))), declared_gpus(int(rest[0])) if rest else ()))
     if not nodes:
         raise ValueError("--nodes: no node given")
     return nodes
 
 
-def discover(cores: int | None = None, nodes: str | None = None,
-             environ: Mapping[str, str] | None = None) -> list[Node]:
-    """The executor's nodes: --nodes, else the Slurm allocation, else this machine (limited by --cores)."""
+def discover(cores: int | None = None, nodes: str | None = None, environ: Mapping[str, str] | None = None,
+             gpus: int | None = None, mem: int | None = None) -> list[Node]:
+    """The executor's nodes with their GPUs and memory (``qcgpj.gpus``): --nodes, else the Slurm allocation,
+    else this machine (limited by --cores)."""
     env = os.environ if environ is None else environ
+    found = _discover_cores(cores, nodes, env)
+    if nodes and any(n.gpus for n in found):
+        if gpus is not None:
+            raise ValueError("--gpus and GPUs in --nodes (NAME:CORES:GPUS): give one of them")
+        ids = None
+    else:
+        ids = declared_gpus(gpus) if gpus is not None else detect_gpus(env)
+    if mem is None:
+        mem = 0 if nodes else detect_mem(env)
+    if not ids and not mem:
+        return found
+    return [replace(n, gpus=n.gpus if ids is None else ids, mem=mem or 0) for n in found]
+
+
+def _discover_cores(cores: int | None, nodes: str | None, env: Mapping[str, str]) -> list[Node]:
     if nodes:
         return parse_nodes_option(nodes)
     if env.get("SLURM_JOB_ID") and env.get("SLURM_JOB_NODELIST"):
@@ -159,6 +185,11 @@ class CoreAllocator:
         self._order = {n.name: i for i, n in enumerate(nodes)}
         self._total = sum(len(n.cores) for n in nodes)
         self._nfree = self._total
+        self._gfree: dict[str, list[str]] = {n.name: list(n.gpus) for n in nodes}
+        self.gpus_total = sum(len(n.gpus) for n in nodes)
+        self.gpus_per_node = max(len(n.gpus) for n in nodes)
+        self.mem_per_node = max(n.mem for n in nodes)
+        self._gpu_order = {n.name: {g: i for i, g in enumerate(n.gpus)} for n in nodes}
 
     @property
     def total(self) -> int:
@@ -179,21 +210,53 @@ class CoreAllocator:
                 return min(n.cores)
         return None
 
-    def allocate(self, cores: int, nodes: int | None = None) -> Allocation | None:
+    @property
+    def gpus_free(self) -> int:
+        return sum(len(g) for g in self._gfree.values())
+
+    def allocate(self, cores: int, nodes: int | None = None, gpus: int = 0) -> Allocation | None:
         """Best fit on one node; a task larger than any node spreads over the fewest nodes; with ``nodes``,
-        exactly that many."""
+        exactly that many. With ``gpus``, that many GPUs on each of its nodes (one node unless ``nodes``)."""
         if cores > self._nfree:
             return None
+        if gpus:
+            return self._allocate_gpus(cores, nodes or 1, gpus)
         plan = self._plan_nodes(cores, nodes) if nodes else self._plan_any(cores)
         if plan is None:
             return None
+        return self._take(plan, cores)
+
+    def _take(self, plan: list[tuple[str, int]], cores: int, gpus: int = 0) -> Allocation:
         parts = []
         for name, k in sorted(plan, key=lambda p: self._order[p[0]]):   # node order of the allocation
             free = self._free[name]
             taken, self._free[name] = free[:k], free[k:]
             parts.append((name, tuple(taken)))
         self._nfree -= cores
-        return Allocation(tuple(parts))
+        if not gpus:
+            return Allocation(tuple(parts))
+        given = []
+        for name, _k in parts:
+            free = self._gfree[name]
+            given.append((name, tuple(free[:gpus])))
+            self._gfree[name] = free[gpus:]
+        return Allocation(tuple(parts), tuple(given))
+
+    def _allocate_gpus(self, cores: int, nodes: int, gpus: int) -> Allocation | None:
+        """Only nodes with ``gpus`` free GPUs count: one of them by best fit on cores, or ``cores`` split evenly
+        over ``nodes`` of them (those with the most free cores)."""
+        elig = [(len(c), n) for n, c in self._free.items() if len(self._gfree[n]) >= gpus]
+        if nodes == 1:
+            fits = [x for x in elig if x[0] >= cores]
+            return self._take([(min(fits)[1], cores)], cores, gpus) if fits else None
+        if cores < nodes or len(elig) < nodes:
+            return None
+        base, extra = divmod(cores, nodes)
+        want = [base + (1 if i < extra else 0) for i in range(nodes)]
+        ranked = sorted(elig, reverse=True)[:nodes]
+        if any(k < w for (k, _n), w in zip(ranked, want)):
+            return None
+        return self._take([(n, w) for (_k, n), w in zip(ranked, want)], cores, gpus)
 
     def _plan_any(self, cores: int) -> list[tuple[str, int]] | None:
         fits = [(len(c), n) for n, c in self._free.items() if len(c) >= cores]
@@ -226,3 +289,6 @@ class CoreAllocator:
             self._free[name].extend(cores)
             self._free[name].sort()
             self._nfree += len(cores)
+        for name, ids in alloc.gpus:
+            self._gfree[name].extend(ids)
+            self._gfree[name].sort(key=self._gpu_order[name].__getitem__)

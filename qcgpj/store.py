@@ -66,13 +66,15 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A task as it sits on an executor's lists: ``task|cores|nodes|attempt``."""
+    """A task as it sits on an executor's lists: ``task|cores|nodes|attempt``; a task with GPUs has
+    ``cores+gpus`` (GPUs per node) in the cores field."""
 
     raw: str
     task: str
     cores: int
     nodes: int
     attempt: int
+    gpus: int = 0
 
     @property
     def job(self) -> str:
@@ -85,6 +87,9 @@ class Entry:
     @classmethod
     def parse(cls, raw: str) -> "Entry":
         task, cores, nodes, attempt = raw.rsplit("|", 3)
+        if "+" in cores:
+            cores, gpus = cores.split("+")
+            return cls(raw, task, int(cores), int(nodes), int(attempt), int(gpus))
         return cls(raw, task, int(cores), int(nodes), int(attempt))
 
 
@@ -518,8 +523,10 @@ class Store:
 
     # ------------------------------------------------------------------ executor side
     def register(self, eid: str, ttl: int, host: str, nodes: str, total: int, maxnode: int, nnodes: int,
-                 prefetch: int, pid: int, slurm_job: str = "") -> None:
-        self._run("register", [eid, now(), ttl, host, nodes, total, maxnode, nnodes, prefetch, pid, slurm_job])
+                 prefetch: int, pid: int, slurm_job: str = "", gpus: int = 0, gpus_per_node: int = 0,
+                 mem_per_node: int = 0) -> None:
+        self._run("register", [eid, now(), ttl, host, nodes, total, maxnode, nnodes, prefetch, pid, slurm_job,
+                               gpus, gpus_per_node, mem_per_node])
 
     def heartbeat(self, eid: str, ttl: int) -> str:
         return self._run("heartbeat", [eid, now(), ttl])

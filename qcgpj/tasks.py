@@ -98,6 +98,10 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
         "QCG_PM_TASKS_PER_NODE": ",".join([str(len(c)) for _n, c in alloc.parts]),
         "QCG_PM_CPU_SET": ",".join([str(c) for _n, cores in alloc.parts for c in cores]),   # every node's
     })
+    if alloc.gpus:   # nodeCrs: exactly its GPUs (ids as this node's CUDA_VISIBLE_DEVICES numbers them)
+        mine = ",".join(alloc.gpus_on(local_node))
+        env.update({"CUDA_VISIBLE_DEVICES": mine, "QCGPJ_GPUS": mine,
+                    "QCGPJ_NODE_GPUS": ";".join(f"{n}={','.join(ids)}" for n, ids in alloc.gpus)})
     ctx = TaskContext(task_id=entry.task, job=spec.name, iteration=entry.iteration, argv=argv, env=env, cwd=wd,
                       stdin=path(spec.stdin), stdout=path(spec.stdout, True), stderr=path(spec.stderr, True),
                       allocation=alloc,

@@ -59,19 +59,22 @@ def snapshot(store: Store) -> dict[str, Any]:
 def _executors(store: Store, ids: list[str], now: float) -> list[dict[str, Any]]:
     pipe = store.r.pipeline(transaction=False)
     for eid in ids:
-        pipe.hmget(store.keys.exec(eid), "host", "state", "total", "free", "prefetch", "nnodes", "slurm_job")
+        pipe.hmget(store.keys.exec(eid), "host", "state", "total", "free", "prefetch", "nnodes", "slurm_job",
+                   "gpus", "gfree")
         pipe.get(store.keys.alive(eid))
         pipe.llen(store.keys.running(eid))
         pipe.llen(store.keys.ready(eid))
     res = pipe.execute()
     out = []
     for i, eid in enumerate(ids):
-        (host, state, total, free, prefetch, nnodes, slurm_job), beat, claimed, placed = res[4 * i:4 * i + 4]
+        (host, state, total, free, prefetch, nnodes, slurm_job, gpus, gfree), beat, claimed, placed = \
+            res[4 * i:4 * i + 4]
         total_i = int(total or 0)
         busy = min(total_i, total_i + int(prefetch or 0) - int(free or 0))
         out.append({"id": eid, "host": host, "state": state, "slurm_job": slurm_job or None,
                     "nodes": int(nnodes or 0), "cores": total_i,
-                    "cores_busy": max(busy, 0), "claimed": claimed, "placed": placed,
+                    "cores_busy": max(busy, 0), "claimed": claimed, "placed": placed, "gpus": int(gpus or 0),
+                    "gpus_busy": int(gpus or 0) - int(gfree or 0) if state == "ALIVE" else 0,
                     "heartbeat_age": round(now - float(beat), 3) if beat else None})
     return out
 
@@ -108,13 +111,16 @@ def render(snap: dict[str, Any]) -> Group:
     counts.add_row(*(f"{t[c]:,}" for c in cols))
     ex = Table(box=box.SIMPLE_HEAD, title=f"executors ({len(snap['executors'])} live, "
                f"{snap['departed_executors']} departed)", title_justify="left")
+    gpus = any(e.get("gpus") for e in snap["executors"])   # the column only where some executor has GPUs
     for c, j in (("id", "left"), ("host", "left"), ("slurm job", "left"), ("state", "left"), ("cores busy", "right"),
-                 ("claimed", "right"), ("placed", "right"), ("heartbeat", "right")):
+                 *((("gpus busy", "right"),) if gpus else ()), ("claimed", "right"), ("placed", "right"),
+                 ("heartbeat", "right")):
         ex.add_column(c, justify=j)
     for e in snap["executors"]:
         age = "-" if e["heartbeat_age"] is None else f"{e['heartbeat_age']:.1f} s ago"
+        busy = (f"{e['gpus_busy']}/{e['gpus']}",) if gpus else ()
         ex.add_row(e["id"], e["host"] or "", e["slurm_job"] or "-", e["state"] or "", f"{e['cores_busy']}/{e['cores']}",
-                   str(e["claimed"]), str(e["placed"]), age)
+                   *busy, str(e["claimed"]), str(e["placed"]), age)
     fails = Table(box=box.SIMPLE_HEAD, title="latest failures", title_justify="left")
     for c in ("task", "ended", "executor", "exit", "message"):
         fails.add_column(c, overflow="fold" if c == "message" else "ellipsis")

@@ -4,7 +4,9 @@
 ask Slurm for a CPU count (``-c`` implies ``--exact``), because Slurm's task plugins then give every concurrent
 step the same first CPUs of the node; it runs on all the allocation's CPUs there, and ``cpubind.py``, started
 first in the step, binds the task to its own (``model_opts.cpu_bind: false`` leaves it unbound).
-``model_opts.srun_args`` adds arguments to srun.
+``model_opts.srun_args`` adds arguments to srun. A task with GPUs (``nodeCrs``) asks the step for as many per
+node (``--gpus-per-node``), so that a cluster that confines devices lets it reach them; it also gets the ids qcgpj
+chose in ``CUDA_VISIBLE_DEVICES`` (Slurm may renumber them inside a step it confines).
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ class SrunWorker(ProcessWorker):
             argv.append(f"--nodelist={','.join(nodes)}")
         if slurm_binds_cpus():
             argv.append("--cpu-bind=none")
+        if ctx.allocation.gpus:   # nodeCrs: the step may use as many GPUs on each node as qcgpj gave it
+            argv.append(f"--gpus-per-node={len(ctx.allocation.gpus[0][1])}")
         argv += map(str, ctx.model_opts.get("srun_args", []))
         if ctx.model_opts.get("cpu_bind", True):
             argv += [sys.executable, "-I", "-S", CPUBIND, ctx.allocation.to_text(), str(per_rank), "--"]

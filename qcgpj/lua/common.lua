@@ -44,9 +44,13 @@ local function split_tid(tid)
   return tid, nil
 end
 
-local function parse_entry(entry)  -- "task|cores|nodes|attempt"
-  local tid, c, k, a = string.match(entry, '^(.*)|(%d+)|(%d+)|(%d+)$')
-  return tid, tonumber(c), tonumber(k), tonumber(a)
+local function parse_entry(entry)  -- "task|cores|nodes|attempt", cores "c+g" with g GPUs per node
+  local tid, c, g, k, a = string.match(entry, '^(.*)|(%d+)%+?(%d*)|(%d+)|(%d+)$')
+  return tid, tonumber(c), tonumber(k), tonumber(a), tonumber(g) or 0
+end
+
+local function entry_gpus(g, k)  -- GPUs an entry holds: g on each of its nodes (one node when k is 0)
+  return g * math.max(k, 1)
 end
 
 local function record(state, exit, eid, t0, t1, att, msg)
@@ -221,23 +225,32 @@ end
 local function load_executors()
   local ex = {}
   for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
-    local h = redis.call('HMGET', K_exec(e), 'state', 'free', 'maxnode', 'nnodes', 'total')
+    local h = redis.call('HMGET', K_exec(e), 'state', 'free', 'maxnode', 'nnodes', 'total', 'gfree', 'gmax', 'mem')
     if h[1] == 'ALIVE' and tonumber(h[2] or '0') > 0 then
       ex[#ex + 1] = {id = e, free = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),
-                     total = tonumber(h[5]), out = {}, used = 0}
+                     total = tonumber(h[5]), out = {}, used = 0, gfree = tonumber(h[6] or '0'),
+                     gmax = tonumber(h[7] or '0'), mem = tonumber(h[8] or '0'), gused = 0}
     end
   end
   return ex
 end
 
-local function parse_req(req)  -- "cmin|cmax|kmin|kmax": cmax 0 = no upper bound, k 0 = no node request
-  local a, b, c, d = string.match(req or '1|1|0|0', '^(%d+)|(%d+)|(%d+)|(%d+)$')
-  return tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+-- "cmin|cmax|kmin|kmax[|gpus|mem]": cmax 0 = no upper bound, k 0 = no node request; GPUs and MiB per node
+local function parse_req(req)
+  local a, b, c, d, g, m = string.match(req or '1|1|0|0', '^(%d+)|(%d+)|(%d+)|(%d+)|?(%d*)|?(%d*)$')
+  return tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(g) or 0, tonumber(m) or 0
+end
+
+-- Whether executor e could hold g GPUs on each of k nodes (one when k is 0) and m MiB per node, now (gfree).
+local function crs_ok(e, g, m, k)
+  return g <= e.gmax and g * math.max(k, 1) <= e.gfree and m <= e.mem
 end
 
 -- The executor with the most credit that can run the task; returns executor, cores, nodes.
-local function pick(ex, cmin, cmax, kmin, kmax)
+-- g, m: nodeCrs (GPUs, MiB per node); 0 for most tasks, which skip their checks.
+local function pick(ex, cmin, cmax, kmin, kmax, g, m)
   local best, bc, bk = nil, 0, 0
+  local crs = (g or 0) > 0 or (m or 0) > 0
   for _, e in ipairs(ex) do
     local c, k = 0, 0
     if kmin > 0 then
@@ -250,17 +263,23 @@ local function pick(ex, cmin, cmax, kmin, kmax)
         end
       end
     else
-      local cap = math.min(e.free, e.total)
+      local cap = math.min(e.free, crs and e.maxnode or e.total)  -- nodeCrs without nodes: one node
       c = cmax > 0 and math.min(cmax, cap) or cap
       if c < cmin then c = 0 end
     end
+    if crs and c > 0 and not crs_ok(e, g, m, k) then c = 0 end
     if c > 0 and (best == nil or e.free > best.free) then best, bc, bk = e, c, (kmin > 0 and k or 0) end
   end
   return best, bc, bk
 end
 
-local function assign(ex, e, tid, c, k, att)
-  e.out[#e.out + 1] = tid .. '|' .. c .. '|' .. k .. '|' .. att
+local function assign(ex, e, tid, c, k, att, g)
+  if g and g > 0 then
+    e.out[#e.out + 1] = tid .. '|' .. c .. '+' .. g .. '|' .. k .. '|' .. att
+    e.gfree, e.gused = e.gfree - entry_gpus(g, k), e.gused + entry_gpus(g, k)
+  else
+    e.out[#e.out + 1] = tid .. '|' .. c .. '|' .. k .. '|' .. att
+  end
   e.free = e.free - c
   e.used = e.used + c
   if e.free <= 0 then
@@ -273,6 +292,7 @@ local function flush_placement(touched)
     if #e.out > 0 then
       push_many(K_ready(e.id), e.out)
       redis.call('HINCRBY', K_exec(e.id), 'free', -e.used)
+      if e.gused > 0 then redis.call('HINCRBY', K_exec(e.id), 'gfree', -e.gused) end
     end
   end
 end
@@ -305,16 +325,16 @@ local function place(scan, budget)
     local jk = K_job(name)
     local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel',
       'unplaceable')
-    local cmin, cmax, kmin, kmax = parse_req(h[2])
+    local cmin, cmax, kmin, kmax, g, m = parse_req(h[2])
     if not h[1] or FINAL[h[1]] then
       drop[#drop + 1] = {pos, entry}
     elseif it ~= nil then
       if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
         drop[#drop + 1] = {pos, entry}
       else
-        local e, c, k = pick(ex, cmin, cmax, kmin, kmax)
+        local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
         if e then
-          assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7])); placed = placed + 1
+          assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7]), g); placed = placed + 1
           drop[#drop + 1] = {pos, entry}
           if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED'); h[1] = 'SCHEDULED' end
           if h[9] then placeable_again(jk); h[9] = false end
@@ -327,9 +347,9 @@ local function place(scan, budget)
         if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), nxt)) or ''] then
           nxt = nxt + 1
         else
-          local e, c, k = pick(ex, cmin, cmax, kmin, kmax)
+          local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
           if not e then break end
-          assign(ex, e, name .. ':' .. nxt, c, k, iteration_attempt(name, nxt, h[7]))
+          assign(ex, e, name .. ':' .. nxt, c, k, iteration_attempt(name, nxt, h[7]), g)
           placed = placed + 1; nxt = nxt + 1
         end
       end
@@ -340,9 +360,9 @@ local function place(scan, budget)
       end
       if nxt > last then drop[#drop + 1] = {pos, entry} end
     else
-      local e, c, k = pick(ex, cmin, cmax, kmin, kmax)
+      local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
       if e then
-        assign(ex, e, name, c, k, tonumber(h[6] or '0')); placed = placed + 1
+        assign(ex, e, name, c, k, tonumber(h[6] or '0'), g); placed = placed + 1
         drop[#drop + 1] = {pos, entry}
         redis.call('HSET', jk, 'state', 'SCHEDULED', 'executor', e.id)
         if h[9] then placeable_again(jk) end

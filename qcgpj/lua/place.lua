@@ -9,29 +9,42 @@ NOW = ARGV[1]
 local function capacities()  -- what each live executor could ever offer
   local caps = {}
   for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
-    local h = redis.call('HMGET', K_exec(e), 'state', 'total', 'maxnode', 'nnodes')
+    local h = redis.call('HMGET', K_exec(e), 'state', 'total', 'maxnode', 'nnodes', 'gpus', 'gmax', 'mem')
     if h[1] == 'ALIVE' then
-      caps[#caps + 1] = {total = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4])}
+      caps[#caps + 1] = {total = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),
+                         gpus = tonumber(h[5] or '0'), gmax = tonumber(h[6] or '0'), mem = tonumber(h[7] or '0')}
     end
   end
   return caps
 end
 
-local function fits(caps, cmin, kmin)  -- as pick() would place it on an idle executor
+local function crs_fit(c, g, m, kmin)  -- GPUs and memory per node (nodeCrs) an idle executor could give
+  return g <= c.gmax and g * math.max(kmin, 1) <= c.gpus and m <= c.mem
+end
+
+local function fits(caps, cmin, kmin, g, m)  -- as pick() would place it on an idle executor
   for _, c in ipairs(caps) do
-    if kmin > 0 then
-      if kmin <= c.nnodes and cmin <= c.maxnode and kmin * cmin <= c.total then return true end
-    elseif cmin <= c.total then
-      return true
+    if (g == 0 and m == 0) or crs_fit(c, g, m, kmin) then
+      if kmin > 0 then
+        if kmin <= c.nnodes and cmin <= c.maxnode and kmin * cmin <= c.total then return true end
+      elseif cmin <= ((g > 0 or m > 0) and c.maxnode or c.total) then
+        return true
+      end
     end
   end
   return false
 end
 
-local function need(caps, cmin, kmin)
-  local total, nodes, per = 0, 0, 0
+local function need(caps, cmin, kmin, g, m)
+  local total, nodes, per, gpn, mem = 0, 0, 0, 0, 0
   for _, c in ipairs(caps) do
     total, nodes, per = math.max(total, c.total), math.max(nodes, c.nnodes), math.max(per, c.maxnode)
+    gpn, mem = math.max(gpn, c.gmax), math.max(mem, c.mem)
+  end
+  if g > 0 or m > 0 then
+    return 'needs ' .. math.max(kmin, 1) .. ' node(s) of ' .. cmin .. ' core(s)' ..
+      (g > 0 and (', ' .. g .. ' GPU(s)') or '') .. (m > 0 and (', ' .. m .. ' MiB') or '') ..
+      ' each; the live executors have at most ' .. gpn .. ' GPU(s) and ' .. mem .. ' MiB declared on a node'
   end
   if kmin > 0 then
     return 'needs ' .. kmin .. ' node(s) of ' .. cmin .. ' core(s); the largest live executor has ' .. nodes ..
@@ -82,13 +95,14 @@ local function check_unplaceable(scan, timeout)
     local jk = K_job(name)
     local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'unplaceable')
     if h[1] and not FINAL[h[1]] then
-      local cmin, _, kmin = parse_req(h[2])
-      if fits(caps, cmin, kmin) then
+      local cmin, _, kmin, _, g, m = parse_req(h[2])
+      if fits(caps, cmin, kmin, g, m) then
         if h[7] then placeable_again(jk) end
       elseif not h[7] then
-        redis.call('HSET', jk, 'unplaceable', NOW, 'message', 'waiting: ' .. need(caps, cmin, kmin))
+        redis.call('HSET', jk, 'unplaceable', NOW, 'message', 'waiting: ' .. need(caps, cmin, kmin, g, m))
       elseif timeout > 0 and tonumber(NOW) - tonumber(h[7]) > timeout then
-        fail(name, h, jobs[name], 'no live executor could run it for ' .. timeout .. ' s: ' .. need(caps, cmin, kmin))
+        fail(name, h, jobs[name], 'no live executor could run it for ' .. timeout .. ' s: ' ..
+          need(caps, cmin, kmin, g, m))
       end
     end
   end

@@ -3,12 +3,13 @@
 -- They go back to READY without counting an attempt; a task whose job ended meanwhile is just dropped.
 local eid = ARGV[1]
 NOW = ARGV[2]
-local credit, back = 0, 0
+local credit, gcredit, back = 0, 0, 0
 for i = 3, #ARGV do
   local entry = ARGV[i]
   if redis.call('LREM', K_running(eid), 1, entry) == 1 then
-    local tid, c, k, att = parse_entry(entry)
+    local tid, c, k, att, g = parse_entry(entry)
     credit = credit + c
+    gcredit = gcredit + entry_gpus(g, k)
     local name, it = split_tid(tid)
     local st = redis.call('HGET', K_job(name), 'state')
     local rs = it ~= nil and record_state(redis.call('HGET', K_its(name), it)) or nil
@@ -24,6 +25,7 @@ for i = 3, #ARGV do
   end
 end
 if credit > 0 then redis.call('HINCRBY', K_exec(eid), 'free', credit) end
+if gcredit > 0 then redis.call('HINCRBY', K_exec(eid), 'gfree', gcredit) end
 emit('executor', eid .. ' released ' .. back)
 place(50, 1000)
 return back

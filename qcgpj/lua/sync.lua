@@ -12,6 +12,7 @@ NOW = ARGV[2]
 local n_adopt, n_started, n_finished = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local ready, running = K_ready(eid), K_running(eid)
 local out, credit, last, finished = {}, 0, nil, 0
+local gcredit = 0  -- GPUs given back (entries 'task|c+g|k|a')
 
 -- The job's state, and `field` of its hash read in the same call, while the job (and the iteration) is not
 -- final; nil once it is.
@@ -23,13 +24,14 @@ local function live(name, it, field)
 end
 
 local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
-  local tid, c = parse_entry(entry)
+  local tid, c, k, _, g = parse_entry(entry)
   local name, it = split_tid(tid)
   local first = name ~= last   -- the spec goes out once per run of entries of one job
   local st, spec = live(name, it, first and 'spec' or nil)
   if not st then
     redis.call('LREM', running, 1, entry)
     credit = credit + c
+    if g > 0 then gcredit = gcredit + entry_gpus(g, k) end
     return
   end
   out[#out + 1] = entry
@@ -69,8 +71,9 @@ for i = 1, n_finished do
   local usage = ARGV[b + 6]
   b = b + 7
   if redis.call('LREM', running, 1, entry) == 1 then
-    local tid, c, k, att = parse_entry(entry)
+    local tid, c, k, att, g = parse_entry(entry)
     credit = credit + c
+    if g > 0 then gcredit = gcredit + entry_gpus(g, k) end
     local name, it = split_tid(tid)
     local st, kids = live(name, it, 'kids')
     if st then
@@ -84,8 +87,9 @@ propagate()
 -- Cores given back so far go to the executor's credit, and ready work is placed on them (here or elsewhere).
 local function settle()
   if credit ~= 0 and alive then redis.call('HINCRBY', K_exec(eid), 'free', credit) end
+  if gcredit ~= 0 and alive then redis.call('HINCRBY', K_exec(eid), 'gfree', gcredit) end
   if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
-  credit = 0
+  credit, gcredit = 0, 0
 end
 
 local prefetch = tonumber(ARGV[7])
