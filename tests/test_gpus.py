@@ -159,11 +159,14 @@ def test_gpu_tasks_go_only_where_gpus_are_free_and_never_share_one(cluster, tmp_
         jobs.add(name=f"g{i}", script=GPU_SCRIPT, nodeCrs={"gpu": 1}, model_opts={"cpu_bind": False})
     jobs.add(name="sweep", script=GPU_SCRIPT, iteration=4, nodeCrs={"gpus": 1}, model_opts={"cpu_bind": False})
     jobs.add(name="pair", script=GPU_SCRIPT, nodeCrs={"gpu": 2}, model_opts={"cpu_bind": False})
+    # killed at its walltime while holding both GPUs: its kill gives them back too
+    jobs.add(name="slow", script="sleep 600", wt="1s", nodeCrs={"gpu": 2}, model_opts={"cpu_bind": False})
     for i in range(4):
         jobs.add(name=f"c{i}", exec="/bin/true")
     names = m.submit(jobs)
     m.cancel("hog")
     states = m.wait4(names, timeout=120)
+    assert states.pop("slow") == "FAILED" and "walltime" in m.info("slow")["message"]
     assert set(states.values()) == {"SUCCEED"}, cluster.logs()
     assert m.wait4("hog")["hog"] == "CANCELED"
     assert not (tmp_path / "shared").exists(), (tmp_path / "shared").read_text()
