@@ -35,7 +35,8 @@ def test_slurm_cpus_per_node_must_match_the_nodes():
 
 def test_discovery_from_slurm_nodes_option_and_machine():
     env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "c[1-2]", "SLURM_JOB_CPUS_PER_NODE": "3,1"}
-    assert discover(environ=env) == [Node("c1", (0, 1, 2)), Node("c2", (0,))]
+    assert [(n.name, n.cores) for n in discover(environ=env)] == [("c1", (0, 1, 2)), ("c2", (0,))]
+    assert discover(environ={**env, "SLURM_MEM_PER_NODE": "2048"})[0].mem == 2048   # else this machine's
     assert discover(nodes="a:2,b:1", environ=env) == [Node("a", (0, 1)), Node("b", (0,))]
     local = discover(cores=1, environ={})
     assert len(local) == 1 and len(local[0].cores) == 1
