@@ -151,6 +151,12 @@ def test_gpu_tasks_go_only_where_gpus_are_free_and_never_share_one(cluster, tmp_
     cluster.worker(2, "--id", "cpu-worker", name="cpu-worker")
     m = cluster.manager()
     cluster.wait_executors(m, 2)
+    res = m.resources()
+    assert (res["total_gpus"], res["executors"]["gpu-worker"]["gpus"], res["executors"]["cpu-worker"]["gpus"]) == \
+        (2, 2, 0)
+    shown = subprocess.run(qcgpj_cmd("resources", "--redis-url", cluster.url), capture_output=True, text=True,
+                           env=cluster.env).stdout
+    assert "gpus 2  used 0" in shown and "gpus 2\tnodes" in shown, shown
     # A task holding both GPUs until canceled: the others can only run once the cancel gave them back.
     m.submit(Jobs().add(name="hog", script="sleep 600", nodeCrs={"gpu": 2}, model_opts={"cpu_bind": False}))
     wait_for(m, lambda: m.status("hog")["hog"] == "EXECUTING", what="hog running")
