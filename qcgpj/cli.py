@@ -15,7 +15,7 @@ import click
 import redis
 
 from . import __version__
-from .connection import ENV_URL, check_settings, connect, redis_error, url_from_env
+from .connection import ENV_URL, check_settings, connect, redis_error
 from . import record
 from .errors import QcgpjError, TimeoutError
 from .keys import Keys, check_executor_id
@@ -288,9 +288,6 @@ def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nod
     queue it only stops waiting: the jobs go on."""
     _logging(verbose)
     reqs = _read_requests(file)
-    if (gpus is not None or mem is not None) and url_from_env(redis_url) is not None:
-        raise click.BadParameter("GPUs and memory are declared by the workers (qcgpj-worker --gpus/--mem); "
-                                 "here only in local mode", param_hint="'--gpus/--mem'")
     m = Manager(redis_url, namespace=namespace, cores=cores, nodes=nodes, store=store, gpus=gpus, mem=mem)
     local = m.local is not None
     with Interrupts(m.abort) as interrupts:

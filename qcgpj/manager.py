@@ -104,6 +104,9 @@ class Manager:
         url = url_from_env(redis_url)
         if store is not None and (url is not None or client is not None):
             raise QcgpjError("a store is chosen only in local mode (no Redis URL)")
+        if (gpus is not None or mem is not None) and (url is not None or client is not None):
+            raise QcgpjError("GPUs and memory are declared by the workers (qcgpj-worker --gpus/--mem), here only "
+                             "in local mode (no Redis URL)")
         if client is not None:
             self.client = client
         elif url is None:

@@ -9,11 +9,13 @@ import subprocess
 import sys
 
 import pytest
+from rich.console import Console
 
 from qcgpj import Jobs
 from qcgpj.errors import JobSpecError
 from qcgpj.gpus import detect_gpus, parse_mem
 from qcgpj.jobspec import JobSpec, parse_job
+from qcgpj.top import render, snapshot
 from qcgpj.resources import Allocation, CoreAllocator, Node, discover, parse_nodes_option
 from qcgpj.workers.base import TaskContext
 from qcgpj.workers.slurm import SrunMpiWorker, SrunWorker
@@ -72,6 +74,13 @@ def test_worker_options_declare_gpus_and_memory():
     assert discover(nodes="a:2", environ={"CUDA_VISIBLE_DEVICES": "3"})[0].gpus == ("3",)
     with pytest.raises(ValueError, match="give one of them"):
         discover(nodes="a:2:1", gpus=2, environ={})
+
+
+def test_gpus_are_declared_by_workers_not_by_a_client_of_a_queue(redis_url, tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps([{"name": "a", "execution": {"exec": "/bin/true"}}]))
+    res = subprocess.run(qcgpj_cmd("run", "x.json", "--redis-url", redis_url, "--gpus", "1"), capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=tmp_path)
+    assert res.returncode == 1 and "declared by the workers" in res.stderr, res.stderr
 
 
 def test_worker_cli_refuses_a_bad_nodes_or_mem_option_in_one_line():
@@ -160,6 +169,12 @@ def test_gpu_tasks_go_only_where_gpus_are_free_and_never_share_one(cluster, tmp_
     # A task holding both GPUs until canceled: the others can only run once the cancel gave them back.
     m.submit(Jobs().add(name="hog", script="sleep 600", nodeCrs={"gpu": 2}, model_opts={"cpu_bind": False}))
     wait_for(m, lambda: m.status("hog")["hog"] == "EXECUTING", what="hog running")
+    snap = snapshot(m.store)   # what `qcgpj top` shows
+    assert {e["id"]: (e["gpus_busy"], e["gpus"]) for e in snap["executors"]} == \
+        {"gpu-worker": (2, 2), "cpu-worker": (0, 0)}
+    console = Console(record=True, width=200)
+    console.print(render(snap))
+    assert "gpus busy" in console.export_text()
     jobs = Jobs()
     for i in range(4):
         jobs.add(name=f"g{i}", script=GPU_SCRIPT, nodeCrs={"gpu": 1}, model_opts={"cpu_bind": False})
