@@ -237,3 +237,25 @@ def test_the_env_gpu_example_runs_in_local_mode_when_gpus_are_declared(tmp_path)
     res = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode != 0
     assert "job 'env_1', field 'resources.nodeCrs.gpu'" in res.stderr + res.stdout
+
+
+def test_the_gpu_tasks_of_a_lost_executor_run_elsewhere_with_gpus_of_their_own(cluster, tmp_path):
+    cluster.inputqueue()
+    lost = cluster.worker(2, "--gpus", "1", "--ttl", "2", "--heartbeat", "0.5", "--id", "lost", name="lost")
+    m = cluster.manager()
+    cluster.wait_executors(m)
+    # The first attempt hangs (its orphan is ended below); the retry records the GPU it got.
+    script = ('if [ -e first ]; then echo "$QCGPJ_GPUS" > second; else echo $$ > first; exec sleep 600; fi')
+    m.submit(Jobs().add(name="held", script=script, nodeCrs={"gpu": 1}, model_opts={"cpu_bind": False})
+             .add(name="queued", script="echo $QCGPJ_GPUS > queued.out", nodeCrs={"gpu": 1}))
+    wait_for(m, lambda: m.status("held")["held"] == "EXECUTING", what="held running")
+    os.kill(lost.pid, 9)
+    try:
+        cluster.worker(2, "--gpus", "1", "--id", "heir", name="heir")
+        states = m.wait4(["held", "queued"], timeout=90)
+    finally:
+        os.kill(int((tmp_path / "first").read_text()), 9)
+    assert states == {"held": "SUCCEED", "queued": "SUCCEED"}, cluster.logs()
+    assert (tmp_path / "second").read_text().strip() == "0" and m.info("held")["executor"] == "heir"
+    execs = m.store.executors(True)
+    assert (execs["lost"]["state"], execs["lost"]["gfree"], execs["heir"]["gfree"]) == ("DEAD", "0", "1")
