@@ -10,8 +10,8 @@ Key (after the prefix)      type     holds
 -------------------------   ------   ------------------------------------------------
 jobs                        list     job names in submission order
 active                      string   count of jobs not yet in a final state
-job:<name>                  hash     spec (JSON), state, req ("cmin|cmax|kmin|kmax[|gpus|mem]"), deps, pdeps, n, it0, next,
-                                     attempts, executor, created/start/end, exit, message,
+job:<name>                  hash     spec (JSON), state, req ("cmin|cmax|kmin|kmax[|gpus|mem]"), deps, pdeps, n, it0,
+                                     next, attempts, executor, created/start/end, exit, message,
                                      usage ("user s,system s,max RSS KiB" of a process),
                                      n_SUCCEED/n_FAILED/n_CANCELED/n_OMITTED, done (iterative),
                                      lost / lost:<it> (executors that died holding the task)

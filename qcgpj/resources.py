@@ -24,7 +24,8 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class Allocation:
-    """Concrete cores given to one task: ((node, (core ids...)), ...); and GPUs, if it asked: ((node, (ids...)), ...)."""
+    """Concrete cores given to one task: ((node, (core ids...)), ...); and its GPUs, if it asked for some:
+    ((node, (GPU ids...)), ...)."""
 
     parts: tuple[tuple[str, tuple[int, ...]], ...]
     gpus: tuple[tuple[str, tuple[str, ...]], ...] = ()
