@@ -114,6 +114,12 @@ def serve_executors(url: str, namespace: str, first: int, count: int, cores: int
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     for t in threads:
         t.start()
+    while not done.wait(0.2):
+        if all(ex._gen for ex in executors):   # all joined
+            break
+    # Executor.start() shortens the GIL's switch interval for one executor's hand-offs; with hundreds of
+    # threads in one process that costs more CPU than it saves (the Redis side does not depend on it).
+    sys.setswitchinterval(0.005)
     done.wait()
     for ex in executors:
         ex.stop()
@@ -184,6 +190,9 @@ def run_one(cfg: ScaleConfig, n: int) -> dict[str, Any]:
     ns = f"scale-{n}-{uuid.uuid4().hex[:6]}"
     client = connect(cfg.url, check=False)
     m = Manager(cfg.url, namespace=ns, client=client)
+    idle = _snapshot(client, {})
+    time.sleep(1.0)   # Redis's own CPU with no work (timers, the bench's INFO), to read the per-task figures against
+    idle_cpu = _snapshot(client, {})["cpu"] - idle["cpu"]
     warmup = cfg.warmup if cfg.warmup is not None else max(3.0, 2 * cfg.task_seconds)
     rate = n * cfg.cores / cfg.task_seconds
     # Enough that the queue never runs dry: the window and warm-up at full rate, plus what executors hold ahead.
@@ -221,7 +230,7 @@ def run_one(cfg: ScaleConfig, n: int) -> dict[str, Any]:
     busy, ended = _busy(m, names, a["t"], b["t"])
     m.store.drop_namespace()
     m.finish()
-    return _figures(cfg, n, a, b, busy, ended, pending)
+    return {**_figures(cfg, n, a, b, busy, ended, pending), "redis_idle_cpu": round(idle_cpu / 1.0, 3)}
 
 
 def _figures(cfg: ScaleConfig, n: int, a: dict[str, Any], b: dict[str, Any], busy: float, ended: int,

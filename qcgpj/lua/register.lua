@@ -2,12 +2,16 @@
 local eid = ARGV[1]
 NOW = ARGV[2]
 redis.call('SADD', K_executors, eid)
+local was = redis.call('HGET', K_exec(eid), 'state')
+if was == 'ALIVE' or was == 'DRAINING' then count_shape(eid, -1) end   -- joins again while counted
 redis.call('SADD', K_live, eid)
 redis.call('DEL', K_ready(eid), K_running(eid), K_control(eid))
 redis.call('HSET', K_exec(eid), 'state', 'ALIVE', 'started', NOW, 'host', ARGV[4], 'nodes', ARGV[5],
   'total', ARGV[6], 'maxnode', ARGV[7], 'nnodes', ARGV[8], 'free', tonumber(ARGV[6]) + tonumber(ARGV[9]),
   'prefetch', ARGV[9], 'pid', ARGV[10], 'ttl', ARGV[3],
   'slurm_job', ARGV[11] or '')
+index_executor(eid)
+count_shape(eid, 1)
 redis.call('SET', K_alive(eid), NOW, 'EX', ARGV[3])
 emit('executor', eid .. ' joined')
 return place(1000, 100000)
