@@ -35,7 +35,6 @@ from .connection import connect
 from .jobs import Jobs
 from .launching import Runner, Slot
 from .manager import Manager
-from .store import Store
 
 log = logging.getLogger(__name__)
 PER_PROCESS = 50    # simulated executors per process: their threads share one GIL
