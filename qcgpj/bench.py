@@ -33,6 +33,7 @@ from .keys import rq_results
 from .manager import Manager
 
 WORKLOADS = ("spawn", "tasks", "iterations", "chain", "queue", "submit", "local", "functions")
+EXTRA_WORKLOADS = ("scale",)   # run only when named: minutes per run, many processes (``qcgpj.scalebench``)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class BenchConfig:
     namespace: str = "default"   # the namespace served by external executors
     private: bool = False        # a server started for this run and thrown away after it: nothing to clean
     qcg: str | None = None       # qcg-pm-service to compare the local workload with
+    scale: Any = None            # the scale workload's sizes (a ``scalebench.ScaleConfig``)
 
 
 class Services:
@@ -377,8 +379,19 @@ def run(cfg: BenchConfig, workloads: tuple[str, ...]) -> list[Result]:
             results.extend(bench_local(cfg))
         elif w == "functions":
             results.extend(bench_functions(cfg))
+        elif w == "scale":
+            results.extend(_bench_scale(cfg))
     _share_of_spawn(cfg, results)
     return results
+
+
+def _bench_scale(cfg: BenchConfig) -> list[Result]:
+    from .scalebench import ScaleConfig, bench_scale
+    if cfg.url is None:
+        raise QcgpjError("the scale workload needs a Redis: give --redis-url or --start-redis")
+    sc = ScaleConfig(cfg.url, **(cfg.scale or {}))
+    return [Result("scale", f"{r['executors']} executors x {sc.cores} cores, {sc.task_seconds:g} s tasks",
+                   r.pop("utilisation"), "% busy", r) for r in bench_scale(sc)]
 
 
 def _share_of_spawn(cfg: BenchConfig, results: list[Result]) -> None:

@@ -21,7 +21,7 @@ from .errors import QcgpjError, TimeoutError
 from .keys import Keys, check_executor_id
 from . import arguments
 from .requests import ANSWERED, Interpreter, Request, readable, read_requests
-from .bench import WORKLOADS
+from .bench import EXTRA_WORKLOADS, WORKLOADS
 from .manager import Manager
 from .progress import Display, Interrupted, Interrupts, Watch
 from .record import stderr_path
@@ -156,6 +156,25 @@ class _Duration(click.ParamType):
 
 
 DURATION = _Duration()
+
+
+class _IntList(click.ParamType):
+    """'10,100,300' as a tuple of positive ints."""
+    name = "n,n,..."
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            out = ()
+        if not out or min(out) < 1:
+            self.fail(f"{value!r}: give positive whole numbers separated by commas", param, ctx)
+        return out
+
+
+INT_LIST = _IntList()
 url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
                           help=f"Redis URL (env {ENV_URL}); none: local mode, everything in this process.")
 ns_option = click.option("--namespace", "-n", envvar="QCGPJ_NAMESPACE", default="default", show_default=True,
@@ -586,8 +605,8 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
 @main.command()
 @url_option
 @click.option("--start-redis", is_flag=True, help="Start a private redis-server for the run (needs it on PATH).")
-@click.option("--workload", "-w", "workloads", multiple=True, type=click.Choice(WORKLOADS),
-              help="Workloads to run (default: all).")
+@click.option("--workload", "-w", "workloads", multiple=True, type=click.Choice(WORKLOADS + EXTRA_WORKLOADS),
+              help="Workloads to run (default: all but scale).")
 @click.option("--tasks", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Jobs (or iterations) per run.")
 @click.option("--chain", type=click.IntRange(min=1), default=1_000, show_default=True,
@@ -602,12 +621,21 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
                    "afterwards).")
 @click.option("--qcg-pm-service", "qcg", default=None, metavar="PATH",
               help="The local workload also times QCG-PilotJob's qcg-pm-service (file mode) on the same file.")
+@click.option("--executors", type=INT_LIST, default="10,100,300", show_default=True,
+              help="scale: simulated executor counts, one run each.")
+@click.option("--executor-cores", type=click.IntRange(min=1), default=100, show_default=True,
+              help="scale: cores per simulated executor.")
+@click.option("--task-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="scale: each task's duration.")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="scale: seconds measured per run (after every executor joined and a warm-up).")
 @ns_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable figures.")
 @verbose_option
 @_errors
 def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], tasks: int, chain: int,
           submit_jobs: int, submit_iterations: int, cores: int | None, external: bool, qcg: str | None,
+          executors: tuple[int, ...], executor_cores: int, task_seconds: float, duration: float,
           namespace: str, as_json: bool, verbose: int) -> None:
     """Measure throughput, dependency latency and submission cost on this machine."""
     from contextlib import nullcontext
@@ -618,7 +646,9 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
     with ctx as url:
         cfg = BenchConfig(url, tasks=tasks, chain=chain, submit_jobs=submit_jobs,
                           submit_iterations=submit_iterations, cores=cores, external=external,
-                          namespace=namespace, private=start_redis, qcg=qcg)
+                          namespace=namespace, private=start_redis, qcg=qcg,
+                          scale={"executors": executors, "cores": executor_cores, "task_seconds": task_seconds,
+                                 "duration": duration})
         results = run_bench(cfg, workloads or WORKLOADS)
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in results], indent=1))

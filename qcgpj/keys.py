@@ -22,6 +22,10 @@ children:<name>             set      "w|child" (whole job), "i<k>|child" (iterat
 pending                     list     ready work not yet placed: "name" (all remaining iterations) or "name:it"
 executors                   set      every executor that joined (for listings: departed ones stay for --executor-retention)
 live                        set      executors that may take work: placement and checks read only these
+free                        zset     the ALIVE executors by placement credit (score = exec:<id> free): placement
+                                     reads the few with the most credit, not every executor
+shapes                      hash     "total|nnodes|maxnode|gpus|gmax|mem" -> live executors of that shape: what the largest can
+                                     run (submit's check, unplaceable jobs) without reading every executor
 exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started,
                                      ttl (seconds without heartbeat before it is dead), slurm_job (its allocation),
                                      gpus, gmax (most on one node), gfree (GPU credit, no look-ahead), mem (most MiB
@@ -76,6 +80,8 @@ TEMPLATES: dict[str, str] = {
     "pending": "pending",
     "executors": "executors",
     "live": "executors:live",
+    "free": "executors:free",
+    "shapes": "executors:shapes",
     "exec": "exec:{}",
     "alive": "exec:{}:alive",
     "ready": "exec:{}:ready",
@@ -125,6 +131,14 @@ class Keys:
     @property
     def executors(self) -> str:
         return self._k("executors")
+
+    @property
+    def shapes(self) -> str:
+        return self._k("shapes")
+
+    @property
+    def free(self) -> str:
+        return self._k("free")
 
     @property
     def live(self) -> str:

@@ -151,11 +151,13 @@ class Manager:
         executor yet, so anything may be asked). Read once per submit, from the live executors only."""
         if self.local is not None:
             return self.local.total_cores, self.local.total_nodes, self.local.max_per_node
-        execs = list(self.store.executors().values())
-        if not execs:
+        shapes = self.store.shapes()
+        if shapes is None:   # some joined before the shapes were counted: read every live executor
+            shapes = [(int(e["total"]), int(e["nnodes"]), int(e["maxnode"]))
+                      for e in self.store.executors().values()]
+        if not shapes:
             return None, None, None
-        return (max(int(e["total"]) for e in execs), max(int(e["nnodes"]) for e in execs),
-                max(int(e["maxnode"]) for e in execs))
+        return max(s[0] for s in shapes), max(s[1] for s in shapes), max(s[2] for s in shapes)
 
     @a.api(jobs=a.jobs, durable=a.flag)
     def submit(self, jobs: Jobs | Iterable[JobSpec | dict], durable: bool = False,

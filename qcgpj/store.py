@@ -430,6 +430,17 @@ class Store:
             out[eid] = h
         return out
 
+    def shapes(self) -> list[tuple[int, ...]] | None:
+        """(total cores, nodes, most cores on a node, GPUs, most GPUs on a node, MiB on a node) of each shape of live executor, at a cost that does not grow
+        with the executors; None when the counts do not add up (executors that joined before they were counted)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.shapes)
+        pipe.scard(self.keys.live)
+        counts, live = pipe.execute()
+        if sum(int(v) for v in counts.values()) != live:
+            return None
+        return [tuple(int(x) for x in shape.split("|")) for shape in counts]   # type: ignore[misc]
+
     def specs(self, names: Iterable[str]) -> dict[str, str]:
         names = list(names)
         pipe = self.r.pipeline(transaction=False)

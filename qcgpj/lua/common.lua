@@ -220,18 +220,65 @@ local function propagate()
 end
 
 -- ---------------------------------------------------------------- placement
--- Only the live ones: departed executors stay in K_executors for listings, and would make every placement pass
--- slower with each executor that ever joined.
-local function load_executors()
-  local ex = {}
+-- Executors are read from the credit index (K_free: ALIVE executors by their 'free'), a page at a time in order
+-- of credit, and only as far as a pick needs: an executor's sync places on itself and the few with the most
+-- credit, so its cost does not grow with the number of executors. The index changes only through add_credit,
+-- so it is stable while a script places.
+local PAGE = 16
+
+local function add_credit(eid, delta)  -- the executor's credit, in its hash and in the index (if indexed)
+  local f = redis.call('HINCRBY', K_exec(eid), 'free', delta)
+  redis.call('ZADD', K_free, 'XX', f, eid)
+end
+
+local function index_executor(eid)  -- it joined: placement may use it
+  redis.call('ZADD', K_free, redis.call('HGET', K_exec(eid), 'free') or 0, eid)
+end
+
+local function count_shape(eid, delta)  -- a live executor joined (1) or left (-1): K_shapes counts them
+  local h = redis.call('HMGET', K_exec(eid), 'total', 'nnodes', 'maxnode', 'gpus', 'gmax', 'mem')
+  if not h[1] then return end
+  local shape = h[1] .. '|' .. h[2] .. '|' .. h[3] .. '|' .. (h[4] or '0') .. '|' .. (h[5] or '0') .. '|' ..
+    (h[6] or '0')
+  if redis.call('HINCRBY', K_shapes, shape, delta) <= 0 then redis.call('HDEL', K_shapes, shape) end
+end
+
+local function rebuild_index()  -- live executors that joined before the index existed (an upgrade)
   for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
-    local h = redis.call('HMGET', K_exec(e), 'state', 'free', 'maxnode', 'nnodes', 'total', 'gfree', 'gmax', 'mem')
-    if h[1] == 'ALIVE' and tonumber(h[2] or '0') > 0 then
-      ex[#ex + 1] = {id = e, free = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),
-                     total = tonumber(h[5]), out = {}, used = 0, gfree = tonumber(h[6] or '0'),
-                     gmax = tonumber(h[7] or '0'), mem = tonumber(h[8] or '0'), gused = 0}
+    if redis.call('HGET', K_exec(e), 'state') == 'ALIVE' then index_executor(e) end
+  end
+end
+
+-- ex.list: the loaded executors that still have credit; ex.bound: no executor not loaded yet has more credit
+-- than this (0: all loaded); ex.all: every executor loaded (touched by this pass).
+local function load_page(ex)
+  local got = redis.call('ZREVRANGEBYSCORE', K_free, '+inf', 1, 'WITHSCORES', 'LIMIT', ex.offset, PAGE)
+  if #got == 0 and ex.offset == 0 and redis.call('EXISTS', K_free) == 0 and redis.call('SCARD', K_live) > 0 then
+    rebuild_index()
+    got = redis.call('ZREVRANGEBYSCORE', K_free, '+inf', 1, 'WITHSCORES', 'LIMIT', 0, PAGE)
+  end
+  ex.offset = ex.offset + #got / 2
+  ex.bound = #got == 2 * PAGE and tonumber(got[#got]) or 0
+  for i = 1, #got, 2 do
+    local id = got[i]
+    local h = redis.call('HMGET', K_exec(id), 'state', 'free', 'maxnode', 'nnodes', 'total', 'gfree', 'gmax',
+                                'mem')
+    if h[1] ~= 'ALIVE' then
+      redis.call('ZREM', K_free, id)   -- left without its entry removed: heal (the next page moves up by one)
+      ex.offset = ex.offset - 1
+    elseif tonumber(h[2] or '0') > 0 then
+      local e = {id = id, free = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),
+                 total = tonumber(h[5]), out = {}, used = 0, gfree = tonumber(h[6] or '0'),
+                 gmax = tonumber(h[7] or '0'), mem = tonumber(h[8] or '0'), gused = 0}
+      ex.list[#ex.list + 1] = e
+      ex.all[#ex.all + 1] = e
     end
   end
+end
+
+local function load_executors()
+  local ex = {list = {}, all = {}, offset = 0, bound = 0}
+  load_page(ex)
   return ex
 end
 
@@ -246,12 +293,12 @@ local function crs_ok(e, g, m, k)
   return g <= e.gmax and g * math.max(k, 1) <= e.gfree and m <= e.mem
 end
 
--- The executor with the most credit that can run the task; returns executor, cores, nodes.
+-- The executor with the most credit that can run the task, among those loaded; returns executor, cores, nodes.
 -- g, m: nodeCrs (GPUs, MiB per node); 0 for most tasks, which skip their checks.
-local function pick(ex, cmin, cmax, kmin, kmax, g, m)
+local function pick_loaded(ex, cmin, cmax, kmin, kmax, g, m)
   local best, bc, bk = nil, 0, 0
   local crs = (g or 0) > 0 or (m or 0) > 0
-  for _, e in ipairs(ex) do
+  for _, e in ipairs(ex.list) do
     local c, k = 0, 0
     if kmin > 0 then
       -- numCores is per node when nodes are requested (QCG-PilotJob's convention)
@@ -273,6 +320,17 @@ local function pick(ex, cmin, cmax, kmin, kmax, g, m)
   return best, bc, bk
 end
 
+-- The executor with the most credit that can run the task; more pages are read while one not loaded yet might
+-- have more credit than the best loaded, and enough for the task (the least credit that could fit it).
+local function pick(ex, cmin, cmax, kmin, kmax, g, m)
+  local least = kmin > 0 and kmin * cmin or math.max(cmin, 1)
+  while true do
+    local best, bc, bk = pick_loaded(ex, cmin, cmax, kmin, kmax, g, m)
+    if ex.bound < least or (best and best.free >= ex.bound) then return best, bc, bk end
+    load_page(ex)
+  end
+end
+
 local function assign(ex, e, tid, c, k, att, g)
   if g and g > 0 then
     e.out[#e.out + 1] = tid .. '|' .. c .. '+' .. g .. '|' .. k .. '|' .. att
@@ -283,15 +341,19 @@ local function assign(ex, e, tid, c, k, att, g)
   e.free = e.free - c
   e.used = e.used + c
   if e.free <= 0 then
-    for i, x in ipairs(ex) do if x == e then table.remove(ex, i) break end end
+    for i, x in ipairs(ex.list) do if x == e then table.remove(ex.list, i) break end end
   end
 end
 
-local function flush_placement(touched)
-  for _, e in ipairs(touched) do
+local function has_room(ex)  -- some executor, loaded or not, still has credit
+  return #ex.list > 0 or ex.bound > 0
+end
+
+local function flush_placement(ex)
+  for _, e in ipairs(ex.all) do
     if #e.out > 0 then
       push_many(K_ready(e.id), e.out)
-      redis.call('HINCRBY', K_exec(e.id), 'free', -e.used)
+      add_credit(e.id, -e.used)
       if e.gused > 0 then redis.call('HINCRBY', K_exec(e.id), 'gfree', -e.gused) end
     end
   end
@@ -314,12 +376,10 @@ local function place(scan, budget)
   local entries = redis.call('LRANGE', K_pending, 0, scan - 1)
   if #entries == 0 then return 0 end
   local ex = load_executors()
-  if #ex == 0 then return 0 end
-  local touched = {}
-  for _, e in ipairs(ex) do touched[#touched + 1] = e end
+  if not has_room(ex) then return 0 end
   local placed, drop, pos = 0, {}, 0
   for i, entry in ipairs(entries) do
-    if #ex == 0 or placed >= budget then break end
+    if not has_room(ex) or placed >= budget then break end
     pos = i
     local name, it = split_tid(entry)
     local jk = K_job(name)
@@ -374,6 +434,6 @@ local function place(scan, budget)
   while prefix < #drop and drop[prefix + 1][1] == prefix + 1 do prefix = prefix + 1 end
   if prefix > 0 then redis.call('LTRIM', K_pending, prefix, -1) end
   for j = prefix + 1, #drop do redis.call('LREM', K_pending, 1, drop[j][2]) end
-  flush_placement(touched)
+  flush_placement(ex)
   return placed
 end

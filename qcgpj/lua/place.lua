@@ -6,8 +6,18 @@
 -- flagged: jobs wait for executors as long as it takes (an allocation may sit in Slurm's queue for hours).
 NOW = ARGV[1]
 
-local function capacities()  -- what each live executor could ever offer
-  local caps = {}
+local function capacities()  -- what each shape of live executor could ever offer
+  local caps, counted = {}, 0
+  local shapes = redis.call('HGETALL', K_shapes)
+  for i = 1, #shapes, 2 do
+    -- "total|nnodes|maxnode[|gpus|gmax|mem]"
+    local t, k, m, g, gm, mem = string.match(shapes[i], '^(%d+)|(%d+)|(%d+)|?(%d*)|?(%d*)|?(%d*)$')
+    caps[#caps + 1] = {total = tonumber(t), nnodes = tonumber(k), maxnode = tonumber(m), gpus = tonumber(g) or 0,
+                       gmax = tonumber(gm) or 0, mem = tonumber(mem) or 0}
+    counted = counted + tonumber(shapes[i + 1])
+  end
+  if counted == redis.call('SCARD', K_live) then return caps end
+  caps = {}   -- executors that joined before the shapes were counted (an upgrade): read each
   for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
     local h = redis.call('HMGET', K_exec(e), 'state', 'total', 'maxnode', 'nnodes', 'gpus', 'gmax', 'mem')
     if h[1] == 'ALIVE' then
@@ -83,6 +93,7 @@ local function fail(name, h, entries, why)  -- every task of the job still waiti
 end
 
 local function check_unplaceable(scan, timeout)
+  if redis.call('LLEN', K_pending) == 0 then return end
   local caps = capacities()
   if #caps == 0 then return end
   local jobs, order = {}, {}

@@ -60,8 +60,10 @@ for _, e in ipairs(redis.call('LRANGE', K_running(eid), 0, -1)) do take_back(e, 
 for _, e in ipairs(redis.call('LRANGE', K_ready(eid), 0, -1)) do take_back(e, false) end
 for i = #back, 1, -1 do redis.call('LPUSH', K_pending, back[i]) end
 redis.call('DEL', K_ready(eid), K_running(eid), K_alive(eid))
+count_shape(eid, -1)
 redis.call('HSET', K_exec(eid), 'state', final, 'free', 0, 'gfree', 0, 'ended', NOW)
 redis.call('SREM', K_live, eid)
+redis.call('ZREM', K_free, eid)
 propagate()
 emit('executor', eid .. ' ' .. why)
 place(1000, 100000)
