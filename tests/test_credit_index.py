@@ -138,11 +138,11 @@ def test_submit_reads_the_largest_executor_from_the_shape_counts(redis_url):
     _join(store, "a", 4)
     _join(store, "b", 8, nodes=2)
     _join(store, "a", 4)   # joins again while counted: still one
-    assert client.hgetall(store.keys.shapes) == {"4|1|4": "1", "8|2|4": "1"}
+    assert client.hgetall(store.keys.shapes) == {"4|1|4|0|0|0": "1", "8|2|4|0|0|0": "1"}
     assert m.limits() == (8, 2, 4)
     client.delete(store.keys.alive("b"))
     store.requeue("b", 3, "lost (no heartbeat)")
-    assert client.hgetall(store.keys.shapes) == {"4|1|4": "1"}
+    assert client.hgetall(store.keys.shapes) == {"4|1|4|0|0|0": "1"}
     assert m.limits() == (4, 1, 4)
     with pytest.raises(ResourceError, match="the largest executor has 4"):
         m.submit(Jobs().add(name="wide", exec="/bin/true", numCores=5))
