@@ -557,6 +557,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
                   ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile,
                   idle_grace=idle_grace)
+    os.chdir(ex.root_wd)   # tasks in the root directory then start without a change of directory (workers.spawn)
     _on_signals(ex.stop)
     ex.run()
 

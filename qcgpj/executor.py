@@ -425,6 +425,7 @@ class Executor:
         if slot.launch is None:
             self._finish(slot, None)
             return
+        slot.launch.ctx.alone = len(self._running) == 1 and not self._local
         self._runner.start(slot)
 
     def _finish(self, slot: Slot, code: int | None) -> None:
