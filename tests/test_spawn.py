@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 
 import pytest
@@ -39,9 +41,15 @@ def test_a_task_started_alone_gets_what_popen_gives(tmp_path):
         assert isinstance(proc, Spawned) is alone, proc   # alone: posix_spawn; else Popen
         outs[alone] = (tmp_path / f"a{alone}.out").read_text()
     os.close(keep)
-    assert outs[True].replace(INTERNAL, "SigIgn:\t0000000000000000") == outs[False]
-    assert outs[False] == (f"own-session\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nyes\n"
-                           f"{os.getcwd()}\n0\n1\n2\n")
+    # The launching thread's signal mask (Popen's child may get every signal blocked instead: a CPython 3.11
+    # vfork quirk seen after other tests had run in the same process, so its mask is not compared)
+    mask = sum(1 << (int(sig) - 1) for sig in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    blocked = f"SigBlk:\t{mask:016x}"
+    assert blocked in outs[True], outs[True]
+    assert outs[True].replace(INTERNAL, "SigIgn:\t0000000000000000").replace(blocked, "") == \
+        re.sub("SigBlk:\t[0-9a-f]+", "", outs[False])
+    assert re.sub("SigBlk:\t[0-9a-f]+\n", "", outs[False]) == (
+        f"own-session\nSigIgn:\t0000000000000000\nyes\n{os.getcwd()}\n0\n1\n2\n")
 
 
 def test_exit_codes_and_errors_are_popens(tmp_path):
