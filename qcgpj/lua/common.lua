@@ -291,10 +291,10 @@ end
 -- Place ready work on executors by credit: scan at most `scan` pending entries, place at most `budget` tasks.
 -- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed.
 local function place(scan, budget)
+  local ex = load_executors()   -- first: while every executor is full (most passes in a long run) the pending
+  if #ex == 0 then return 0 end  -- list is not read at all (the InputQueue's pass reads 1,000 entries)
   local entries = redis.call('LRANGE', K_pending, 0, scan - 1)
   if #entries == 0 then return 0 end
-  local ex = load_executors()
-  if #ex == 0 then return 0 end
   local touched = {}
   for _, e in ipairs(ex) do touched[#touched + 1] = e end
   local placed, drop, pos = 0, {}, 0
