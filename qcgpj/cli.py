@@ -517,7 +517,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @cores_option
 @nodes_option
 @click.option("--wd", default=None, callback=_check_wd,
-              help="Root working directory of tasks (default: current directory).")
+              help="Root working directory of tasks, where the worker runs (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
 @click.option("--idle-grace", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="With --exit-when-idle: exit only once the queue has stayed empty this many seconds.")
