@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import redis
 
+from .benchcpu import CpuMeter
 from .connection import connect
 from .errors import QcgpjError
 from .jobs import Jobs
@@ -95,9 +96,10 @@ def stop_processes(procs: list[subprocess.Popen], grace: float = 30) -> None:
 
 
 @contextmanager
-def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager, str]]:
-    """A manager and a prefix for job names. On its own services, a fresh namespace that is dropped afterwards;
-    with external executors, their namespace, from which only this run's jobs are removed afterwards."""
+def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager, str, CpuMeter]]:
+    """A manager, a prefix for job names and a meter of the CPU of the services. On its own services, a fresh
+    namespace that is dropped afterwards; with external executors, their namespace, from which only this run's
+    jobs are removed afterwards."""
     tag = uuid.uuid4().hex[:8]
     shared = executors and cfg.external and cfg.url is not None
     ns = cfg.namespace if shared else f"bench-{tag}"
@@ -109,8 +111,9 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
     client = connect(cfg.url) if cfg.private and cfg.url is not None else None
     m = Manager(cfg.url, namespace=ns, cores=cfg.cores, root_wd=wd, client=client)
     prefix = f"b{tag}-" if shared else ""
+    pids = dict(zip(("inputqueue", "executor"), (p.pid for p in services.procs)))
     try:
-        yield m, prefix
+        yield m, prefix, CpuMeter(m.client, pids)
     finally:
         m.finish()
         services.stop()
@@ -128,43 +131,53 @@ def _wait_executor(m: Manager) -> None:
         last = m.store.wait_event(last, 0.5)
 
 
-def bench_spawn(cfg: BenchConfig) -> Result:
-    """The machine's own limit for workload a, with no queue at all: N /bin/true started and waited for from
-    one thread per core, as the executor starts them (own session, /dev/null for stdio). Short tasks cannot
-    run faster than this on this machine; the tasks row says which share of it the queue reaches."""
+def _spawn(n: int) -> None:
+    """Start and wait for n /bin/true one after the other, as the executor starts tasks (own session,
+    /dev/null for stdio)."""
+    for _ in range(n):
+        subprocess.Popen(["/bin/true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True).wait()
+
+
+def bench_spawn(cfg: BenchConfig) -> list[Result]:
+    """The machine's own limits, with no queue at all. ``spawn``: N /bin/true started and waited for from one
+    thread per core; short tasks cannot run faster than this on this machine, and the tasks row says which
+    share of it the queue reaches. ``spawn1``: one /bin/true at a time from one thread, the least a hop of a
+    dependency chain can take; the chain row says how much more a hop takes."""
     threads = cfg.cores or os.cpu_count() or 1
     per, extra = divmod(cfg.tasks, threads)
-
-    def spawn(n: int) -> None:
-        for _ in range(n):
-            subprocess.Popen(["/bin/true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True).wait()
-
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(spawn, [per + (1 if i < extra else 0) for i in range(threads)]))
+        list(pool.map(_spawn, [per + (1 if i < extra else 0) for i in range(threads)]))
     dt = time.perf_counter() - t0
-    return Result("spawn", f"{cfg.tasks} /bin/true, no queue", round(cfg.tasks / dt, 1), "tasks/s",
-                  {"seconds": round(dt, 3), "threads": threads})
+    t1 = time.perf_counter()
+    _spawn(cfg.chain)
+    dt1 = time.perf_counter() - t1
+    return [Result("spawn", f"{cfg.tasks} /bin/true, no queue", round(cfg.tasks / dt, 1), "tasks/s",
+                   {"seconds": round(dt, 3), "threads": threads}),
+            Result("spawn1", f"{cfg.chain} /bin/true, one at a time", round(dt1 * 1000 / cfg.chain, 3),
+                   "ms/task", {"seconds": round(dt1, 3)})]
 
 
 def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
     """Workload a (and d with the no-op model): N single-core /bin/true jobs, the whole run."""
     t0 = time.perf_counter()
-    with session(cfg) as (m, px):
+    with session(cfg) as (m, px, meter):
         jobs = Jobs()
         for i in range(cfg.tasks):
             jobs.add(name=f"{px}t{i}", exec="/bin/true", model=model if model != "default" else None)
         _wait_executor(m)
+        cpu0 = meter.snapshot()
         t1 = time.perf_counter()
         names = m.submit(jobs)
         t2 = time.perf_counter()
         # On shared executors other jobs may sit in the namespace: wait for (and count) only ours.
         states = m.wait4(names) if px else m.wait4all()
         t3 = time.perf_counter()
+        cpu = meter.per_task(cpu0, meter.snapshot(), cfg.tasks)
     dt = time.perf_counter() - t0
     phases = {"start": round(t1 - t0, 3), "submit": round(t2 - t1, 3), "run": round(t3 - t2, 3),
-              "stop": round(time.perf_counter() - t3, 3)}
+              "stop": round(time.perf_counter() - t3, 3), **cpu}
     ok = sum(1 for s in states.values() if s == "SUCCEED")
     if model == "noop":
         # The queue's own ceiling: from the first submit until every task is final (starting and stopping the
@@ -180,34 +193,38 @@ def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
 def bench_iterations(cfg: BenchConfig) -> Result:
     """Workload b: one iterative job of N /bin/true iterations."""
     t0 = time.perf_counter()
-    with session(cfg) as (m, px):
+    with session(cfg) as (m, px, meter):
         _wait_executor(m)
+        cpu0 = meter.snapshot()
         m.submit(Jobs().add(name=f"{px}sweep", exec="/bin/true", iteration=cfg.tasks))
         state = m.wait4([f"{px}sweep"])[f"{px}sweep"]
+        cpu = meter.per_task(cpu0, meter.snapshot(), cfg.tasks)
     dt = time.perf_counter() - t0
     return Result("iterations", f"1 job of {cfg.tasks} iterations", round(cfg.tasks / dt, 1), "tasks/s",
-                  {"seconds": round(dt, 3), "state": state})
+                  {"seconds": round(dt, 3), "state": state, **cpu})
 
 
 def bench_chain(cfg: BenchConfig) -> Result:
     """Workload c: a chain of dependent /bin/true jobs; ms per hop from the first start to the last end."""
-    with session(cfg) as (m, px):
+    with session(cfg) as (m, px, meter):
         jobs = Jobs().add(name=f"{px}c0", exec="/bin/true")
         for i in range(1, cfg.chain):
             jobs.add(name=f"{px}c{i}", exec="/bin/true", after=[f"{px}c{i - 1}"])
         _wait_executor(m)
+        cpu0 = meter.snapshot()
         m.submit(jobs)
         m.wait4([f"{px}c{cfg.chain - 1}"])
+        cpu = meter.per_task(cpu0, meter.snapshot(), cfg.chain)
         first, last = m.info(f"{px}c0"), m.info(f"{px}c{cfg.chain - 1}")
     span = last["end"] - first["start"]
     return Result("chain", f"chain of {cfg.chain} dependent jobs", round(span * 1000 / cfg.chain, 3), "ms/hop",
-                  {"seconds": round(span, 3)})
+                  {"seconds": round(span, 3), **cpu})
 
 
 def bench_submit(cfg: BenchConfig) -> list[Result]:
     """Workload e: submission cost, time and Redis bytes per job, with no executor (nothing runs)."""
     out = []
-    with session(cfg, executors=False) as (m, _):
+    with session(cfg, executors=False) as (m, _, _meter):
         if m.local is not None:
             m.local.executor.stop()
         mem0 = _used_memory(m.client)
@@ -284,7 +301,7 @@ def bench_functions(cfg: BenchConfig, chunksize: int = 100) -> list[Result]:
     from .futures import Executor
     out = []
     t0 = time.perf_counter()
-    with session(cfg) as (m, _px):
+    with session(cfg) as (m, _px, _meter):
         if cfg.url is None:   # local mode: the Executor starts its own services
             m.finish()
         ex = Executor(cfg.url, namespace=m.store.keys.namespace, cores=cfg.cores,
@@ -364,7 +381,7 @@ def run(cfg: BenchConfig, workloads: tuple[str, ...]) -> list[Result]:
     results: list[Result] = []
     for w in workloads:
         if w == "spawn":
-            results.append(bench_spawn(cfg))
+            results.extend(bench_spawn(cfg))
         elif w == "tasks":
             results.append(bench_tasks(cfg))
         elif w == "iterations":
@@ -399,11 +416,14 @@ def _share_of_spawn(cfg: BenchConfig, results: list[Result]) -> None:
     as much about the machine (whose speed, on shared virtual hosts, varies by the hour) as about the queue.
     Not with external executors: they may run on other machines than the one the limit was measured on."""
     spawn = next((r for r in results if r.workload == "spawn"), None)
+    spawn1 = next((r for r in results if r.workload == "spawn1"), None)
     if spawn is None or cfg.external:
         return
     for r in results:
         if r.workload in ("tasks", "iterations", "local"):
             r.extra["of_spawn_limit"] = round(r.value / spawn.value, 2)
+        elif r.workload == "chain" and spawn1 is not None:   # what a hop costs beyond its own process
+            r.extra["over_spawn1_ms"] = round(r.value - spawn1.value, 3)
 
 
 @contextmanager

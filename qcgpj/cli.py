@@ -557,7 +557,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
 @gpus_option
 @mem_option
 @click.option("--wd", default=None, callback=_check_wd,
-              help="Root working directory of tasks (default: current directory).")
+              help="Root working directory of tasks, where the worker runs (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
 @click.option("--idle-grace", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="With --exit-when-idle: exit only once the queue has stayed empty this many seconds.")
@@ -598,6 +598,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
                   ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile,
                   idle_grace=idle_grace)
+    os.chdir(ex.root_wd)   # tasks in the root directory then start without a change of directory (workers.spawn)
     _on_signals(ex.stop)
     ex.run()
 

@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0002   # hand-offs between threads wait on the GIL; 5 ms (the default) caps throughput
 MAX_BATCH = 500
 REPORT_BATCH = 64      # reports that are sent at once, without waiting for REPORT_DELAY
-REPORT_DELAY = 0.01    # seconds a report may wait for others while work goes on (none when nothing runs)
+REPORT_DELAY = 0.03    # seconds a report may wait for others while work goes on (none when nothing runs): at
+#                        0.01, short tasks made a round trip per ~10 tasks, each costing Redis a placement pass
 PREFETCH_MIN = 16
 PREFETCH_MAX = 256      # beyond this, one round trip's script runs long enough to starve the cores meanwhile
 PREFETCH_WINDOW = 0.05   # seconds of work an adaptive prefetch holds at the current rate
@@ -428,6 +429,7 @@ class Executor:
         if slot.launch is None:
             self._finish(slot, None)
             return
+        slot.launch.ctx.alone = len(self._running) == 1 and not self._local
         self._runner.start(slot)
 
     def _finish(self, slot: Slot, code: int | None) -> None:

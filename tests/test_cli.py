@@ -123,10 +123,10 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     assert [(r["workload"], r["unit"]) for r in rows] == [
-        ("spawn", "tasks/s"), ("tasks", "tasks/s"), ("iterations", "tasks/s"), ("chain", "ms/hop"),
+        ("spawn", "tasks/s"), ("spawn1", "ms/task"), ("tasks", "tasks/s"), ("iterations", "tasks/s"), ("chain", "ms/hop"),
         ("queue", "tasks/s"), ("submit", "s"), ("submit", "s"), ("local", "tasks/s"), ("local", "tasks/s"),
         ("functions", "calls/s"), ("functions", "ms/hop"), ("functions", "calls/s")]
-    spawn, tasks, iterations, chain, queue, jobs, one_job, _local, _local2, calls, _hops, rq_calls = rows
+    spawn, spawn1, tasks, iterations, chain, queue, jobs, one_job, _local, _local2, calls, _hops, rq_calls = rows
     assert calls["extra"]["correct"] and rq_calls["extra"]["qcgpj_over_rq"] > 0
     left = redis.Redis.from_url(redis_url).keys("rq:*")   # rq's jobs of the functions workload are gone too
     assert not [k for k in left if k.startswith((b"rq:job", b"rq:results", b"rq:queue", b"rq:worker"))], left
@@ -135,6 +135,12 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
     assert spawn["value"] > 0 and spawn["extra"]["threads"] >= 1
     assert tasks["extra"]["of_spawn_limit"] == round(tasks["value"] / spawn["value"], 2)
     assert iterations["extra"]["state"] == "SUCCEED"
+    # a hop against one process started and waited for, and the CPU per task of every process (on any load)
+    assert chain["extra"]["over_spawn1_ms"] == round(chain["value"] - spawn1["value"], 3)
+    for row in (tasks, iterations, chain, queue):
+        cpu = {k: v for k, v in row["extra"].items() if k.endswith("_cpu_us")}
+        assert set(cpu) == {"executor_cpu_us", "inputqueue_cpu_us", "redis_cpu_us", "client_cpu_us"}, row
+        assert cpu["redis_cpu_us"] > 0 and cpu["client_cpu_us"] > 0
     assert min(tasks["value"], iterations["value"], chain["value"], queue["value"], jobs["value"]) > 0
     assert jobs["extra"]["bytes_per_job"] > 0 and "bytes" in one_job["extra"]
     assert not redis.Redis.from_url(redis_url).keys("qcgpj:{bench-*")   # the namespaces were dropped
@@ -145,17 +151,17 @@ def test_bench_in_local_mode_runs_every_workload(tmp_path):
     res = qcgpj("bench", *SMALL, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert [r["workload"] for r in rows] == ["spawn", "tasks", "iterations", "chain", "queue", "submit", "submit",
+    assert [r["workload"] for r in rows] == ["spawn", "spawn1", "tasks", "iterations", "chain", "queue", "submit", "submit",
                                              "local", "local", "functions", "functions"]
-    assert rows[1]["extra"]["succeeded"] == 40
-    assert rows[5]["extra"]["jobs_per_s"] > 0
+    assert rows[2]["extra"]["succeeded"] == 40
+    assert rows[6]["extra"]["jobs_per_s"] > 0
 
 
 def test_bench_local_times_qcgpj_run_with_each_store(tmp_path):
     """-w local: the whole `qcgpj run` command with each store, each against the spawn limit of the same run."""
     res = qcgpj("bench", "-w", "spawn", "-w", "local", "--tasks", "30", "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    spawn, *local = json.loads(res.stdout)
+    spawn, _spawn1, *local = json.loads(res.stdout)
     assert [r["what"].rsplit(": ", 1)[1] for r in local] == ["redis-server", "fakeredis"]
     for r in local:
         assert r["extra"]["ok"] and r["value"] > 0
@@ -181,7 +187,7 @@ def test_bench_on_external_executors_leaves_their_namespace_clean(redis_url, tmp
                     "-w", "chain", *SMALL, cwd=tmp_path)
         assert res.returncode == 0, res.stderr
         rows = {r["workload"]: r for r in json.loads(res.stdout)}
-        assert set(rows) == {"spawn", "tasks", "chain"}
+        assert set(rows) == {"spawn", "spawn1", "tasks", "chain"}
         assert "of_spawn_limit" not in rows["tasks"]["extra"]   # its executors may run on other machines
         assert rows["tasks"]["extra"]["succeeded"] == 40                # its own jobs, not "mine"
         assert m.store.job_names() == ["mine"]                       # the bench's jobs are gone, ours is not

@@ -18,6 +18,7 @@ from typing import IO, Any, ClassVar
 from ..errors import QcgpjError
 from ..resources import Allocation
 from . import sweep
+from .spawn import spawn
 from .sweep import Cgroup
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class TaskContext:
     local_node: str = ""
     python_target: str | None = None
     walltime: float | None = None
+    #: nothing else of the executor's starts or runs meanwhile (a hop of a chain): os.posix_spawn, which holds
+    #: the interpreter lock until the child has exec'd, may start it (see :mod:`.spawn`)
+    alone: bool = False
 
     def local_cores(self) -> list[int]:
         return self.allocation.cores_on(self.local_node)
@@ -223,8 +227,7 @@ class ProcessWorker(Worker):
     def start(self, ctx: TaskContext) -> Running:
         """Called in a thread bound to the task's CPUs (when ``bind_cpus``): the process inherits the binding.
 
-        Popen, not os.posix_spawn: both vfork, but os.posix_spawn cannot set the working directory (Python
-        3.11) and holds the GIL until the child has exec'd, which Popen does not (CPython gh-104372)."""
+        os.posix_spawn for a task that starts alone in the executor's directory (:mod:`.spawn`), else Popen."""
         argv = self.command(ctx)
         env = self.environment(ctx)
         prog = argv[0]
@@ -241,8 +244,10 @@ class ProcessWorker(Worker):
                 stderr: Any = subprocess.STDOUT
             else:
                 stderr = _open(ctx.stderr, "wb", files) if ctx.stderr else _devnull()
-            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=ctx.cwd, env=env,
-                                    start_new_session=True, close_fds=True)
+            fds = (_fileno(stdin), _fileno(stdout), _fileno(stdout if stderr is subprocess.STDOUT else stderr))
+            proc = (spawn(argv, env, fds, ctx.cwd) if ctx.alone else None) or subprocess.Popen(
+                argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=ctx.cwd, env=env, start_new_session=True,
+                close_fds=True)
         except FileNotFoundError as exc:
             raise LaunchError(f"task {ctx.task_id}: cannot run '{prog}': {exc.strerror}") from None
         except PermissionError as exc:
@@ -288,6 +293,10 @@ def task_failure(ctx: TaskContext, what: str, exc: BaseException) -> str:
 def _devnull() -> int:
     """One /dev/null descriptor for all tasks (Popen's DEVNULL opens and closes one per process)."""
     return os.open(os.devnull, os.O_RDWR)
+
+
+def _fileno(f: int | IO) -> int:
+    return f if isinstance(f, int) else f.fileno()
 
 
 def _open(path: str, mode: str, files: list[IO]) -> IO:

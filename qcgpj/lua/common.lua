@@ -373,10 +373,10 @@ end
 -- Place ready work on executors by credit: scan at most `scan` pending entries, place at most `budget` tasks.
 -- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed.
 local function place(scan, budget)
+  local ex = load_executors()      -- first: while every executor is full (most passes in a long run) the
+  if not has_room(ex) then return 0 end  -- pending list is not read at all (the InputQueue's pass reads 1,000)
   local entries = redis.call('LRANGE', K_pending, 0, scan - 1)
   if #entries == 0 then return 0 end
-  local ex = load_executors()
-  if not has_room(ex) then return 0 end
   local placed, drop, pos = 0, {}, 0
   for i, entry in ipairs(entries) do
     if not has_room(ex) or placed >= budget then break end

@@ -1,0 +1,59 @@
+"""CPU time per task of each process of a bench run: the executor, the InputQueue, redis-server and the client.
+
+Wall-clock rates on a shared machine vary by a factor of two from one minute to the next; the CPU each
+process spends per task does not depend on what else runs, so it is the figure to compare changes by.
+Processes are read from ``/proc/PID/stat`` (user + system, all threads, not the tasks it reaped), redis-server
+from its own ``INFO cpu`` (so a server on another host counts too), the client from ``getrusage``.
+"""
+from __future__ import annotations
+
+import os
+import resource
+from typing import Any
+
+import redis
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (all its threads), or None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK   # utime, stime (fields 14 and 15 of stat(5))
+
+
+def redis_cpu(client: Any) -> float | None:
+    """The server's user + system CPU seconds (INFO cpu); None where it has no such section (fakeredis)."""
+    try:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    except (redis.RedisError, KeyError, ValueError):
+        return None
+
+
+class CpuMeter:
+    """Snapshots of the CPU used so far by each named process; :meth:`per_task` gives µs per task between two."""
+
+    def __init__(self, client: Any, pids: dict[str, int]) -> None:
+        self.client, self.pids = client, pids
+
+    def snapshot(self) -> dict[str, float | None]:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        snap: dict[str, float | None] = {name: proc_cpu(pid) for name, pid in self.pids.items()}
+        snap["redis"] = redis_cpu(self.client)
+        snap["client"] = ru.ru_utime + ru.ru_stime
+        return snap
+
+    @staticmethod
+    def per_task(before: dict[str, float | None], after: dict[str, float | None], n: int) -> dict[str, float]:
+        """``{name}_cpu_us``: microseconds of CPU per task of each process measured both times."""
+        out = {}
+        for name, t0 in before.items():
+            t1 = after.get(name)
+            if t0 is not None and t1 is not None and n:
+                out[f"{name}_cpu_us"] = round((t1 - t0) * 1e6 / n, 1)
+        return out

@@ -1,0 +1,70 @@
+"""A task started alone goes through os.posix_spawn (workers.spawn) and gets exactly what Popen gives it."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from qcgpj.resources import Allocation
+from qcgpj.workers.base import LaunchError, ProcessWorker, TaskContext
+from qcgpj.workers.spawn import Spawned
+
+# What the child sees: its session, ignored and blocked signals, an env variable, its directory, its fds.
+PROBE = ('[ "$(ps -o sid= -p $$ | tr -d " ")" = $$ ] && echo own-session; grep -E "^Sig(Ign|Blk)" /proc/$$/status; '
+         'echo "$PROBE"; pwd; ls /proc/$$/fd')
+# glibc's posix_spawn leaves its two internal signals (32, 33: not signals a program can use) ignored
+INTERNAL = "SigIgn:\t0000000180000000"
+
+
+def _ctx(tmp_path, argv: list[str], alone: bool, cwd: str | None = None, name: str = "t") -> TaskContext:
+    return TaskContext(task_id=name, job=name, iteration=None, argv=argv,
+                       env={**os.environ, "PROBE": "yes"}, cwd=cwd or os.getcwd(), stdin=None,
+                       stdout=str(tmp_path / f"{name}.out"), stderr=str(tmp_path / f"{name}.err"),
+                       allocation=Allocation((("n0", (0,)),)), alone=alone)
+
+
+def _run(ctx: TaskContext) -> tuple[object, int | None]:
+    running = ProcessWorker().start(ctx)
+    return running.proc, running.wait(None)
+
+
+def test_a_task_started_alone_gets_what_popen_gives(tmp_path):
+    outs = {}
+    keep = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(keep, True)   # made inheritable on purpose: the task does not get it all the same
+    for alone in (False, True):
+        proc, code = _run(_ctx(tmp_path, ["/bin/sh", "-c", PROBE], alone, name=f"a{alone}"))
+        assert code == 0
+        assert isinstance(proc, Spawned) is alone, proc   # alone: posix_spawn; else Popen
+        outs[alone] = (tmp_path / f"a{alone}.out").read_text()
+    os.close(keep)
+    # The launching thread's signal mask (Popen's child may get every signal blocked instead: a CPython 3.11
+    # vfork quirk seen after other tests had run in the same process, so its mask is not compared)
+    mask = sum(1 << (int(sig) - 1) for sig in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    blocked = f"SigBlk:\t{mask:016x}"
+    assert blocked in outs[True], outs[True]
+    assert outs[True].replace(INTERNAL, "SigIgn:\t0000000000000000").replace(blocked, "") == \
+        re.sub("SigBlk:\t[0-9a-f]+", "", outs[False])
+    assert re.sub("SigBlk:\t[0-9a-f]+\n", "", outs[False]) == (
+        f"own-session\nSigIgn:\t0000000000000000\nyes\n{os.getcwd()}\n0\n1\n2\n")
+
+
+def test_exit_codes_and_errors_are_popens(tmp_path):
+    proc, code = _run(_ctx(tmp_path, ["sh", "-c", "exit 3"], alone=True))   # found along PATH
+    assert isinstance(proc, Spawned) and code == 3
+    for alone in (False, True):
+        with pytest.raises(LaunchError, match="cannot run 'no-such-program': No such file or directory"):
+            _run(_ctx(tmp_path, ["no-such-program"], alone))
+    script = tmp_path / "noexec.sh"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(LaunchError, match="Permission denied"):
+        _run(_ctx(tmp_path, [str(script)], alone=True))
+
+
+def test_a_task_in_another_directory_goes_through_popen(tmp_path):
+    proc, code = _run(_ctx(tmp_path, ["pwd"], alone=True, cwd=str(tmp_path)))
+    assert isinstance(proc, subprocess.Popen) and code == 0
+    assert (tmp_path / "t.out").read_text().strip() == str(tmp_path)
