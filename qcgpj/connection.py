@@ -144,8 +144,17 @@ def url_from_env(url: str | None) -> str | None:
 def check_settings(client: redis.Redis) -> list[str]:
     """Warnings for settings that can lose jobs: no persistence, or eviction of our keys; once per server and
     process. Where CONFIG GET is not allowed (an ACL, a managed Redis) a note says the check was skipped."""
-    if topology.is_cluster(client):   # every shard may hold a namespace: check each master
-        return [w for node in client.get_primaries() for w in check_settings(client.get_redis_connection(node))]
+    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()] if topology.is_cluster(client)
+             else [client])   # on a cluster every shard may hold a namespace: each master is checked
+    warnings: list[str] = []
+    for node in nodes:
+        warnings += [w for w in _node_settings(node) if w not in warnings]
+    for w in warnings:
+        log.warning(w)
+    return warnings
+
+
+def _node_settings(client: redis.Redis) -> list[str]:
     pool = client.connection_pool
     kw = pool.connection_kwargs
     server = (getattr(pool, "service_name", kw.get("host")), kw.get("port"), kw.get("path"), kw.get("db"))
@@ -160,7 +169,6 @@ def check_settings(client: redis.Redis) -> list[str]:
     except redis.ResponseError as exc:
         warnings.append(f"could not check Redis's persistence and eviction settings ({' '.join(str(exc).split())}); "
                         "make sure of 'appendonly yes' and 'maxmemory-policy noeviction'")
-        log.warning(warnings[0])
         return warnings
     if cfg.get("appendonly") != "yes" and not cfg.get("save"):
         warnings.append("Redis keeps nothing on disk (appendonly no, no save): a Redis restart loses the queue; "
@@ -168,6 +176,4 @@ def check_settings(client: redis.Redis) -> list[str]:
     policy = cfg.get("maxmemory-policy", "noeviction")
     if policy != "noeviction":
         warnings.append(f"Redis maxmemory-policy is '{policy}': Redis may evict jobs; set 'noeviction'")
-    for w in warnings:
-        log.warning(w)
     return warnings

@@ -519,7 +519,7 @@ class Store:
         """The deep pass and the acknowledgement of the events that asked for it, in one round trip; with
         ``unplaceable`` (a timeout in seconds, 0: none) it also flags, and past the timeout fails, the ready jobs
         that no live executor could ever fit."""
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.node.pipeline(transaction=False)   # a cluster's pipelines take no scripts: the shard's does
         self._scripts["place"](keys=[self.keys.jobs], client=pipe,
                                args=[now(), 1000, 100000, "" if unplaceable is None else unplaceable])
         if ids:

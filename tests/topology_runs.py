@@ -2,6 +2,9 @@
 ``python -m tests.topology`` runs at full size. Each returns a summary dict and asserts what qcgpj guarantees."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -12,12 +15,12 @@ import redis
 from qcgpj import Manager
 from qcgpj.errors import LostJobsError, QcgpjError, UnknownJobError
 from qcgpj.store import FINAL_STATES, Report
-from tests.cluster import Cluster
+from tests.cluster import Cluster, qcgpj_cmd
 from tests.redisproc import RedisServer
 from tests.topology import ClusterSetup, SentinelSetup, wait_replica
 
 BATCH = 50
-RUN_TIMEOUT = 600
+RUN_TIMEOUT = float(os.environ.get("QCGPJ_TOPOLOGY_TIMEOUT", "600"))   # seconds for any one wait
 
 
 def _jobs(prefix: str, n: int) -> list[dict]:
@@ -134,11 +137,30 @@ def cluster_run(workdir: Path, tasks: int) -> dict:
             assert states["long"] == "CANCELED", states["long"]
             assert all(states[f"t{i}"] == "SUCCEED" for i in range(tasks)), f"{ns}\n{c.logs()}"
             out[ns] = {"states": {s: list(states.values()).count(s) for s in set(states.values())}}
+            out[ns]["cli"] = _cli_on_cluster(c, tasks)
+            exited = [p.args[3] for p in c.procs[:1] + c.procs[2:] if p.poll() is not None]
+            assert not exited, f"{ns}: services exited: {exited}\n{c.logs()}"
         return out
     finally:
         for c in clusters:
             c.stop()
         setup.close()
+
+
+def _cli_on_cluster(c: Cluster, tasks: int) -> dict:
+    """The reading commands and a removal through the cluster URL, each a process as a user runs it."""
+    def run(*args: str) -> str:
+        p = subprocess.run(qcgpj_cmd(*args, "--redis-url", c.url, "-n", c.namespace), capture_output=True,
+                           text=True, env=c.env, timeout=120)
+        assert p.returncode == 0, f"qcgpj {' '.join(args)}: {p.stderr}"
+        return p.stdout
+    status = json.loads(run("status", "--json"))
+    top = json.loads(run("top", "--json"))
+    run("resources")
+    run("info", "t0")
+    run("remove", "--finished")
+    left = json.loads(run("status", "--json"))
+    return {"status": status, "top_tasks": top.get("tasks"), "left_after_remove": left}
 
 
 def wait_cost(reports: int) -> dict:
