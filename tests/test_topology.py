@@ -12,6 +12,7 @@ import pytest
 from qcgpj import Manager
 from qcgpj.connection import connect, safe_url
 from qcgpj.errors import ConnectionError, DurabilityError, QcgpjError
+from qcgpj.store import Report
 from tests import topology_runs
 from tests.topology import ClusterSetup
 
@@ -85,3 +86,15 @@ def test_safe_url_hides_both_passwords():
     url = "redis+sentinel://u:secret@h1:26379,h2:26379/m/0?sentinel_password=other&wait=1"
     shown = safe_url(url)
     assert "secret" not in shown and "other" not in shown and "wait=1" in shown
+
+
+def test_replica_wait_follows_executor_reports(redis_url, caplog):
+    """Reports go out with WAIT too: with no replica to acknowledge, the executor says so once and goes on."""
+    Manager(redis_url, namespace="racks").submit([{"name": "a", "execution": {"exec": "/bin/true"}}])
+    store = Manager(redis_url + "?wait=1&wait_timeout=50", namespace="racks").store
+    store.register("e1", 60, "h", "h=1", 1, 1, 1, 0, 1)
+    (entry, _), = store.sync("e1", 1)
+    assert store.sync("e1", 0, finished=[Report(entry.raw, "SUCCEED", 0, "1", "2")]) == []
+    assert store.states(["a"]) == {"a": "SUCCEED"}
+    assert [r.message for r in caplog.records].count(
+        "a report was acknowledged by 0 of 1 replica(s) within 50 ms; going on") == 1
