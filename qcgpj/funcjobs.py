@@ -100,8 +100,9 @@ def bytes_client(client: redis.Redis) -> redis.Redis:
     kwargs = {**pool.connection_kwargs, "decode_responses": False}
     if isinstance(pool, SentinelConnectionPool):   # the same master, found through the same sentinels
         kwargs.pop("connection_pool", None)
-        return redis.Redis(connection_pool=SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
-                                                                  is_master=True, **kwargs))
+        return redis.Redis(connection_pool=SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, is_master=True, connection_class=pool.connection_class,
+            **kwargs))
     return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
 
 
