@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 ENV_URL = "QCGPJ_REDIS_URL"
 SCHEMES = ("redis", "rediss", "unix")
 DB_PATH = re.compile(r"/?\d*")   # redis-py ignores a path that is not a number: say so instead
-SECRET_PARAM = re.compile(r"((?:^|&)sentinel_password=)[^&]*")
+SECRET_PARAM = re.compile(r"([?&]sentinel_password=)[^&#]*")
 ACL_HINT = "see 'Minimal ACL' in the README"
 _settings_checked: set[tuple] = set()
 
@@ -30,9 +30,8 @@ def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)
     if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-    query = SECRET_PARAM.sub(r"\1***", parts.query)
-    return parts._replace(query=query).geturl()
+        url = url.replace(f":{parts.password}@", ":***@", 1)
+    return SECRET_PARAM.sub(r"\1***", url)
 
 
 def connect(url: str, check: bool = True, wait: float = 0.0) -> redis.Redis:

@@ -47,11 +47,13 @@ class ReplicaWait:
 
 def split_own(url: str) -> tuple[str, dict[str, str]]:
     """The URL without qcgpj's own query parameters, and those parameters (values checked later)."""
-    parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    base, _, query = url.partition("?")   # not urlunsplit: it would write unix:///x as unix:/x
+    pairs = parse_qsl(query, keep_blank_values=True)
     own = {k: v for k, v in pairs if k in OWN_PARAMS}
+    if not own:
+        return url, own
     rest = urlencode([(k, v) for k, v in pairs if k not in OWN_PARAMS])
-    return parts._replace(query=rest).geturl(), own
+    return base + (f"?{rest}" if rest else ""), own
 
 
 def replica_wait_of(own: dict[str, str], safe: str) -> ReplicaWait | None:
