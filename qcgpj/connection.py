@@ -6,12 +6,14 @@ import logging
 import os
 import re
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from . import topology
 from .errors import ConnectionError, QcgpjError, RedisError, RedisMemoryError, RedisPermissionError
 
 log = logging.getLogger(__name__)
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 ENV_URL = "QCGPJ_REDIS_URL"
 SCHEMES = ("redis", "rediss", "unix")
 DB_PATH = re.compile(r"/?\d*")   # redis-py ignores a path that is not a number: say so instead
+SECRET_PARAM = re.compile(r"([?&]sentinel_password=)[^&#]*")
 ACL_HINT = "see 'Minimal ACL' in the README"
 _settings_checked: set[tuple] = set()
 
@@ -27,36 +30,51 @@ def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)
     if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+        url = url.replace(f":{parts.password}@", ":***@", 1)
+    return SECRET_PARAM.sub(r"\1***", url)
 
 
 def connect(url: str, check: bool = True, wait: float = 0.0) -> redis.Redis:
-    """A client that reconnects with backoff: a Redis restart is a pause, not a crash.
+    """A client that reconnects with backoff: a Redis restart (or a Sentinel fail-over) is a pause, not a crash.
 
     ``wait``: seconds a service (worker, InputQueue) keeps trying a Redis that does not answer yet before it
     gives up with the one-line error: one started while Redis restarts, or by a batch job before Redis is up,
-    must not be lost for that. A bad URL or refused credentials fail at once."""
+    must not be lost for that. A bad URL or refused credentials fail at once. Sentinel and Cluster URLs and the
+    ``wait``/``wait_timeout`` parameters: see qcgpj.topology."""
     if not isinstance(url, str):
         raise ConnectionError(f"a Redis URL must be a string, got {type(url).__name__} {url!r}")
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise ConnectionError(f"bad Redis URL '{safe_url(url)}': it must start with redis://, rediss:// or unix://")
-    if parts.scheme != "unix" and not DB_PATH.fullmatch(parts.path):
-        raise ConnectionError(f"bad Redis URL '{safe_url(url)}': the path must be a database number (/0)")
+    safe = safe_url(url)
+    plain, own = topology.split_own(url)
+    acks = topology.replica_wait_of(own, safe)
+    parts = urlsplit(plain)
+    if parts.scheme not in SCHEMES + topology.SENTINEL_SCHEMES + topology.CLUSTER_SCHEMES:
+        raise ConnectionError(f"bad Redis URL '{safe}': it must start with redis://, rediss://, unix://, "
+                              "redis+sentinel:// or redis+cluster:// (rediss+ for TLS)")
+    if parts.scheme in SCHEMES and parts.scheme != "unix" and not DB_PATH.fullmatch(parts.path):
+        raise ConnectionError(f"bad Redis URL '{safe}': the path must be a database number (/0)")
+    if parts.scheme not in topology.SENTINEL_SCHEMES and {"sentinel_password", "sentinel_username"} & own.keys():
+        raise ConnectionError(f"bad Redis URL '{safe}': sentinel_password is for redis+sentinel:// URLs")
     try:
         if check:   # first contact without retries: a wrong URL or a server that is down is said at once
-            probe = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                                         retry=Retry(ExponentialBackoff(), retries=0))
+            probe = _client(plain, own, safe, socket_connect_timeout=5, retry=Retry(ExponentialBackoff(), retries=0))
             _first_ping(probe, url, wait)
             probe.close()
-        return redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=15,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        client = _client(plain, own, safe, socket_connect_timeout=5, health_check_interval=15,
+                         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20),
+                         retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     except ValueError as exc:
-        raise ConnectionError(f"bad Redis URL '{safe_url(url)}': {exc}") from None
+        raise ConnectionError(f"bad Redis URL '{safe}': {exc}") from None
+    return topology.set_replica_wait(client, acks)
+
+
+def _client(url: str, own: dict[str, str], safe: str, **kw: Any) -> Any:
+    """The client of a URL's form: a plain server, a Sentinel-managed master, or a cluster."""
+    scheme = urlsplit(url).scheme
+    if scheme in topology.SENTINEL_SCHEMES:
+        return topology.sentinel_client(url, own, safe, decode_responses=True, **kw)
+    if scheme in topology.CLUSTER_SCHEMES:
+        return topology.cluster_client(url, safe, decode_responses=True, **kw)
+    return redis.Redis.from_url(url, decode_responses=True, **kw)
 
 
 def _first_ping(client: redis.Redis, url: str, wait: float) -> None:
@@ -125,8 +143,20 @@ def url_from_env(url: str | None) -> str | None:
 def check_settings(client: redis.Redis) -> list[str]:
     """Warnings for settings that can lose jobs: no persistence, or eviction of our keys; once per server and
     process. Where CONFIG GET is not allowed (an ACL, a managed Redis) a note says the check was skipped."""
-    kw = client.connection_pool.connection_kwargs
-    server = (kw.get("host"), kw.get("port"), kw.get("path"), kw.get("db"))
+    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()] if topology.is_cluster(client)
+             else [client])   # on a cluster every shard may hold a namespace: each master is checked
+    warnings: list[str] = []
+    for node in nodes:
+        warnings += [w for w in _node_settings(node) if w not in warnings]
+    for w in warnings:
+        log.warning(w)
+    return warnings
+
+
+def _node_settings(client: redis.Redis) -> list[str]:
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    server = (getattr(pool, "service_name", kw.get("host")), kw.get("port"), kw.get("path"), kw.get("db"))
     if server in _settings_checked:
         return []
     _settings_checked.add(server)
@@ -138,7 +168,6 @@ def check_settings(client: redis.Redis) -> list[str]:
     except redis.ResponseError as exc:
         warnings.append(f"could not check Redis's persistence and eviction settings ({' '.join(str(exc).split())}); "
                         "make sure of 'appendonly yes' and 'maxmemory-policy noeviction'")
-        log.warning(warnings[0])
         return warnings
     if cfg.get("appendonly") != "yes" and not cfg.get("save"):
         warnings.append("Redis keeps nothing on disk (appendonly no, no save): a Redis restart loses the queue; "
@@ -146,6 +175,4 @@ def check_settings(client: redis.Redis) -> list[str]:
     policy = cfg.get("maxmemory-policy", "noeviction")
     if policy != "noeviction":
         warnings.append(f"Redis maxmemory-policy is '{policy}': Redis may evict jobs; set 'noeviction'")
-    for w in warnings:
-        log.warning(w)
     return warnings

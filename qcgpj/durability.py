@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from .errors import DurabilityError
+from .topology import ReplicaWait
 
 log = logging.getLogger(__name__)
 
@@ -22,23 +23,34 @@ CONFIRM_TIMEOUT_MS = 5000
 
 @dataclass(frozen=True)
 class Durability:
-    """What confirms a write here: the local AOF (``waitaof``: ask; ``always``: given), and replicas."""
+    """What confirms a write here: the local AOF (``waitaof``: ask; ``always``: given), and replicas. ``need``:
+    replicas that must acknowledge (the URL's ``wait=N``), within ``timeout_ms``; ``local``: a durable submit."""
 
     waitaof: bool
     fsync_always: bool
     replicas: int
+    need: int = 0
+    timeout_ms: int = CONFIRM_TIMEOUT_MS
+    local: bool = True
 
     def queue(self, pipe: Any) -> None:
         """Append the waits to the pipeline that wrote the batch."""
         if self.waitaof:
-            pipe.execute_command("WAITAOF", 1, 0, CONFIRM_TIMEOUT_MS)
+            pipe.execute_command("WAITAOF", 1, 0, self.timeout_ms)
         if self.replicas:
-            pipe.execute_command("WAIT", self.replicas, CONFIRM_TIMEOUT_MS)
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
 
     def check(self, acks: list[Any], batch_id: str) -> None:
-        """At least one copy that survives a crash of this Redis, or an error naming the (written) batch."""
-        local = self.fsync_always or (self.waitaof and int(acks[0][0]) >= 1)
+        """At least one copy that survives a crash of this Redis (durable), and the replicas asked for, or an
+        error naming the (written) batch."""
         replicas = int(acks[-1]) if self.replicas else 0
+        if replicas < self.need:
+            raise DurabilityError(f"batch {batch_id} was written but only {replicas} of {self.need} replica(s) "
+                                  f"acknowledged it within {self.timeout_ms} ms (wait=); a fail-over now may lose "
+                                  "it; submitting it again with the same batch id is safe")
+        if not self.local:
+            return
+        local = self.fsync_always or (self.waitaof and int(acks[0][0]) >= 1)
         if self.replicas and replicas < self.replicas:
             log.warning("durable submit: %d of %d replicas confirmed batch %s", replicas, self.replicas, batch_id)
         if not local and replicas == 0:
@@ -47,8 +59,12 @@ class Durability:
                                   "is safe")
 
 
-def durability_plan(client: redis.Redis) -> Durability:
-    """How this server can confirm a durable write; DurabilityError (before any write) when it cannot."""
+def durability_plan(client: redis.Redis, acks: ReplicaWait | None = None, durable: bool = True) -> Durability:
+    """How this server can confirm a durable write (``durable``) and the replica acknowledgement the URL asked for
+    (``acks``); DurabilityError (before any write) when it cannot."""
+    need, timeout = (acks.replicas, acks.timeout_ms) if acks else (0, CONFIRM_TIMEOUT_MS)
+    if not durable:   # only the replicas the URL asked for: no need to ask the server first
+        return Durability(False, False, need, need, timeout, local=False)
     try:
         server = client.info("server")
         aof = bool(int(client.info("persistence").get("aof_enabled", 0)))
@@ -60,7 +76,7 @@ def durability_plan(client: redis.Redis) -> Durability:
     waitaof = aof and version >= (7, 2)
     fsync_always = aof and not waitaof and _appendfsync(client) == "always"
     if waitaof or fsync_always or replicas:
-        return Durability(waitaof, fsync_always, replicas)
+        return Durability(waitaof, fsync_always, max(replicas, need), need, max(timeout, CONFIRM_TIMEOUT_MS))
     why = ("keeps no AOF (appendonly no)" if not aof else
            f"is {server.get('redis_version')} (WAITAOF needs 7.2), appendfsync is not 'always'")
     raise DurabilityError(f"a durable submit cannot be confirmed: this Redis {why} and has no replica; "

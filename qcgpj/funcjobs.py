@@ -22,10 +22,12 @@ import weakref
 from typing import Any, Iterable
 
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from .workers.fnproc import FUTURE_KEY, resolve  # noqa: F401 - FUTURE_KEY is re-exported
 
 from .errors import QcgpjError
+from .topology import is_cluster
 from .keys import rq_job, rq_results
 
 SERIALIZERS = ("json", "cloudpickle")
@@ -91,14 +93,25 @@ class RawSerializer:
 
 def bytes_client(client: redis.Redis) -> redis.Redis:
     """A client on ``client``'s connection settings that returns bytes, as rq needs."""
+    if is_cluster(client):   # rq's keys are outside the namespace's hash tag, on any shard
+        raise QcgpjError("Python function jobs (qcgpj.Executor) are not supported on a Redis Cluster: use a plain "
+                         "or Sentinel Redis URL for them")
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    if isinstance(pool, SentinelConnectionPool):   # the same master, found through the same sentinels
+        kwargs.pop("connection_pool", None)
+        return redis.Redis(connection_pool=SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, is_master=True, connection_class=pool.connection_class,
+            **kwargs))
     return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
 
 
 def attach_client(namespace: str, client: redis.Redis) -> None:
     """Called by each executor: function tasks of ``namespace`` write their results through this connection.
-    Held weakly: an executor that is gone (local mode, one after another in a process) drops out."""
+    Held weakly: an executor that is gone (local mode, one after another in a process) drops out. None on a
+    cluster, where no function task can be submitted."""
+    if is_cluster(client):
+        return
     with _lock:
         live = [(ref, b) for ref, b in _clients.get(namespace, []) if ref() not in (None, client)]
         _clients[namespace] = [*live, (weakref.ref(client), bytes_client(client))]

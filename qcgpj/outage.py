@@ -10,14 +10,18 @@ import logging
 import time
 
 import redis
+from redis.sentinel import MasterNotFoundError, SlaveNotFoundError
 
 # Replies of a Redis that is (re)starting, out of memory, read-only, busy or lost its data (a stream group, the
 # script cache): each passes or is mended by the caller (NOGROUP: recreate the group; NOSCRIPT: load again).
 TRANSIENT_REPLIES = ("LOADING", "READONLY", "OOM", "NOSCRIPT", "NOGROUP", "MASTERDOWN", "BUSY", "TRYAGAIN",
                      "MISCONF", "CLUSTERDOWN")
+# A Sentinel fail-over: no master known for a moment (MasterNotFoundError is a ConnectionError), a demoted master
+# answers READONLY until our connection moves; a cluster moving a slot says MOVED/ASK, TRYAGAIN or CLUSTERDOWN.
 TRANSIENT_TYPES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError,
                    redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError, redis.exceptions.TryAgainError,
-                   redis.exceptions.ClusterDownError)
+                   redis.exceptions.ClusterDownError, redis.exceptions.AskError, MasterNotFoundError,
+                   SlaveNotFoundError, redis.exceptions.SlotNotCoveredError)
 
 
 def transient(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import redis
 
 from .durability import Durability, durability_plan
+from .topology import node_client, replica_wait
 from .errors import (DependencyError, DuplicateJobError, JobSpecError, QcgpjError, QueueFullError, RemoveError,
                      UnknownJobError)
 from .keys import EVENTS_GROUP, Keys, lua_prelude
@@ -125,6 +126,14 @@ class Store:
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
         self._conn: Any = None   # the executor's own connection for its round trips
         self._submit_loaded = False
+        self.acks = replica_wait(client)   # replicas that must acknowledge submits and reports (URL wait=N)
+        self._short_acks = 0               # reports that fewer replicas acknowledged (warned once per run of them)
+
+    @property
+    def node(self) -> redis.Redis:
+        """The server that holds this namespace: the client itself, or on a cluster the namespace's shard, for
+        the commands that speak of one server (INFO, CONFIG, WAIT, SCAN, a kept connection)."""
+        return node_client(self.r, self.keys.jobs)
 
     def _run(self, name: str, args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=[self.keys.jobs], args=list(args))
@@ -134,17 +143,50 @@ class Store:
         (a quarter of a chain hop's round trip). Callers retry on ConnectionError; a script flushed by a
         Redis restart is loaded again."""
         if self._conn is None:
-            self._conn = self.r.connection_pool.get_connection()
+            self._pool = self.node.connection_pool
+            self._conn = self._pool.get_connection()
         script = self._scripts[name]
         try:
-            self._conn.send_command("EVALSHA", script.sha, 1, self.keys.jobs, *args)
-            return self._conn.read_response()
+            if self.acks is None:
+                self._conn.send_command("EVALSHA", script.sha, 1, self.keys.jobs, *args)
+                return self._conn.read_response()
+            # WAIT counts the replicas that have this connection's writes: sent together, one round trip.
+            self._conn.send_packed_command(self._conn.pack_commands([
+                ("EVALSHA", script.sha, 1, self.keys.jobs, *args),
+                ("WAIT", self.acks.replicas, self.acks.timeout_ms)]))
+            try:
+                res = self._conn.read_response()
+            finally:
+                acked = self._conn.read_response()
+            self._check_acks(int(acked))
+            return res
         except redis.exceptions.NoScriptError:
             self.r.script_load(script.script)
             return self._run(name, args)
         except (redis.ConnectionError, redis.TimeoutError):
             self._conn.disconnect()
             raise
+        except redis.exceptions.MovedError:   # the namespace's slot moved to another shard: find it again
+            self.close()
+            raise redis.ConnectionError("the namespace's slot moved") from None
+        except redis.ResponseError as exc:   # a master demoted in a fail-over refuses WAIT: ask for the master again
+            if not str(exc).startswith("WAIT cannot be used with replica"):
+                raise
+            self._conn.disconnect()
+            raise redis.ConnectionError(f"the master is now a replica ({exc})") from None
+
+    def _check_acks(self, acked: int) -> None:
+        """Fewer replicas than asked acknowledged a report: it stands on this master alone until they catch up
+        (a fail-over now may lose it; the task then runs again). One warning per run of such reports."""
+        if acked >= self.acks.replicas:
+            if self._short_acks:
+                log.info("replicas acknowledge reports again (%d were acknowledged by fewer)", self._short_acks)
+            self._short_acks = 0
+            return
+        if not self._short_acks:
+            log.warning("a report was acknowledged by %d of %d replica(s) within %d ms; going on", acked,
+                        self.acks.replicas, self.acks.timeout_ms)
+        self._short_acks += 1
 
     # ------------------------------------------------------------------ removal (bench clean-up)
     def drop_namespace(self) -> None:
@@ -160,7 +202,7 @@ class Store:
 
     def _rewrite_jobs(self, keep: Callable[[list[str]], list[str]]) -> None:
         """Replace the job list by ``keep(list)`` in one transaction (retried if a submit comes meanwhile)."""
-        with self.r.pipeline() as pipe:
+        with self.node.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(self.keys.jobs)
@@ -215,19 +257,19 @@ class Store:
     def _unlink(self, wanted: Callable[[str], bool]) -> None:
         """One SCAN over the namespace; UNLINK of the wanted keys in batches."""
         batch: list[str] = []
-        for key in self.r.scan_iter(match=self.keys.prefix + "*", count=10_000):
+        for key in self.node.scan_iter(match=self.keys.prefix + "*", count=10_000):
             if wanted(key):
                 batch.append(key)
             if len(batch) >= 10_000:
-                self.r.unlink(*batch)
+                self.node.unlink(*batch)
                 batch = []
         if batch:
-            self.r.unlink(*batch)
+            self.node.unlink(*batch)
 
     def close(self) -> None:
         """Give back the kept connection."""
         if self._conn is not None:
-            self.r.connection_pool.release(self._conn)
+            self._pool.release(self._conn)
             self._conn = None
 
     # ------------------------------------------------------------------ submit
@@ -244,19 +286,19 @@ class Store:
         if not BATCH_ID_RE.match(batch_id):
             raise QcgpjError(f"invalid batch id {batch_id!r}: use up to 128 letters, digits, '_', '.', '-', ':'")
         if self.r.exists(self.keys.batch(batch_id)):
-            if durable:
-                self._confirm_again(batch_id)
+            if durable or self.acks:
+                self._confirm_again(batch_id, durable)
             return 0
         self._precheck(rows)
         self._check_room(rows)
-        confirm = durability_plan(self.r) if durable else None
+        confirm = durability_plan(self.node, self.acks, durable) if durable or self.acks else None
         attempt = f"{batch_id}:{uuid.uuid4().hex[:8]}"
         try:
             self._stage(self.keys.stage(attempt), rows)
             res = self._commit(attempt, batch_id, len(rows), confirm)
         except redis.OutOfMemoryError:
             self._drop_stage(attempt)
-            raise _queue_full(self.r, f"a batch of {len(rows)} job(s)") from None
+            raise _queue_full(self.node, f"a batch of {len(rows)} job(s)") from None
         except BaseException:
             self._drop_stage(attempt)
             raise
@@ -270,7 +312,7 @@ class Store:
         before a command: a script, once it wrote, runs to its end however far past maxmemory that takes it.
         The staging list and the jobs written from it exist together until the commit ends."""
         try:
-            mem = self.r.info("memory")
+            mem = self.node.info("memory")
         except redis.ResponseError:   # INFO not offered (local mode's fakeredis): no limit known
             return
         limit = int(mem.get("maxmemory", 0))
@@ -281,9 +323,9 @@ class Store:
                                                                             for row in rows if row[4])
         used = int(mem["used_memory"])
         if used >= limit:
-            raise _queue_full(self.r, f"a batch of {len(rows)} job(s)")
+            raise _queue_full(self.node, f"a batch of {len(rows)} job(s)")
         if used + need > limit:
-            raise _queue_full(self.r, f"the batch of {len(rows)} job(s) needs about {need / 2**20:.1f} MB more",
+            raise _queue_full(self.node, f"the batch of {len(rows)} job(s) needs about {need / 2**20:.1f} MB more",
                               "would exceed its maxmemory")
 
     def _stage(self, key: str, rows: list[Row]) -> None:
@@ -301,7 +343,7 @@ class Store:
             if confirm is None:
                 return self._run("submit", args)
             # WAIT and WAITAOF count the writes of their own connection: a pipeline keeps both on one.
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.node.pipeline(transaction=False)
             self._scripts["submit"](keys=[self.keys.jobs], args=args, client=pipe)
             confirm.queue(pipe)
             res, *acks = pipe.execute()
@@ -316,7 +358,7 @@ class Store:
         self._wait_not_busy()
         res = self._run("submit", args)
         if res[0] == "DONE" and confirm is not None:
-            self._confirm_again(batch_id)
+            self._confirm_again(batch_id, confirm.local)
         return res
 
     def _wait_not_busy(self, patience: float = 600.0) -> None:
@@ -330,11 +372,11 @@ class Store:
                     raise
                 time.sleep(0.1)
 
-    def _confirm_again(self, batch_id: str) -> None:
+    def _confirm_again(self, batch_id: str, durable: bool) -> None:
         """A durable retry of a batch written before (its confirmation may have timed out): a write after that
         batch, once confirmed, confirms the batch too, as the AOF and the replication stream keep their order."""
-        confirm = durability_plan(self.r)
-        pipe = self.r.pipeline(transaction=False)
+        confirm = durability_plan(self.node, self.acks, durable)
+        pipe = self.node.pipeline(transaction=False)
         pipe.expire(self.keys.batch(batch_id), BATCH_TTL)
         confirm.queue(pipe)
         _, *acks = pipe.execute()
@@ -452,7 +494,7 @@ class Store:
         try:
             return dict(zip(tasks, self._run("cancel", [now(), *tasks])))
         except redis.OutOfMemoryError:   # the script's first write was refused: nothing changed
-            raise _queue_full(self.r, f"cancel of {len(tasks)} name(s)") from None
+            raise _queue_full(self.node, f"cancel of {len(tasks)} name(s)") from None
 
     # ------------------------------------------------------------------ events (wake-ups)
     def last_event_id(self) -> str:
@@ -493,7 +535,7 @@ class Store:
         """The deep pass and the acknowledgement of the events that asked for it, in one round trip; with
         ``unplaceable`` (a timeout in seconds, 0: none) it also flags, and past the timeout fails, the ready jobs
         that no live executor could ever fit."""
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.node.pipeline(transaction=False)   # a cluster's pipelines take no scripts: the shard's does
         self._scripts["place"](keys=[self.keys.jobs], client=pipe,
                                args=[now(), 1000, 100000, "" if unplaceable is None else unplaceable])
         if ids:
@@ -523,7 +565,7 @@ class Store:
         """The Redis server's run id: it changes when Redis restarts (and its heartbeat keys may have expired).
         '' where INFO is not allowed (an ACL) or not known (fakeredis, in local mode)."""
         try:
-            return str(self.r.info("server").get("run_id", ""))
+            return str(self.node.info("server").get("run_id", ""))
         except redis.ResponseError:
             return ""
 

@@ -31,7 +31,7 @@ WINDOWS = (10, 60)   # seconds of the throughput figures
 def snapshot(store: Store) -> dict[str, Any]:
     """Everything one frame shows, as plain data (raw epochs: ``--json`` prints it as it is)."""
     k = store.keys
-    pipe = store.r.pipeline(transaction=False)
+    pipe = store.node.pipeline(transaction=False)   # TIME: the shard's own pipeline on a cluster
     pipe.time()
     pipe.hgetall(k.stats)
     pipe.hgetall(k.rate)
@@ -57,7 +57,7 @@ def snapshot(store: Store) -> dict[str, Any]:
 
 
 def _executors(store: Store, ids: list[str], now: float) -> list[dict[str, Any]]:
-    pipe = store.r.pipeline(transaction=False)
+    pipe = store.node.pipeline(transaction=False)   # TIME: the shard's own pipeline on a cluster
     for eid in ids:
         pipe.hmget(store.keys.exec(eid), "host", "state", "total", "free", "prefetch", "nnodes", "slurm_job",
                    "gpus", "gfree")
