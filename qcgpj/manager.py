@@ -14,6 +14,7 @@ from .errors import (ArgumentError, FinishedError, LostJobsError, QcgpjError, Re
 from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job, size_at_submit
+from .resources import parse_compact
 from .store import FINAL_STATES, Store, parse_record, parse_usage
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,8 @@ class Manager:
                                 "created": _f(h.get("created")), "start": _f(h.get("start")),
                                 "end": _f(h.get("end")), "exit_code": _i(h.get("exit")),
                                 "message": h.get("message", ""), **parse_usage(h.get("usage"))}
+        if h.get("alloc") and info["state"] not in ("QUEUED", "READY", "SCHEDULED"):   # not a requeued one's old
+            info["nodes"] = parse_compact(h["alloc"])
         if h.get("unplaceable"):   # since when no live executor can fit it (the message says what it needs)
             info["unplaceable"] = float(h["unplaceable"])
         if info["start"] is not None and info["end"] is not None:

@@ -178,19 +178,30 @@ class JobInfo:
     @classmethod
     def from_data(cls, d: dict[str, Any], name: str | None = None) -> JobInfo:
         rt = d.get("runtime") or {}
+        nodes = _nodes(rt.get("allocation"))
         return cls(name or d.get("jobName", ""), d.get("status") or d.get("state", ""),
-                   None, None, None, rt.get("exit_code"), rt.get("rtime"),
+                   sum(map(len, nodes.values())) if nodes else None, nodes, None, rt.get("exit_code"), rt.get("rtime"),
                    d.get("iterations"),
                    [cls.from_data(c, f"{d.get('jobName')}:{c['iteration']}") for c in d.get("childs", [])],
                    d.get("messages"), d.get("history", ""))
 
 
 def _runtime(i: dict[str, Any]) -> dict[str, Any]:
-    """Exit code and run time (qcgpj does not record the allocation of a finished task yet)."""
+    """Exit code, run time and, in QCG-PilotJob's text (``n0[0:1],n1[0:1]``), the cores the task ran on."""
     out: dict[str, Any] = {"exit_code": i.get("exit_code")}
     if i.get("start") is not None and i.get("end") is not None:
         out["rtime"] = round(i["end"] - i["start"], 3)
+    if i.get("nodes"):
+        out["allocation"] = ",".join(f"{n}[{':'.join(map(str, c))}]" for n, c in i["nodes"].items())
     return out
+
+
+def _nodes(allocation: str | None) -> dict[str, list[int]] | None:
+    """``n0[0:1],n1[0:1]`` back to {node: [cores]} (QCG-PilotJob gives the cores as strings; here they are ints)."""
+    if not allocation:
+        return None
+    return {part[:part.index("[")]: [int(c) for c in part[part.index("[") + 1:-1].split(":")]
+            for part in allocation.split(",")}
 
 
 __all__ = ["Manager", "LocalManager", "Jobs", "JobInfo", "TimeoutError"]
