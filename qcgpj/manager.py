@@ -238,6 +238,7 @@ class Manager:
                 "used_cores": max(used, 0), "free_cores": max(total - max(used, 0), 0),
                 "executors": execs}
 
+    @a.api(names=a.optional_names, finished=a.flag, older_than=a.timeout)
     def remove(self, names: Sequence[str] | str | None = None, *, finished: bool = False,
                older_than: float | None = None) -> list[str]:
         """Remove final jobs with every key they have; returns the removed names.
@@ -290,7 +291,8 @@ class Manager:
         """Local mode waiting for every job of its private queue (``qcgpj run``): then the count of open jobs
         says all, one read per wake-up instead of the states (which, in fakeredis, took the executor's time)."""
         return (self.local is not None and all(":" not in n for n in names)
-                and len(set(names)) == self.client.llen(self.store.keys.jobs))
+                and len(set(names)) == self.client.llen(self.store.keys.jobs)
+                and set(names) == set(self.store.job_names()))   # not a name that is no job of it
 
     def _wait_active(self, deadline: float | None, progress: Progress | None, names: Sequence[str]) -> None:
         """Until no job of the queue is open (the ``active`` count)."""

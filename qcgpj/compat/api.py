@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .. import arguments as a
 from .. import jobs as _jobs
 from .. import manager as _manager
 from ..errors import ArgumentError, TimeoutError
@@ -30,10 +31,6 @@ class Jobs(_jobs.Jobs):
     ordered_jobs = jobs
 
 
-def _names(names: Sequence[str] | str) -> list[str]:
-    return [names] if isinstance(names, str) else list(names)
-
-
 class Manager:
     """QCG-PilotJob's client API. ``address``: a Redis URL (its ZMQ address has no meaning here); None: the
     ``QCGPJ_REDIS_URL`` variable, else local mode."""
@@ -50,14 +47,26 @@ class Manager:
         return {k: res[k] for k in ("total_nodes", "total_cores", "used_cores", "free_cores")}
 
     def list(self) -> dict[str, dict[str, Any]]:
-        return {n: {"status": st, "inQueue": 0} for n, st in self.m.list().items()}
+        """``inQueue``: a job's place among those ready to run and not started yet (dependencies met, waiting for
+        cores or just handed to an executor), in submission order; only such jobs have one. (QCG-PilotJob keeps
+        the place a job had when it entered its scheduling queue, also after it ran.)"""
+        out: dict[str, dict[str, Any]] = {}
+        waiting = 0
+        for n, st in self.m.list().items():
+            out[n] = {"status": st}
+            if st in ("READY", "SCHEDULED"):
+                out[n]["inQueue"] = waiting
+                waiting += 1
+        return out
 
+    @a.api(names=a.some_names)
     def status(self, names: Sequence[str] | str) -> dict[str, Any]:
-        states = self.m.status(_names(names))
+        states = self.m.status(names)
         return {"jobs": {n: {"status": 0, "data": {"jobName": n, "status": st}} for n, st in states.items()}}
 
+    @a.api(names=a.some_names, withChilds=a.flag)
     def info(self, names: Sequence[str] | str, withChilds: bool = False, **_kw: Any) -> dict[str, Any]:
-        return {"jobs": {n: {"status": 0, "data": self._info(n, withChilds)} for n in _names(names)}}
+        return {"jobs": {n: {"status": 0, "data": self._info(n, withChilds)} for n in names}}
 
     def _info(self, name: str, children: bool) -> dict[str, Any]:
         i = self.m.info(name)
@@ -67,7 +76,8 @@ class Manager:
         its = i.get("iterations")
         if its:
             data["iterations"] = {"start": its["start"], "stop": its["start"] + its["total"], "total": its["total"],
-                                  "finished": its["finished"], "failed": its["FAILED"]}
+                                  "finished": its["finished"],
+                                  "failed": its["FAILED"] + its["CANCELED"] + its["OMITTED"]}   # as QCG-PilotJob counts
             if children and ":" not in name:
                 data["childs"] = [{"iteration": it, "state": c["state"], "runtime": _runtime(c)}
                                   for it, c in self.m.iterations(name).items()]
@@ -76,6 +86,7 @@ class Manager:
                                                   (i.get("end"), i["state"])) if t)
         return data
 
+    @a.api(names=a.some_names, withChilds=a.flag)
     def info_parsed(self, names: Sequence[str] | str, withChilds: bool = False, **kw: Any) -> dict[str, JobInfo]:
         return {n: JobInfo.from_data(d["data"]) for n, d in self.info(names, withChilds, **kw)["jobs"].items()}
 
@@ -91,11 +102,13 @@ class Manager:
                              "ExecutingJobs": sum(1 for st in states.values() if st == "EXECUTING")}}
 
     # ------------------------------------------------------------------ changes
+    @a.api(names=a.some_names)
     def remove(self, names: Sequence[str] | str) -> None:
-        self.m.remove(_names(names))
+        self.m.remove(names)
 
+    @a.api(names=a.some_names)
     def cancel(self, names: Sequence[str] | str) -> None:
-        self.m.cancel(_names(names))
+        self.m.cancel(names)
 
     def cleanup(self) -> None:
         """QCG-PilotJob deletes its service's auxiliary files; qcgpj keeps none on the client side."""
@@ -104,12 +117,15 @@ class Manager:
         self.m.finish()
 
     # ------------------------------------------------------------------ waiting
+    @a.api(names=a.names, timeout=a.timeout)
     def wait4(self, names: Sequence[str] | str, timeout: float | None = None) -> dict[str, str | None]:
-        return self.m.wait4(_names(names), timeout=timeout)
+        return self.m.wait4(names, timeout=timeout)
 
+    @a.api(timeout_secs=a.timeout)
     def wait4all(self, timeout_secs: float | None = None) -> None:
         self.m.wait4all(timeout=timeout_secs)
 
+    @a.api(timeout_secs=a.timeout)
     def wait4_any_job_finish(self, timeout_secs: float | None = None) -> tuple[str | None, str | None]:
         """The first job, of those not final at the call, to become final; (None, None) on timeout."""
         open_names = [n for n, st in self.m.list().items() if st not in FINAL]

@@ -107,13 +107,19 @@ local function parent_iteration_ok(name, it)  -- one per-iteration parent of nam
   end
 end
 
+-- The state of an iterative job once its last iteration ended (a job canceled whole is CANCELED at once, in
+-- cancel.lua), and its message. As in QCG-PilotJob, canceled iterations make it FAILED: its work is not all done,
+-- and CANCELED would tell its user that someone canceled the job.
 local function final_of_iterations(jk)
   local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED')
   local n, ok = tonumber(h[1]), tonumber(h[2] or '0')
-  if ok == n then return 'SUCCEED' end
-  if tonumber(h[3] or '0') > 0 then return 'FAILED' end
-  if tonumber(h[4] or '0') > 0 then return 'CANCELED' end
-  return 'OMITTED'
+  local failed, canceled = tonumber(h[3] or '0'), tonumber(h[4] or '0')
+  if ok == n then return 'SUCCEED', '' end
+  if failed + canceled == 0 then return 'OMITTED', '' end
+  local why = {}
+  if failed > 0 then why[#why + 1] = failed .. ' failed' end
+  if canceled > 0 then why[#why + 1] = canceled .. ' canceled' end
+  return 'FAILED', table.concat(why, ', ') .. ' of ' .. n .. ' iterations'
 end
 
 -- A task (job or iteration) reached a final state: record it and queue the consequences.
@@ -140,8 +146,9 @@ local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childles
   if done >= tonumber(redis.call('HGET', jk, 'n')) then
     local st = redis.call('HGET', jk, 'state')
     if not FINAL[st] then
-      redis.call('HSET', jk, 'state', final_of_iterations(jk), 'end', NOW)
-      work[#work + 1] = {'job_final', name, nil, redis.call('HGET', jk, 'state')}
+      local fin, why = final_of_iterations(jk)
+      redis.call('HSET', jk, 'state', fin, 'end', NOW, 'message', why)
+      work[#work + 1] = {'job_final', name, nil, fin}
     end
   end
 end
