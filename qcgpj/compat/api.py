@@ -31,6 +31,15 @@ class Jobs(_jobs.Jobs):
     ordered_jobs = jobs
 
 
+def _names(v: Any) -> list[str]:
+    """Names as QCG-PilotJob takes them: also the dict its ``list()`` returns (``wait4(m.list())``)."""
+    return a.names(list(v) if isinstance(v, dict) else v)
+
+
+def _some_names(v: Any) -> list[str]:
+    return a.some_names(list(v) if isinstance(v, dict) else v)
+
+
 class Manager:
     """QCG-PilotJob's client API. ``address``: a Redis URL (its ZMQ address has no meaning here); None: the
     ``QCGPJ_REDIS_URL`` variable, else local mode."""
@@ -59,12 +68,12 @@ class Manager:
                 waiting += 1
         return out
 
-    @a.api(names=a.some_names)
+    @a.api(names=_some_names)
     def status(self, names: Sequence[str] | str) -> dict[str, Any]:
         states = self.m.status(names)
         return {"jobs": {n: {"status": 0, "data": {"jobName": n, "status": st}} for n, st in states.items()}}
 
-    @a.api(names=a.some_names, withChilds=a.flag)
+    @a.api(names=_some_names, withChilds=a.flag)
     def info(self, names: Sequence[str] | str, withChilds: bool = False, **_kw: Any) -> dict[str, Any]:
         return {"jobs": {n: {"status": 0, "data": self._info(n, withChilds)} for n in names}}
 
@@ -86,7 +95,7 @@ class Manager:
                                                   (i.get("end"), i["state"])) if t)
         return data
 
-    @a.api(names=a.some_names, withChilds=a.flag)
+    @a.api(names=_some_names, withChilds=a.flag)
     def info_parsed(self, names: Sequence[str] | str, withChilds: bool = False, **kw: Any) -> dict[str, JobInfo]:
         return {n: JobInfo.from_data(d["data"]) for n, d in self.info(names, withChilds, **kw)["jobs"].items()}
 
@@ -102,11 +111,11 @@ class Manager:
                              "ExecutingJobs": sum(1 for st in states.values() if st == "EXECUTING")}}
 
     # ------------------------------------------------------------------ changes
-    @a.api(names=a.some_names)
+    @a.api(names=_some_names)
     def remove(self, names: Sequence[str] | str) -> None:
         self.m.remove(names)
 
-    @a.api(names=a.some_names)
+    @a.api(names=_some_names)
     def cancel(self, names: Sequence[str] | str) -> None:
         self.m.cancel(names)
 
@@ -117,7 +126,7 @@ class Manager:
         self.m.finish()
 
     # ------------------------------------------------------------------ waiting
-    @a.api(names=a.names, timeout=a.timeout)
+    @a.api(names=_names, timeout=a.timeout)
     def wait4(self, names: Sequence[str] | str, timeout: float | None = None) -> dict[str, str | None]:
         return self.m.wait4(names, timeout=timeout)
 

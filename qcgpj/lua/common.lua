@@ -108,17 +108,18 @@ local function parent_iteration_ok(name, it)  -- one per-iteration parent of nam
 end
 
 -- The state of an iterative job once its last iteration ended (a job canceled whole is CANCELED at once, in
--- cancel.lua), and its message. As in QCG-PilotJob, canceled iterations make it FAILED: its work is not all done,
--- and CANCELED would tell its user that someone canceled the job.
+-- cancel.lua), and its message. As in QCG-PilotJob, any iteration that did not succeed (failed, canceled, omitted)
+-- makes it FAILED: its work is not all done, and CANCELED would tell its user that someone canceled the job.
+-- OMITTED only when no iteration ran at all for that reason.
 local function final_of_iterations(jk)
-  local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED')
+  local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED', 'n_OMITTED')
   local n, ok = tonumber(h[1]), tonumber(h[2] or '0')
-  local failed, canceled = tonumber(h[3] or '0'), tonumber(h[4] or '0')
   if ok == n then return 'SUCCEED', '' end
-  if failed + canceled == 0 then return 'OMITTED', '' end
-  local why = {}
-  if failed > 0 then why[#why + 1] = failed .. ' failed' end
-  if canceled > 0 then why[#why + 1] = canceled .. ' canceled' end
+  local counts, why = {tonumber(h[3] or '0'), tonumber(h[4] or '0'), tonumber(h[5] or '0')}, {}
+  if counts[3] == n then return 'OMITTED', '' end
+  for i, word in ipairs({'failed', 'canceled', 'omitted'}) do
+    if counts[i] > 0 then why[#why + 1] = counts[i] .. ' ' .. word end
+  end
   return 'FAILED', table.concat(why, ', ') .. ' of ' .. n .. ' iterations'
 end
 
