@@ -7,7 +7,7 @@ import time
 import pytest
 
 from qcgpj.compat import Jobs, LocalManager, Manager
-from qcgpj.errors import RemoveError
+from qcgpj.errors import FinishedError, RemoveError
 from tests.cluster import Cluster
 
 GATE = "while [ ! -e go ]; do sleep 0.05; done"
@@ -135,3 +135,13 @@ def test_info_has_the_cores_each_task_ran_on(tmp_path, monkeypatch):
         assert [c.total_cores for c in m.info_parsed("its", withChilds=True)["its"].childs] == [1, 1]
     finally:
         m.finish()
+
+
+def test_asking_a_finished_local_manager_is_a_clear_error(tmp_path, monkeypatch):
+    """Its store went with its services: a FinishedError at once, not a connection error after retries."""
+    monkeypatch.delenv("QCGPJ_REDIS_URL", raising=False)
+    m = LocalManager(["--nodes", "n0:1", "--wd", str(tmp_path)])
+    m.finish()
+    for ask in (m.list, m.system_status, lambda: m.info("x"), lambda: m.wait4("x"), lambda: m.remove("x")):
+        with pytest.raises(FinishedError, match="finished"):
+            ask()
