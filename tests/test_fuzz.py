@@ -394,6 +394,9 @@ def hostile_calls(url: str) -> list[tuple[str, Callable[[Manager], Any]]]:
         ("compat submit(5)", lambda m: CompatManager(url).submit(5)),
         ("compat Jobs().add(bogus=1)", lambda m: CompatJobs().add(name="x", exec="x", bogus=1)),
         ("compat LocalManager(['--nodes'])", lambda m: LocalManager(["--nodes"])),
+        ("compat LocalManager([5])", lambda m: LocalManager([5])),
+        ("compat LocalManager('--nodes n0:2')", lambda m: LocalManager("--nodes n0:2")),
+        ("Jobs().save_to_file(5)", lambda m: Jobs().add(name="x", exec="x").save_to_file(5)),
     ]
 
 

@@ -163,6 +163,9 @@ class LocalManager(Manager):
 
     def __init__(self, server_args: Sequence[str] | None = None, cfg: dict | None = None) -> None:
         opts: dict[str, Any] = {}
+        if isinstance(server_args, (str, bytes)) or not all(isinstance(x, str) for x in server_args or []):
+            raise ArgumentError(f"LocalManager: 'server_args' must be a list of strings (its service's options, "
+                                f"e.g. ['--nodes', 'n0:4']), got {server_args!r}")
         args = list(server_args or [])
         while args:
             arg = args.pop(0)
