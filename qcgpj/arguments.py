@@ -18,7 +18,7 @@ from typing import Any, Callable
 import redis
 
 from .connection import redis_error
-from .errors import ArgumentError, UnknownJobError
+from .errors import ArgumentError, FinishedError, UnknownJobError
 from .jobspec import NAME_RE, _show
 from .keys import Keys
 
@@ -45,6 +45,10 @@ def api(**checks: Check) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                         given[name] = check(given[name])
                     except ArgumentError as exc:
                         raise ArgumentError(f"{where}: '{name}' {exc}") from None
+            if getattr(given.get("self"), "_finished", False) and fn.__name__ != "submit":
+                # a finished local Manager's store is gone: say so now, not after the client's connect retries
+                raise FinishedError(f"{where}: this Manager is finished (its local store is gone with its services); "
+                                    "ask before finish() or use a new Manager")
             try:
                 return fn(*bound.args, **bound.kwargs)
             except redis.RedisError as exc:

@@ -47,7 +47,8 @@ class TimeoutError(QcgpjError):  # noqa: A001
 
 
 class RemoveError(QcgpjError):
-    """A job cannot be removed: it is unknown, not final yet, or jobs not final yet depend on it."""
+    """A job cannot be removed: it is unknown, not final yet (or canceled, its process not stopped yet), or jobs
+    not final yet depend on it."""
 
     def __init__(self, job: str, why: str, message: str) -> None:
         self.job = job
@@ -61,6 +62,9 @@ class RemoveError(QcgpjError):
             return cls(job, why, "unknown job")
         if why == "notfinal":
             return cls(job, why, f"is {detail}: only final jobs can be removed (cancel it first)")
+        if why == "stopping":
+            return cls(job, why, f"canceled, but executor {detail} has not reported its process ended yet: "
+                                 "remove it once it has")
         return cls(job, why, f"jobs that are not final yet depend on it ({detail.replace(',', ', ')}): "
                              "remove it once they have ended")
 

@@ -408,7 +408,7 @@ class Executor:
             if alloc is None:
                 break
             self._local.popleft()
-            slot = Slot(entry, alloc, now())
+            slot = Slot(entry, alloc, f"{now()}@{alloc.compact()}")   # the cores ride on the start report
             self._running[entry.task] = slot
             self._started[entry.raw] = slot.start
             self._unreported()

@@ -11,11 +11,13 @@ import re
 import time
 from typing import Sequence
 
+from .errors import RemoveError
 from .store import FINAL_STATES, Store
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000                 # names per remove.lua call
+STOP_WAIT = 30.0             # seconds a removal waits for the processes of just-canceled jobs to be reported
 EVENTS_KEPT = 10             # the events stream is trimmed to this once nothing is active
 DAY = 86400.0
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhdw]?)\s*$")
@@ -30,12 +32,24 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def remove_named(store: Store, names: Sequence[str]) -> list[str]:
+def remove_named(store: Store, names: Sequence[str], stop_wait: float = STOP_WAIT) -> list[str]:
     """Remove these jobs, all or none: every batch is checked before the first is removed (a
-    :class:`~qcgpj.errors.RemoveError` names the first job that cannot be)."""
+    :class:`~qcgpj.errors.RemoveError` names the first job that cannot be). A job canceled a moment ago whose
+    process its executor has not reported stopped yet is waited for, up to ``stop_wait`` seconds, on the
+    queue's events: so cancel, wait and remove (QCG-PilotJob's order) works at once."""
     names = list(dict.fromkeys(names))
-    for i in range(0, len(names), BATCH):
-        store.remove_jobs(names[i:i + BATCH], "check")
+    deadline = time.monotonic() + stop_wait
+    last = store.last_event_id()
+    while True:
+        try:
+            for i in range(0, len(names), BATCH):
+                store.remove_jobs(names[i:i + BATCH], "check")
+            break
+        except RemoveError as exc:
+            left = deadline - time.monotonic()
+            if exc.why != "stopping" or left <= 0:
+                raise
+            last = store.wait_event(last, min(0.5, left))
     for i in range(0, len(names), BATCH):
         store.remove_jobs(names[i:i + BATCH], "strict")
     _after(store, names)

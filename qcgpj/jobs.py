@@ -105,6 +105,8 @@ class Jobs:
 
     def save_to_file(self, path: str) -> None:
         """Write the jobs as a JSON list of QCG-PilotJob job descriptions."""
+        if not isinstance(path, (str, os.PathLike)):   # an int would be taken as an open file descriptor
+            raise ArgumentError(f"Jobs.save_to_file: 'path' must be a path, got {type(path).__name__} {path!r}")
         try:
             with open(path, "w", encoding="utf-8") as f:
                 json.dump([s.to_dict() for s in self._jobs.values()], f, indent=2)

@@ -12,10 +12,11 @@ jobs                        list     job names in submission order
 active                      string   count of jobs not yet in a final state
 job:<name>                  hash     spec (JSON), state, req ("cmin|cmax|kmin|kmax[|gpus|mem]"), deps, pdeps, n, it0,
                                      next, attempts, executor, created/start/end, exit, message,
-                                     usage ("user s,system s,max RSS KiB" of a process),
+                                     usage ("user s,system s,max RSS KiB" of a process), alloc (its cores:
+                                     "n0:0-3,n1:0-1+4", node:core ranges), icancel (iterations were canceled),
                                      n_SUCCEED/n_FAILED/n_CANCELED/n_OMITTED, done (iterative),
                                      lost / lost:<it> (executors that died holding the task)
-its:<name>                  hash     iteration -> "STATE|exit|executor|start|end|attempt[,usage]|message"
+its:<name>                  hash     iteration -> "STATE|exit|executor|start[@cores]|end|attempt[,usage]|message"
 att:<name>                  hash     iteration -> attempt number (only for retried iterations)
 itwait:<name>               hash     iteration -> count of per-iteration parents that succeeded
 children:<name>             set      "w|child" (whole job), "i<k>|child" (iteration k), "p|child" (per iteration)

@@ -14,6 +14,7 @@ from .errors import (ArgumentError, FinishedError, LostJobsError, QcgpjError, Re
 from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job, size_at_submit
+from .resources import parse_compact
 from .store import FINAL_STATES, Store, parse_record, parse_usage
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,8 @@ class Manager:
                                 "created": _f(h.get("created")), "start": _f(h.get("start")),
                                 "end": _f(h.get("end")), "exit_code": _i(h.get("exit")),
                                 "message": h.get("message", ""), **parse_usage(h.get("usage"))}
+        if h.get("alloc") and info["state"] not in ("QUEUED", "READY", "SCHEDULED"):   # not a requeued one's old
+            info["nodes"] = parse_compact(h["alloc"])
         if h.get("unplaceable"):   # since when no live executor can fit it (the message says what it needs)
             info["unplaceable"] = float(h["unplaceable"])
         if info["start"] is not None and info["end"] is not None:
@@ -262,6 +265,7 @@ class Manager:
                 "total_gpus": gpus, "used_gpus": gpus - sum(int(e.get("gfree") or 0) for e in live.values()),
                 "executors": execs}
 
+    @a.api(names=a.optional_names, finished=a.flag, older_than=a.timeout)
     def remove(self, names: Sequence[str] | str | None = None, *, finished: bool = False,
                older_than: float | None = None) -> list[str]:
         """Remove final jobs with every key they have; returns the removed names.
@@ -314,7 +318,8 @@ class Manager:
         """Local mode waiting for every job of its private queue (``qcgpj run``): then the count of open jobs
         says all, one read per wake-up instead of the states (which, in fakeredis, took the executor's time)."""
         return (self.local is not None and all(":" not in n for n in names)
-                and len(set(names)) == self.client.llen(self.store.keys.jobs))
+                and len(set(names)) == self.client.llen(self.store.keys.jobs)
+                and set(names) == set(self.store.job_names()))   # not a name that is no job of it
 
     def _wait_active(self, deadline: float | None, progress: Progress | None, names: Sequence[str]) -> None:
         """Until no job of the queue is open (the ``active`` count)."""

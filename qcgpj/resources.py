@@ -52,6 +52,11 @@ class Allocation:
     def to_text(self) -> str:
         return ";".join(f"{n}={','.join(map(str, c))}" for n, c in self.parts)
 
+    def compact(self) -> str:
+        """As reported to Redis with the task's start and kept in its record: ``n0:0-3,n1:0-1+4`` (a node's core
+        ranges joined by '+'), a few bytes per task."""
+        return ",".join(f"{n}:{_ranges(c)}" for n, c in self.parts)
+
     @classmethod
     def from_text(cls, s: str) -> "Allocation":
         parts = []
@@ -59,6 +64,28 @@ class Allocation:
             n, _, cores = part.partition("=")
             parts.append((n, tuple(int(c) for c in cores.split(",") if c)))
         return cls(tuple(parts))
+
+
+def _ranges(cores: tuple[int, ...]) -> str:
+    runs: list[list[int]] = []
+    for c in sorted(cores):
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "+".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def parse_compact(text: str | None) -> dict[str, list[int]]:
+    """``Allocation.compact`` back to {node: [cores]}; {} for none."""
+    nodes: dict[str, list[int]] = {}
+    for part in filter(None, (text or "").split(",")):
+        name, _, ranges = part.rpartition(":")
+        cores = nodes.setdefault(name, [])
+        for r in ranges.split("+"):
+            a, _, b = r.partition("-")
+            cores.extend(range(int(a), int(b or a) + 1))
+    return nodes
 
 
 # ---------------------------------------------------------------------- Slurm syntax

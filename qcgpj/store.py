@@ -17,6 +17,7 @@ from .topology import node_client, replica_wait
 from .errors import (DependencyError, DuplicateJobError, JobSpecError, QcgpjError, QueueFullError, RemoveError,
                      UnknownJobError)
 from .keys import EVENTS_GROUP, Keys, lua_prelude
+from .resources import parse_compact
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Report:
     entry: str
     state: str
     exit_code: int | None
-    start: str
+    start: str          # "time@cores": the cores it ran on (Allocation.compact) ride on the start, if it got any
     end: str
     message: str = ""
     usage: str = ""     # "user CPU s,system CPU s,max RSS KiB" of a process (format_usage); '' when unknown
@@ -95,13 +96,18 @@ class Entry:
 
 
 def parse_record(rec: str) -> dict[str, Any]:
-    """An iteration record ``STATE|exit|executor|start|end|attempt[,usage]|message`` as a dict (the usage, if the
-    task was a process, rides on the attempt field: the message, last, may hold any character)."""
+    """An iteration record ``STATE|exit|executor|start[@cores]|end|attempt[,usage]|message`` as a dict (the usage,
+    if the task was a process, rides on the attempt field, the cores it got on the start: the message, last, may
+    hold any character)."""
     state, exit_code, eid, t0, t1, att, msg = rec.split("|", 6)
     att, _, usage = att.partition(",")
-    return {"state": state, "exit_code": int(exit_code) if exit_code else None, "executor": eid or None,
-            "start": float(t0) if t0 else None, "end": float(t1) if t1 else None,
-            "attempt": int(att or 0), "message": msg, **parse_usage(usage)}
+    t0, _, cores = t0.partition("@")
+    out = {"state": state, "exit_code": int(exit_code) if exit_code else None, "executor": eid or None,
+           "start": float(t0) if t0 else None, "end": float(t1) if t1 else None,
+           "attempt": int(att or 0), "message": msg, **parse_usage(usage)}
+    if cores:
+        out["nodes"] = parse_compact(cores)
+    return out
 
 
 def format_usage(usage: tuple[float, float, int] | None) -> str:

@@ -23,10 +23,12 @@ class Launch:
 
 
 class SpecCache:
-    """Job specs by name; specs never change after submit, so a small LRU saves a Redis read per task."""
+    """Job specs by name; a small LRU saves a Redis read per task. A spec that comes again replaces the cached one
+    if it differs: a job removed and submitted again under its name (the claim sends the spec with the first
+    entry of a job in each round trip)."""
 
     def __init__(self, size: int = 1024) -> None:
-        self._specs: OrderedDict[str, JobSpec] = OrderedDict()
+        self._specs: OrderedDict[str, tuple[str, JobSpec]] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
@@ -35,17 +37,16 @@ class SpecCache:
             return self._get(name, spec_json)
 
     def _get(self, name: str, spec_json: str) -> JobSpec:
-        spec = self._specs.get(name)
-        if spec is None:
+        got = self._specs.get(name)
+        if got is None or (spec_json and spec_json != got[0]):
             if not spec_json:
                 raise KeyError(name)
-            spec = JobSpec.from_json(spec_json)
-            self._specs[name] = spec
+            got = (spec_json, JobSpec.from_json(spec_json))
+            self._specs[name] = got
             if len(self._specs) > self._size:
                 self._specs.popitem(last=False)
-        else:
-            self._specs.move_to_end(name)
-        return spec
+        self._specs.move_to_end(name)
+        return got[1]
 
 
 def variables(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str) -> dict[str, str]:

@@ -35,7 +35,7 @@ def test_submit_wait_and_the_answer_shapes(local, tmp_path):
     assert [d["name"] for d in jobs.jobs()] == ["a", "it", "b"] == jobs.ordered_job_names()
     assert local.submit(jobs) == ["a", "it", "b"]
     assert local.wait4(["a", "it", "b"]) == {"a": "SUCCEED", "it": "SUCCEED", "b": "SUCCEED"}
-    assert local.list() == {n: {"status": "SUCCEED", "inQueue": 0} for n in ("a", "it", "b")}
+    assert local.list() == {n: {"status": "SUCCEED"} for n in ("a", "it", "b")}   # none waits: no inQueue
     assert local.status("a") == {"jobs": {"a": {"status": 0, "data": {"jobName": "a", "status": "SUCCEED"}}}}
     data = local.info("it", withChilds=True)["jobs"]["it"]["data"]
     assert data["iterations"] == {"start": 0, "stop": 3, "total": 3, "finished": 3, "failed": 0}

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from qcgpj import Jobs, Manager, QcgpjError
 from qcgpj.cli import main
+from qcgpj.compat import Jobs as CompatJobs, LocalManager, Manager as CompatManager
 from tests.cluster import REPO, qcgpj_cmd
 from tests.redisproc import RedisServer
 
@@ -370,6 +371,33 @@ def hostile_calls(url: str) -> list[tuple[str, Callable[[Manager], Any]]]:
         ("Jobs().load_from_file(None)", lambda m: Jobs().load_from_file(None)),
         ("Jobs().load_from_file('/nonexistent')", lambda m: Jobs().load_from_file("/nonexistent")),
         ("Jobs().save_to_file('/nonexistent/x')", lambda m: Jobs().save_to_file("/nonexistent/x")),
+        ("remove(5)", lambda m: m.remove(5)),
+        ("remove('queued') (not final)", lambda m: m.remove("queued")),
+        ("remove(finished='yes')", lambda m: m.remove(finished="yes")),
+        ("remove(older_than=-1)", lambda m: m.remove(finished=True, older_than=-1)),
+        ("info('queued:')", lambda m: m.info("queued:")),
+        ("info('queued:2:1')", lambda m: m.info("queued:2:1")),
+        # QCG-PilotJob's API (qcgpj.compat), the same queue
+        ("compat info(5)", lambda m: CompatManager(url).info(5)),
+        ("compat info(None)", lambda m: CompatManager(url).info(None)),
+        ("compat info('queued:')", lambda m: CompatManager(url).info("queued:")),
+        ("compat info_parsed('nosuch')", lambda m: CompatManager(url).info_parsed("nosuch")),
+        ("compat status([])", lambda m: CompatManager(url).status([])),
+        ("compat status('queued:2:1')", lambda m: CompatManager(url).status("queued:2:1")),
+        ("compat cancel(None)", lambda m: CompatManager(url).cancel(None)),
+        ("compat cancel(['single', 'nosuch'])", lambda m: CompatManager(url).cancel(["single", "nosuch"])),
+        ("compat remove('single') (not final)", lambda m: CompatManager(url).remove("single")),
+        ("compat remove(7)", lambda m: CompatManager(url).remove(7)),
+        ("compat wait4(5)", lambda m: CompatManager(url).wait4(5)),
+        ("compat wait4('nosuch')", lambda m: CompatManager(url).wait4("nosuch", timeout=1)),
+        ("compat wait4all('x')", lambda m: CompatManager(url).wait4all("x")),
+        ("compat wait4_any_job_finish(-1)", lambda m: CompatManager(url).wait4_any_job_finish(-1)),
+        ("compat submit(5)", lambda m: CompatManager(url).submit(5)),
+        ("compat Jobs().add(bogus=1)", lambda m: CompatJobs().add(name="x", exec="x", bogus=1)),
+        ("compat LocalManager(['--nodes'])", lambda m: LocalManager(["--nodes"])),
+        ("compat LocalManager([5])", lambda m: LocalManager([5])),
+        ("compat LocalManager('--nodes n0:2')", lambda m: LocalManager("--nodes n0:2")),
+        ("Jobs().save_to_file(5)", lambda m: Jobs().add(name="x", exec="x").save_to_file(5)),
     ]
 
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .. import arguments as a
 from .. import jobs as _jobs
 from .. import manager as _manager
 from ..errors import ArgumentError, TimeoutError
@@ -30,8 +31,13 @@ class Jobs(_jobs.Jobs):
     ordered_jobs = jobs
 
 
-def _names(names: Sequence[str] | str) -> list[str]:
-    return [names] if isinstance(names, str) else list(names)
+def _names(v: Any) -> list[str]:
+    """Names as QCG-PilotJob takes them: also the dict its ``list()`` returns (``wait4(m.list())``)."""
+    return a.names(list(v) if isinstance(v, dict) else v)
+
+
+def _some_names(v: Any) -> list[str]:
+    return a.some_names(list(v) if isinstance(v, dict) else v)
 
 
 class Manager:
@@ -50,14 +56,26 @@ class Manager:
         return {k: res[k] for k in ("total_nodes", "total_cores", "used_cores", "free_cores")}
 
     def list(self) -> dict[str, dict[str, Any]]:
-        return {n: {"status": st, "inQueue": 0} for n, st in self.m.list().items()}
+        """``inQueue``: a job's place among those ready to run and not started yet (dependencies met, waiting for
+        cores or just handed to an executor), in submission order; only such jobs have one. (QCG-PilotJob keeps
+        the place a job had when it entered its scheduling queue, also after it ran.)"""
+        out: dict[str, dict[str, Any]] = {}
+        waiting = 0
+        for n, st in self.m.list().items():
+            out[n] = {"status": st}
+            if st in ("READY", "SCHEDULED"):
+                out[n]["inQueue"] = waiting
+                waiting += 1
+        return out
 
+    @a.api(names=_some_names)
     def status(self, names: Sequence[str] | str) -> dict[str, Any]:
-        states = self.m.status(_names(names))
+        states = self.m.status(names)
         return {"jobs": {n: {"status": 0, "data": {"jobName": n, "status": st}} for n, st in states.items()}}
 
+    @a.api(names=_some_names, withChilds=a.flag)
     def info(self, names: Sequence[str] | str, withChilds: bool = False, **_kw: Any) -> dict[str, Any]:
-        return {"jobs": {n: {"status": 0, "data": self._info(n, withChilds)} for n in _names(names)}}
+        return {"jobs": {n: {"status": 0, "data": self._info(n, withChilds)} for n in names}}
 
     def _info(self, name: str, children: bool) -> dict[str, Any]:
         i = self.m.info(name)
@@ -67,7 +85,8 @@ class Manager:
         its = i.get("iterations")
         if its:
             data["iterations"] = {"start": its["start"], "stop": its["start"] + its["total"], "total": its["total"],
-                                  "finished": its["finished"], "failed": its["FAILED"]}
+                                  "finished": its["finished"],
+                                  "failed": its["FAILED"] + its["CANCELED"] + its["OMITTED"]}   # as QCG-PilotJob counts
             if children and ":" not in name:
                 data["childs"] = [{"iteration": it, "state": c["state"], "runtime": _runtime(c)}
                                   for it, c in self.m.iterations(name).items()]
@@ -76,6 +95,7 @@ class Manager:
                                                   (i.get("end"), i["state"])) if t)
         return data
 
+    @a.api(names=_some_names, withChilds=a.flag)
     def info_parsed(self, names: Sequence[str] | str, withChilds: bool = False, **kw: Any) -> dict[str, JobInfo]:
         return {n: JobInfo.from_data(d["data"]) for n, d in self.info(names, withChilds, **kw)["jobs"].items()}
 
@@ -91,11 +111,13 @@ class Manager:
                              "ExecutingJobs": sum(1 for st in states.values() if st == "EXECUTING")}}
 
     # ------------------------------------------------------------------ changes
+    @a.api(names=_some_names)
     def remove(self, names: Sequence[str] | str) -> None:
-        self.m.remove(_names(names))
+        self.m.remove(names)
 
+    @a.api(names=_some_names)
     def cancel(self, names: Sequence[str] | str) -> None:
-        self.m.cancel(_names(names))
+        self.m.cancel(names)
 
     def cleanup(self) -> None:
         """QCG-PilotJob deletes its service's auxiliary files; qcgpj keeps none on the client side."""
@@ -104,12 +126,15 @@ class Manager:
         self.m.finish()
 
     # ------------------------------------------------------------------ waiting
+    @a.api(names=_names, timeout=a.timeout)
     def wait4(self, names: Sequence[str] | str, timeout: float | None = None) -> dict[str, str | None]:
-        return self.m.wait4(_names(names), timeout=timeout)
+        return self.m.wait4(names, timeout=timeout)
 
+    @a.api(timeout_secs=a.timeout)
     def wait4all(self, timeout_secs: float | None = None) -> None:
         self.m.wait4all(timeout=timeout_secs)
 
+    @a.api(timeout_secs=a.timeout)
     def wait4_any_job_finish(self, timeout_secs: float | None = None) -> tuple[str | None, str | None]:
         """The first job, of those not final at the call, to become final; (None, None) on timeout."""
         open_names = [n for n, st in self.m.list().items() if st not in FINAL]
@@ -138,6 +163,9 @@ class LocalManager(Manager):
 
     def __init__(self, server_args: Sequence[str] | None = None, cfg: dict | None = None) -> None:
         opts: dict[str, Any] = {}
+        if isinstance(server_args, (str, bytes)) or not all(isinstance(x, str) for x in server_args or []):
+            raise ArgumentError(f"LocalManager: 'server_args' must be a list of strings (its service's options, "
+                                f"e.g. ['--nodes', 'n0:4']), got {server_args!r}")
         args = list(server_args or [])
         while args:
             arg = args.pop(0)
@@ -178,19 +206,30 @@ class JobInfo:
     @classmethod
     def from_data(cls, d: dict[str, Any], name: str | None = None) -> JobInfo:
         rt = d.get("runtime") or {}
+        nodes = _nodes(rt.get("allocation"))
         return cls(name or d.get("jobName", ""), d.get("status") or d.get("state", ""),
-                   None, None, None, rt.get("exit_code"), rt.get("rtime"),
+                   sum(map(len, nodes.values())) if nodes else None, nodes, None, rt.get("exit_code"), rt.get("rtime"),
                    d.get("iterations"),
                    [cls.from_data(c, f"{d.get('jobName')}:{c['iteration']}") for c in d.get("childs", [])],
                    d.get("messages"), d.get("history", ""))
 
 
 def _runtime(i: dict[str, Any]) -> dict[str, Any]:
-    """Exit code and run time (qcgpj does not record the allocation of a finished task yet)."""
+    """Exit code, run time and, in QCG-PilotJob's text (``n0[0:1],n1[0:1]``), the cores the task ran on."""
     out: dict[str, Any] = {"exit_code": i.get("exit_code")}
     if i.get("start") is not None and i.get("end") is not None:
         out["rtime"] = round(i["end"] - i["start"], 3)
+    if i.get("nodes"):
+        out["allocation"] = ",".join(f"{n}[{':'.join(map(str, c))}]" for n, c in i["nodes"].items())
     return out
+
+
+def _nodes(allocation: str | None) -> dict[str, list[int]] | None:
+    """``n0[0:1],n1[0:1]`` back to {node: [cores]} (QCG-PilotJob gives the cores as strings; here they are ints)."""
+    if not allocation:
+        return None
+    return {part[:part.index("[")]: [int(c) for c in part[part.index("[") + 1:-1].split(":")]
+            for part in allocation.split(",")}
 
 
 __all__ = ["Manager", "LocalManager", "Jobs", "JobInfo", "TimeoutError"]

@@ -19,6 +19,32 @@ if unknown then
   for i = 2, #ARGV do out[#out + 1] = known(ARGV[i]) and 'skipped' or 'unknown' end
   return out
 end
+-- state, executor, start (with the cores it got) and attempt of an iteration record, kept when it is canceled
+local function running_fields(rec)
+  if not rec then return nil end
+  local st, _, eid, t0, _, att = string.match(rec, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|')
+  return st, eid, t0, att
+end
+
+-- A job canceled whole: its iterations not final yet end with it, so that none stays EXECUTING (the executors'
+-- reports of the killed ones come too late to count) and the counts add up to its iterations.
+local function cancel_iterations(name, jk)
+  local h = redis.call('HMGET', jk, 'n', 'done')
+  if not h[1] then return end
+  local recs = redis.call('HGETALL', K_its(name))
+  for i = 1, #recs, 2 do
+    local st, eid, t0, att = running_fields(recs[i + 1])
+    if not FINAL[st] then
+      redis.call('HSET', K_its(name), recs[i], record('CANCELED', nil, eid, t0, NOW, att, 'canceled'))
+    end
+  end
+  local left = tonumber(h[1]) - tonumber(h[2] or '0')
+  if left > 0 then
+    redis.call('HINCRBY', jk, 'n_CANCELED', left)
+    redis.call('HSET', jk, 'done', h[1])
+  end
+end
+
 local function notify(tid)
   for _, e in ipairs(redis.call('SMEMBERS', K_live)) do redis.call('RPUSH', K_control(e), 'cancel ' .. tid) end
 end
@@ -34,20 +60,22 @@ for i = 2, #ARGV do
   elseif it == nil then
     redis.call('HSET', jk, 'state', 'CANCELED', 'end', NOW, 'message', 'canceled')
     count_whole(jk, 'CANCELED')
+    cancel_iterations(name, jk)
     work[#work + 1] = {'job_final', name, nil, 'CANCELED'}
     if st == 'SCHEDULED' or st == 'EXECUTING' then notify(name) end
     out[#out + 1] = 'canceled'
   else
     local n, it0 = tonumber(redis.call('HGET', jk, 'n') or '0'), tonumber(redis.call('HGET', jk, 'it0') or '0')
-    local rs = record_state(redis.call('HGET', K_its(name), it))
+    local rs, eid, t0, att = running_fields(redis.call('HGET', K_its(name), it))
     if n == 0 or it < it0 or it >= it0 + n then
       out[#out + 1] = 'unknown'
     elseif rs and FINAL[rs] then
       out[#out + 1] = 'final'
     else
       redis.call('HSET', jk, 'icancel', 1)
-      task_final(name, it, 'CANCELED', nil, nil, nil, NOW, 0, 'canceled')
-      if rs == 'EXECUTING' then notify(tid) end
+      task_final(name, it, 'CANCELED', nil, eid, t0, NOW, att or 0, 'canceled')
+      -- claimed by an executor but not reported started yet: it must hear of it too
+      if rs == 'EXECUTING' or st == 'SCHEDULED' or st == 'EXECUTING' then notify(tid) end
       out[#out + 1] = 'canceled'
     end
   end

@@ -111,13 +111,20 @@ local function parent_iteration_ok(name, it)  -- one per-iteration parent of nam
   end
 end
 
+-- The state of an iterative job once its last iteration ended (a job canceled whole is CANCELED at once, in
+-- cancel.lua), and its message. As in QCG-PilotJob, any iteration that did not succeed (failed, canceled, omitted)
+-- makes it FAILED: its work is not all done, and CANCELED would tell its user that someone canceled the job.
+-- OMITTED only when no iteration ran at all for that reason.
 local function final_of_iterations(jk)
-  local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED')
+  local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED', 'n_OMITTED')
   local n, ok = tonumber(h[1]), tonumber(h[2] or '0')
-  if ok == n then return 'SUCCEED' end
-  if tonumber(h[3] or '0') > 0 then return 'FAILED' end
-  if tonumber(h[4] or '0') > 0 then return 'CANCELED' end
-  return 'OMITTED'
+  if ok == n then return 'SUCCEED', '' end
+  local counts, why = {tonumber(h[3] or '0'), tonumber(h[4] or '0'), tonumber(h[5] or '0')}, {}
+  if counts[3] == n then return 'OMITTED', '' end
+  for i, word in ipairs({'failed', 'canceled', 'omitted'}) do
+    if counts[i] > 0 then why[#why + 1] = counts[i] .. ' ' .. word end
+  end
+  return 'FAILED', table.concat(why, ', ') .. ' of ' .. n .. ' iterations'
 end
 
 -- A task (job or iteration) reached a final state: record it and queue the consequences.
@@ -144,8 +151,9 @@ local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childles
   if done >= tonumber(redis.call('HGET', jk, 'n')) then
     local st = redis.call('HGET', jk, 'state')
     if not FINAL[st] then
-      redis.call('HSET', jk, 'state', final_of_iterations(jk), 'end', NOW)
-      work[#work + 1] = {'job_final', name, nil, redis.call('HGET', jk, 'state')}
+      local fin, why = final_of_iterations(jk)
+      redis.call('HSET', jk, 'state', fin, 'end', NOW, 'message', why)
+      work[#work + 1] = {'job_final', name, nil, fin}
     end
   end
 end

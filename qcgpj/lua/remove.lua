@@ -3,11 +3,40 @@
 --   `stats`. A job that is not final, or on which a job that is not final yet depends, is kept. how: 'check'
 --   (remove nothing), 'strict' (nothing is removed if one name cannot be: {'ERR', why, name, detail} comes
 --   back) or 'skip'. Otherwise one (status, detail) pair per name: status 'removed' (or 'ok' for a check),
---   'unknown', 'notfinal' or 'dependants'. The names stay in `jobs`: the
+--   'unknown', 'notfinal', 'stopping' (canceled, its process not reported ended yet) or 'dependants'. The names stay in `jobs`: the
 --   caller rewrites that list once for all batches (one LREM per job would scan the list each time).
 -- 'executors', now, retention: forget executors that left or died at least `retention` seconds ago.
 local mode = ARGV[1]
 NOW = ARGV[2]
+
+-- A job canceled while placed or running is final at once, but its entries stay on an executor's lists until
+-- the killed process is reported. A placed entry (ready list) goes with the job, its cores back to the executor's
+-- credit; a claimed one (running list) keeps the job ('stopping') until its report came: else that late report,
+-- or a claim, would act on a new job of the same name, whose entries look the same.
+local held = nil   -- job name -> executor holding an entry of it in its running list, read once per call
+local function holder(name)
+  if not held then
+    held = {}
+    for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
+      for _, entry in ipairs(redis.call('LRANGE', K_running(e), 0, -1)) do
+        local tid = parse_entry(entry)
+        if tid then held[split_tid(tid)] = e end
+      end
+    end
+  end
+  return held[name]
+end
+
+local function purge_placed(gone)
+  for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
+    local credit = 0
+    for _, entry in ipairs(redis.call('LRANGE', K_ready(e), 0, -1)) do
+      local tid, c = parse_entry(entry)
+      if tid and gone[split_tid(tid)] then credit = credit + redis.call('LREM', K_ready(e), 1, entry) * c end
+    end
+    if credit > 0 then redis.call('HINCRBY', K_exec(e), 'free', credit) end
+  end
+end
 
 local function waiting_dependants(name)  -- names of jobs, not final yet, that depend on `name`
   local out = {}
@@ -20,9 +49,10 @@ local function waiting_dependants(name)  -- names of jobs, not final yet, that d
 end
 
 local function check(name)  -- why `name` cannot be removed (nil: it can), and a detail
-  local h = redis.call('HMGET', K_job(name), 'state', 'kids')
+  local h = redis.call('HMGET', K_job(name), 'state', 'kids', 'icancel')
   if not h[1] then return 'unknown', '' end
   if not FINAL[h[1]] then return 'notfinal', h[1] end
+  if (h[1] == 'CANCELED' or h[3]) and holder(name) then return 'stopping', holder(name) end
   if h[2] then
     local deps = waiting_dependants(name)
     if #deps > 0 then return 'dependants', table.concat(deps, ',') end
@@ -68,14 +98,18 @@ if mode == 'jobs' then
     out[#out + 1] = detail
   end
   if only_check then return out end
-  local removed = 0
+  local removed, killed = 0, {}
   for i = 4, #ARGV do
     if out[2 * (i - 3) - 1] == 'removed' then
+      if redis.call('HGET', K_job(ARGV[i]), 'icancel') or redis.call('HGET', K_job(ARGV[i]), 'state') == 'CANCELED' then
+        killed[ARGV[i]] = true
+      end
       uncount(ARGV[i])
       redis.call('UNLINK', K_job(ARGV[i]), K_its(ARGV[i]), K_att(ARGV[i]), K_itwait(ARGV[i]), K_children(ARGV[i]))
       removed = removed + 1
     end
   end
+  if next(killed) then purge_placed(killed) end
   if removed > 0 then forget_failures() end
   return out
 elseif mode == 'executors' then

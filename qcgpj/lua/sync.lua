@@ -2,7 +2,8 @@
 -- ARGV: executor id, now, want, n_adopt, n_started, n_finished, new prefetch ('' to keep it), then
 --   adopt entries (moved to running by BLMOVE; to check and describe), started (entry, start time) pairs,
 --   finished (entry, state, exit, start, end, message, usage) 7-tuples; usage is 'user s,system s,max RSS KiB'
---   of a process, or ''.
+--   of a process, or ''. A start may be 'time@cores' (the task's nodes and cores, 'n0:0-3,n1:0-3'): a job keeps
+--   them in its hash field 'alloc', an iteration in its record's start field, as they came.
 -- Returns {entry, spec, entry, spec...} for the adopted and newly claimed entries that are still wanted; spec
 -- is '' when the previous entry was of the same job. Claimed entries stay SCHEDULED until reported started.
 -- A report about an entry no longer in our running list (we were declared dead and it was requeued) is ignored:
@@ -21,6 +22,12 @@ local function live(name, it, field)
   if not h[1] or FINAL[h[1]] then return nil end
   if it ~= nil and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then return nil end
   return h[1], h[2]
+end
+
+local function split_start(t)  -- 'time@cores' -> time, cores ('' when none came)
+  local t0, cores = string.match(t, '^([^@]*)@(.*)$')
+  if t0 then return t0, cores end
+  return t, ''
 end
 
 local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
@@ -57,11 +64,12 @@ for i = 1, n_started do
     local st = live(name, it)
     if st then
       local jk = K_job(name)
+      local t, cores = split_start(t0)
       if it == nil then
-        redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t0, 'executor', eid)
+        redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t, 'executor', eid, 'alloc', cores)
       else
         redis.call('HSET', K_its(name), it, record('EXECUTING', nil, eid, t0, nil, att, nil))
-        if st ~= 'EXECUTING' then redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t0) end
+        if st ~= 'EXECUTING' then redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t) end
       end
     end
   end
@@ -77,6 +85,11 @@ for i = 1, n_finished do
     local name, it = split_tid(tid)
     local st, kids = live(name, it, 'kids')
     if st then
+      if it == nil then
+        local cores
+        t0, cores = split_start(t0)
+        if cores ~= '' then redis.call('HSET', K_job(name), 'alloc', cores) end
+      end
       task_final(name, it, state, exit, eid, t0, t1, att, msg, not kids, usage)
       finished = finished + 1
     end
