@@ -15,6 +15,12 @@ from .templates import BasicTemplate, QCGPJTemplate
 __all__ = ["QCGPJExecutor", "QCGPJFuture", "QCGPJTemplate", "BasicTemplate"]
 
 
+def qcg_nodes(text: str) -> str:
+    """QCG-PilotJob's ``[name:]cores[,...]`` in qcgpj's ``name:cores,...``: an unnamed node is ``n<index>``, as
+    QCG-PilotJob names it (``resources="4"`` is four cores on node n0)."""
+    return ",".join(part if ":" in part else f"n{i}:{part}" for i, part in enumerate(text.split(",")))
+
+
 class QCGPJFuture:
     """The jobs of one ``submit``: ``result()`` waits and returns their final states by name."""
 
@@ -54,7 +60,7 @@ class QCGPJExecutor(concurrent.futures.Executor):
         if redis_url is not None:
             self._qcgpjm: Manager = Manager(redis_url)
         else:
-            args = ["--wd", wd] + (["--nodes", str(resources)] if resources else []) + list(other_args)
+            args = ["--wd", wd] + (["--nodes", qcg_nodes(str(resources))] if resources else []) + list(other_args)
             self._qcgpjm = LocalManager(args)
         self.finished = False
 
