@@ -5,6 +5,7 @@ in dask, scikit-learn, chaospy... and takes minutes to install), so those tests 
 test below makes the same calls QCGPJPool makes (EasyVVUQ 1.3) and runs everywhere."""
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from qcgpj.compat import QCGPJExecutor, QCGPJFuture
-from qcgpj.compat.templates import QCGPJTemplate
+from qcgpj.compat.templates import BasicTemplate, QCGPJTemplate
+from qcgpj.errors import QcgpjError
 
 needs_easyvvuq = pytest.mark.skipif(importlib.util.find_spec("easyvvuq") is None,
                                     reason="easyvvuq not installed (pip install qcgpj[easyvvuq])")
@@ -128,7 +130,8 @@ def replay_pool(campaign_dir: Path, ex: QCGPJExecutor, runs: int) -> dict[int, d
             pending.discard(f)
             assert not f.running() and f.result() == {str(futures[f]): "SUCCEED"}
             results[futures[f]] = json.loads((campaign_dir / f".result_{futures[f]}").read_text())
-        time.sleep(0.05) if pending else None
+        if pending:
+            time.sleep(0.05)        # the client polls (QCGPJPool.as_completed): that is what is replayed here
     ex.shutdown()
     return results
 
@@ -146,3 +149,15 @@ def test_easyvvuqs_calls_on_a_queue(tmp_path, cluster):
     m = cluster.serving(2)
     assert replay_pool(tmp_path, QCGPJExecutor(redis_url=cluster.url), 6) == {i: {"x2": i * i} for i in range(1, 7)}
     assert m.list() == {str(i): "SUCCEED" for i in range(1, 7)}
+
+
+def test_a_futures_timeout_is_concurrent_futures_timeout(tmp_path, monkeypatch):
+    """A caller written for concurrent.futures catches its TimeoutError from result(timeout)."""
+    monkeypatch.delenv("QCGPJ_REDIS_URL", raising=False)
+    with QCGPJExecutor(wd=str(tmp_path), resources="1") as ex:
+        f = ex.submit(BasicTemplate.template, name="long", exec="/bin/sleep", args=["300"])
+        with pytest.raises(concurrent.futures.TimeoutError, match="long") as caught:
+            f.result(timeout=0.2)
+        assert isinstance(caught.value, QcgpjError) and not f.done()
+        f.cancel()
+        assert f.result(timeout=60) == {"long": "CANCELED"}

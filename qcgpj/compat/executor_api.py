@@ -9,16 +9,21 @@ import textwrap
 from typing import Any, Callable
 
 from ..errors import JobSpecError
+from ..errors import TimeoutError as QcgpjTimeout
 from .api import FINAL, Jobs, LocalManager, Manager
 from .templates import BasicTemplate, QCGPJTemplate
 
-__all__ = ["QCGPJExecutor", "QCGPJFuture", "QCGPJTemplate", "BasicTemplate"]
+__all__ = ["QCGPJExecutor", "QCGPJFuture", "QCGPJTemplate", "BasicTemplate", "FutureTimeout"]
 
 
 def qcg_nodes(text: str) -> str:
     """QCG-PilotJob's ``[name:]cores[,...]`` in qcgpj's ``name:cores,...``: an unnamed node is ``n<index>``, as
     QCG-PilotJob names it (``resources="4"`` is four cores on node n0)."""
     return ",".join(part if ":" in part else f"n{i}:{part}" for i, part in enumerate(text.split(",")))
+
+
+class FutureTimeout(QcgpjTimeout, concurrent.futures.TimeoutError):
+    """``result(timeout)`` ran out: a qcgpj error, and the one a ``concurrent.futures`` caller catches."""
 
 
 class QCGPJFuture:
@@ -29,7 +34,11 @@ class QCGPJFuture:
         self._done = self._cancelled = False
 
     def result(self, timeout: float | None = None) -> dict[str, str | None]:
-        return self.qcgpjm.wait4(self.ids, timeout=timeout)
+        """QCG-PilotJob ignores ``timeout``; here it raises :class:`FutureTimeout`, as a Future's result does."""
+        try:
+            return self.qcgpjm.wait4(self.ids, timeout=timeout)
+        except QcgpjTimeout as exc:
+            raise FutureTimeout(str(exc)) from None
 
     def done(self) -> bool:
         if not self._done:
