@@ -86,8 +86,9 @@ def test_easyvvuq_campaign_in_local_mode(tmp_path, python_on_path):
 @needs_easyvvuq
 def test_easyvvuq_campaign_on_a_queue(tmp_path, python_on_path, cluster):
     m = cluster.serving(2)
-    check_results(run_campaign(tmp_path, QCGPJExecutor(redis_url=cluster.url)), tmp_path)
-    assert m.list() == {str(i): "SUCCEED" for i in range(1, 9)}     # the worker ran them, from the queue
+    ex = QCGPJExecutor(redis_url=cluster.url)
+    check_results(run_campaign(tmp_path, ex), tmp_path)
+    assert m.list() == {f"{ex.prefix}{i}": "SUCCEED" for i in range(1, 9)}     # the worker ran them
 
 
 # ---------------------------------------------------------------------- the same calls, without EasyVVUQ
@@ -128,8 +129,9 @@ def replay_pool(campaign_dir: Path, ex: QCGPJExecutor, runs: int) -> dict[int, d
     while pending:
         for f in [f for f in pending if f.done()]:
             pending.discard(f)
-            assert not f.running() and f.result() == {str(futures[f]): "SUCCEED"}
-            results[futures[f]] = json.loads((campaign_dir / f".result_{futures[f]}").read_text())
+            [(name, state)] = f.result().items()
+            assert not f.running() and name == f"{ex.prefix}{futures[f]}" and state == "SUCCEED"
+            results[futures[f]] = json.loads((campaign_dir / f".result_{name}").read_text())
         if pending:
             time.sleep(0.05)        # the client polls (QCGPJPool.as_completed): that is what is replayed here
     ex.shutdown()
@@ -146,9 +148,13 @@ def test_easyvvuqs_calls_in_local_mode(tmp_path, monkeypatch):
 
 
 def test_easyvvuqs_calls_on_a_queue(tmp_path, cluster):
+    """Two campaigns, one after the other, on one queue: both name their runs 1..6."""
     m = cluster.serving(2)
-    assert replay_pool(tmp_path, QCGPJExecutor(redis_url=cluster.url), 6) == {i: {"x2": i * i} for i in range(1, 7)}
-    assert m.list() == {str(i): "SUCCEED" for i in range(1, 7)}
+    ex1, ex2 = QCGPJExecutor(redis_url=cluster.url), QCGPJExecutor(redis_url=cluster.url)
+    for ex in (ex1, ex2):
+        assert replay_pool(tmp_path, ex, 6) == {i: {"x2": i * i} for i in range(1, 7)}
+    assert m.list() == {f"{ex.prefix}{i}": "SUCCEED" for ex in (ex1, ex2) for i in range(1, 7)}
+    assert len(m.list()) == 12
 
 
 def test_a_futures_timeout_is_concurrent_futures_timeout(tmp_path, monkeypatch):
