@@ -1,8 +1,9 @@
 """EasyVVUQ, a real client of QCG-PilotJob's executor API, on qcgpj.compat's QCGPJExecutor: a small campaign
 runs through ``easyvvuq.actions.QCGPJPool`` and its collated results are checked, in local mode and on a real
 Redis with an InputQueue and a worker. EasyVVUQ is an optional extra (``pip install qcgpj[easyvvuq]``; it pulls
-in dask, scikit-learn, chaospy... and takes minutes to install), so those tests skip without it; the replay
-test below makes the same calls QCGPJPool makes (EasyVVUQ 1.3) and runs everywhere."""
+in dask, scikit-learn, chaospy... and numpy<2, which Python 3.13 builds from source: 12 to 42 minutes to
+install), so those tests skip without it; the replay tests below make the same calls QCGPJPool makes
+(EasyVVUQ 1.3) and run everywhere."""
 from __future__ import annotations
 
 import concurrent.futures
