@@ -6,13 +6,25 @@ import ast
 import concurrent.futures
 import string
 import textwrap
+import uuid
 from typing import Any, Callable
 
 from ..errors import JobSpecError
+from ..errors import TimeoutError as QcgpjTimeout
 from .api import FINAL, Jobs, LocalManager, Manager
 from .templates import BasicTemplate, QCGPJTemplate
 
-__all__ = ["QCGPJExecutor", "QCGPJFuture", "QCGPJTemplate", "BasicTemplate"]
+__all__ = ["QCGPJExecutor", "QCGPJFuture", "QCGPJTemplate", "BasicTemplate", "FutureTimeout"]
+
+
+def qcg_nodes(text: str) -> str:
+    """QCG-PilotJob's ``[name:]cores[,...]`` in qcgpj's ``name:cores,...``: an unnamed node is ``n<index>``, as
+    QCG-PilotJob names it (``resources="4"`` is four cores on node n0)."""
+    return ",".join(part if ":" in part else f"n{i}:{part}" for i, part in enumerate(text.split(",")))
+
+
+class FutureTimeout(QcgpjTimeout, concurrent.futures.TimeoutError):
+    """``result(timeout)`` ran out: a qcgpj error, and the one a ``concurrent.futures`` caller catches."""
 
 
 class QCGPJFuture:
@@ -23,7 +35,11 @@ class QCGPJFuture:
         self._done = self._cancelled = False
 
     def result(self, timeout: float | None = None) -> dict[str, str | None]:
-        return self.qcgpjm.wait4(self.ids, timeout=timeout)
+        """QCG-PilotJob ignores ``timeout``; here it raises :class:`FutureTimeout`, as a Future's result does."""
+        try:
+            return self.qcgpjm.wait4(self.ids, timeout=timeout)
+        except QcgpjTimeout as exc:
+            raise FutureTimeout(str(exc)) from None
 
     def done(self) -> bool:
         if not self._done:
@@ -46,15 +62,22 @@ class QCGPJFuture:
 class QCGPJExecutor(concurrent.futures.Executor):
     """Local mode on ``resources`` (QCG-PilotJob's ``--nodes``, e.g. "n0:4") under ``wd``; with ``redis_url``,
     the jobs go to that queue's executors instead. ``reserve_core``, ``enable_rt_stats``, ``wrapper_rt_stats``
-    and ``log_level`` are accepted for compatibility: qcgpj's executor needs no core of its own."""
+    and ``log_level`` are accepted for compatibility: qcgpj's executor needs no core of its own.
+
+    ``prefix`` goes before every job name (and ``after`` name) submitted. A queue outlives one client, and
+    EasyVVUQ names its runs 1, 2, 3... in every campaign, so on a queue the default is a prefix of this executor's
+    own (8 hex digits and '-'); the futures' names and ``QCG_PM_EXEC_API_JOB_ID`` carry it. Local mode has a
+    private queue: no prefix, the names as given."""
 
     def __init__(self, wd: str = ".", resources: str | None = None, reserve_core: bool = False,
                  enable_rt_stats: bool = False, wrapper_rt_stats: str | None = None, log_level: str = "info",
-                 *other_args: str, redis_url: str | None = None) -> None:
+                 *other_args: str, redis_url: str | None = None, prefix: str | None = None) -> None:
         if redis_url is not None:
             self._qcgpjm: Manager = Manager(redis_url)
+            self.prefix = f"{uuid.uuid4().hex[:8]}-" if prefix is None else prefix
         else:
-            args = ["--wd", wd] + (["--nodes", str(resources)] if resources else []) + list(other_args)
+            self.prefix = prefix or ""
+            args = ["--wd", wd] + (["--nodes", qcg_nodes(str(resources))] if resources else []) + list(other_args)
             self._qcgpjm = LocalManager(args)
         self.finished = False
 
@@ -93,6 +116,11 @@ class QCGPJExecutor(concurrent.futures.Executor):
         if not isinstance(desc, dict) or not isinstance(desc.get("execution"), dict):
             raise JobSpecError(values.get("name"), "execution", "the filled template must be one job description")
         desc["execution"].setdefault("env", {})["QCG_PM_EXEC_API_JOB_ID"] = "${jname}"
+        if self.prefix:
+            desc["name"] = f"{self.prefix}{desc.get('name', '')}"
+            after = (desc.get("dependencies") or {}).get("after")
+            if isinstance(after, list):
+                desc["dependencies"]["after"] = [f"{self.prefix}{n}" for n in after]
         return QCGPJFuture(self._qcgpjm.submit(Jobs().add_std(desc)), self._qcgpjm)
 
     @property
