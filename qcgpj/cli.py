@@ -5,7 +5,6 @@ import functools
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from .bench import EXTRA_WORKLOADS, WORKLOADS
 from .manager import Manager
 from .progress import Display, Interrupted, Interrupts, Watch
 from .record import stderr_path
+from .signals import stop_on_signals
 
 
 STATE_ORDER = ("SUCCEED", "FAILED", "OMITTED", "CANCELED", "EXECUTING", "SCHEDULED", "READY", "QUEUED")
@@ -542,11 +542,7 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
 
 
 def _on_signals(stop: Callable[[], None]) -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        logging.getLogger("qcgpj").info("signal %d: stopping", signum)
-        stop()
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    stop_on_signals(stop)
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})

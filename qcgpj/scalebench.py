@@ -32,6 +32,7 @@ import click
 import redis
 
 from .connection import connect
+from .signals import stop_on_signals
 from .jobs import Jobs
 from .launching import Runner, Slot
 from .manager import Manager
@@ -110,7 +111,7 @@ def serve_executors(url: str, namespace: str, first: int, count: int, cores: int
                  for i in range(first, first + count)]
     threads = [threading.Thread(target=ex.run, name=f"sim-{ex.eid}", daemon=True) for ex in executors]
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    stop_on_signals(done.set, (signal.SIGTERM,))   # not done.set() in a handler: it may deadlock
     for t in threads:
         t.start()
     while not done.wait(0.2):

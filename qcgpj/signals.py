@@ -1,0 +1,38 @@
+"""Stopping a service on SIGTERM or Ctrl-C without deadlocking it.
+
+A Python signal handler runs in the main thread between two bytecodes, possibly while that thread holds a lock:
+inside ``Event.wait``, for instance, right after its condition's lock was taken back. A handler that called
+``Event.set`` (what ``stop()`` does) then waits for that lock for ever: a worker that was waiting to join a
+refusing Redis hung on SIGTERM this way. So the handler does nothing itself: the signal's number reaches a pipe
+through ``signal.set_wakeup_fd`` (written from C, no lock), and a thread of its own calls ``stop``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Callable, Iterable
+
+log = logging.getLogger("qcgpj")
+
+
+def stop_on_signals(stop: Callable[[], None],
+                    signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Call ``stop`` (from a thread of its own) each time one of ``signals`` arrives. Main thread only."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    for sig in signals:
+        signal.signal(sig, lambda *_: None)   # not the default action; the wake-up fd carries the news
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while True:
+            data = os.read(r, 64)
+            if not data:
+                return
+            for signum in data:
+                log.info("signal %d: stopping", signum)
+                stop()
+
+    threading.Thread(target=watch, name="qcgpj-signals", daemon=True).start()
