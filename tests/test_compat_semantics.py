@@ -145,3 +145,14 @@ def test_asking_a_finished_local_manager_is_a_clear_error(tmp_path, monkeypatch)
     for ask in (m.list, m.system_status, lambda: m.info("x"), lambda: m.wait4("x"), lambda: m.remove("x")):
         with pytest.raises(FinishedError, match="finished"):
             ask()
+
+
+def test_local_manager_takes_unnamed_nodes_as_qcg_pilotjob_does():
+    """`--nodes 4` (or `2,3`) is QCG-PilotJob's form without node names: nodes n0, n1... with those cores."""
+    from qcgpj.compat import LocalManager
+    m = LocalManager(["--nodes", "2,3"])
+    try:
+        res = m.resources()
+        assert (res["total_nodes"], res["total_cores"]) == (2, 5)
+    finally:
+        m.finish()

@@ -156,6 +156,12 @@ class Manager:
         return status in FINAL
 
 
+def qcg_nodes(text: str) -> str:
+    """QCG-PilotJob's ``[name:]cores[,...]`` in qcgpj's ``name:cores,...``: an unnamed node is ``n<index>``, as
+    QCG-PilotJob names it (``resources="4"`` is four cores on node n0)."""
+    return ",".join(part if ":" in part else f"n{i}:{part}" for i, part in enumerate(text.split(",")))
+
+
 class LocalManager(Manager):
     """QCG-PilotJob's LocalManager: a service in this process, here qcgpj's local mode. ``server_args`` are its
     service's options; ``--nodes`` and ``--wd`` are honoured, the others (logging, ZMQ, reports) have no meaning
@@ -175,7 +181,7 @@ class LocalManager(Manager):
                     if not args:
                         raise ArgumentError(f"LocalManager: '{key}' needs a value")
                     value = args.pop(0)
-                opts[SERVICE_OPTIONS[key]] = value
+                opts[SERVICE_OPTIONS[key]] = qcg_nodes(value) if key == "--nodes" else value
             elif key.startswith("--"):
                 if not eq and args and not args[0].startswith("--"):
                     args.pop(0)

@@ -11,16 +11,10 @@ from typing import Any, Callable
 
 from ..errors import JobSpecError
 from ..errors import TimeoutError as QcgpjTimeout
-from .api import FINAL, Jobs, LocalManager, Manager
+from .api import FINAL, Jobs, LocalManager, Manager, qcg_nodes
 from .templates import BasicTemplate, QCGPJTemplate
 
 __all__ = ["QCGPJExecutor", "QCGPJFuture", "QCGPJTemplate", "BasicTemplate", "FutureTimeout"]
-
-
-def qcg_nodes(text: str) -> str:
-    """QCG-PilotJob's ``[name:]cores[,...]`` in qcgpj's ``name:cores,...``: an unnamed node is ``n<index>``, as
-    QCG-PilotJob names it (``resources="4"`` is four cores on node n0)."""
-    return ",".join(part if ":" in part else f"n{i}:{part}" for i, part in enumerate(text.split(",")))
 
 
 class FutureTimeout(QcgpjTimeout, concurrent.futures.TimeoutError):
