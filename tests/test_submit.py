@@ -9,6 +9,8 @@ import time
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from qcgpj import Jobs, Manager
 from qcgpj.connection import connect
@@ -87,7 +89,8 @@ def test_a_client_killed_after_staging_leaves_no_visible_job_and_its_retry_works
 
 def test_redis_killed_mid_submit_leaves_all_or_nothing_and_the_retry_is_safe(fresh_redis):
     url = fresh_redis.url
-    m = manager(url)
+    # A client that gives up at once when the server is gone (qcgpj's own retries for about 20 s first).
+    m = Manager(url, client=redis.Redis.from_url(url, decode_responses=True, retry=Retry(NoBackoff(), 0)))
     r = fresh_redis.client()
     jobs = sweep(100_000)
     stage_seen = threading.Event()
