@@ -29,12 +29,15 @@ end
 
 local function purge_placed(gone)
   for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
-    local credit = 0
+    local credit, gcredit = 0, 0
     for _, entry in ipairs(redis.call('LRANGE', K_ready(e), 0, -1)) do
-      local tid, c = parse_entry(entry)
-      if tid and gone[split_tid(tid)] then credit = credit + redis.call('LREM', K_ready(e), 1, entry) * c end
+      local tid, c, k, _, g = parse_entry(entry)
+      if tid and gone[split_tid(tid)] and redis.call('LREM', K_ready(e), 1, entry) == 1 then
+        credit, gcredit = credit + c, gcredit + entry_gpus(g, k)
+      end
     end
-    if credit > 0 then redis.call('HINCRBY', K_exec(e), 'free', credit) end
+    if credit > 0 then add_credit(e, credit) end   -- the index too: placement reads executors from it
+    if gcredit > 0 then redis.call('HINCRBY', K_exec(e), 'gfree', gcredit) end
   end
 end
 
