@@ -234,9 +234,11 @@ end
 -- so it is stable while a script places.
 local PAGE = 16
 
-local function add_credit(eid, delta)  -- the executor's credit, in its hash and in the index (if indexed)
+-- The executor's credit, in its hash and in the index (if indexed); gdelta: its free GPUs ('gfree'), if any moved.
+local function add_credit(eid, delta, gdelta)
   local f = redis.call('HINCRBY', K_exec(eid), 'free', delta)
   redis.call('ZADD', K_free, 'XX', f, eid)
+  if gdelta and gdelta ~= 0 then redis.call('HINCRBY', K_exec(eid), 'gfree', gdelta) end
 end
 
 local function index_executor(eid)  -- it joined: placement may use it
@@ -361,8 +363,7 @@ local function flush_placement(ex)
   for _, e in ipairs(ex.all) do
     if #e.out > 0 then
       push_many(K_ready(e.id), e.out)
-      add_credit(e.id, -e.used)
-      if e.gused > 0 then redis.call('HINCRBY', K_exec(e.id), 'gfree', -e.gused) end
+      add_credit(e.id, -e.used, -e.gused)
     end
   end
 end

@@ -36,8 +36,7 @@ local function purge_placed(gone)
         credit, gcredit = credit + c, gcredit + entry_gpus(g, k)
       end
     end
-    if credit > 0 then add_credit(e, credit) end   -- the index too: placement reads executors from it
-    if gcredit > 0 then redis.call('HINCRBY', K_exec(e), 'gfree', gcredit) end
+    if credit > 0 then add_credit(e, credit, gcredit) end   -- the index too: placement reads executors from it
   end
 end
 

@@ -99,8 +99,7 @@ propagate()
 
 -- Cores given back so far go to the executor's credit, and ready work is placed on them (here or elsewhere).
 local function settle()
-  if credit ~= 0 and alive then add_credit(eid, credit) end
-  if gcredit ~= 0 and alive then redis.call('HINCRBY', K_exec(eid), 'gfree', gcredit) end
+  if credit ~= 0 and alive then add_credit(eid, credit, gcredit) end   -- an entry with GPUs has cores too
   if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
   credit, gcredit = 0, 0
 end
