@@ -103,9 +103,8 @@ if mode == 'jobs' then
   local removed, killed = 0, {}
   for i = 4, #ARGV do
     if out[2 * (i - 3) - 1] == 'removed' then
-      if redis.call('HGET', K_job(ARGV[i]), 'icancel') or redis.call('HGET', K_job(ARGV[i]), 'state') == 'CANCELED' then
-        killed[ARGV[i]] = true
-      end
+      local h = redis.call('HMGET', K_job(ARGV[i]), 'icancel', 'state')
+      if h[1] or h[2] == 'CANCELED' then killed[ARGV[i]] = true end
       uncount(ARGV[i])
       redis.call('UNLINK', K_job(ARGV[i]), K_its(ARGV[i]), K_att(ARGV[i]), K_itwait(ARGV[i]), K_children(ARGV[i]))
       removed = removed + 1
