@@ -139,7 +139,10 @@ def test_submit_reads_the_largest_executor_from_the_shape_counts(redis_url):
     _join(store, "b", 8, nodes=2)
     _join(store, "a", 4)   # joins again while counted: still one
     assert client.hgetall(store.keys.shapes) == {"4|1|4|0|0|0": "1", "8|2|4|0|0|0": "1"}
+    client.config_resetstat()
     assert m.limits() == (8, 2, 4)
+    stats = client.info("commandstats")   # the counts were read, not each executor's hash
+    assert stats["cmdstat_hgetall"]["calls"] == 1 and "cmdstat_llen" not in stats, stats
     client.delete(store.keys.alive("b"))
     store.requeue("b", 3, "lost (no heartbeat)")
     assert client.hgetall(store.keys.shapes) == {"4|1|4|0|0|0": "1"}
