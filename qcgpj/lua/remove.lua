@@ -3,8 +3,9 @@
 --   `stats`. A job that is not final, or on which a job that is not final yet depends, is kept. how: 'check'
 --   (remove nothing), 'strict' (nothing is removed if one name cannot be: {'ERR', why, name, detail} comes
 --   back) or 'skip'. Otherwise one (status, detail) pair per name: status 'removed' (or 'ok' for a check),
---   'unknown', 'notfinal', 'stopping' (canceled, its process not reported ended yet) or 'dependants'. The names stay in `jobs`: the
---   caller rewrites that list once for all batches (one LREM per job would scan the list each time).
+--   'unknown', 'notfinal', 'stopping' (canceled, its process not reported ended yet) or 'dependants'. The names
+--   stay in `jobs`: the caller rewrites that list once for all batches (one LREM per job would scan the list
+--   each time).
 -- 'executors', now, retention: forget executors that left or died at least `retention` seconds ago.
 local mode = ARGV[1]
 NOW = ARGV[2]
