@@ -9,9 +9,10 @@ import click
 
 from .alloc import AllocQueue
 from .allocstore import AllocStore
-from .cli import _errors, _logging, _on_signals, main, ns_option, url_option, verbose_option
+from .cli import _errors, _logging, main, ns_option, url_option, verbose_option
 from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
+from .signals import stop_on_signals
 
 
 def _store(redis_url: str | None, namespace: str) -> AllocStore:
@@ -172,7 +173,7 @@ def serve(redis_url: str | None, namespace: str, poll: float, lease: float, dry_
         if not a.step():
             click.echo("no allocation queues (qcgpj alloc add slurm ...)")
         return
-    _on_signals(a.stop)
+    stop_on_signals(a.stop)
     a.run()
 
 

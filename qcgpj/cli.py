@@ -537,12 +537,8 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
     iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease,
                     executor_retention=executor_retention, keep_finished=keep_finished,
                     unplaceable_timeout=unplaceable_timeout)
-    _on_signals(iq.stop)
+    stop_on_signals(iq.stop)
     iq.run()
-
-
-def _on_signals(stop: Callable[[], None]) -> None:
-    stop_on_signals(stop)
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -595,7 +591,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
                   ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile,
                   idle_grace=idle_grace)
     os.chdir(ex.root_wd)   # tasks in the root directory then start without a change of directory (workers.spawn)
-    _on_signals(ex.stop)
+    stop_on_signals(ex.stop)
     ex.run()
 
 

@@ -25,8 +25,9 @@ executors                   set      every executor that joined (for listings: d
 live                        set      executors that may take work: placement and checks read only these
 free                        zset     the ALIVE executors by placement credit (score = exec:<id> free): placement
                                      reads the few with the most credit, not every executor
-shapes                      hash     "total|nnodes|maxnode|gpus|gmax|mem" -> live executors of that shape: what the largest can
-                                     run (submit's check, unplaceable jobs) without reading every executor
+shapes                      hash     "total|nnodes|maxnode|gpus|gmax|mem" -> live executors of that shape: what
+                                     the largest can run (submit's check, unplaceable jobs) without reading every
+                                     executor
 exec:<id>                   hash     host, nodes, total, maxnode, nnodes, free (placement credit), state, pid, started,
                                      ttl (seconds without heartbeat before it is dead), slurm_job (its allocation),
                                      gpus, gmax (most on one node), gfree (GPU credit, no look-ahead), mem (most MiB

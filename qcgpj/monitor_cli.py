@@ -119,8 +119,9 @@ def _usage_lines(s: dict[str, Any], most: int = 10) -> None:
 @json_option
 @csv_option
 @_errors
-def report_jobs(redis_url: str | None, namespace: str, from_dir: str | None, state: str | None, executor: str | None, name: str | None,
-                sort: str, limit: int | None, as_json: bool, as_csv: bool) -> None:
+def report_jobs(redis_url: str | None, namespace: str, from_dir: str | None, state: str | None,
+                executor: str | None, name: str | None, sort: str, limit: int | None, as_json: bool,
+                as_csv: bool) -> None:
     """Tasks (jobs, and iterations as NAME:IT) with their executor, times and outcome."""
     from .report import select_tasks, task_dicts
     from .timefmt import duration, local_time
@@ -142,8 +143,8 @@ def report_jobs(redis_url: str | None, namespace: str, from_dir: str | None, sta
 @json_option
 @csv_option
 @_errors
-def report_gantt(redis_url: str | None, namespace: str, from_dir: str | None, output: str | None, colour: str, as_json: bool,
-                 as_csv: bool) -> None:
+def report_gantt(redis_url: str | None, namespace: str, from_dir: str | None, output: str | None, colour: str,
+                 as_json: bool, as_csv: bool) -> None:
     """Tasks on core lanes per executor over time (lanes packed from the tasks' core counts)."""
     from .report import lanes
     if not output and not (as_json or as_csv):

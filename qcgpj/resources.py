@@ -273,23 +273,20 @@ class CoreAllocator:
     def _allocate_gpus(self, cores: int, nodes: int, gpus: int) -> Allocation | None:
         """Only nodes with ``gpus`` free GPUs count: one of them by best fit on cores, or ``cores`` split evenly
         over ``nodes`` of them (those with the most free cores)."""
-        elig = [(len(c), n) for n, c in self._free.items() if len(self._gfree[n]) >= gpus]
-        if nodes == 1:
-            fits = [x for x in elig if x[0] >= cores]
-            return self._take([(min(fits)[1], cores)], cores, gpus) if fits else None
-        if cores < nodes or len(elig) < nodes:
-            return None
-        base, extra = divmod(cores, nodes)
-        want = [base + (1 if i < extra else 0) for i in range(nodes)]
-        ranked = sorted(elig, reverse=True)[:nodes]
-        if any(k < w for (k, _n), w in zip(ranked, want)):
-            return None
-        return self._take([(n, w) for (_k, n), w in zip(ranked, want)], cores, gpus)
+        elig = {n: c for n, c in self._free.items() if len(self._gfree[n]) >= gpus}
+        plan = self._best_fit(cores, elig) if nodes == 1 else self._plan_nodes(cores, nodes, elig)
+        return None if plan is None else self._take(plan, cores, gpus)
+
+    @staticmethod
+    def _best_fit(cores: int, free: dict[str, list[int]]) -> list[tuple[str, int]] | None:
+        """The node of ``free`` with the fewest free cores that still holds ``cores``."""
+        fits = [(len(c), n) for n, c in free.items() if len(c) >= cores]
+        return [(min(fits)[1], cores)] if fits else None
 
     def _plan_any(self, cores: int) -> list[tuple[str, int]] | None:
-        fits = [(len(c), n) for n, c in self._free.items() if len(c) >= cores]
-        if fits:
-            return [(min(fits)[1], cores)]
+        plan = self._best_fit(cores, self._free)
+        if plan is not None:
+            return plan
         if cores <= self.max_per_node:   # it fits on one node: wait for one rather than split it
             return None
         plan, left = [], cores
@@ -301,13 +298,15 @@ class CoreAllocator:
                 return plan
         return None
 
-    def _plan_nodes(self, cores: int, nodes: int) -> list[tuple[str, int]] | None:
-        """``cores`` in all, split as evenly as possible over exactly ``nodes`` nodes."""
-        if nodes > len(self._free) or cores < nodes:
+    def _plan_nodes(self, cores: int, nodes: int,
+                    free: dict[str, list[int]] | None = None) -> list[tuple[str, int]] | None:
+        """``cores`` in all, split as evenly as possible over exactly ``nodes`` nodes (of ``free``: all)."""
+        free = self._free if free is None else free
+        if nodes > len(free) or cores < nodes:
             return None
         base, extra = divmod(cores, nodes)
         want = [base + (1 if i < extra else 0) for i in range(nodes)]
-        ranked = sorted(((len(c), n) for n, c in self._free.items()), reverse=True)[:nodes]
+        ranked = sorted(((len(c), n) for n, c in free.items()), reverse=True)[:nodes]
         if any(k < w for (k, _n), w in zip(ranked, want)):
             return None
         return [(n, w) for (_k, n), w in zip(ranked, want)]

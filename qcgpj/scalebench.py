@@ -31,6 +31,7 @@ from typing import Any, Callable
 import click
 import redis
 
+from .benchcpu import proc_cpu
 from .connection import connect
 from .signals import stop_on_signals
 from .jobs import Jobs
@@ -152,23 +153,13 @@ class ScaleConfig:
     per_process: int = PER_PROCESS
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads), from /proc; 0 where there is no /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _snapshot(client: redis.Redis, procs: dict[str, list[int]]) -> dict[str, Any]:
     info = client.info("all")
     return {"t": time.time(), "cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
             "in": int(info["total_net_input_bytes"]), "out": int(info["total_net_output_bytes"]),
             "calls": {k[len("cmdstat_"):]: (int(v["calls"]), int(v["usec"]))
                       for k, v in info.items() if k.startswith("cmdstat_")},
-            "procs": {name: sum(_cpu_seconds(p) for p in pids) for name, pids in procs.items()}}
+            "procs": {name: sum(proc_cpu(p) or 0.0 for p in pids) for name, pids in procs.items()}}
 
 
 def _busy(m: Manager, names: list[str], t0: float, t1: float) -> tuple[float, int]:

@@ -479,8 +479,9 @@ class Store:
         return out
 
     def shapes(self) -> list[tuple[int, ...]] | None:
-        """(total cores, nodes, most cores on a node, GPUs, most GPUs on a node, MiB on a node) of each shape of live executor, at a cost that does not grow
-        with the executors; None when the counts do not add up (executors that joined before they were counted)."""
+        """(total cores, nodes, most cores on a node, GPUs, most GPUs on a node, MiB on a node) of each shape of
+        live executor, at a cost that does not grow with the executors; None when the counts do not add up
+        (executors that joined before they were counted)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(self.keys.shapes)
         pipe.scard(self.keys.live)

@@ -139,7 +139,10 @@ def test_submit_reads_the_largest_executor_from_the_shape_counts(redis_url):
     _join(store, "b", 8, nodes=2)
     _join(store, "a", 4)   # joins again while counted: still one
     assert client.hgetall(store.keys.shapes) == {"4|1|4|0|0|0": "1", "8|2|4|0|0|0": "1"}
+    client.config_resetstat()
     assert m.limits() == (8, 2, 4)
+    stats = client.info("commandstats")   # the counts were read, not each executor's hash
+    assert stats["cmdstat_hgetall"]["calls"] == 1 and "cmdstat_llen" not in stats, stats
     client.delete(store.keys.alive("b"))
     store.requeue("b", 3, "lost (no heartbeat)")
     assert client.hgetall(store.keys.shapes) == {"4|1|4|0|0|0": "1"}
@@ -149,4 +152,23 @@ def test_submit_reads_the_largest_executor_from_the_shape_counts(redis_url):
     client.delete(store.keys.shapes)   # joined before the counts existed
     _join(store, "c", 6)
     assert m.limits() == (6, 1, 6)
+    client.close()
+
+
+def test_removing_a_canceled_placed_job_gives_its_credit_back_to_the_index_and_its_gpus(redis_url):
+    """A canceled job's entry still on an executor's ready list goes with the job's removal: its cores return to
+    the executor's credit in the hash and in the index (else placement no longer sees the executor), its GPUs too."""
+    client = connect(redis_url)
+    store, m = Store(client, "idx"), Manager(redis_url, namespace="idx")
+    store.register("a", 30, "node", "n0=1", 1, 1, 1, 0, 1, "", 1, 1, 0)   # 1 core, 1 GPU
+    m.submit(Jobs().add(name="g", exec="/bin/true", nodeCrs={"gpu": 1}))
+    assert [e.split("|")[0] for e in _placed(client, store, "a")] == ["g"]
+    assert _credit(client, store, "a") == (0, 0.0)
+    m.cancel("g")
+    assert m.remove("g") == ["g"]
+    assert _placed(client, store, "a") == []
+    assert _credit(client, store, "a") == (1, 1.0)
+    assert client.hget(store.keys.exec("a"), "gfree") == "1"
+    m.submit(Jobs().add(name="h", exec="/bin/true", nodeCrs={"gpu": 1}))
+    assert [e.split("|")[0] for e in _placed(client, store, "a")] == ["h"]
     client.close()

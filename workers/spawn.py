@@ -18,8 +18,8 @@ program can use through glibc) ignored in the child.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-import stat
 
 AVAILABLE = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_DUP2") and os.path.isdir("/proc/self/fd")
 _DEFAULT_SIGNALS = tuple(getattr(signal, s) for s in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, s))
@@ -80,24 +80,14 @@ def _inherited() -> list[tuple[int, int]]:
 
 
 def _executable(prog: str, env: dict[str, str]) -> str | None:
-    """The file Popen would run for ``prog``: as given when it names a path, else the first executable file of
-    that name along the task's PATH."""
+    """The file Popen would run for ``prog``: as given when it names a path, else ``shutil.which`` along the
+    task's PATH (an absolute result is kept: PATH lookups once per program)."""
     if os.sep in prog:
         return prog
-    search = env.get("PATH", os.defpath)
-    key = (prog, search)
+    key = (prog, env.get("PATH", os.defpath))
     path = _found.get(key)
     if path is None:
-        for d in search.split(os.pathsep):
-            candidate = os.path.join(d or os.curdir, prog)
-            try:
-                st = os.stat(candidate)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
-                path = candidate
-                break
-        if path is None or not os.path.isabs(path):   # not found, or relative to the directory: no caching
-            return path
-        _found[key] = path
+        path = shutil.which(prog, path=key[1])
+        if path is not None and os.path.isabs(path):   # one relative to the directory is not kept
+            _found[key] = path
     return path

@@ -127,15 +127,25 @@ local function final_of_iterations(jk)
   return 'FAILED', table.concat(why, ', ') .. ' of ' .. n .. ' iterations'
 end
 
--- A task (job or iteration) reached a final state: record it and queue the consequences.
+local function split_start(t)  -- 'time@cores' -> time, cores ('' when none came)
+  local t0, cores = string.match(t, '^([^@]*)@(.*)$')
+  if t0 then return t0, cores end
+  return t, ''
+end
+
+-- A task (job or iteration) reached a final state: record it and queue the consequences. t0: its start, with the
+-- cores it got ('time@cores', from a report): a job keeps them in 'alloc', an iteration in its record, as they came.
 -- childless: the caller already knows that no job depends on this one (saves reading it again)
 -- usage: 'user s,system s,max RSS KiB' of a process that ran (from sync), else nil or ''; an iteration's rides on
 -- its record's attempt field ('attempt,usage'), since the message, last, may hold any character.
 local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childless, usage)
   local jk = K_job(name)
   if it == nil then
-    redis.call('HSET', jk, 'state', state, 'exit', exit or '', 'start', t0 or '', 'end', t1 or NOW,
-      'message', msg or '', 'usage', usage or '')
+    local t, cores = split_start(t0 or '')
+    local f = {'state', state, 'exit', exit or '', 'start', t, 'end', t1 or NOW, 'message', msg or '',
+               'usage', usage or ''}
+    if cores ~= '' then f[#f + 1], f[#f + 2] = 'alloc', cores end   -- in the same write
+    redis.call('HSET', jk, unpack(f))
     count_final(state, 1)
     if state == 'FAILED' then note_failure(name, t1, eid, exit, msg) end
     work[#work + 1] = {'job_final', name, nil, state, childless}
@@ -234,9 +244,11 @@ end
 -- so it is stable while a script places.
 local PAGE = 16
 
-local function add_credit(eid, delta)  -- the executor's credit, in its hash and in the index (if indexed)
+-- The executor's credit, in its hash and in the index (if indexed); gdelta: its free GPUs ('gfree'), if any moved.
+local function add_credit(eid, delta, gdelta)
   local f = redis.call('HINCRBY', K_exec(eid), 'free', delta)
   redis.call('ZADD', K_free, 'XX', f, eid)
+  if gdelta and gdelta ~= 0 then redis.call('HINCRBY', K_exec(eid), 'gfree', gdelta) end
 end
 
 local function index_executor(eid)  -- it joined: placement may use it
@@ -361,8 +373,7 @@ local function flush_placement(ex)
   for _, e in ipairs(ex.all) do
     if #e.out > 0 then
       push_many(K_ready(e.id), e.out)
-      add_credit(e.id, -e.used)
-      if e.gused > 0 then redis.call('HINCRBY', K_exec(e.id), 'gfree', -e.gused) end
+      add_credit(e.id, -e.used, -e.gused)
     end
   end
 end

@@ -1,5 +1,6 @@
--- An executor joins, or rejoins after it was declared dead while alive (its old work went to others). ARGV: id, now, ttl, host, nodes text, total cores, max cores per node, nodes, prefetch, pid, Slurm job id ('' outside Slurm),
--- GPUs in all, most GPUs on one node, most MiB on one node.
+-- An executor joins, or rejoins after it was declared dead while alive (its old work went to others). ARGV: id,
+-- now, ttl, host, nodes text, total cores, max cores per node, nodes, prefetch, pid, Slurm job id ('' outside
+-- Slurm), GPUs in all, most GPUs on one node, most MiB on one node.
 local eid = ARGV[1]
 NOW = ARGV[2]
 redis.call('SADD', K_executors, eid)

@@ -24,8 +24,7 @@ for i = 3, #ARGV do
     end
   end
 end
-if credit > 0 then add_credit(eid, credit) end
-if gcredit > 0 then redis.call('HINCRBY', K_exec(eid), 'gfree', gcredit) end
+if credit > 0 then add_credit(eid, credit, gcredit) end
 emit('executor', eid .. ' released ' .. back)
 place(50, 1000)
 return back

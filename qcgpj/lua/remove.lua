@@ -3,8 +3,9 @@
 --   `stats`. A job that is not final, or on which a job that is not final yet depends, is kept. how: 'check'
 --   (remove nothing), 'strict' (nothing is removed if one name cannot be: {'ERR', why, name, detail} comes
 --   back) or 'skip'. Otherwise one (status, detail) pair per name: status 'removed' (or 'ok' for a check),
---   'unknown', 'notfinal', 'stopping' (canceled, its process not reported ended yet) or 'dependants'. The names stay in `jobs`: the
---   caller rewrites that list once for all batches (one LREM per job would scan the list each time).
+--   'unknown', 'notfinal', 'stopping' (canceled, its process not reported ended yet) or 'dependants'. The names
+--   stay in `jobs`: the caller rewrites that list once for all batches (one LREM per job would scan the list
+--   each time).
 -- 'executors', now, retention: forget executors that left or died at least `retention` seconds ago.
 local mode = ARGV[1]
 NOW = ARGV[2]
@@ -29,12 +30,14 @@ end
 
 local function purge_placed(gone)
   for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
-    local credit = 0
+    local credit, gcredit = 0, 0
     for _, entry in ipairs(redis.call('LRANGE', K_ready(e), 0, -1)) do
-      local tid, c = parse_entry(entry)
-      if tid and gone[split_tid(tid)] then credit = credit + redis.call('LREM', K_ready(e), 1, entry) * c end
+      local tid, c, k, _, g = parse_entry(entry)
+      if tid and gone[split_tid(tid)] and redis.call('LREM', K_ready(e), 1, entry) == 1 then
+        credit, gcredit = credit + c, gcredit + entry_gpus(g, k)
+      end
     end
-    if credit > 0 then redis.call('HINCRBY', K_exec(e), 'free', credit) end
+    if credit > 0 then add_credit(e, credit, gcredit) end   -- the index too: placement reads executors from it
   end
 end
 
@@ -101,9 +104,8 @@ if mode == 'jobs' then
   local removed, killed = 0, {}
   for i = 4, #ARGV do
     if out[2 * (i - 3) - 1] == 'removed' then
-      if redis.call('HGET', K_job(ARGV[i]), 'icancel') or redis.call('HGET', K_job(ARGV[i]), 'state') == 'CANCELED' then
-        killed[ARGV[i]] = true
-      end
+      local h = redis.call('HMGET', K_job(ARGV[i]), 'icancel', 'state')
+      if h[1] or h[2] == 'CANCELED' then killed[ARGV[i]] = true end
       uncount(ARGV[i])
       redis.call('UNLINK', K_job(ARGV[i]), K_its(ARGV[i]), K_att(ARGV[i]), K_itwait(ARGV[i]), K_children(ARGV[i]))
       removed = removed + 1

@@ -24,12 +24,6 @@ local function live(name, it, field)
   return h[1], h[2]
 end
 
-local function split_start(t)  -- 'time@cores' -> time, cores ('' when none came)
-  local t0, cores = string.match(t, '^([^@]*)@(.*)$')
-  if t0 then return t0, cores end
-  return t, ''
-end
-
 local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
   local tid, c, k, _, g = parse_entry(entry)
   local name, it = split_tid(tid)
@@ -85,11 +79,6 @@ for i = 1, n_finished do
     local name, it = split_tid(tid)
     local st, kids = live(name, it, 'kids')
     if st then
-      if it == nil then
-        local cores
-        t0, cores = split_start(t0)
-        if cores ~= '' then redis.call('HSET', K_job(name), 'alloc', cores) end
-      end
       task_final(name, it, state, exit, eid, t0, t1, att, msg, not kids, usage)
       finished = finished + 1
     end
@@ -99,8 +88,7 @@ propagate()
 
 -- Cores given back so far go to the executor's credit, and ready work is placed on them (here or elsewhere).
 local function settle()
-  if credit ~= 0 and alive then add_credit(eid, credit) end
-  if gcredit ~= 0 and alive then redis.call('HINCRBY', K_exec(eid), 'gfree', gcredit) end
+  if credit ~= 0 and alive then add_credit(eid, credit, gcredit) end   -- an entry with GPUs has cores too
   if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
   credit, gcredit = 0, 0
 end
