@@ -167,9 +167,9 @@ def _busy(m: Manager, names: list[str], t0: float, t1: float) -> tuple[float, in
     busy, ended = 0.0, 0
     for i in range(0, len(names), 5000):
         for start, end in m.store.job_fields(names[i:i + 5000], "start", "end"):
-            if start is None:
+            if not start:   # not started yet (None), or a start field emptied by a requeue ('')
                 continue
-            s, e = float(start), float(end) if end is not None else t1
+            s, e = float(start), float(end) if end else t1
             busy += max(0.0, min(e, t1) - max(s, t0))
             ended += t0 <= e <= t1 and end is not None
     return busy, ended
