@@ -167,7 +167,7 @@ def _busy(m: Manager, names: list[str], t0: float, t1: float) -> tuple[float, in
     busy, ended = 0.0, 0
     for i in range(0, len(names), 5000):
         for start, end in m.store.job_fields(names[i:i + 5000], "start", "end"):
-            if not start:   # not started yet (None), or a start field emptied by a requeue ('')
+            if not start:   # not started yet (None), or ended without starting ('')
                 continue
             s, e = float(start), float(end) if end else t1
             busy += max(0.0, min(e, t1) - max(s, t0))
