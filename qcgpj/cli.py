@@ -86,11 +86,16 @@ class Group(_OneLineUsage, click.Group):
     group_class = type   # subgroups (report, alloc ...) are of this class too
 
 
-def _checked(check: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """An option callback from one of our checks (which raise QcgpjError)."""
+def _checked(check: Callable[[str], Any], convert: bool = False
+             ) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback from one of our checks (which raise QcgpjError); with ``convert`` the option's value is
+    what the check returns (a parsed size, say), else the text as given."""
     def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
         try:
-            return value if value is None else check(value) and value
+            if value is None:
+                return None
+            got = check(value)
+            return got if convert else value
         except QcgpjError as exc:
             raise click.BadParameter(str(exc)) from None
     return callback
@@ -184,17 +189,11 @@ nodes_option = click.option("--nodes", default=None, metavar="N1:C[:G],N2:C[:G]"
                             help="Nodes, cores and GPUs to own, instead of discovery (testing, in local mode).")
 
 
-def _mem(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    try:
-        return arguments.optional_mem(value)
-    except QcgpjError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 gpus_option = click.option("--gpus", type=click.IntRange(min=0), default=None, metavar="N",
                            help="GPUs of each node, ids 0..N-1 (default: CUDA_VISIBLE_DEVICES, Slurm's GPU "
                                 "variables or nvidia-smi; none found: none).")
-mem_option = click.option("--mem", default=None, metavar="SIZE", callback=_mem,
+mem_option = click.option("--mem", default=None, metavar="SIZE",
+                          callback=_checked(arguments.optional_mem, convert=True),
                           help="Memory of each node for nodeCrs.mem, MiB or with a unit (4G) (default: Slurm's "
                                "SLURM_MEM_PER_NODE or this machine's; none with --nodes).")
 timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
