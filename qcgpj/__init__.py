@@ -6,6 +6,7 @@
         m.wait4all()
 """
 from __future__ import annotations
+# ruff: noqa: E402  (the imports below come after the path set-up for the workers package)
 
 import logging
 import os

@@ -14,16 +14,15 @@ import click
 import redis
 
 from . import __version__
-from .connection import ENV_URL, check_settings, connect, redis_error
+from .connection import ENV_URL, redis_error
 from . import record
 from .errors import QcgpjError, TimeoutError
-from .keys import Keys, check_executor_id
+from .keys import Keys
 from . import arguments
 from .requests import ANSWERED, Interpreter, Request, readable, read_requests
 from .manager import Manager
 from .progress import Display, Interrupted, Interrupts, Watch
 from .record import stderr_path
-from .signals import stop_on_signals
 
 
 STATE_ORDER = ("SUCCEED", "FAILED", "OMITTED", "CANCELED", "EXECUTING", "SCHEDULED", "READY", "QUEUED")
@@ -506,97 +505,6 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
 
 
 @main.command()
-@url_option
-@ns_option
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Times a task may be started on executors that die before it ends FAILED.")
-@click.option("--lease", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
-              help="Leader lease, seconds.")
-@click.option("--executor-retention", type=DURATION, default="1d", show_default=True,
-              help="Forget executors that left or died this long ago (until then 'resources --all' lists them).")
-@click.option("--keep-finished", type=DURATION, default=None,
-              help="Remove final jobs this long after they ended (default: keep them).")
-@click.option("--unplaceable-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              help="Seconds a ready job may fit no live executor (too many cores or nodes) before it ends FAILED; "
-                   "0: never. Jobs wait for the first executor as long as it takes.")
-@connect_wait_option
-@verbose_option
-@_errors
-def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: float, executor_retention: float,
-               keep_finished: float | None, unplaceable_timeout: float, connect_wait: float,
-               verbose: int) -> None:
-    """Run the InputQueue service (placement, executor liveness) until interrupted."""
-    from .inputqueue import InputQueue
-    _logging(max(verbose, 1))
-    if not redis_url:
-        raise QcgpjError(f"the InputQueue needs a queue: give --redis-url or set {ENV_URL}")
-    client = connect(redis_url, wait=connect_wait)
-    check_settings(client)
-    iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease,
-                    executor_retention=executor_retention, keep_finished=keep_finished,
-                    unplaceable_timeout=unplaceable_timeout)
-    stop_on_signals(iq.stop)
-    iq.run()
-
-
-@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@url_option
-@ns_option
-@cores_option
-@nodes_option
-@gpus_option
-@mem_option
-@click.option("--wd", default=None, callback=_check_wd,
-              help="Root working directory of tasks, where the worker runs (default: current directory).")
-@click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
-@click.option("--idle-grace", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="With --exit-when-idle: exit only once the queue has stayed empty this many seconds.")
-@click.option("--prefetch", type=click.IntRange(min=0), default=None,
-              help="Tasks claimed ahead on this executor, fixed (0: none; default: adapts to the rate tasks "
-                   "end, from max(cores, 16) up to 256).")
-@click.option("--heartbeat", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
-              help="Seconds between heartbeats (less than --ttl).")
-@click.option("--ttl", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Seconds without heartbeat before it is dead.")
-@click.option("--id", "eid", default=None, callback=_checked(check_executor_id),
-              help="Executor id (default: host-pid-random).")
-@click.option("--reconcile", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              help="Seconds between checks of the running list against what this worker knows.")
-@connect_wait_option
-@verbose_option
-@_errors
-def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes: str | None, gpus: int | None,
-                mem: int | None, wd: str | None,
-                exit_when_idle: bool, prefetch: int | None, heartbeat: float, ttl: int, eid: str | None,
-                reconcile: float, connect_wait: float, verbose: int, idle_grace: float) -> None:
-    """qcgpj-worker: an executor that runs the queue's tasks on this allocation's cores."""
-    from .executor import Executor
-    from .resources import discover
-    _logging(max(verbose, 1))
-    if not redis_url:
-        raise QcgpjError(f"the worker needs a queue: give --redis-url or set {ENV_URL}")
-    if heartbeat >= ttl:
-        raise click.BadParameter(f"{heartbeat:g} s is not less than --ttl ({ttl} s): the executor would be "
-                                 "declared dead between two heartbeats", param_hint="'--heartbeat'")
-    client = connect(redis_url, wait=connect_wait)
-    check_settings(client)
-    try:
-        node_list = discover(cores=cores, nodes=nodes, gpus=gpus, mem=mem)
-    except ValueError as exc:
-        raise QcgpjError(str(exc)) from None
-    in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes
-    ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
-                  ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile,
-                  idle_grace=idle_grace)
-    os.chdir(ex.root_wd)   # tasks in the root directory then start without a change of directory (workers.spawn)
-    stop_on_signals(ex.stop)
-    ex.run()
-
-
-main.add_command(worker_main, name="worker")
-
-
-@main.command()
 @click.argument("names", nargs=-1)
 @url_option
 @ns_option
@@ -639,4 +547,5 @@ def purge(redis_url: str | None, namespace: str, yes: bool) -> None:
     click.echo(f"namespace '{namespace}' purged")
 
 
-from . import alloc_cli, bench_cli, monitor_cli  # noqa: E402,F401  (register `alloc`, `bench`, `top`, `report`)
+from . import alloc_cli, bench_cli, monitor_cli, service_cli  # noqa: E402,F401  (register `alloc`, `bench`, `top`,
+#                                                                 `report`, `inputqueue`, `worker`)
