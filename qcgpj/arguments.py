@@ -19,7 +19,7 @@ import redis
 
 from .connection import redis_error
 from .errors import ArgumentError, FinishedError, UnknownJobError
-from .jobspec import NAME_RE, _show
+from .fieldcheck import NAME_RE, _show
 from .keys import Keys
 
 Check = Callable[[Any], Any]

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DuplicateJobError, JobSpecError, QcgpjError
-from .jobspec import SUBMIT_FIELDS, JobSpec, _known, _show, parse_job
+from .fieldcheck import _known, _show
+from .jobspec import SUBMIT_FIELDS, JobSpec, parse_job
 
 if TYPE_CHECKING:
     from .manager import Manager
