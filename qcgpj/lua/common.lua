@@ -6,7 +6,7 @@ local NOW = 0  -- set by each script from its ARGV
 -- Counters read by `top` at a cost that does not grow with the jobs (keys stats, rate, failures): tallied in
 -- Lua while a script runs and written once, by propagate(), so a batch of reports costs a few commands more.
 local RATE_SLOTS, FAILURES_KEPT = 64, 50   -- 64 s of per-second counts: the last minute and the current second
-local tally, ran, failed_now = {}, 0, 0
+local tally, ran, failed_now, ended = {}, 0, 0, 0   -- ended: jobs gone final, off the 'active' count at the end
 
 local function count_final(state, k)
   tally[state] = (tally[state] or 0) + k
@@ -26,6 +26,7 @@ end
 local function flush_counts()
   for st, k in pairs(tally) do redis.call('HINCRBY', K_stats, st, k) end
   tally = {}
+  if ended > 0 then redis.call('INCRBY', K_active, -ended); ended = 0 end   -- INCRBY: in the minimal ACL
   if failed_now > 0 then redis.call('LTRIM', K_failures, 0, FAILURES_KEPT - 1); failed_now = 0 end
   if ran == 0 then return end
   local sec = math.floor(tonumber(NOW))
@@ -74,6 +75,14 @@ end
 
 -- Work list of the propagation: {op, name, it, msg}; an explicit stack keeps deep chains off the C stack.
 local work = {}
+
+-- A function library (FUNCTION LOAD) keeps its chunk's locals from one call to the next: each call starts clean.
+-- entry -> its job's spec and name, for the entries place() put on an executor in this call
+local placed_specs, placed_names = {}, {}
+
+local function begin_call()
+  tally, ran, failed_now, ended, work, placed_specs, placed_names = {}, 0, 0, 0, {}, {}, {}
+end
 
 local function make_ready(name, pdeps)  -- pdeps: its per-iteration parent count, if already read
   local jk = K_job(name)
@@ -189,7 +198,7 @@ end
 
 -- childless: true, false (it has children) or nil (not known yet: read it)
 local function on_job_final(name, state, childless)
-  redis.call('DECR', K_active)
+  ended = ended + 1
   if childless == nil then childless = not redis.call('HGET', K_job(name), 'kids') end
   if childless then return end  -- no job depends on it (the common case: skip the children set)
   local why = 'dependency ' .. name .. ' ended ' .. state
@@ -351,13 +360,16 @@ local function pick(ex, cmin, cmax, kmin, kmax, g, m)
   end
 end
 
-local function assign(ex, e, tid, c, k, att, g)
+local function assign(ex, e, tid, c, k, att, g, name, spec)
+  local entry
   if g and g > 0 then
-    e.out[#e.out + 1] = tid .. '|' .. c .. '+' .. g .. '|' .. k .. '|' .. att
+    entry = tid .. '|' .. c .. '+' .. g .. '|' .. k .. '|' .. att
     e.gfree, e.gused = e.gfree - entry_gpus(g, k), e.gused + entry_gpus(g, k)
   else
-    e.out[#e.out + 1] = tid .. '|' .. c .. '|' .. k .. '|' .. att
+    entry = tid .. '|' .. c .. '|' .. k .. '|' .. att
   end
+  e.out[#e.out + 1] = entry
+  placed_specs[entry], placed_names[entry] = spec, name   -- claimed in this call (sync): no second read of the job
   e.free = e.free - c
   e.used = e.used + c
   if e.free <= 0 then
@@ -389,64 +401,76 @@ local function placeable_again(jk)
   redis.call('HSET', jk, 'message', '')
 end
 
--- Place ready work on executors by credit: scan at most `scan` pending entries, place at most `budget` tasks.
--- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed.
-local function place(scan, budget)
-  local ex = load_executors()      -- first: while every executor is full (most passes in a long run) the
-  if not has_room(ex) then return 0 end  -- pending list is not read at all (the InputQueue's pass reads 1,000)
-  local entries = redis.call('LRANGE', K_pending, 0, scan - 1)
-  if #entries == 0 then return 0 end
-  local placed, drop, pos = 0, {}, 0
-  for i, entry in ipairs(entries) do
-    if not has_room(ex) or placed >= budget then break end
-    pos = i
-    local name, it = split_tid(entry)
-    local jk = K_job(name)
-    local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel',
-      'unplaceable')
-    local cmin, cmax, kmin, kmax, g, m = parse_req(h[2])
-    if not h[1] or FINAL[h[1]] then
+-- One pending entry (at position pos of the list): placed if it fits, its tasks as far as the budget allows;
+-- returns the count placed so far. Entries to take off the list go to drop.
+local function place_entry(ex, entry, pos, budget, placed, drop)
+  local name, it = split_tid(entry)
+  local jk = K_job(name)
+  local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel',
+    'unplaceable', 'spec')
+  local cmin, cmax, kmin, kmax, g, m = parse_req(h[2])
+  if not h[1] or FINAL[h[1]] then
+    drop[#drop + 1] = {pos, entry}
+  elseif it ~= nil then
+    if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
       drop[#drop + 1] = {pos, entry}
-    elseif it ~= nil then
-      if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
-        drop[#drop + 1] = {pos, entry}
-      else
-        local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
-        if e then
-          assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7]), g); placed = placed + 1
-          drop[#drop + 1] = {pos, entry}
-          if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED'); h[1] = 'SCHEDULED' end
-          if h[9] then placeable_again(jk); h[9] = false end
-        end
-      end
-    elseif h[3] then
-      local nxt, last = tonumber(h[5]), tonumber(h[4]) + tonumber(h[3]) - 1
-      local start = nxt
-      while nxt <= last and placed < budget do
-        if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), nxt)) or ''] then
-          nxt = nxt + 1
-        else
-          local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
-          if not e then break end
-          assign(ex, e, name .. ':' .. nxt, c, k, iteration_attempt(name, nxt, h[7]), g)
-          placed = placed + 1; nxt = nxt + 1
-        end
-      end
-      if nxt ~= start then
-        redis.call('HSET', jk, 'next', nxt)
-        if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED') end
-        if h[9] then placeable_again(jk) end
-      end
-      if nxt > last then drop[#drop + 1] = {pos, entry} end
     else
       local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
       if e then
-        assign(ex, e, name, c, k, tonumber(h[6] or '0'), g); placed = placed + 1
+        assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7]), g, name, h[10]); placed = placed + 1
         drop[#drop + 1] = {pos, entry}
-        redis.call('HSET', jk, 'state', 'SCHEDULED', 'executor', e.id)
-        if h[9] then placeable_again(jk) end
+        if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED'); h[1] = 'SCHEDULED' end
+        if h[9] then placeable_again(jk); h[9] = false end
       end
     end
+  elseif h[3] then
+    local nxt, last = tonumber(h[5]), tonumber(h[4]) + tonumber(h[3]) - 1
+    local start = nxt
+    while nxt <= last and placed < budget do
+      if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), nxt)) or ''] then
+        nxt = nxt + 1
+      else
+        local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
+        if not e then break end
+        assign(ex, e, name .. ':' .. nxt, c, k, iteration_attempt(name, nxt, h[7]), g, name, h[10])
+        placed = placed + 1; nxt = nxt + 1
+      end
+    end
+    if nxt ~= start then
+      redis.call('HSET', jk, 'next', nxt)
+      if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED') end
+      if h[9] then placeable_again(jk) end
+    end
+    if nxt > last then drop[#drop + 1] = {pos, entry} end
+  else
+    local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
+    if e then
+      assign(ex, e, name, c, k, tonumber(h[6] or '0'), g, name, h[10]); placed = placed + 1
+      drop[#drop + 1] = {pos, entry}
+      redis.call('HSET', jk, 'state', 'SCHEDULED', 'executor', e.id)
+      if h[9] then placeable_again(jk) end
+    end
+  end
+  return placed
+end
+
+-- Place ready work on executors by credit: scan at most `scan` pending entries, place at most `budget` tasks.
+-- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed. The list is read
+-- a page at a time (8, 32, 128... entries), only as far as the scan goes on: a round trip that gave back one core
+-- reads a few entries, not 50 (nothing changes the list until the pass ends, so the pages are one read of it).
+local function place(scan, budget)
+  local ex = load_executors()      -- first: while every executor is full (most passes in a long run) the
+  if not has_room(ex) then return 0 end  -- pending list is not read at all (the InputQueue's pass reads 1,000)
+  local placed, drop, pos, size = 0, {}, 0, 8
+  while pos < scan and has_room(ex) and placed < budget do
+    local entries = redis.call('LRANGE', K_pending, pos, math.min(pos + size, scan) - 1)
+    for _, entry in ipairs(entries) do
+      if not has_room(ex) or placed >= budget then break end
+      pos = pos + 1
+      placed = place_entry(ex, entry, pos, budget, placed, drop)
+    end
+    if #entries < size then break end
+    size = size * 4
   end
   -- Placed entries are mostly a prefix of the list: trim it in one call, remove the others one by one.
   local prefix = 0

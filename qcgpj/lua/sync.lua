@@ -25,18 +25,22 @@ local function live(name, it, field)
 end
 
 local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
-  local tid, c, k, _, g = parse_entry(entry)
-  local name, it = split_tid(tid)
-  local first = name ~= last   -- the spec goes out once per run of entries of one job
-  local st, spec = live(name, it, first and 'spec' or nil)
-  if not st then
-    redis.call('LREM', running, 1, entry)
-    credit = credit + c
-    if g > 0 then gcredit = gcredit + entry_gpus(g, k) end
-    return
+  local spec, name = placed_specs[entry], placed_names[entry]   -- placed by this very call: live, spec read
+  if not spec then
+    local tid, c, k, _, g = parse_entry(entry)
+    local it
+    name, it = split_tid(tid)
+    local st
+    st, spec = live(name, it, name ~= last and 'spec' or nil)
+    if not st then
+      redis.call('LREM', running, 1, entry)
+      credit = credit + c
+      if g > 0 then gcredit = gcredit + entry_gpus(g, k) end
+      return
+    end
   end
   out[#out + 1] = entry
-  out[#out + 1] = first and spec or ''
+  out[#out + 1] = name ~= last and spec or ''   -- the spec goes out once per run of entries of one job
   last = name
 end
 
