@@ -151,13 +151,17 @@ local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childles
   local jk = K_job(name)
   if it == nil then
     local t, cores = split_start(t0 or '')
-    local f = {'state', state, 'exit', exit or '', 'start', t, 'end', t1 or NOW, 'message', msg or '',
-               'usage', usage or ''}
-    if cores ~= '' then f[#f + 1], f[#f + 2] = 'alloc', cores end   -- in the same write
-    redis.call('HSET', jk, unpack(f))
+    if cores ~= '' then   -- the cores it got, in the same write
+      redis.call('HSET', jk, 'state', state, 'exit', exit or '', 'start', t, 'end', t1 or NOW, 'message', msg or '',
+                 'usage', usage or '', 'alloc', cores)
+    else
+      redis.call('HSET', jk, 'state', state, 'exit', exit or '', 'start', t, 'end', t1 or NOW, 'message', msg or '',
+                 'usage', usage or '')
+    end
     count_final(state, 1)
     if state == 'FAILED' then note_failure(name, t1, eid, exit, msg) end
-    work[#work + 1] = {'job_final', name, nil, state, childless}
+    if childless then ended = ended + 1   -- all on_job_final would do
+    else work[#work + 1] = {'job_final', name, nil, state, childless} end
     return
   end
   if usage and usage ~= '' then att = (att or 0) .. ',' .. usage end
@@ -312,9 +316,18 @@ local function load_executors()
 end
 
 -- "cmin|cmax|kmin|kmax[|gpus|mem]": cmax 0 = no upper bound, k 0 = no node request; GPUs and MiB per node
+-- Parsed once per distinct request in a call (and, in a function library, across calls): jobs mostly share a few.
+local reqs, nreqs = {}, 0
 local function parse_req(req)
-  local a, b, c, d, g, m = string.match(req or '1|1|0|0', '^(%d+)|(%d+)|(%d+)|(%d+)|?(%d*)|?(%d*)$')
-  return tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(g) or 0, tonumber(m) or 0
+  req = req or '1|1|0|0'
+  local r = reqs[req]
+  if not r then
+    local a, b, c, d, g, m = string.match(req, '^(%d+)|(%d+)|(%d+)|(%d+)|?(%d*)|?(%d*)$')
+    r = {tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(g) or 0, tonumber(m) or 0}
+    if nreqs >= 256 then reqs, nreqs = {}, 0 end
+    reqs[req], nreqs = r, nreqs + 1
+  end
+  return r[1], r[2], r[3], r[4], r[5], r[6]
 end
 
 -- Whether executor e could hold g GPUs on each of k nodes (one when k is 0) and m MiB per node, now (gfree).
@@ -360,13 +373,23 @@ local function pick(ex, cmin, cmax, kmin, kmax, g, m)
   end
 end
 
+local numstr = {}   -- small integers as strings: a table read, not a number formatted for every entry
+local function str(n)
+  local s = numstr[n]
+  if not s then
+    s = tostring(n)
+    if n >= 0 and n < 4096 then numstr[n] = s end
+  end
+  return s
+end
+
 local function assign(ex, e, tid, c, k, att, g, name, spec)
   local entry
   if g and g > 0 then
-    entry = tid .. '|' .. c .. '+' .. g .. '|' .. k .. '|' .. att
+    entry = tid .. '|' .. str(c) .. '+' .. str(g) .. '|' .. str(k) .. '|' .. str(att)
     e.gfree, e.gused = e.gfree - entry_gpus(g, k), e.gused + entry_gpus(g, k)
   else
-    entry = tid .. '|' .. c .. '|' .. k .. '|' .. att
+    entry = tid .. '|' .. str(c) .. '|' .. str(k) .. '|' .. str(att)
   end
   e.out[#e.out + 1] = entry
   placed_specs[entry], placed_names[entry] = spec, name   -- claimed in this call (sync): no second read of the job
