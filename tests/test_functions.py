@@ -142,3 +142,29 @@ def test_a_library_of_our_name_with_other_code_is_not_called(redis_url):
     finally:
         client.execute_command("FUNCTION", "DELETE", name)
         client.close()
+
+
+def _calls(client, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_core_given_back_and_taken_again_writes_no_credit(redis_url):
+    """The hop of a chain: the round trip that reports a task's end places the next task on the same core. Its
+    credit is written once, net of what it got: here not at all (commands counted), and hash and index agree."""
+    client = connect(redis_url)
+    store = Store(client, "fn7")
+    _join(store, "e", 2)
+    _join(store, "other", 1)
+    _submit(redis_url, "fn7", 3)   # j0, j1 on e (the most credit), j2 on other
+    got = store.sync("e", 2)
+    assert [e.task for e, _ in got] == ["j0", "j1"]
+    _submit(redis_url, "fn7", 1, prefix="next")   # waits: nobody has a free core
+    zadd = _calls(client, "zadd")
+    got = store.sync("e", 1, finished=_done(got[:1]))
+    assert [e.task for e, _ in got] == ["next0"]
+    assert _calls(client, "zadd") == zadd   # was: +1 core, then -1 (a HINCRBY and a ZADD each)
+    assert client.hget(store.keys.exec("e"), "free") == "0" and client.zscore(store.keys.free, "e") == 0
+    got = store.sync("e", 0, finished=_done(got) + [Report("j1|1|0|0", "SUCCEED", 0, now(), now(), "")])
+    assert client.hget(store.keys.exec("e"), "free") == "2" and client.zscore(store.keys.free, "e") == 2
+    store.close()
+    client.close()

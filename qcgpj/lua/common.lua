@@ -284,9 +284,18 @@ end
 
 -- ex.list: the loaded executors that still have credit; ex.bound: no executor not loaded yet has more credit
 -- than this (0: all loaded); ex.all: every executor loaded (touched by this pass).
+local function loaded(id, h)  -- an executor as placement sees it, from its hash fields (see load_page)
+  return {id = id, free = tonumber(h[2] or '0'), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),
+          total = tonumber(h[5]), out = {}, used = 0, gfree = tonumber(h[6] or '0'), gmax = tonumber(h[7] or '0'),
+          mem = tonumber(h[8] or '0'), gused = 0}
+end
+
 local function load_page(ex)
   local got = redis.call('ZREVRANGEBYSCORE', K_free, '+inf', 1, 'WITHSCORES', 'LIMIT', ex.offset, PAGE)
-  if #got == 0 and ex.offset == 0 and redis.call('EXISTS', K_free) == 0 and redis.call('SCARD', K_live) > 0 then
+  -- an index missing while executors live (an upgrade) is rebuilt by the next pass not of a round trip (whose
+  -- own executor may be the only one with credit, still 0 in the index: no EXISTS on every round trip)
+  if #got == 0 and ex.offset == 0 and not ex.own and redis.call('EXISTS', K_free) == 0 and
+      redis.call('SCARD', K_live) > 0 then
     rebuild_index()
     got = redis.call('ZREVRANGEBYSCORE', K_free, '+inf', 1, 'WITHSCORES', 'LIMIT', 0, PAGE)
   end
@@ -294,23 +303,38 @@ local function load_page(ex)
   ex.bound = #got == 2 * PAGE and tonumber(got[#got]) or 0
   for i = 1, #got, 2 do
     local id = got[i]
-    local h = redis.call('HMGET', K_exec(id), 'state', 'free', 'maxnode', 'nnodes', 'total', 'gfree', 'gmax',
-                                'mem')
-    if h[1] ~= 'ALIVE' then
-      redis.call('ZREM', K_free, id)   -- left without its entry removed: heal (the next page moves up by one)
-      ex.offset = ex.offset - 1
-    elseif tonumber(h[2] or '0') > 0 then
-      local e = {id = id, free = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),
-                 total = tonumber(h[5]), out = {}, used = 0, gfree = tonumber(h[6] or '0'),
-                 gmax = tonumber(h[7] or '0'), mem = tonumber(h[8] or '0'), gused = 0}
-      ex.list[#ex.list + 1] = e
-      ex.all[#ex.all + 1] = e
+    if id ~= ex.own then   -- the round trip's own executor is loaded already, with its credit given back
+      local h = redis.call('HMGET', K_exec(id), 'state', 'free', 'maxnode', 'nnodes', 'total', 'gfree', 'gmax',
+                                  'mem')
+      if h[1] ~= 'ALIVE' then
+        redis.call('ZREM', K_free, id)   -- left without its entry removed: heal (the next page moves up by one)
+        ex.offset = ex.offset - 1
+      elseif tonumber(h[2] or '0') > 0 then
+        local e = loaded(id, h)
+        ex.list[#ex.list + 1] = e
+        ex.all[#ex.all + 1] = e
+      end
     end
   end
 end
 
-local function load_executors()
+-- own: {id, delta, gdelta}, the executor of a round trip that gave back delta cores (gdelta GPUs), not yet
+-- written: it is placed on with that credit and its credit is written once, with what it got (net 0 when a core
+-- came back and went to the next task: no write at all).
+local function load_executors(own)
   local ex = {list = {}, all = {}, offset = 0, bound = 0}
+  if own then
+    local h = redis.call('HMGET', K_exec(own.id), 'state', 'free', 'maxnode', 'nnodes', 'total', 'gfree', 'gmax',
+                         'mem')
+    if h[1] == 'ALIVE' then
+      local e = loaded(own.id, h)
+      e.free, e.gfree, e.delta, e.gdelta = e.free + own.delta, e.gfree + own.gdelta, own.delta, own.gdelta
+      ex.own, ex.all[1] = own.id, e
+      if e.free > 0 then ex.list[1] = e end
+    else
+      add_credit(own.id, own.delta, own.gdelta)   -- draining: the credit, and no work
+    end
+  end
   load_page(ex)
   return ex
 end
@@ -406,10 +430,9 @@ end
 
 local function flush_placement(ex)
   for _, e in ipairs(ex.all) do
-    if #e.out > 0 then
-      push_many(K_ready(e.id), e.out)
-      add_credit(e.id, -e.used, -e.gused)
-    end
+    if #e.out > 0 then push_many(K_ready(e.id), e.out) end
+    local d, gd = (e.delta or 0) - e.used, (e.gdelta or 0) - e.gused
+    if d ~= 0 or gd ~= 0 then add_credit(e.id, d, gd) end
   end
 end
 
@@ -481,9 +504,12 @@ end
 -- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed. The list is read
 -- a page at a time (8, 32, 128... entries), only as far as the scan goes on: a round trip that gave back one core
 -- reads a few entries, not 50 (nothing changes the list until the pass ends, so the pages are one read of it).
-local function place(scan, budget)
-  local ex = load_executors()      -- first: while every executor is full (most passes in a long run) the
-  if not has_room(ex) then return 0 end  -- pending list is not read at all (the InputQueue's pass reads 1,000)
+local function place(scan, budget, own)
+  local ex = load_executors(own)   -- first: while every executor is full (most passes in a long run) the
+  if not has_room(ex) then         -- pending list is not read at all (the InputQueue's pass reads 1,000)
+    flush_placement(ex)
+    return 0
+  end
   local placed, drop, pos, size = 0, {}, 0, 8
   while pos < scan and has_room(ex) and placed < budget do
     local entries = redis.call('LRANGE', K_pending, pos, math.min(pos + size, scan) - 1)

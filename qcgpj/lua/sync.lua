@@ -92,8 +92,12 @@ propagate()
 
 -- Cores given back so far go to the executor's credit, and ready work is placed on them (here or elsewhere).
 local function settle()
-  if credit ~= 0 and alive then add_credit(eid, credit, gcredit) end   -- an entry with GPUs has cores too
-  if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
+  if credit > 0 and alive then   -- placement writes our credit, net of what it placed on us
+    place(math.min(50 + credit, 1000), 1000, {id = eid, delta = credit, gdelta = gcredit})
+  else
+    if credit ~= 0 and alive then add_credit(eid, credit, gcredit) end   -- an entry with GPUs has cores too
+    if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
+  end
   credit, gcredit = 0, 0
 end
 
