@@ -245,3 +245,19 @@ def rq_job(rqid: str) -> str:
 def rq_results(rqid: str) -> str:
     """rq's stream of results of that job (as ``rq.results.Result.get_key`` spells it)."""
     return f"rq:results:{rqid}"
+
+
+def lua_prelude_library() -> str:
+    """The key names for a function library (FUNCTION LOAD): loaded once, without KEYS, so the names are
+    upvalues that ``set_keys(KEYS[1])`` sets at the start of each call."""
+    fixed = [name for name, template in TEMPLATES.items() if "{}" not in template]
+    lines = ["local P = ''", "local " + ", ".join(f"K_{name}" for name in fixed)]
+    for name, template in TEMPLATES.items():
+        if "{}" in template:
+            head, tail = template.split("{}")
+            expr = f"P .. '{head}' .. a" + (f" .. '{tail}'" if tail else "")
+            lines.append(f"local function K_{name}(a) return {expr} end")
+    sets = "; ".join(f"K_{name} = P .. '{TEMPLATES[name]}'" for name in fixed)
+    lines.append(f"local function set_keys(jobs) P = string.sub(jobs, 1, -{len(TEMPLATES['jobs']) + 1}); "
+                 f"{sets} end")
+    return "\n".join(lines) + "\n"

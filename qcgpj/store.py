@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import redis
 
 from .durability import Durability, durability_plan
+from .functions import LIBRARY_SCRIPTS, Library
 from .topology import node_client, replica_wait
 from .errors import (DependencyError, DuplicateJobError, JobSpecError, QcgpjError, QueueFullError, RemoveError,
                      UnknownJobError)
@@ -132,6 +133,7 @@ class Store:
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
         self._conn: Any = None   # the executor's own connection for its round trips
         self._submit_loaded = False
+        self._lib = Library(_load_script)   # the hot scripts as Redis functions, where the server has them
         self.acks = replica_wait(client)   # replicas that must acknowledge submits and reports (URL wait=N)
         self._short_acks = 0               # reports that fewer replicas acknowledged (warned once per run of them)
 
@@ -144,22 +146,23 @@ class Store:
     def _run(self, name: str, args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=[self.keys.jobs], args=list(args))
 
-    def _run_direct(self, name: str, args: Sequence[Any]) -> Any:
-        """The executor's hot path: EVALSHA on a connection it keeps, without the pool and retry layers
-        (a quarter of a chain hop's round trip). Callers retry on ConnectionError; a script flushed by a
-        Redis restart is loaded again."""
+    def _run_direct(self, name: str, args: Sequence[Any], evalsha: bool = False) -> Any:
+        """The executor's hot path: FCALL (or EVALSHA) on a connection it keeps, without the pool and retry
+        layers (a quarter of a chain hop's round trip). Callers retry on ConnectionError; a script or function
+        library lost by a Redis restart is loaded again. ``evalsha``: not as a function (see below)."""
         if self._conn is None:
             self._pool = self.node.connection_pool
             self._conn = self._pool.get_connection()
         script = self._scripts[name]
+        fn = None if evalsha else self._function(name)
+        call = ("FCALL", fn, 1, self.keys.jobs, *args) if fn else ("EVALSHA", script.sha, 1, self.keys.jobs, *args)
         try:
             if self.acks is None:
-                self._conn.send_command("EVALSHA", script.sha, 1, self.keys.jobs, *args)
+                self._conn.send_command(*call)
                 return self._conn.read_response()
             # WAIT counts the replicas that have this connection's writes: sent together, one round trip.
             self._conn.send_packed_command(self._conn.pack_commands([
-                ("EVALSHA", script.sha, 1, self.keys.jobs, *args),
-                ("WAIT", self.acks.replicas, self.acks.timeout_ms)]))
+                call, ("WAIT", self.acks.replicas, self.acks.timeout_ms)]))
             try:
                 res = self._conn.read_response()
             finally:
@@ -169,6 +172,12 @@ class Store:
         except redis.exceptions.NoScriptError:
             self.r.script_load(script.script)
             return self._run(name, args)
+        except redis.OutOfMemoryError:
+            # A function is refused whole past maxmemory; a script only at its first write that may grow
+            # memory, after reports that free some (LREM): past maxmemory the script's behaviour is kept.
+            if fn is None:
+                raise
+            return self._run_direct(name, args, evalsha=True)
         except (redis.ConnectionError, redis.TimeoutError):
             self._conn.disconnect()
             raise
@@ -176,10 +185,21 @@ class Store:
             self.close()
             raise redis.ConnectionError("the namespace's slot moved") from None
         except redis.ResponseError as exc:   # a master demoted in a fail-over refuses WAIT: ask for the master again
+            if fn is not None and "function not found" in str(exc).lower():   # flushed, or a restarted server
+                self._lib.usable = None
+                return self._run_direct(name, args, evalsha=True)
             if not str(exc).startswith("WAIT cannot be used with replica"):
                 raise
             self._conn.disconnect()
             raise redis.ConnectionError(f"the master is now a replica ({exc})") from None
+
+    def _function(self, name: str) -> str | None:
+        """The function to FCALL for script ``name``, loading the library first if needed; None: use EVALSHA."""
+        if name not in LIBRARY_SCRIPTS or self._lib.usable is False:
+            return None
+        if self._lib.usable is None and not self._lib.ensure(self.node):
+            return None
+        return self._lib.name(name)
 
     def _check_acks(self, acked: int) -> None:
         """Fewer replicas than asked acknowledged a report: it stands on this master alone until they catch up

@@ -18,7 +18,7 @@ from tests.redisproc import RedisServer
 
 NS = "acl"
 MINIMAL_ACL = ["~qcgpj:{acl}:*", "resetchannels", "-@all", "+ping", "+hello", "+evalsha", "+script|load",
-               "+script|exists", "+get", "+set", "+del", "+incrby", "+decr", "+exists", "+expire", "+@hash", "+@list",
+               "+script|exists", "+get", "+set", "+del", "+incrby", "+exists", "+expire", "+@hash", "+@list",
                "+@set", "+@sortedset", "+@stream"]
 
 

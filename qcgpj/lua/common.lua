@@ -6,7 +6,7 @@ local NOW = 0  -- set by each script from its ARGV
 -- Counters read by `top` at a cost that does not grow with the jobs (keys stats, rate, failures): tallied in
 -- Lua while a script runs and written once, by propagate(), so a batch of reports costs a few commands more.
 local RATE_SLOTS, FAILURES_KEPT = 64, 50   -- 64 s of per-second counts: the last minute and the current second
-local tally, ran, failed_now = {}, 0, 0
+local tally, ran, failed_now, ended = {}, 0, 0, 0   -- ended: jobs gone final, off the 'active' count at the end
 
 local function count_final(state, k)
   tally[state] = (tally[state] or 0) + k
@@ -26,6 +26,7 @@ end
 local function flush_counts()
   for st, k in pairs(tally) do redis.call('HINCRBY', K_stats, st, k) end
   tally = {}
+  if ended > 0 then redis.call('INCRBY', K_active, -ended); ended = 0 end   -- INCRBY: in the minimal ACL
   if failed_now > 0 then redis.call('LTRIM', K_failures, 0, FAILURES_KEPT - 1); failed_now = 0 end
   if ran == 0 then return end
   local sec = math.floor(tonumber(NOW))
@@ -74,6 +75,14 @@ end
 
 -- Work list of the propagation: {op, name, it, msg}; an explicit stack keeps deep chains off the C stack.
 local work = {}
+
+-- A function library (FUNCTION LOAD) keeps its chunk's locals from one call to the next: each call starts clean.
+-- entry -> its job's spec and name, for the entries place() put on an executor in this call
+local placed_specs, placed_names = {}, {}
+
+local function begin_call()
+  tally, ran, failed_now, ended, work, placed_specs, placed_names = {}, 0, 0, 0, {}, {}, {}
+end
 
 local function make_ready(name, pdeps)  -- pdeps: its per-iteration parent count, if already read
   local jk = K_job(name)
@@ -142,13 +151,17 @@ local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childles
   local jk = K_job(name)
   if it == nil then
     local t, cores = split_start(t0 or '')
-    local f = {'state', state, 'exit', exit or '', 'start', t, 'end', t1 or NOW, 'message', msg or '',
-               'usage', usage or ''}
-    if cores ~= '' then f[#f + 1], f[#f + 2] = 'alloc', cores end   -- in the same write
-    redis.call('HSET', jk, unpack(f))
+    if cores ~= '' then   -- the cores it got, in the same write
+      redis.call('HSET', jk, 'state', state, 'exit', exit or '', 'start', t, 'end', t1 or NOW, 'message', msg or '',
+                 'usage', usage or '', 'alloc', cores)
+    else
+      redis.call('HSET', jk, 'state', state, 'exit', exit or '', 'start', t, 'end', t1 or NOW, 'message', msg or '',
+                 'usage', usage or '')
+    end
     count_final(state, 1)
     if state == 'FAILED' then note_failure(name, t1, eid, exit, msg) end
-    work[#work + 1] = {'job_final', name, nil, state, childless}
+    if childless then ended = ended + 1   -- all on_job_final would do
+    else work[#work + 1] = {'job_final', name, nil, state, childless} end
     return
   end
   if usage and usage ~= '' then att = (att or 0) .. ',' .. usage end
@@ -189,7 +202,7 @@ end
 
 -- childless: true, false (it has children) or nil (not known yet: read it)
 local function on_job_final(name, state, childless)
-  redis.call('DECR', K_active)
+  ended = ended + 1
   if childless == nil then childless = not redis.call('HGET', K_job(name), 'kids') end
   if childless then return end  -- no job depends on it (the common case: skip the children set)
   local why = 'dependency ' .. name .. ' ended ' .. state
@@ -271,9 +284,18 @@ end
 
 -- ex.list: the loaded executors that still have credit; ex.bound: no executor not loaded yet has more credit
 -- than this (0: all loaded); ex.all: every executor loaded (touched by this pass).
+local function loaded(id, h)  -- an executor as placement sees it, from its hash fields (see load_page)
+  return {id = id, free = tonumber(h[2] or '0'), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),
+          total = tonumber(h[5]), out = {}, used = 0, gfree = tonumber(h[6] or '0'), gmax = tonumber(h[7] or '0'),
+          mem = tonumber(h[8] or '0'), gused = 0}
+end
+
 local function load_page(ex)
   local got = redis.call('ZREVRANGEBYSCORE', K_free, '+inf', 1, 'WITHSCORES', 'LIMIT', ex.offset, PAGE)
-  if #got == 0 and ex.offset == 0 and redis.call('EXISTS', K_free) == 0 and redis.call('SCARD', K_live) > 0 then
+  -- an index missing while executors live (an upgrade) is rebuilt by the next pass not of a round trip (whose
+  -- own executor may be the only one with credit, still 0 in the index: no EXISTS on every round trip)
+  if #got == 0 and ex.offset == 0 and not ex.own and redis.call('EXISTS', K_free) == 0 and
+      redis.call('SCARD', K_live) > 0 then
     rebuild_index()
     got = redis.call('ZREVRANGEBYSCORE', K_free, '+inf', 1, 'WITHSCORES', 'LIMIT', 0, PAGE)
   end
@@ -281,31 +303,55 @@ local function load_page(ex)
   ex.bound = #got == 2 * PAGE and tonumber(got[#got]) or 0
   for i = 1, #got, 2 do
     local id = got[i]
-    local h = redis.call('HMGET', K_exec(id), 'state', 'free', 'maxnode', 'nnodes', 'total', 'gfree', 'gmax',
-                                'mem')
-    if h[1] ~= 'ALIVE' then
-      redis.call('ZREM', K_free, id)   -- left without its entry removed: heal (the next page moves up by one)
-      ex.offset = ex.offset - 1
-    elseif tonumber(h[2] or '0') > 0 then
-      local e = {id = id, free = tonumber(h[2]), maxnode = tonumber(h[3]), nnodes = tonumber(h[4]),
-                 total = tonumber(h[5]), out = {}, used = 0, gfree = tonumber(h[6] or '0'),
-                 gmax = tonumber(h[7] or '0'), mem = tonumber(h[8] or '0'), gused = 0}
-      ex.list[#ex.list + 1] = e
-      ex.all[#ex.all + 1] = e
+    if id ~= ex.own then   -- the round trip's own executor is loaded already, with its credit given back
+      local h = redis.call('HMGET', K_exec(id), 'state', 'free', 'maxnode', 'nnodes', 'total', 'gfree', 'gmax',
+                                  'mem')
+      if h[1] ~= 'ALIVE' then
+        redis.call('ZREM', K_free, id)   -- left without its entry removed: heal (the next page moves up by one)
+        ex.offset = ex.offset - 1
+      elseif tonumber(h[2] or '0') > 0 then
+        local e = loaded(id, h)
+        ex.list[#ex.list + 1] = e
+        ex.all[#ex.all + 1] = e
+      end
     end
   end
 end
 
-local function load_executors()
+-- own: {id, delta, gdelta}, the executor of a round trip that gave back delta cores (gdelta GPUs), not yet
+-- written: it is placed on with that credit and its credit is written once, with what it got (net 0 when a core
+-- came back and went to the next task: no write at all).
+local function load_executors(own)
   local ex = {list = {}, all = {}, offset = 0, bound = 0}
+  if own then
+    local h = redis.call('HMGET', K_exec(own.id), 'state', 'free', 'maxnode', 'nnodes', 'total', 'gfree', 'gmax',
+                         'mem')
+    if h[1] == 'ALIVE' then
+      local e = loaded(own.id, h)
+      e.free, e.gfree, e.delta, e.gdelta = e.free + own.delta, e.gfree + own.gdelta, own.delta, own.gdelta
+      ex.own, ex.all[1] = own.id, e
+      if e.free > 0 then ex.list[1] = e end
+    else
+      add_credit(own.id, own.delta, own.gdelta)   -- draining: the credit, and no work
+    end
+  end
   load_page(ex)
   return ex
 end
 
 -- "cmin|cmax|kmin|kmax[|gpus|mem]": cmax 0 = no upper bound, k 0 = no node request; GPUs and MiB per node
+-- Parsed once per distinct request in a call (and, in a function library, across calls): jobs mostly share a few.
+local reqs, nreqs = {}, 0
 local function parse_req(req)
-  local a, b, c, d, g, m = string.match(req or '1|1|0|0', '^(%d+)|(%d+)|(%d+)|(%d+)|?(%d*)|?(%d*)$')
-  return tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(g) or 0, tonumber(m) or 0
+  req = req or '1|1|0|0'
+  local r = reqs[req]
+  if not r then
+    local a, b, c, d, g, m = string.match(req, '^(%d+)|(%d+)|(%d+)|(%d+)|?(%d*)|?(%d*)$')
+    r = {tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(g) or 0, tonumber(m) or 0}
+    if nreqs >= 256 then reqs, nreqs = {}, 0 end
+    reqs[req], nreqs = r, nreqs + 1
+  end
+  return r[1], r[2], r[3], r[4], r[5], r[6]
 end
 
 -- Whether executor e could hold g GPUs on each of k nodes (one when k is 0) and m MiB per node, now (gfree).
@@ -351,13 +397,26 @@ local function pick(ex, cmin, cmax, kmin, kmax, g, m)
   end
 end
 
-local function assign(ex, e, tid, c, k, att, g)
+local numstr = {}   -- small integers as strings: a table read, not a number formatted for every entry
+local function str(n)
+  local s = numstr[n]
+  if not s then
+    s = tostring(n)
+    if n >= 0 and n < 4096 then numstr[n] = s end
+  end
+  return s
+end
+
+local function assign(ex, e, tid, c, k, att, g, name, spec)
+  local entry
   if g and g > 0 then
-    e.out[#e.out + 1] = tid .. '|' .. c .. '+' .. g .. '|' .. k .. '|' .. att
+    entry = tid .. '|' .. str(c) .. '+' .. str(g) .. '|' .. str(k) .. '|' .. str(att)
     e.gfree, e.gused = e.gfree - entry_gpus(g, k), e.gused + entry_gpus(g, k)
   else
-    e.out[#e.out + 1] = tid .. '|' .. c .. '|' .. k .. '|' .. att
+    entry = tid .. '|' .. str(c) .. '|' .. str(k) .. '|' .. str(att)
   end
+  e.out[#e.out + 1] = entry
+  placed_specs[entry], placed_names[entry] = spec, name   -- claimed in this call (sync): no second read of the job
   e.free = e.free - c
   e.used = e.used + c
   if e.free <= 0 then
@@ -371,10 +430,9 @@ end
 
 local function flush_placement(ex)
   for _, e in ipairs(ex.all) do
-    if #e.out > 0 then
-      push_many(K_ready(e.id), e.out)
-      add_credit(e.id, -e.used, -e.gused)
-    end
+    if #e.out > 0 then push_many(K_ready(e.id), e.out) end
+    local d, gd = (e.delta or 0) - e.used, (e.gdelta or 0) - e.gused
+    if d ~= 0 or gd ~= 0 then add_credit(e.id, d, gd) end
   end
 end
 
@@ -389,64 +447,79 @@ local function placeable_again(jk)
   redis.call('HSET', jk, 'message', '')
 end
 
--- Place ready work on executors by credit: scan at most `scan` pending entries, place at most `budget` tasks.
--- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed.
-local function place(scan, budget)
-  local ex = load_executors()      -- first: while every executor is full (most passes in a long run) the
-  if not has_room(ex) then return 0 end  -- pending list is not read at all (the InputQueue's pass reads 1,000)
-  local entries = redis.call('LRANGE', K_pending, 0, scan - 1)
-  if #entries == 0 then return 0 end
-  local placed, drop, pos = 0, {}, 0
-  for i, entry in ipairs(entries) do
-    if not has_room(ex) or placed >= budget then break end
-    pos = i
-    local name, it = split_tid(entry)
-    local jk = K_job(name)
-    local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel',
-      'unplaceable')
-    local cmin, cmax, kmin, kmax, g, m = parse_req(h[2])
-    if not h[1] or FINAL[h[1]] then
+-- One pending entry (at position pos of the list): placed if it fits, its tasks as far as the budget allows;
+-- returns the count placed so far. Entries to take off the list go to drop.
+local function place_entry(ex, entry, pos, budget, placed, drop)
+  local name, it = split_tid(entry)
+  local jk = K_job(name)
+  local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel',
+    'unplaceable', 'spec')
+  local cmin, cmax, kmin, kmax, g, m = parse_req(h[2])
+  if not h[1] or FINAL[h[1]] then
+    drop[#drop + 1] = {pos, entry}
+  elseif it ~= nil then
+    if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
       drop[#drop + 1] = {pos, entry}
-    elseif it ~= nil then
-      if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
-        drop[#drop + 1] = {pos, entry}
-      else
-        local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
-        if e then
-          assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7]), g); placed = placed + 1
-          drop[#drop + 1] = {pos, entry}
-          if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED'); h[1] = 'SCHEDULED' end
-          if h[9] then placeable_again(jk); h[9] = false end
-        end
-      end
-    elseif h[3] then
-      local nxt, last = tonumber(h[5]), tonumber(h[4]) + tonumber(h[3]) - 1
-      local start = nxt
-      while nxt <= last and placed < budget do
-        if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), nxt)) or ''] then
-          nxt = nxt + 1
-        else
-          local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
-          if not e then break end
-          assign(ex, e, name .. ':' .. nxt, c, k, iteration_attempt(name, nxt, h[7]), g)
-          placed = placed + 1; nxt = nxt + 1
-        end
-      end
-      if nxt ~= start then
-        redis.call('HSET', jk, 'next', nxt)
-        if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED') end
-        if h[9] then placeable_again(jk) end
-      end
-      if nxt > last then drop[#drop + 1] = {pos, entry} end
     else
       local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
       if e then
-        assign(ex, e, name, c, k, tonumber(h[6] or '0'), g); placed = placed + 1
+        assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7]), g, name, h[10]); placed = placed + 1
         drop[#drop + 1] = {pos, entry}
-        redis.call('HSET', jk, 'state', 'SCHEDULED', 'executor', e.id)
-        if h[9] then placeable_again(jk) end
+        if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED'); h[1] = 'SCHEDULED' end
+        if h[9] then placeable_again(jk); h[9] = false end
       end
     end
+  elseif h[3] then
+    local nxt, last = tonumber(h[5]), tonumber(h[4]) + tonumber(h[3]) - 1
+    local start = nxt
+    while nxt <= last and placed < budget do
+      if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), nxt)) or ''] then
+        nxt = nxt + 1
+      else
+        local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
+        if not e then break end
+        assign(ex, e, name .. ':' .. nxt, c, k, iteration_attempt(name, nxt, h[7]), g, name, h[10])
+        placed = placed + 1; nxt = nxt + 1
+      end
+    end
+    if nxt ~= start then
+      redis.call('HSET', jk, 'next', nxt)
+      if h[1] == 'READY' then redis.call('HSET', jk, 'state', 'SCHEDULED') end
+      if h[9] then placeable_again(jk) end
+    end
+    if nxt > last then drop[#drop + 1] = {pos, entry} end
+  else
+    local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
+    if e then
+      assign(ex, e, name, c, k, tonumber(h[6] or '0'), g, name, h[10]); placed = placed + 1
+      drop[#drop + 1] = {pos, entry}
+      redis.call('HSET', jk, 'state', 'SCHEDULED', 'executor', e.id)
+      if h[9] then placeable_again(jk) end
+    end
+  end
+  return placed
+end
+
+-- Place ready work on executors by credit: scan at most `scan` pending entries, place at most `budget` tasks.
+-- Backfill: an entry that does not fit yet stays, later (smaller) entries may still be placed. The list is read
+-- a page at a time (8, 32, 128... entries), only as far as the scan goes on: a round trip that gave back one core
+-- reads a few entries, not 50 (nothing changes the list until the pass ends, so the pages are one read of it).
+local function place(scan, budget, own)
+  local ex = load_executors(own)   -- first: while every executor is full (most passes in a long run) the
+  if not has_room(ex) then         -- pending list is not read at all (the InputQueue's pass reads 1,000)
+    flush_placement(ex)
+    return 0
+  end
+  local placed, drop, pos, size = 0, {}, 0, 8
+  while pos < scan and has_room(ex) and placed < budget do
+    local entries = redis.call('LRANGE', K_pending, pos, math.min(pos + size, scan) - 1)
+    for _, entry in ipairs(entries) do
+      if not has_room(ex) or placed >= budget then break end
+      pos = pos + 1
+      placed = place_entry(ex, entry, pos, budget, placed, drop)
+    end
+    if #entries < size then break end
+    size = size * 4
   end
   -- Placed entries are mostly a prefix of the list: trim it in one call, remove the others one by one.
   local prefix = 0

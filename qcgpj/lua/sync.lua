@@ -25,18 +25,22 @@ local function live(name, it, field)
 end
 
 local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
-  local tid, c, k, _, g = parse_entry(entry)
-  local name, it = split_tid(tid)
-  local first = name ~= last   -- the spec goes out once per run of entries of one job
-  local st, spec = live(name, it, first and 'spec' or nil)
-  if not st then
-    redis.call('LREM', running, 1, entry)
-    credit = credit + c
-    if g > 0 then gcredit = gcredit + entry_gpus(g, k) end
-    return
+  local spec, name = placed_specs[entry], placed_names[entry]   -- placed by this very call: live, spec read
+  if not spec then
+    local tid, c, k, _, g = parse_entry(entry)
+    local it
+    name, it = split_tid(tid)
+    local st
+    st, spec = live(name, it, name ~= last and 'spec' or nil)
+    if not st then
+      redis.call('LREM', running, 1, entry)
+      credit = credit + c
+      if g > 0 then gcredit = gcredit + entry_gpus(g, k) end
+      return
+    end
   end
   out[#out + 1] = entry
-  out[#out + 1] = first and spec or ''
+  out[#out + 1] = name ~= last and spec or ''   -- the spec goes out once per run of entries of one job
   last = name
 end
 
@@ -88,8 +92,12 @@ propagate()
 
 -- Cores given back so far go to the executor's credit, and ready work is placed on them (here or elsewhere).
 local function settle()
-  if credit ~= 0 and alive then add_credit(eid, credit, gcredit) end   -- an entry with GPUs has cores too
-  if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
+  if credit > 0 and alive then   -- placement writes our credit, net of what it placed on us
+    place(math.min(50 + credit, 1000), 1000, {id = eid, delta = credit, gdelta = gcredit})
+  else
+    if credit ~= 0 and alive then add_credit(eid, credit, gcredit) end   -- an entry with GPUs has cores too
+    if credit > 0 then place(math.min(50 + credit, 1000), 1000) end
+  end
   credit, gcredit = 0, 0
 end
 
