@@ -6,7 +6,8 @@ handles, encoding argv and the environment's 60-odd variables one by one (a thir
 ``_posixsubprocess.fork_exec``, with the same arguments Popen gives it (vfork, its own session, stdio on the given
 descriptors, every other descriptor closed, SIGPIPE and SIGXFSZ back to their defaults, the working directory)
 and the environment encoded in one C-level pass: about 85 µs per process. Its call layout is private and
-changes between versions (3.10 has another), hence the version check; elsewhere Popen starts the tasks.
+changes between versions (3.10 has another), hence the version check; elsewhere Popen starts the tasks. (Such
+a start raises no ``subprocess.Popen`` audit event.)
 
 Where that path is not available, ``os.posix_spawn`` (about 100 µs) starts a task started alone (nothing else of
 the executor's runs: a hop of a dependency chain). It holds the interpreter lock until the child has exec'd, so
