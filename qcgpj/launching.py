@@ -276,9 +276,12 @@ class Runner:
             slot.running = running
             if slot.canceled:
                 running.kill()
+            if self._watch_pidfd(slot):   # ready at once if it has ended already: no poll here
+                return
             code = running.poll()
             if code is None:
-                self._watch(slot)
+                slot.waiter = True
+                self._pool.submit(self._wait_thread, slot)
                 return
             slot.message = slot.message or (running.message if code else "")
         if here:
@@ -286,22 +289,20 @@ class Runner:
         else:
             self._post("ended", (slot, code))
 
-    def _watch(self, slot: Slot) -> None:
-        """Learn of the task's end: through its pidfd in the epoll (registered from whichever thread started it),
-        or from a waiter thread."""
+    def _watch_pidfd(self, slot: Slot) -> bool:
+        """Learn of the task's end through its pidfd in the epoll (registered from whichever thread started it);
+        False when it has none (not a process, no pidfds here): a waiter thread waits for it instead."""
         pid = slot.running.pid
-        if PIDFD and pid is not None:
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                fd = -1
-            if fd >= 0:
-                slot.fd = fd
-                self._by_fd[fd] = slot
-                self._epoll.register(fd, select.POLLIN)
-                return
-        slot.waiter = True
-        self._pool.submit(self._wait_thread, slot)
+        if not PIDFD or pid is None:
+            return False
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        slot.fd = fd
+        self._by_fd[fd] = slot
+        self._epoll.register(fd, select.POLLIN)
+        return True
 
     def _wait_thread(self, slot: Slot) -> None:
         walltime = slot.launch.walltime

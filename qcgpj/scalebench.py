@@ -46,18 +46,19 @@ TOP_COMMANDS = 8    # commands listed per run, by calls per task
 class _Timer:
     """A "running" task: nothing runs; kill() ends it at the runner's next wake-up."""
 
-    __slots__ = ("runner", "slot", "killed")
+    __slots__ = ("done", "killed", "runner", "slot")
 
     def __init__(self, runner: "TimerRunner", slot: Slot) -> None:
-        self.runner, self.slot, self.killed = runner, slot, False
+        self.runner, self.slot, self.killed, self.done = runner, slot, False, False
 
     pid = None
     usage = None
     message = "killed"
 
     def kill(self) -> None:
-        self.killed = True
-        self.runner.wake()
+        if not self.killed:
+            self.killed = True
+            self.runner.killed(self)
 
     kill_now = kill
 
@@ -67,12 +68,18 @@ class _Timer:
 
 class TimerRunner(Runner):
     """The executor's runner with tasks replaced by timers: a ``sleep D`` task ends D seconds after it started
-    (any other task at once). The dispatcher sleeps until the next end, as it would on the tasks' pidfds."""
+    (any other task at once). The dispatcher sleeps until the next end, as it would on the tasks' pidfds, and
+    reports each end when it wakes to it, as it would a process's.
+
+    Its own cost is kept to what the timers need, as the simulators are the limit of a large run: ends are
+    popped from a heap (not found by scanning every timer at each wake-up), and a killed timer ends at the next
+    wake-up from a list of its own (its heap entry is skipped when it comes due)."""
 
     def __init__(self, ended: Callable[[Slot, "int | None"], None], post: Callable[[str, Any], None],
                  waiters: int) -> None:
         super().__init__(ended, post, waiters=1)
-        self._timers: list[tuple[float, int, _Timer]] = []
+        self._timers: list[tuple[float, int, _Timer]] = []   # (end, seq, timer): a heap
+        self._killed: list[_Timer] = []
         self._n = 0
 
     def pin_home(self, core: int | None) -> None:
@@ -87,18 +94,28 @@ class TimerRunner(Runner):
         if slot.canceled:
             timer.kill()
 
+    def killed(self, timer: _Timer) -> None:
+        """From the thread that killed it (the dispatcher, or any thread in a local run's second Ctrl-C)."""
+        self._killed.append(timer)
+        self.wake()
+
     def next_deadline(self) -> float | None:
         return self._timers[0][0] if self._timers else None
 
     def wait(self, timeout: float) -> None:
         super().wait(timeout)   # the wake-up pipe (the dispatcher caps timeout at next_deadline)
+        if self._killed:
+            killed, self._killed = self._killed, []
+            for timer in killed:
+                self._end(timer)
+        timers = self._timers
         t = time.monotonic()
-        due = [x for x in self._timers if x[0] <= t or x[2].killed]
-        if not due:
-            return
-        self._timers = [x for x in self._timers if not (x[0] <= t or x[2].killed)]
-        heapq.heapify(self._timers)
-        for _end, _n, timer in sorted(due):
+        while timers and timers[0][0] <= t:
+            self._end(heapq.heappop(timers)[2])
+
+    def _end(self, timer: _Timer) -> None:
+        if not timer.done:
+            timer.done = True
             self._ended(timer.slot, -15 if timer.killed else 0)
 
 

@@ -49,11 +49,26 @@ class SpecCache:
         return got[1]
 
 
-def variables(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str) -> dict[str, str]:
+def _variables(spec: JobSpec, entry: Entry, place: tuple[str, ...], root_wd: str) -> dict[str, str]:
     it = entry.iteration
     itval = spec.iteration.value(it) if (spec.iteration is not None and it is not None) else ""
-    return {"it": "" if it is None else str(it), "itval": itval, "ncores": str(alloc.ncores),
-            "nnodes": str(alloc.nnodes), "nlist": ",".join(alloc.nodes), "root_wd": root_wd, "jname": spec.name}
+    return {"it": "" if it is None else str(it), "itval": itval, "ncores": place[0], "nnodes": place[1],
+            "nlist": place[2], "root_wd": root_wd, "jname": spec.name}
+
+
+def _placement(alloc: Allocation, local_node: str) -> tuple[str, ...]:
+    """The allocation as the task's variables give it: cores, nodes, node list, this node's cores, every node's
+    cores (``to_text``), cores per node, all cores. Built for every task: one node (the usual case) is built
+    without the general case's passes over the parts."""
+    parts = alloc.parts
+    if len(parts) == 1:
+        node, cores = parts[0]
+        text = ",".join(map(str, cores))
+        n = str(len(cores))
+        return n, "1", node, text if node == local_node else "", f"{node}={text}", n, text
+    here = ",".join(map(str, alloc.cores_on(local_node)))
+    return (str(alloc.ncores), str(len(parts)), ",".join(alloc.nodes), here, alloc.to_text(), ",".join([str(len(c)) for _n, c in parts]),
+            ",".join([str(c) for _n, cores in parts for c in cores]))
 
 
 SLURM_MODELS = {"default": "srun", "threads": "srunthreads"}   # inside an allocation, tasks are srun steps
@@ -65,7 +80,8 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
 
     ``base_env`` is the executor's environment read once when it started: copying os.environ decodes every
     variable each time, which costs more than the rest of preparing a task."""
-    var = variables(spec, entry, alloc, root_wd)
+    place = _placement(alloc, local_node)
+    var = _variables(spec, entry, place, root_wd)
 
     def sub(text: str | None) -> str | None:
         return substitute(text, var) if text and "${" in text else text
@@ -89,15 +105,15 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
     env = (base_env if base_env is not None else dict(os.environ)).copy()
     for key, value in spec.env.items():
         env[key] = sub(value) or ""
+    ncores, nnodes, nlist, here, node_cores, per_node, cpu_set = place
     env.update({
         "QCGPJ_TASK": entry.task, "QCGPJ_JOB": spec.name, "QCGPJ_ITERATION": var["it"],
-        "QCGPJ_NCORES": var["ncores"], "QCGPJ_NNODES": var["nnodes"], "QCGPJ_NODES": var["nlist"],
-        "QCGPJ_CORES": ",".join(map(str, alloc.cores_on(local_node))), "QCGPJ_NODE_CORES": alloc.to_text(), "QCGPJ_ROOT_WD": root_wd,
+        "QCGPJ_NCORES": ncores, "QCGPJ_NNODES": nnodes, "QCGPJ_NODES": nlist,
+        "QCGPJ_CORES": here, "QCGPJ_NODE_CORES": node_cores, "QCGPJ_ROOT_WD": root_wd,
         # QCG-PilotJob's names for the same, so its scripts run unchanged
-        "QCG_PM_NNODES": var["nnodes"], "QCG_PM_NODELIST": var["nlist"], "QCG_PM_NPROCS": var["ncores"],
-        "QCG_PM_NTASKS": var["ncores"], "QCG_PM_STEP_ID": entry.task,
-        "QCG_PM_TASKS_PER_NODE": ",".join([str(len(c)) for _n, c in alloc.parts]),
-        "QCG_PM_CPU_SET": ",".join([str(c) for _n, cores in alloc.parts for c in cores]),   # every node's
+        "QCG_PM_NNODES": nnodes, "QCG_PM_NODELIST": nlist, "QCG_PM_NPROCS": ncores,
+        "QCG_PM_NTASKS": ncores, "QCG_PM_STEP_ID": entry.task,
+        "QCG_PM_TASKS_PER_NODE": per_node, "QCG_PM_CPU_SET": cpu_set,   # every node's
     })
     if alloc.gpus:   # nodeCrs: exactly its GPUs (ids as this node's CUDA_VISIBLE_DEVICES numbers them)
         mine = ",".join(alloc.gpus_on(local_node))

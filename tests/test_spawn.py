@@ -1,4 +1,5 @@
-"""A task started alone goes through os.posix_spawn (workers.spawn) and gets exactly what Popen gives it."""
+"""Tasks start through Popen's own C call (workers.spawn, CPython 3.11-3.13), or os.posix_spawn when started alone
+where that is not available, and get exactly what Popen gives them; what cannot start goes to Popen."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ import subprocess
 import pytest
 
 from qcgpj.resources import Allocation
+from qcgpj.workers import spawn
 from qcgpj.workers.base import LaunchError, ProcessWorker, TaskContext
 from qcgpj.workers.spawn import Spawned
 
@@ -31,7 +33,13 @@ def _run(ctx: TaskContext) -> tuple[object, int | None]:
     return running.proc, running.wait(None)
 
 
-def test_a_task_started_alone_gets_what_popen_gives(tmp_path):
+@pytest.fixture
+def posix_spawn_path(monkeypatch):
+    """As on a Python where Popen's C call is not used: a task alone goes through posix_spawn."""
+    monkeypatch.setattr(spawn, "FORK_EXEC", False)
+
+
+def test_a_task_started_alone_gets_what_popen_gives(tmp_path, posix_spawn_path):
     outs = {}
     keep = os.open(os.devnull, os.O_RDONLY)
     os.set_inheritable(keep, True)   # made inheritable on purpose: the task does not get it all the same
@@ -52,7 +60,44 @@ def test_a_task_started_alone_gets_what_popen_gives(tmp_path):
         f"own-session\nSigIgn:\t0000000000000000\nyes\n{os.getcwd()}\n0\n1\n2\n")
 
 
-def test_exit_codes_and_errors_are_popens(tmp_path):
+@pytest.mark.skipif(not spawn.FORK_EXEC, reason="Popen's C call is used on CPython 3.11-3.13 only")
+def test_every_task_starts_through_popens_own_call_with_what_popen_gives(tmp_path, monkeypatch):
+    keep = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(keep, True)
+    outs = {}
+    for name, cwd in (("here", None), ("there", str(tmp_path))):
+        proc, code = _run(_ctx(tmp_path, ["/bin/sh", "-c", PROBE], alone=False, cwd=cwd, name=name))
+        assert isinstance(proc, Spawned) and code == 0, proc
+        outs[name] = re.sub("SigBlk:\t[0-9a-f]+\n", "", (tmp_path / f"{name}.out").read_text())
+    monkeypatch.setattr(spawn, "FORK_EXEC", False)
+    proc, code = _run(_ctx(tmp_path, ["/bin/sh", "-c", PROBE], alone=False, name="popen"))
+    assert isinstance(proc, subprocess.Popen) and code == 0
+    os.close(keep)
+    popen = re.sub("SigBlk:\t[0-9a-f]+\n", "", (tmp_path / "popen.out").read_text())
+    assert outs["here"] == popen == f"own-session\nSigIgn:\t0000000000000000\nyes\n{os.getcwd()}\n0\n1\n2\n"
+    assert outs["there"] == popen.replace(os.getcwd(), str(tmp_path))
+
+
+def test_the_environment_is_encoded_as_popen_does_or_left_to_it():
+    assert spawn.encode_env({"A": "1", "B": "x=y", "C": "", "D": "\u00e9\udcff"}) == \
+        [b"A=1", b"B=x=y", b"C=", b"D=\xc3\xa9\xff"]
+    assert spawn.encode_env({}) == []
+    for refused in ({"A=B": "1"}, {"A": "1\0"}, {"A\0": "1"}):   # Popen raises on these: it is left to say so
+        assert spawn.encode_env(refused) is None
+
+
+@pytest.mark.parametrize("fork_exec", [True, False])
+def test_what_popen_refuses_it_still_refuses(tmp_path, monkeypatch, fork_exec):
+    monkeypatch.setattr(spawn, "FORK_EXEC", spawn.FORK_EXEC and fork_exec)
+    ctx = _ctx(tmp_path, ["/bin/true"], alone=True)
+    ctx.env["BAD=NAME"] = "1"
+    with pytest.raises(ValueError, match="illegal environment variable name"):
+        _run(ctx)
+
+
+@pytest.mark.parametrize("fork_exec", [True, False])
+def test_exit_codes_and_errors_are_popens(tmp_path, monkeypatch, fork_exec):
+    monkeypatch.setattr(spawn, "FORK_EXEC", spawn.FORK_EXEC and fork_exec)
     proc, code = _run(_ctx(tmp_path, ["sh", "-c", "exit 3"], alone=True))   # found along PATH
     assert isinstance(proc, Spawned) and code == 3
     for alone in (False, True):
@@ -62,9 +107,11 @@ def test_exit_codes_and_errors_are_popens(tmp_path):
     script.write_text("#!/bin/sh\n")
     with pytest.raises(LaunchError, match="Permission denied"):
         _run(_ctx(tmp_path, [str(script)], alone=True))
+    with pytest.raises(LaunchError):   # a directory gone: Popen's error, as before
+        _run(_ctx(tmp_path, ["pwd"], alone=False, cwd=str(tmp_path / "gone")))
 
 
-def test_a_task_in_another_directory_goes_through_popen(tmp_path):
+def test_a_task_in_another_directory_goes_through_popen(tmp_path, posix_spawn_path):
     proc, code = _run(_ctx(tmp_path, ["pwd"], alone=True, cwd=str(tmp_path)))
     assert isinstance(proc, subprocess.Popen) and code == 0
     assert (tmp_path / "t.out").read_text().strip() == str(tmp_path)

@@ -227,7 +227,7 @@ class ProcessWorker(Worker):
     def start(self, ctx: TaskContext) -> Running:
         """Called in a thread bound to the task's CPUs (when ``bind_cpus``): the process inherits the binding.
 
-        os.posix_spawn for a task that starts alone in the executor's directory (:mod:`.spawn`), else Popen."""
+        Through :mod:`.spawn` (Popen's own C call, or posix_spawn for a task alone) where it can, else Popen."""
         argv = self.command(ctx)
         env = self.environment(ctx)
         prog = argv[0]
@@ -245,7 +245,7 @@ class ProcessWorker(Worker):
             else:
                 stderr = _open(ctx.stderr, "wb", files) if ctx.stderr else _devnull()
             fds = (_fileno(stdin), _fileno(stdout), _fileno(stdout if stderr is subprocess.STDOUT else stderr))
-            proc = (spawn(argv, env, fds, ctx.cwd) if ctx.alone else None) or subprocess.Popen(
+            proc = spawn(argv, env, fds, ctx.cwd, ctx.alone) or subprocess.Popen(
                 argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=ctx.cwd, env=env, start_new_session=True,
                 close_fds=True)
         except FileNotFoundError as exc:
