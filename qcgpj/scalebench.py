@@ -41,6 +41,7 @@ from .manager import Manager
 log = logging.getLogger(__name__)
 PER_PROCESS = 50    # simulated executors per process: their threads share one GIL
 TOP_COMMANDS = 8    # commands listed per run, by calls per task
+SCRIPT_CALLS = ("evalsha", "eval", "fcall")   # the round trip is a function (FCALL) where the server has them
 
 
 class _Timer:
@@ -257,7 +258,7 @@ def _figures(cfg: ScaleConfig, n: int, a: dict[str, Any], b: dict[str, Any], bus
         "redis_us_per_task": round(1e6 * redis_cpu / per, 1),
         "redis_cpu": round(redis_cpu / span, 2),          # cores
         "calls_per_task": round(sum(v[0] for v in calls.values()) / per, 2),
-        "scripts_per_task": round(sum(v[0] for c, v in calls.items() if c in ("evalsha", "eval")) / per, 3),
+        "scripts_per_task": round(sum(v[0] for c, v in calls.items() if c in SCRIPT_CALLS) / per, 3),
         "bytes_in_per_task": round((b["in"] - a["in"]) / per, 1),
         "bytes_out_per_task": round((b["out"] - a["out"]) / per, 1),
         "simulators_cpu": round((b["procs"]["simulators"] - a["procs"]["simulators"]) / span, 2),
