@@ -1,7 +1,14 @@
-"""Times for people: local ISO timestamps and short durations (JSON output keeps raw epochs and seconds)."""
+"""Times as stored (Unix seconds with milliseconds, as strings) and for people: local ISO timestamps and short
+durations (JSON output keeps raw epochs and seconds)."""
 from __future__ import annotations
 
+import time
 from datetime import datetime
+
+
+def now() -> str:
+    """Timestamps are Unix seconds with milliseconds, as strings: readable with redis-cli, sortable."""
+    return f"{time.time():.3f}"
 
 
 def local_time(epoch: float | str | None) -> str:
