@@ -147,7 +147,10 @@ def _posix_spawn(argv: list[str], env: dict[str, str], fds: tuple[int, int, int]
         if path is None:
             return None
         actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)] + _inherited()
-        pid = os.posix_spawn(path, argv, env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS)
+        # setsigmask: the task starts with no signal blocked, whatever the launching thread had blocked then
+        # (on CPython 3.10 a child was seen, within the whole test suite, with every signal blocked)
+        pid = os.posix_spawn(path, argv, env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS,
+                             setsigmask=())
     except OSError:   # cannot run it (gone since it was found, not executable...): Popen says why, in its words
         _found.pop((argv[0], env.get("PATH", os.defpath)), None)
         return None
