@@ -87,6 +87,17 @@ class PrivateRedis:
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def kill(self) -> None:
+        """stop() for a signal handler: SIGKILL without waiting. The code the signal interrupted may be inside
+        stop()'s own wait, holding the lock a second wait would block on for ever (a second Ctrl-C while a run
+        finished hung so); the process is about to exit, and the server with it."""
+        if self.proc.returncode is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:   # already gone (reaped by the interrupted wait)
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
 
 def _die_with_parent() -> Callable[[], None] | None:
     """What the child runs before exec so that it gets SIGTERM when we die (a killed run leaves no server
@@ -200,4 +211,4 @@ class LocalServices:
         logging.disable(logging.CRITICAL)
         self.executor.kill_all()
         if self.server is not None:
-            self.server.stop()
+            self.server.kill()

@@ -33,3 +33,17 @@ def test_sigterm_stops_a_main_thread_that_waits_on_an_event():
         finally:
             p.kill()
             p.wait()
+
+
+def test_the_private_store_is_killed_from_a_signal_handler_without_waiting():
+    """A second Ctrl-C while `qcgpj run` stopped its private redis-server hung: the handler's stop() waited on the
+    lock the interrupted wait held. The handler's kill() does not wait."""
+    import os
+    import shutil
+
+    from qcgpj.local import PrivateRedis
+    server = PrivateRedis(shutil.which("redis-server") or "redis-server")
+    with server.proc._waitpid_lock:   # held, as by the stop() that the signal interrupted inside its wait
+        server.kill()
+    assert server.proc.wait() == -signal.SIGKILL
+    assert not os.path.exists(server.dir)
