@@ -35,15 +35,25 @@ def test_sigterm_stops_a_main_thread_that_waits_on_an_event():
             p.wait()
 
 
-def test_the_private_store_is_killed_from_a_signal_handler_without_waiting():
-    """A second Ctrl-C while `qcgpj run` stopped its private redis-server hung: the handler's stop() waited on the
-    lock the interrupted wait held. The handler's kill() does not wait."""
-    import os
-    import shutil
 
-    from qcgpj.local import PrivateRedis
-    server = PrivateRedis(shutil.which("redis-server") or "redis-server")
-    with server.proc._waitpid_lock:   # held, as by the stop() that the signal interrupted inside its wait
-        server.kill()
-    assert server.proc.wait() == -signal.SIGKILL
-    assert not os.path.exists(server.dir)
+def test_abort_from_a_signal_handler_kills_the_private_store_without_waiting(tmp_path):
+    """A second Ctrl-C while `qcgpj run` stopped its private redis-server hung: the handler's abort() waited on
+    the lock that the interrupted wait held. abort() must return with that lock held (a thread, so that a
+    regression fails here instead of hanging the suite)."""
+    import logging
+    import os
+    import threading
+
+    from qcgpj.local import LocalServices
+    services = LocalServices(cores=1, store="redis-server", root_wd=str(tmp_path))
+    server = services.server
+    done = threading.Event()
+    try:
+        with server.proc._waitpid_lock:   # held, as by the stop() that the signal interrupted inside its wait
+            threading.Thread(target=lambda: (services.abort(), done.set()), daemon=True).start()
+            assert done.wait(60), "abort() blocked on the wait lock"
+        assert server.proc.wait() == -signal.SIGKILL
+        assert not os.path.exists(server.dir)
+    finally:
+        logging.disable(logging.NOTSET)   # abort() silences logging for a process about to exit
+        services.stop()
