@@ -195,6 +195,12 @@ mem_option = click.option("--mem", default=None, metavar="SIZE",
                           callback=_checked(arguments.optional_mem, convert=True),
                           help="Memory of each node for nodeCrs.mem, MiB or with a unit (4G) (default: Slurm's "
                                "SLURM_MEM_PER_NODE or this machine's; none with --nodes).")
+
+def resource_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--cores, --nodes, --gpus and --mem: the resources of a local run and of a worker, declared alike."""
+    return cores_option(nodes_option(gpus_option(mem_option(fn))))
+
+
 timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
                               help="Give up waiting after S seconds.")
 connect_wait_option = click.option(
@@ -283,10 +289,7 @@ def _task_line(info: dict) -> str:
 @click.argument("file", type=click.Path(dir_okay=False))
 @url_option
 @ns_option
-@cores_option
-@nodes_option
-@gpus_option
-@mem_option
+@resource_options
 @click.option("--store", type=click.Choice(("fakeredis", "redis-server")), default=None,
               help="Local mode's store (default: a private redis-server when on PATH, else fakeredis).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,

@@ -5,8 +5,8 @@ import os
 
 import click
 
-from .cli import (DURATION, Command, _check_wd, _checked, _errors, _logging, connect_wait_option, cores_option,
-                  gpus_option, main, mem_option, nodes_option, ns_option, url_option, verbose_option)
+from .cli import (DURATION, Command, _check_wd, _checked, _errors, _logging, connect_wait_option, main, ns_option,
+                  resource_options, url_option, verbose_option)
 from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
 from .keys import check_executor_id
@@ -50,10 +50,7 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @url_option
 @ns_option
-@cores_option
-@nodes_option
-@gpus_option
-@mem_option
+@resource_options
 @click.option("--wd", default=None, callback=_check_wd,
               help="Root working directory of tasks, where the worker runs (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
