@@ -8,8 +8,10 @@
 from __future__ import annotations
 # ruff: noqa: E402  (the imports below come after the path set-up for the workers package)
 
+import importlib
 import logging
 import os
+from typing import TYPE_CHECKING, Any
 
 # In a source tree the launch plugins sit in the repository's top-level workers/ folder, which an install
 # puts at qcgpj/workers (setup.cfg: package_dir). When qcgpj is imported from a source tree (the tests put its
@@ -23,10 +25,12 @@ from .errors import (ArgumentError, ConnectionError, DependencyError, DuplicateJ
                      FinishedError, JobSpecError, LostJobsError, QcgpjError, QueueFullError, RedisError,
                      RedisMemoryError, RedisPermissionError, ResourceError, StoreError, TimeoutError,
                      UnknownJobError)
-from .futures import Executor
-from .jobs import Jobs
-from .jobspec import JobSpec
-from .manager import Manager
+
+if TYPE_CHECKING:
+    from .futures import Executor
+    from .jobs import Jobs
+    from .jobspec import JobSpec
+    from .manager import Manager
 
 __version__ = "0.1.0"
 __all__ = ["Manager", "Executor", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
@@ -35,3 +39,20 @@ __all__ = ["Manager", "Executor", "Jobs", "JobSpec", "QcgpjError", "JobSpecError
            "QueueFullError", "DurabilityError", "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# The client's classes are imported on first use: the services (``qcgpj worker``, ``qcgpj inputqueue``) import
+# this package too, start faster without the client's modules (Manager, Executor and what they pull in).
+_LAZY = {"Executor": ".futures", "Jobs": ".jobs", "JobSpec": ".jobspec", "Manager": ".manager"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
 import sys
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 import redis
@@ -19,10 +20,12 @@ from . import record
 from .errors import QcgpjError, TimeoutError
 from .keys import Keys
 from . import arguments
-from .requests import ANSWERED, Interpreter, Request, readable, read_requests
-from .manager import Manager
-from .progress import Display, Interrupted, Interrupts, Watch
-from .record import stderr_path
+
+if TYPE_CHECKING:   # the client's modules are imported where used: `qcgpj worker` and `qcgpj inputqueue` start
+    #                 through this module and need none of them (see Group.lazy)
+    from .manager import Manager
+    from .progress import Interrupts
+    from .requests import Request
 
 
 STATE_ORDER = ("SUCCEED", "FAILED", "OMITTED", "CANCELED", "EXECUTING", "SCHEDULED", "READY", "QUEUED")
@@ -84,6 +87,24 @@ class Group(_OneLineUsage, click.Group):
     command_class = Command
     group_class = type   # subgroups (report, alloc ...) are of this class too
 
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}   # command name -> the module that registers it, imported when it is asked for
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in self.lazy:
+            importlib.import_module(self.lazy[name], __package__)
+        return super().get_command(ctx, name)
+
+
+# The services and tools register themselves in their modules, imported only when their command runs (or help
+# lists it): `qcgpj worker` and `qcgpj inputqueue` start without the modules of the bench, the allocator, top.
+LAZY_COMMANDS = {"alloc": ".alloc_cli", "bench": ".bench_cli", "top": ".monitor_cli", "report": ".monitor_cli",
+                 "inputqueue": ".service_cli", "worker": ".service_cli"}
+
 
 def _checked(check: Callable[[str], Any], convert: bool = False
              ) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -108,6 +129,7 @@ def _not_nan(_ctx: click.Context, _param: click.Parameter, value: float | None) 
 
 def _read_requests(file: str) -> list[Request]:
     """The requests of FILE; a file with none is a mistake (a wrong file, an emptied list), not a success."""
+    from .requests import ANSWERED, read_requests
     reqs = read_requests(file)
     if not any(r.kind in ANSWERED or r.jobs or r.names for r in reqs):
         raise QcgpjError(f"{file} holds no jobs")
@@ -116,6 +138,8 @@ def _read_requests(file: str) -> list[Request]:
 
 def _answers(as_json: bool) -> Callable[[dict], None]:
     """How a request file's answers are shown: JSON lines, or one readable line each (errors on stderr)."""
+    from .requests import readable
+
     def show(answer: dict) -> None:
         if as_json:
             click.echo(json.dumps(answer, default=str))
@@ -209,7 +233,7 @@ connect_wait_option = click.option(
 verbose_option = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="qcgpj", message="%(prog)s %(version)s")
 def main() -> None:
     """qcgpj: many small jobs inside HPC allocations, through one Redis-backed global queue."""
@@ -218,6 +242,7 @@ def main() -> None:
 def _remote(redis_url: str | None, namespace: str) -> Manager:
     if not redis_url:
         raise QcgpjError(f"this command needs a queue: give --redis-url or set {ENV_URL}")
+    from .manager import Manager
     return Manager(redis_url, namespace=namespace)
 
 
@@ -229,6 +254,7 @@ def _show(progress: bool | None) -> bool:
 def _wait_with_progress(m: Manager, names: list[str] | None, timeout: float | None, show: bool,
                         interrupts: Interrupts | None = None, hint: str | None = None) -> dict:
     """Wait for NAMES (None: every job), with the progress line; Interrupted after a Ctrl-C."""
+    from .progress import Display, Watch
     if names is None:
         names = m.store.job_names()
         if not names:
@@ -259,6 +285,7 @@ def _failed_tasks(m: Manager | None, bad: list[str], record: dict[str, dict] | N
     """Lines about failed tasks: an iterative job's failed iterations, else the job itself. From the run record
     in local mode; otherwise read from the queue, with stderr paths relative to the executors' --wd (which
     the client does not know)."""
+    from .record import stderr_path
     for name in bad[:SHOW_FAILED]:
         info = record[name] if record is not None else m.info(name)
         failed: list[dict] = []
@@ -305,6 +332,9 @@ def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nod
 
     Ctrl-C in local mode cancels what is queued and kills what runs (a second Ctrl-C exits at once); with a
     queue it only stops waiting: the jobs go on."""
+    from .manager import Manager
+    from .progress import Interrupts
+    from .requests import Interpreter
     _logging(verbose)
     reqs = _read_requests(file)
     m = Manager(redis_url, namespace=namespace, cores=cores, nodes=nodes, store=store, gpus=gpus, mem=mem)
@@ -323,6 +353,7 @@ def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nod
 
 def _run_wait(m: Manager, names: list[str], timeout: float | None, show: bool, interrupts: Interrupts,
               namespace: str, local: bool) -> int:
+    from .progress import Interrupted
     hint = None if local else (f"no executor serves namespace '{namespace}' yet: start one with "
                                f"`qcgpj-worker --redis-url URL -n {namespace}`")
     code = 0
@@ -380,6 +411,7 @@ def submit(file: str, redis_url: str | None, namespace: str, durable: bool, batc
         names = m.submit(submits[0].jobs, durable=durable, batch_id=batch_id)
         click.echo(f"submitted {len(names)} job(s)")
         return
+    from .requests import Interpreter
     interp = Interpreter(m, _answers(as_json))
     interp.run(reqs)
     click.echo(f"submitted {len(interp.names)} job(s)", err=as_json)
@@ -474,6 +506,7 @@ def cancel(names: tuple[str, ...], redis_url: str | None, namespace: str) -> Non
 def wait(names: tuple[str, ...], redis_url: str | None, namespace: str, timeout: float | None,
          progress: bool | None) -> None:
     """Wait until NAMES (default: all jobs) are final; exit 1 unless all SUCCEEDed (Ctrl-C: 130, the jobs go on)."""
+    from .progress import Interrupted, Interrupts
     m = _remote(redis_url, namespace)
     with Interrupts(lambda: None) as interrupts:
         try:
@@ -548,7 +581,3 @@ def purge(redis_url: str | None, namespace: str, yes: bool) -> None:
         click.confirm(f"Delete every job and key of namespace '{namespace}'{warn}?", abort=True)
     m.store.drop_namespace()
     click.echo(f"namespace '{namespace}' purged")
-
-
-from . import alloc_cli, bench_cli, monitor_cli, service_cli  # noqa: E402,F401  (register `alloc`, `bench`, `top`,
-#                                                                 `report`, `inputqueue`, `worker`)

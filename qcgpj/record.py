@@ -12,7 +12,6 @@ import os
 from typing import Any, Iterator, Sequence
 
 from .errors import QcgpjError, UnknownJobError
-from .jobspec import substitute
 
 RECORD_FILE = "qcgpj-run.jsonl"
 
@@ -52,6 +51,7 @@ def _entries(m: Any, names: Sequence[str], directory: str) -> Iterator[dict[str,
 
 def stderr_path(spec: dict[str, Any], directory: str, it: int | None) -> str | None:
     """Where a task's stderr went, as the executor resolved it (None: not redirected)."""
+    from .jobspec import substitute   # here: the CLI imports this module for every command, services included
     exe = spec.get("execution", {})
     if not exe.get("stderr"):
         return None

@@ -1,6 +1,7 @@
 """The long-running services: ``qcgpj inputqueue`` and the executor, ``qcgpj-worker`` (also ``qcgpj worker``)."""
 from __future__ import annotations
 
+import gc
 import os
 
 import click
@@ -11,6 +12,14 @@ from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
 from .keys import check_executor_id
 from .signals import stop_on_signals
+
+
+def _freeze() -> None:
+    """What the service holds once set up (modules, classes, its own objects) lives as long as the process: out of
+    the cyclic collector's way, neither its full passes while serving nor the last one at exit walk it again (that
+    last pass, ~25 ms, was most of a service's time from SIGTERM to exit). No collection first: it would cost as
+    much, on the way to joining the queue, and find next to nothing (some twenty objects)."""
+    gc.freeze()
 
 
 @main.command()
@@ -44,6 +53,7 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
                     executor_retention=executor_retention, keep_finished=keep_finished,
                     unplaceable_timeout=unplaceable_timeout)
     stop_on_signals(iq.stop)
+    _freeze()
     iq.run()
 
 
@@ -95,6 +105,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
                   idle_grace=idle_grace)
     os.chdir(ex.root_wd)   # tasks in the root directory then start without a change of directory (workers.spawn)
     stop_on_signals(ex.stop)
+    _freeze()
     ex.run()
 
 
