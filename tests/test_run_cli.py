@@ -220,6 +220,10 @@ def test_hint_when_no_executor_serves_the_namespace(tmp_path, redis_url):
               "the hint")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    # The terminal closed (SIGHUP): the run stops waiting and leaves; on the session's shared server, a run
+    # still blocked in XREAD would also be taken for the `wait` of the next tests.
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    until(lambda: not _blocked_in_xread(r), 60, "the run gone after its terminal closed")
 
 
 def test_summary_and_record_tell_what_failed(tmp_path):
