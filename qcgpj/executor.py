@@ -117,6 +117,7 @@ class Executor:
         self._specs = SpecCache()
         self._env: dict[str, str] = {}
         self._stop = threading.Event()
+        self._give_up = threading.Event()   # a second stop: leave without waiting for Redis any longer
         self._want_work = threading.Event()
         self._dead = False
         self._ready_empty = False
@@ -188,7 +189,10 @@ class Executor:
             self._shutdown()
 
     def stop(self) -> None:
-        """Stop claiming; running tasks finish and are reported, the look-ahead is handed back (drain)."""
+        """Stop claiming; running tasks finish and are reported, the look-ahead is handed back (drain). Asked
+        again (a second SIGTERM or Ctrl-C), the last hand-back stops waiting for a Redis that does not answer."""
+        if self._stop.is_set():
+            self._give_up.set()
         self._stop.set()
         self._post("wake", None)
 
@@ -217,8 +221,8 @@ class Executor:
                     continue
             if moved:
                 continue
-            if self._stop.is_set() and not self._busy():
-                return
+            if self._stop.is_set() and (not self._busy() or self._give_up.is_set() and not self._running):
+                return   # (told twice: reports that Redis does not take now are left to _shutdown)
             if time.monotonic() >= self._next_reconcile and self._inflight is None:
                 self._reconcile()
             if self._idle():
@@ -580,15 +584,20 @@ class Executor:
         while (self._finished or self._started) and not self._dead and not self._rejoin:
             batch = self._take_batch(0)
             self._apply(batch, self._send(batch))
-            if self._retry_at:   # Redis is away: keep the reports and try again (_stop is set)
-                time.sleep(max(0.0, self._retry_at - time.monotonic()))
-        while not self._dead:
+            # Redis is away: keep the reports and try again, unless told to stop waiting
+            if self._retry_at and self._give_up.wait(max(0.0, self._retry_at - time.monotonic())):
+                break
+        while not self._dead and not self._give_up.is_set():
             # Hand back what is still placed on us or claimed ahead (never started), so it runs elsewhere.
             try:
                 self.store.requeue(self.eid, 1 << 30, "left", final="LEFT")
                 break
             except redis.RedisError as exc:
-                time.sleep(self._outage.failed(exc))
+                self._give_up.wait(self._outage.failed(exc))
+        if self._give_up.is_set() and self._outage.down:
+            log.warning("executor %s: left without Redis: %d report(s) undelivered; once our heartbeat expires, "
+                        "the InputQueue gives what we held to other executors (tasks whose end was not reported "
+                        "run again)", self.eid, len(self._finished) + len(self._started))
         self.store.close()
         log.info("executor %s: stopped after %d task(s)", self.eid, self.tasks_done)
         self._runner.close()

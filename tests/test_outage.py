@@ -239,3 +239,26 @@ def test_a_worker_that_cannot_join_yet_stops_on_sigterm(tmp_path):
         assert worker.wait(timeout=60) == 1, c.logs()
         assert "stopped before it could join" in (tmp_path / "worker.log").read_text()
         no_tracebacks(c)
+
+
+def test_a_second_sigterm_ends_a_drain_that_waits_for_redis(fresh_redis, tmp_path):
+    """SIGTERM while Redis is away: the worker drains and waits to report and hand back (nothing is lost while
+    it waits). A second SIGTERM ends that wait: it leaves, saying what it could not deliver; what it held goes
+    back to the queue through the InputQueue once its heartbeat expires."""
+    c = Cluster(fresh_redis.url, tmp_path)
+    try:
+        m = c.serving(1, *FAST)
+        worker = c.procs[-1]
+        names = m.submit(Jobs().add(name="slow", script="sleep 1"))
+        wait_for(m, lambda: m.status(names)["slow"] == "EXECUTING", what="the task running")
+        fresh_redis.stop()
+        worker.terminate()
+        wait_for_log(tmp_path / "worker.log", "Redis unavailable")
+        assert worker.poll() is None   # the first SIGTERM: still waiting for Redis
+        worker.terminate()
+        worker.wait(timeout=60)
+        log = (tmp_path / "worker.log").read_text()
+        assert "left without Redis" in log, c.logs()
+        no_tracebacks(c)
+    finally:
+        c.stop()
