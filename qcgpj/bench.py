@@ -113,7 +113,7 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
     prefix = f"b{tag}-" if shared else ""
     pids = dict(zip(("inputqueue", "executor"), (p.pid for p in services.procs)))
     try:
-        yield m, prefix, CpuMeter(m.client, pids)
+        yield m, prefix, CpuMeter(m.client, pids, here=not shared)
     finally:
         m.finish()
         services.stop()

@@ -4,6 +4,11 @@ Wall-clock rates on a shared machine vary by a factor of two from one minute to 
 process spends per task does not depend on what else runs, so it is the figure to compare changes by.
 Processes are read from ``/proc/PID/stat`` (user + system, all threads, not the tasks it reaped), redis-server
 from its own ``INFO cpu`` (so a server on another host counts too), the client from ``getrusage``.
+
+Two more figures say where the rest of the machine went: ``tasks``, the CPU of the tasks themselves (the
+processes the executor reaped, from the same ``stat`` line; in local mode the client's reaped children), and
+``idle``, the CPU time no process used (``/proc/stat``, all CPUs), both per task. With short tasks the tasks'
+own CPU is most of the machine: what the engine may still win is the idle and its own share, not more.
 """
 from __future__ import annotations
 
@@ -16,14 +21,34 @@ import redis
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of a live process (all its threads), or None where /proc does not say."""
+def _stat(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICK   # utime, stime (fields 14 and 15 of stat(5))
+
+
+def proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (all its threads), or None where /proc does not say."""
+    fields = _stat(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICK   # utime, stime (stat(5))
+
+
+def children_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of the children a live process has reaped (cutime, cstime)."""
+    fields = _stat(pid)
+    return None if fields is None else (int(fields[13]) + int(fields[14])) / _TICK
+
+
+def idle_cpu() -> float | None:
+    """Seconds all CPUs together spent idle (idle + iowait of ``/proc/stat``) since boot."""
+    try:
+        with open("/proc/stat") as f:
+            values = f.readline().split()[1:]
+        return (int(values[3]) + int(values[4])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def redis_cpu(client: Any) -> float | None:
@@ -38,14 +63,23 @@ def redis_cpu(client: Any) -> float | None:
 class CpuMeter:
     """Snapshots of the CPU used so far by each named process; :meth:`per_task` gives µs per task between two."""
 
-    def __init__(self, client: Any, pids: dict[str, int]) -> None:
-        self.client, self.pids = client, pids
+    def __init__(self, client: Any, pids: dict[str, int], here: bool = True) -> None:
+        """``here``: the tasks run on this machine (not on external executors), so its idle time is theirs."""
+        self.client, self.pids, self.here = client, pids, here
 
     def snapshot(self) -> dict[str, float | None]:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         snap: dict[str, float | None] = {name: proc_cpu(pid) for name, pid in self.pids.items()}
         snap["redis"] = redis_cpu(self.client)
         snap["client"] = ru.ru_utime + ru.ru_stime
+        if not self.here:
+            return snap
+        if "executor" in self.pids:
+            snap["tasks"] = children_cpu(self.pids["executor"])
+        else:   # local mode: the executor runs in this process
+            rc = resource.getrusage(resource.RUSAGE_CHILDREN)
+            snap["tasks"] = rc.ru_utime + rc.ru_stime
+        snap["idle"] = idle_cpu()
         return snap
 
     @staticmethod

@@ -139,8 +139,10 @@ def test_bench_reports_every_workload(redis_url, tmp_path):
     assert chain["extra"]["over_spawn1_ms"] == round(chain["value"] - spawn1["value"], 3)
     for row in (tasks, iterations, chain, queue):
         cpu = {k: v for k, v in row["extra"].items() if k.endswith("_cpu_us")}
-        assert set(cpu) == {"executor_cpu_us", "inputqueue_cpu_us", "redis_cpu_us", "client_cpu_us"}, row
+        assert set(cpu) == {"executor_cpu_us", "inputqueue_cpu_us", "redis_cpu_us", "client_cpu_us",
+                            "tasks_cpu_us", "idle_cpu_us"}, row   # and where the rest of the machine went
         assert cpu["redis_cpu_us"] > 0 and cpu["client_cpu_us"] > 0
+        assert cpu["tasks_cpu_us"] >= 0 and cpu["idle_cpu_us"] >= 0
     assert min(tasks["value"], iterations["value"], chain["value"], queue["value"], jobs["value"]) > 0
     assert jobs["extra"]["bytes_per_job"] > 0 and "bytes" in one_job["extra"]
     assert not redis.Redis.from_url(redis_url).keys("qcgpj:{bench-*")   # the namespaces were dropped
