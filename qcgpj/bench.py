@@ -59,6 +59,7 @@ class BenchConfig:
     private: bool = False        # a server started for this run and thrown away after it: nothing to clean
     qcg: str | None = None       # qcg-pm-service to compare the local workload with
     scale: Any = None            # the scale workload's sizes (a ``scalebench.ScaleConfig``)
+    processes: int = 1           # executor processes of the started worker (its --processes)
 
 
 class Services:
@@ -74,7 +75,8 @@ class Services:
         base = [sys.executable, "-m", "qcgpj"]
         common = ["--redis-url", self.cfg.url, "-n", self.namespace]
         cores = ["--cores", str(self.cfg.cores)] if self.cfg.cores else []
-        for args in (["inputqueue", *common], ["worker", *common, *cores, "--wd", self.dir]):
+        procs = ["--processes", str(self.cfg.processes)] if self.cfg.processes > 1 else []
+        for args in (["inputqueue", *common], ["worker", *common, *cores, *procs, "--wd", self.dir]):
             self.procs.append(subprocess.Popen(base + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                                start_new_session=True))
 
@@ -113,7 +115,9 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
     prefix = f"b{tag}-" if shared else ""
     pids = dict(zip(("inputqueue", "executor"), (p.pid for p in services.procs)))
     try:
-        yield m, prefix, CpuMeter(m.client, pids, here=not shared)
+        meter = CpuMeter(m.client, pids, here=not shared)
+        meter.executors = cfg.processes if services.procs else 1
+        yield m, prefix, meter
     finally:
         m.finish()
         services.stop()
@@ -124,11 +128,15 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
         shutil.rmtree(wd, ignore_errors=True)
 
 
-def _wait_executor(m: Manager) -> None:
-    """Executors started as processes take a moment to register; the clock starts before, so it counts."""
+def _wait_executor(m: Manager, meter: CpuMeter | None = None) -> None:
+    """Executors started as processes take a moment to register; the clock starts before, so it counts. A worker
+    of several executor processes (``--processes``): all of them, and the meter counts their CPU."""
+    want = meter.executors if meter is not None else 1
     last = m.store.last_event_id()
-    while not any(e.get("state") == "ALIVE" for e in m.store.executors().values()):
+    while len(alive := [e for e in m.store.executors().values() if e.get("state") == "ALIVE"]) < want:
         last = m.store.wait_event(last, 0.5)
+    if want > 1 and meter is not None:
+        meter.pids["executor"] = [int(e["pid"]) for e in alive]
 
 
 def _spawn(n: int) -> None:
@@ -166,7 +174,7 @@ def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
         jobs = Jobs()
         for i in range(cfg.tasks):
             jobs.add(name=f"{px}t{i}", exec="/bin/true", model=model if model != "default" else None)
-        _wait_executor(m)
+        _wait_executor(m, meter)
         cpu0 = meter.snapshot()
         t1 = time.perf_counter()
         names = m.submit(jobs)
@@ -194,7 +202,7 @@ def bench_iterations(cfg: BenchConfig) -> Result:
     """Workload b: one iterative job of N /bin/true iterations."""
     t0 = time.perf_counter()
     with session(cfg) as (m, px, meter):
-        _wait_executor(m)
+        _wait_executor(m, meter)
         cpu0 = meter.snapshot()
         m.submit(Jobs().add(name=f"{px}sweep", exec="/bin/true", iteration=cfg.tasks))
         state = m.wait4([f"{px}sweep"])[f"{px}sweep"]
@@ -210,7 +218,7 @@ def bench_chain(cfg: BenchConfig) -> Result:
         jobs = Jobs().add(name=f"{px}c0", exec="/bin/true")
         for i in range(1, cfg.chain):
             jobs.add(name=f"{px}c{i}", exec="/bin/true", after=[f"{px}c{i - 1}"])
-        _wait_executor(m)
+        _wait_executor(m, meter)
         cpu0 = meter.snapshot()
         m.submit(jobs)
         m.wait4([f"{px}c{cfg.chain - 1}"])

@@ -24,6 +24,8 @@ from .cli import INT_LIST, _errors, _logging, main, ns_option, url_option, verbo
 @click.option("--submit-iterations", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Iterations of the one iterative job in the submission workload.")
 @click.option("--cores", type=click.IntRange(min=1), default=None, help="Executor cores (default: this machine's).")
+@click.option("--worker-processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Executor processes of the worker the bench starts (its --processes).")
 @click.option("--external", is_flag=True,
               help="Use executors already serving the namespace given by -n (only this run's jobs are removed "
                    "afterwards).")
@@ -42,7 +44,8 @@ from .cli import INT_LIST, _errors, _logging, main, ns_option, url_option, verbo
 @verbose_option
 @_errors
 def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], tasks: int, chain: int,
-          submit_jobs: int, submit_iterations: int, cores: int | None, external: bool, qcg: str | None,
+          submit_jobs: int, submit_iterations: int, cores: int | None, worker_processes: int, external: bool,
+          qcg: str | None,
           executors: tuple[int, ...], executor_cores: int, task_seconds: float, duration: float,
           namespace: str, as_json: bool, verbose: int) -> None:
     """Measure throughput, dependency latency and submission cost on this machine."""
@@ -54,7 +57,7 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
     with ctx as url:
         cfg = BenchConfig(url, tasks=tasks, chain=chain, submit_jobs=submit_jobs,
                           submit_iterations=submit_iterations, cores=cores, external=external,
-                          namespace=namespace, private=start_redis, qcg=qcg,
+                          namespace=namespace, private=start_redis, qcg=qcg, processes=worker_processes,
                           scale={"executors": executors, "cores": executor_cores, "task_seconds": task_seconds,
                                  "duration": duration})
         results = run_bench(cfg, workloads or WORKLOADS)

@@ -60,22 +60,30 @@ def redis_cpu(client: Any) -> float | None:
         return None
 
 
+def _total(read: Any, pids: int | list[int]) -> float | None:
+    """What ``read`` gives for a process, or summed over several (None if any cannot be read)."""
+    values = [read(pid) for pid in (pids if isinstance(pids, list) else [pids])]
+    return None if None in values else sum(values)
+
+
 class CpuMeter:
     """Snapshots of the CPU used so far by each named process; :meth:`per_task` gives µs per task between two."""
 
-    def __init__(self, client: Any, pids: dict[str, int], here: bool = True) -> None:
-        """``here``: the tasks run on this machine (not on external executors), so its idle time is theirs."""
+    def __init__(self, client: Any, pids: dict[str, int | list[int]], here: bool = True) -> None:
+        """``pids``: a process, or several counted as one (a worker's executor processes). ``here``: the tasks run
+        on this machine (not on external executors), so its idle time is theirs."""
         self.client, self.pids, self.here = client, pids, here
+        self.executors = 1   # executor processes the bench waits for
 
     def snapshot(self) -> dict[str, float | None]:
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        snap: dict[str, float | None] = {name: proc_cpu(pid) for name, pid in self.pids.items()}
+        snap: dict[str, float | None] = {name: _total(proc_cpu, pid) for name, pid in self.pids.items()}
         snap["redis"] = redis_cpu(self.client)
         snap["client"] = ru.ru_utime + ru.ru_stime
         if not self.here:
             return snap
         if "executor" in self.pids:
-            snap["tasks"] = children_cpu(self.pids["executor"])
+            snap["tasks"] = _total(children_cpu, self.pids["executor"])
         else:   # local mode: the executor runs in this process
             rc = resource.getrusage(resource.RUSAGE_CHILDREN)
             snap["tasks"] = rc.ru_utime + rc.ru_stime

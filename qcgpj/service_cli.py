@@ -77,13 +77,17 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
               help="Executor id (default: host-pid-random).")
 @click.option("--reconcile", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Seconds between checks of the running list against what this worker knows.")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Serve this node's cores with N executor processes, each with its share of the cores and "
+                   "CPUs (for tasks of a few ms: one interpreter leaves cores idle); a job larger than a share "
+                   "waits for an executor that has its cores.")
 @connect_wait_option
 @verbose_option
 @_errors
 def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes: str | None, gpus: int | None,
                 mem: int | None, wd: str | None,
                 exit_when_idle: bool, prefetch: int | None, heartbeat: float, ttl: int, eid: str | None,
-                reconcile: float, connect_wait: float, verbose: int, idle_grace: float) -> None:
+                reconcile: float, processes: int, connect_wait: float, verbose: int, idle_grace: float) -> None:
     """qcgpj-worker: an executor that runs the queue's tasks on this allocation's cores."""
     from .executor import Executor
     from .resources import discover
@@ -93,13 +97,20 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     if heartbeat >= ttl:
         raise click.BadParameter(f"{heartbeat:g} s is not less than --ttl ({ttl} s): the executor would be "
                                  "declared dead between two heartbeats", param_hint="'--heartbeat'")
-    client = connect(redis_url, wait=connect_wait)
-    check_settings(client)
     try:
         node_list = discover(cores=cores, nodes=nodes, gpus=gpus, mem=mem)
     except ValueError as exc:
         raise QcgpjError(str(exc)) from None
     in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes
+    shares = _shares(node_list, processes, in_slurm)
+    client = connect(redis_url, wait=connect_wait)
+    check_settings(client)
+    if shares:
+        from . import workerprocs
+        client.close()   # each executor process makes its own connection
+        index, node = workerprocs.fork(shares)
+        node_list, eid = [node], f"{eid}-{index}" if eid else None
+        client = connect(redis_url, wait=connect_wait)
     ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
                   ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile,
                   idle_grace=idle_grace)
@@ -107,6 +118,17 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     stop_on_signals(ex.stop)
     _freeze()
     ex.run()
+
+
+def _shares(node_list: list, processes: int, in_slurm: bool) -> list | None:
+    """--processes: the shares of cores and CPUs (None for one process); checked before anything is started."""
+    if processes == 1:
+        return None
+    from . import workerprocs
+    if in_slurm:
+        raise QcgpjError(f"--processes {processes}: not inside a Slurm allocation (its tasks are srun steps): "
+                         "start one worker per share with srun instead")
+    return workerprocs.split(node_list, processes, sorted(os.sched_getaffinity(0)))
 
 
 main.add_command(worker_main, name="worker")
