@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,9 @@ from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
 from .keys import check_executor_id
 from .signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from .resources import Node
 
 
 def _freeze() -> None:
@@ -103,6 +107,8 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
         raise QcgpjError(str(exc)) from None
     in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes
     shares = _shares(node_list, processes, in_slurm)
+    if shares and eid:
+        check_executor_id(f"{eid}-{processes - 1}")   # the processes' ids: checked once, here
     client = connect(redis_url, wait=connect_wait)
     check_settings(client)
     if shares:
@@ -120,7 +126,7 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     ex.run()
 
 
-def _shares(node_list: list, processes: int, in_slurm: bool) -> list | None:
+def _shares(node_list: list[Node], processes: int, in_slurm: bool) -> list[tuple[Node, frozenset[int]]] | None:
     """--processes: the shares of cores and CPUs (None for one process); checked before anything is started."""
     if processes == 1:
         return None

@@ -66,11 +66,15 @@ def test_two_processes_serve_the_queue_each_on_its_own_cpu_and_stop_together(red
         c.stop()
 
 
-def test_too_many_processes_is_one_line_and_starts_nothing(redis_url, tmp_path):
-    res = subprocess.run(qcgpj_cmd("worker", "--redis-url", redis_url, "--cores", "2", "--processes", "3"),
+@pytest.mark.parametrize("extra, said", [
+    (["--processes", "3"], "--processes 3: more processes than cores (2)"),
+    (["--processes", "2", "--id", "x" * 127], "invalid executor id 'xxx"),   # its processes' ids would be too long
+])
+def test_bad_processes_is_one_line_and_starts_nothing(redis_url, tmp_path, extra, said):
+    res = subprocess.run(qcgpj_cmd("worker", "--redis-url", redis_url, "--cores", "2", *extra),
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert "--processes 3: more processes than cores (2)" in res.stderr.strip().splitlines()[-1]
+    assert said in res.stderr.strip().splitlines()[-1]
     from qcgpj import Manager
     assert Manager(redis_url).store.executors(departed=True) == {}
 
