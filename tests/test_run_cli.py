@@ -20,6 +20,7 @@ from qcgpj import Manager
 from qcgpj.errors import FinishedError, LostJobsError, StoreError
 from tests.cluster import Cluster, qcgpj_cmd
 from tests.test_cli import REPO, qcgpj, write
+from tests.terminal import Terminal
 
 STORES = ["redis-server", "fakeredis"]
 TCK = os.sysconf("SC_CLK_TCK")
@@ -181,45 +182,31 @@ def test_waiting_on_a_queue_costs_no_cpu(tmp_path, marker, redis_url):
         cluster.stop()
 
 
-def _pane(session: str) -> list[str]:
-    out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.strip()]
-
-
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 @pytest.mark.parametrize("width", [40, 120])
 def test_progress_is_one_line_in_a_real_terminal(tmp_path, marker, width):
     jobs = [{"name": "quick", "iteration": {"stop": 30}, "execution": {"exec": "/bin/true"}},
             {"name": "bad", "execution": {"exec": "/bin/false"}}, *sleepers(2, 60, marker)[:1]]
     write(tmp_path / "jobs.json", jobs)
-    session = f"qcgpj-{uuid.uuid4().hex[:8]}"
     cmd = f"cd {tmp_path} && PYTHONPATH={REPO} {' '.join(qcgpj_cmd('run', 'jobs.json', '--cores', '2'))}; sleep 60"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "10", cmd], check=True)
-    try:
-        until(lambda: any("31/33" in line for line in _pane(session)), 60, "the progress line at 31/33")
-        lines = _pane(session)
+    with Terminal(cmd, width=width) as term:
+        until(lambda: any("31/33" in line for line in term.lines()), 60, "the progress line at 31/33")
+        lines = term.lines()
         assert len(lines) == 1, lines   # one line: no wrapping, no line per redraw
         line = lines[0]
         assert len(line) <= width and "1 failed" in line and "2 running" in line and "/s" in line
-        subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
-        until(lambda: any("jobs:" in line for line in _pane(session)), 30, "the summary")
-        assert any("CANCELED 1" in line for line in _pane(session))
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        term.send("C-c")
+        until(lambda: any("jobs:" in line for line in term.lines()), 30, "the summary")
+        assert any("CANCELED 1" in line for line in term.lines())
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 def test_hint_when_no_executor_serves_the_namespace(tmp_path, redis_url):
     write(tmp_path / "jobs.json", [{"name": "a", "execution": {"exec": "/bin/true"}}])
-    session = f"qcgpj-{uuid.uuid4().hex[:8]}"
     run = " ".join(qcgpj_cmd("run", "jobs.json", "--redis-url", redis_url, "-n", "lonely"))
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "10",
-                    f"cd {tmp_path} && PYTHONPATH={REPO} {run}"], check=True)
-    try:
-        until(lambda: any("no executor serves namespace 'lonely'" in line for line in _pane(session)), 60,
+    with Terminal(f"cd {tmp_path} && PYTHONPATH={REPO} {run}") as term:
+        until(lambda: any("no executor serves namespace 'lonely'" in line for line in term.lines()), 60,
               "the hint")
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     # The terminal closed (SIGHUP): the run stops waiting and leaves; on the session's shared server, a run
     # still blocked in XREAD would also be taken for the `wait` of the next tests.
     r = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -5,13 +5,13 @@ import json
 import shutil
 import subprocess
 import time
-import uuid
 
 import pytest
 
 from qcgpj import Jobs, Manager
 from qcgpj.top import FRAME_COMMANDS, snapshot
 from tests.cluster import Cluster, qcgpj_cmd
+from tests.terminal import Terminal
 
 
 def commands_of(m: Manager, fn) -> int:
@@ -92,20 +92,15 @@ def test_live_view_in_a_terminal_quits_on_q_and_ctrl_c(redis_url, tmp_path):
         m = cluster.serving(2)
         m.submit(Jobs().add(name="bad", script="exit 7"))
         m.wait4(["bad"], timeout=60)
-        for key in ("q", "C-c"):
-            session = f"qcgpj-top-{uuid.uuid4().hex[:8]}"
-            done = tmp_path / f"exited-{session}"
+        for i, key in enumerate(("q", "C-c")):
+            done = tmp_path / f"exited-{i}"
             cmd = " ".join(qcgpj_cmd("top", "--redis-url", redis_url)) + f"; echo $? > {done}; sleep 60"
-            subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40", cmd],
-                           check=True, env=cluster.env)
-            try:
-                screen = _wait_screen(session, lambda s: "latest failures" in s and "bad" in s)
+            with Terminal(cmd, height=40, env=cluster.env) as term:
+                screen = _wait_screen(term, lambda s: "latest failures" in s and "bad" in s)
                 assert "ALIVE" in screen and "2/2" not in screen and "FAILED" in screen
-                subprocess.run(["tmux", "send-keys", "-t", session, key], check=True)
+                term.send(key)
                 _wait_until(done.exists, f"top to exit on {key}")
                 assert done.read_text().strip() == "0"
-            finally:
-                subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     finally:
         cluster.stop()
 
@@ -118,14 +113,13 @@ def _wait_until(predicate, what: str, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def _wait_screen(session: str, predicate) -> str:
+def _wait_screen(term: Terminal, predicate) -> str:
     screen = [""]
 
     def check() -> bool:
-        screen[0] = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                   text=True).stdout
+        screen[0] = term.screen()
         return predicate(screen[0])
-    _wait_until(check, f"the screen of {session}")
+    _wait_until(check, "the screen of top")
     return screen[0]
 
 
