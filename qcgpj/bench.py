@@ -115,9 +115,7 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
     prefix = f"b{tag}-" if shared else ""
     pids = dict(zip(("inputqueue", "executor"), (p.pid for p in services.procs)))
     try:
-        meter = CpuMeter(m.client, pids, here=not shared)
-        meter.executors = cfg.processes if services.procs else 1
-        yield m, prefix, meter
+        yield m, prefix, CpuMeter(m.client, pids, here=not shared, executors=cfg.processes if services.procs else 1)
     finally:
         m.finish()
         services.stop()
@@ -128,15 +126,16 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
         shutil.rmtree(wd, ignore_errors=True)
 
 
-def _wait_executor(m: Manager, meter: CpuMeter | None = None) -> None:
+def _wait_executor(m: Manager, meter: CpuMeter) -> int:
     """Executors started as processes take a moment to register; the clock starts before, so it counts. A worker
-    of several executor processes (``--processes``): all of them, and the meter counts their CPU."""
-    want = meter.executors if meter is not None else 1
+    of several executor processes (``--processes``): all of them, and the meter counts their CPU. Returns how
+    many executors serve the run."""
     last = m.store.last_event_id()
-    while len(alive := [e for e in m.store.executors().values() if e.get("state") == "ALIVE"]) < want:
+    while len(alive := [e for e in m.store.executors().values() if e.get("state") == "ALIVE"]) < meter.executors:
         last = m.store.wait_event(last, 0.5)
-    if want > 1 and meter is not None:
+    if meter.executors > 1:
         meter.pids["executor"] = [int(e["pid"]) for e in alive]
+    return len(alive)
 
 
 def _spawn(n: int) -> None:
@@ -174,7 +173,7 @@ def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
         jobs = Jobs()
         for i in range(cfg.tasks):
             jobs.add(name=f"{px}t{i}", exec="/bin/true", model=model if model != "default" else None)
-        _wait_executor(m, meter)
+        executors = _wait_executor(m, meter)
         cpu0 = meter.snapshot()
         t1 = time.perf_counter()
         names = m.submit(jobs)
@@ -185,7 +184,7 @@ def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
         cpu = meter.per_task(cpu0, meter.snapshot(), cfg.tasks)
     dt = time.perf_counter() - t0
     phases = {"start": round(t1 - t0, 3), "submit": round(t2 - t1, 3), "run": round(t3 - t2, 3),
-              "stop": round(time.perf_counter() - t3, 3), **cpu}
+              "stop": round(time.perf_counter() - t3, 3), "executors": executors, **cpu}
     ok = sum(1 for s in states.values() if s == "SUCCEED")
     if model == "noop":
         # The queue's own ceiling: from the first submit until every task is final (starting and stopping the

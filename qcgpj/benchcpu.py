@@ -69,11 +69,11 @@ def _total(read: Any, pids: int | list[int]) -> float | None:
 class CpuMeter:
     """Snapshots of the CPU used so far by each named process; :meth:`per_task` gives µs per task between two."""
 
-    def __init__(self, client: Any, pids: dict[str, int | list[int]], here: bool = True) -> None:
+    def __init__(self, client: Any, pids: dict[str, int | list[int]], here: bool = True, executors: int = 1) -> None:
         """``pids``: a process, or several counted as one (a worker's executor processes). ``here``: the tasks run
-        on this machine (not on external executors), so its idle time is theirs."""
-        self.client, self.pids, self.here = client, pids, here
-        self.executors = 1   # executor processes the bench waits for
+        on this machine (not on external executors), so its idle time is theirs. ``executors``: the executor
+        processes of the worker measured, found once they registered."""
+        self.client, self.pids, self.here, self.executors = client, pids, here, executors
 
     def snapshot(self) -> dict[str, float | None]:
         ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -221,7 +221,7 @@ class Executor:
                     continue
             if moved:
                 continue
-            if self._stop.is_set() and (not self._busy() or self._give_up.is_set() and not self._running):
+            if self._stop.is_set() and (not self._busy() or (self._give_up.is_set() and not self._running)):
                 return   # (told twice: reports that Redis does not take now are left to _shutdown)
             if time.monotonic() >= self._next_reconcile and self._inflight is None:
                 self._reconcile()

@@ -87,7 +87,7 @@ def test_bench_runs_its_worker_as_two_processes(redis_url, tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     (row,) = json.loads(res.stdout)
-    assert row["extra"]["succeeded"] == 40
+    assert row["extra"]["succeeded"] == 40 and row["extra"]["executors"] == 2
     assert {"executor_cpu_us", "tasks_cpu_us", "idle_cpu_us"} <= set(row["extra"]), row
 
 
