@@ -118,6 +118,7 @@ class Executor:
         self._env: dict[str, str] = {}
         self._stop = threading.Event()
         self._give_up = threading.Event()   # a second stop: leave without waiting for Redis any longer
+        self._stops = 0                     # calls of stop() (signals)
         self._want_work = threading.Event()
         self._dead = False
         self._ready_empty = False
@@ -191,7 +192,8 @@ class Executor:
     def stop(self) -> None:
         """Stop claiming; running tasks finish and are reported, the look-ahead is handed back (drain). Asked
         again (a second SIGTERM or Ctrl-C), the last hand-back stops waiting for a Redis that does not answer."""
-        if self._stop.is_set():
+        self._stops += 1
+        if self._stops > 1:   # asked twice (not a drain command or being told to leave, which also stop)
             self._give_up.set()
         self._stop.set()
         self._post("wake", None)

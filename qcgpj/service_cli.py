@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import TYPE_CHECKING
-
 import click
 
 from .cli import (DURATION, Command, _check_wd, _checked, _errors, _logging, connect_wait_option, main, ns_option,
@@ -13,9 +11,6 @@ from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
 from .keys import check_executor_id
 from .signals import stop_on_signals
-
-if TYPE_CHECKING:
-    from .resources import Node
 
 
 def _freeze() -> None:
@@ -106,13 +101,15 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     except ValueError as exc:
         raise QcgpjError(str(exc)) from None
     in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes
-    shares = _shares(node_list, processes, in_slurm)
+    shares = None
+    if processes > 1:
+        from . import workerprocs
+        shares = workerprocs.split(node_list, processes, sorted(os.sched_getaffinity(0)), in_slurm)
     if shares and eid:
         check_executor_id(f"{eid}-{processes - 1}")   # the processes' ids: checked once, here
     client = connect(redis_url, wait=connect_wait)
     check_settings(client)
     if shares:
-        from . import workerprocs
         client.close()   # each executor process makes its own connection
         index, node = workerprocs.fork(shares)
         node_list, eid = [node], f"{eid}-{index}" if eid else None
@@ -124,17 +121,6 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     stop_on_signals(ex.stop)
     _freeze()
     ex.run()
-
-
-def _shares(node_list: list[Node], processes: int, in_slurm: bool) -> list[tuple[Node, frozenset[int]]] | None:
-    """--processes: the shares of cores and CPUs (None for one process); checked before anything is started."""
-    if processes == 1:
-        return None
-    from . import workerprocs
-    if in_slurm:
-        raise QcgpjError(f"--processes {processes}: not inside a Slurm allocation (its tasks are srun steps): "
-                         "start one worker per share with srun instead")
-    return workerprocs.split(node_list, processes, sorted(os.sched_getaffinity(0)))
 
 
 main.add_command(worker_main, name="worker")

@@ -25,8 +25,13 @@ from .resources import Node
 log = logging.getLogger("qcgpj")
 
 
-def split(nodes: Sequence[Node], n: int, cpus: Sequence[int]) -> list[tuple[Node, frozenset[int]]]:
-    """The node's cores and the CPUs in ``n`` contiguous shares, as even as can be: (node, CPUs) per process."""
+def split(nodes: Sequence[Node], n: int, cpus: Sequence[int],
+          in_slurm: bool = False) -> list[tuple[Node, frozenset[int]]]:
+    """The node's cores and the CPUs in ``n`` contiguous shares, as even as can be: (node, CPUs) per process.
+    Checked before anything is started; what cannot be split is a one-line error."""
+    if in_slurm:
+        raise QcgpjError(f"--processes {n}: not inside a Slurm allocation (its tasks are srun steps): start one "
+                         "worker per share with srun instead")
     if len(nodes) != 1:
         raise QcgpjError(f"--processes {n}: only for the cores of one node (this worker has {len(nodes)} nodes)")
     node = nodes[0]

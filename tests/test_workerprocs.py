@@ -24,10 +24,11 @@ def test_shares_are_contiguous_and_as_even_as_can_be():
     ([Node("a", (0, 1), gpus=("0",))], 2, [0, 1], "GPUs"),
     ([Node("a", (0, 1))], 3, [0, 1, 2], "more processes than cores"),
     ([Node("a", (0, 1, 2))], 3, [0, 1], "more processes than cores (3) or CPUs (2)"),
+    ([Node("a", (0, 1))], 2, [0, 1], "not inside a Slurm allocation"),
 ])
 def test_what_cannot_be_split_is_refused(nodes, n, cpus, what):
     with pytest.raises(QcgpjError) as err:
-        split(nodes, n, cpus)
+        split(nodes, n, cpus, in_slurm="Slurm" in what)
     assert str(err.value).startswith(f"--processes {n}: ") and what in str(err.value)
 
 
