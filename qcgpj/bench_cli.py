@@ -40,6 +40,11 @@ from .cli import INT_LIST, _errors, _logging, main, ns_option, url_option, verbo
 @click.option("--duration", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="scale: seconds measured per run (after every executor joined and a warm-up).")
 @ns_option
+@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the workloads this many times and give each figure as its range over the runs.")
+@click.option("--against", default=None, metavar="DIR",
+              help="Another qcgpj checkout: each run runs its code too, right after this version's, so that "
+                   "both are measured in the same minutes.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable figures.")
 @verbose_option
 @_errors
@@ -47,12 +52,14 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
           submit_jobs: int, submit_iterations: int, cores: int | None, worker_processes: int, external: bool,
           qcg: str | None,
           executors: tuple[int, ...], executor_cores: int, task_seconds: float, duration: float,
-          namespace: str, as_json: bool, verbose: int) -> None:
+          namespace: str, runs: int, against: str | None, as_json: bool, verbose: int) -> None:
     """Measure throughput, dependency latency and submission cost on this machine."""
     from contextlib import nullcontext
 
     from .bench import BenchConfig, private_redis, run as run_bench
     _logging(verbose)
+    if runs > 1 or against is not None:
+        return _series(click.get_current_context(), runs, against, as_json)
     ctx = private_redis() if start_redis else nullcontext(redis_url)
     with ctx as url:
         cfg = BenchConfig(url, tasks=tasks, chain=chain, submit_jobs=submit_jobs,
@@ -69,3 +76,40 @@ def bench(redis_url: str | None, start_redis: bool, workloads: tuple[str, ...], 
     for r in results:
         extra = " ".join(f"{k}={v}" for k, v in r.extra.items() if v is not None)   # None: not measurable here
         click.echo(f"{r.workload:<11} {r.what:<36} {r.value:>10}  {r.unit:<9} {extra}")
+
+
+def _series(ctx: click.Context, runs: int, against: str | None, as_json: bool) -> None:
+    """--runs / --against: every run a ``qcgpj bench --json`` process of its own, with the same options."""
+    from . import benchruns
+    versions = [benchruns.Version(benchruns.THIS)]
+    if against is not None:
+        versions.append(benchruns.checkout(against))
+    done = benchruns.series(versions, _forwarded(ctx), runs, told=lambda s: click.echo(s, err=True))
+    if as_json:
+        click.echo(json.dumps({"runs": done, "ranges": benchruns.by_version(done)}, indent=1))
+        return
+    for line in benchruns.table(done, runs):
+        click.echo(line)
+
+
+def _forwarded(ctx: click.Context) -> list[str]:
+    """The options given to this command, as arguments for each run's own (all but the series' and output's)."""
+    out: list[str] = []
+    for p in ctx.command.params:
+        if p.name in ("runs", "against", "as_json", "verbose") or not isinstance(p, click.Option):
+            continue
+        if ctx.get_parameter_source(p.name) in (click.core.ParameterSource.DEFAULT, None):
+            continue
+        value, opt = ctx.params[p.name], p.opts[0]
+        if p.count:
+            out += [opt] * value
+        elif p.is_flag:
+            out += [opt] if value else []
+        elif p.multiple:
+            for v in value:
+                out += [opt, str(v)]
+        elif isinstance(value, tuple):
+            out += [opt, ",".join(map(str, value))]
+        elif value is not None:
+            out += [opt, str(value)]
+    return out

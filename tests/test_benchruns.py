@@ -1,0 +1,89 @@
+"""``qcgpj bench --runs N [--against DIR]``: figures as ranges over runs, interleaved with another checkout's."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from qcgpj.benchruns import fmt, ranges, table
+from tests.test_cli import REPO, qcgpj
+
+SMALL = ["--start-redis", "-w", "spawn", "-w", "chain", "--tasks", "40", "--chain", "5"]
+
+
+def other_checkout(tmp_path: Path, what: str) -> Path:
+    """A copy of this checkout's package whose spawn row says ``what``: its rows show which code ran."""
+    top = tmp_path / "other"
+    shutil.copytree(REPO / "qcgpj", top / "qcgpj", ignore=shutil.ignore_patterns("__pycache__"))
+    bench = top / "qcgpj" / "bench.py"
+    text = bench.read_text()
+    assert '/bin/true, no queue"' in text
+    bench.write_text(text.replace('/bin/true, no queue"', f'/bin/true, {what}"'))
+    return top
+
+
+def test_runs_give_each_figure_as_its_range(tmp_path):
+    res = qcgpj("bench", *SMALL, "--runs", "2", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [(r["version"], r["run"]) for r in out["runs"]] == [("this", 1), ("this", 2)]
+    chains = [next(row for row in r["rows"] if row["workload"] == "chain") for r in out["runs"]]
+    got = next(row for row in out["ranges"]["this"] if row["workload"] == "chain")
+    values = [c["value"] for c in chains]
+    assert got["value"] == [min(values), max(values)]
+    hops = [c["extra"]["executor_cpu_us"] for c in chains]
+    assert got["extra"]["executor_cpu_us"] == [min(hops), max(hops)]
+    assert "run 2/2: this" in res.stderr   # each run is announced as it starts: a series takes minutes
+
+
+def test_against_interleaves_the_other_checkouts_runs(tmp_path):
+    other = other_checkout(tmp_path, "the other checkout")
+    res = qcgpj("bench", *SMALL, "--runs", "2", "--against", str(other), "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    runs = json.loads(res.stdout)["runs"]
+    assert [(r["version"], r["run"]) for r in runs] == [("this", 1), ("against", 1), ("this", 2), ("against", 2)]
+    spawn = {(r["version"], r["run"]): r["rows"][0]["what"] for r in runs}
+    assert spawn[("against", 1)] == spawn[("against", 2)] == "40 /bin/true, the other checkout"
+    assert spawn[("this", 1)] == "40 /bin/true, no queue"
+
+
+def test_the_table_gives_a_line_per_version_and_row(tmp_path):
+    other = other_checkout(tmp_path, "no queue")
+    res = qcgpj("bench", *SMALL, "--runs", "1", "--against", str(other), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "qcgpj bench, 1 run(s) of this and against interleaved, ranges min-max over the runs"
+    assert [(line[:11].strip(), line[49:57].strip()) for line in lines[2:]] == [
+        ("spawn", "this"), ("spawn", "against"), ("spawn1", "this"), ("spawn1", "against"),
+        ("chain", "this"), ("chain", "against")]
+    assert all("executor_cpu_us=" in line for line in lines[6:])
+
+
+def test_against_a_directory_without_qcgpj_is_one_line(tmp_path):
+    res = qcgpj("bench", *SMALL, "--against", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        f"Error: --against {tmp_path}: no qcgpj package there (give a checkout's top directory)"]
+
+
+def test_a_failing_run_names_its_version_and_why(tmp_path):
+    other = tmp_path / "broken"
+    (other / "qcgpj").mkdir(parents=True)
+    (other / "qcgpj" / "__init__.py").write_text("")   # a package, but no command in it
+    res = qcgpj("bench", *SMALL, "--against", str(other), cwd=tmp_path)
+    assert res.returncode == 1
+    (line,) = res.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"Error: bench run of against ({other}) failed: ") and "qcgpj" in line
+
+
+def test_ranges_and_their_text():
+    runs = [[{"workload": "tasks", "what": "w", "unit": "tasks/s", "value": 10.0,
+              "extra": {"state": "SUCCEED", "cpu": 5, "gone": None}}],
+            [{"workload": "tasks", "what": "w", "unit": "tasks/s", "value": 12.5,
+              "extra": {"state": "FAILED", "cpu": 5, "gone": None}}]]
+    (row,) = ranges(runs)
+    assert row["value"] == [10.0, 12.5] and row["extra"]["cpu"] == [5, 5]
+    assert fmt(row["value"]) == "10-12.5" and fmt(row["extra"]["cpu"]) == "5"
+    assert fmt(row["extra"]["state"]) == "FAILED/SUCCEED" and row["extra"]["gone"] == []
+    done = [{"version": "this", "run": 1, "rows": runs[0]}, {"version": "this", "run": 2, "rows": runs[1]}]
+    assert table(done, 2)[2].split() == ["tasks", "w", "this", "10-12.5", "tasks/s", "state=FAILED/SUCCEED", "cpu=5"]
