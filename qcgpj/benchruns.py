@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -42,12 +43,14 @@ def checkout(path: str) -> Version:
 
 
 def run_once(version: Version, args: Sequence[str]) -> list[dict[str, Any]]:
-    """One ``qcgpj bench --json ARGS`` of ``version``: its rows."""
-    env = dict(os.environ)
-    if version.path is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(version.path), *filter(None, [env.get("PYTHONPATH")])])
-    res = subprocess.run([sys.executable, "-m", "qcgpj", "bench", "--json", *args], env=env,
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    """One ``qcgpj bench --json ARGS`` of ``version``: its rows. It runs in an empty directory of its own, with
+    its version's package first on the path: ``python -m`` looks in the working directory first, so a run
+    started from inside a checkout would otherwise take that checkout's code, whichever version it was."""
+    home = version.path or Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(home), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    with tempfile.TemporaryDirectory(prefix="qcgpj-bench-run-") as wd:
+        res = subprocess.run([sys.executable, "-m", "qcgpj", "bench", "--json", *args], env=env, cwd=wd,
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or [f"exit code {res.returncode}"])[-1]
         raise QcgpjError(f"bench run of {version.label}{_where(version)} failed: {last}")

@@ -37,14 +37,18 @@ def test_runs_give_each_figure_as_its_range(tmp_path):
 
 
 def test_against_interleaves_the_other_checkouts_runs(tmp_path):
-    other = other_checkout(tmp_path, "the other checkout")
-    res = qcgpj("bench", *SMALL, "--runs", "2", "--against", str(other), "--json", cwd=tmp_path)
+    """Each version's own code runs: the other checkout's, even when the command is started from inside another
+    checkout (where ``python -m qcgpj`` looks first)."""
+    other = other_checkout(tmp_path / "a", "the other checkout")
+    here = other_checkout(tmp_path / "b", "the checkout the command runs in")
+    res = qcgpj("bench", *SMALL, "--runs", "2", "--against", str(other), "--json", cwd=here)
     assert res.returncode == 0, res.stderr
     runs = json.loads(res.stdout)["runs"]
     assert [(r["version"], r["run"]) for r in runs] == [("this", 1), ("against", 1), ("this", 2), ("against", 2)]
     spawn = {(r["version"], r["run"]): r["rows"][0]["what"] for r in runs}
     assert spawn[("against", 1)] == spawn[("against", 2)] == "40 /bin/true, the other checkout"
-    assert spawn[("this", 1)] == "40 /bin/true, no queue"
+    # "this" is the code that runs the command (here: python -m found the working directory's package first)
+    assert spawn[("this", 1)] == spawn[("this", 2)] == "40 /bin/true, the checkout the command runs in"
 
 
 def test_the_table_gives_a_line_per_version_and_row(tmp_path):
