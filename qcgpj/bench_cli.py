@@ -111,5 +111,6 @@ def _forwarded(ctx: click.Context) -> list[str]:
         elif isinstance(value, tuple):
             out += [opt, ",".join(map(str, value))]
         elif value is not None:
-            out += [opt, str(value)]
+            # each run works in a directory of its own: a relative path given here must still name the same file
+            out += [opt, os.path.abspath(value) if p.name == "qcg" and os.sep in value else str(value)]
     return out

@@ -91,3 +91,16 @@ def test_ranges_and_their_text():
     assert fmt(row["extra"]["state"]) == "FAILED/SUCCEED" and row["extra"]["gone"] == []
     done = [{"version": "this", "run": 1, "rows": runs[0]}, {"version": "this", "run": 2, "rows": runs[1]}]
     assert table(done, 2)[2].split() == ["tasks", "w", "this", "10-12.5", "tasks/s", "state=FAILED/SUCCEED", "cpu=5"]
+
+
+def test_each_run_gets_the_options_given_and_nothing_else(tmp_path, monkeypatch):
+    """Only what the user gave is passed on (defaults stay the run's own), the series' options are not, and a
+    relative path still names the same file from the run's own directory."""
+    from qcgpj.bench_cli import _forwarded, bench
+    monkeypatch.chdir(tmp_path)
+    ctx = bench.make_context("bench", ["-w", "spawn", "-w", "chain", "--tasks", "40", "--start-redis",
+                                       "--executors", "1,3", "--qcg-pm-service", "bin/qcg-pm-service",
+                                       "--runs", "3", "--against", "..", "--json", "-vv"])
+    assert _forwarded(ctx) == ["--start-redis", "--workload", "spawn", "--workload", "chain", "--tasks", "40",
+                               "--qcg-pm-service", str(tmp_path / "bin" / "qcg-pm-service"),
+                               "--executors", "1,3"]
