@@ -22,7 +22,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import redis
 
@@ -68,6 +68,7 @@ class Services:
     def __init__(self, cfg: BenchConfig, namespace: str, model_dir: str) -> None:
         self.cfg, self.namespace, self.dir = cfg, namespace, model_dir
         self.procs: list[subprocess.Popen] = []
+        self.logs: list[IO[bytes]] = []   # each service's stderr, read only if it exits early
 
     def start(self) -> None:
         if self.cfg.external or self.cfg.url is None:
@@ -77,11 +78,24 @@ class Services:
         cores = ["--cores", str(self.cfg.cores)] if self.cfg.cores else []
         procs = ["--processes", str(self.cfg.processes)] if self.cfg.processes > 1 else []
         for args in (["inputqueue", *common], ["worker", *common, *cores, *procs, "--wd", self.dir]):
-            self.procs.append(subprocess.Popen(base + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            self.logs.append(tempfile.TemporaryFile())
+            self.procs.append(subprocess.Popen(base + args, stdout=subprocess.DEVNULL, stderr=self.logs[-1],
                                                start_new_session=True))
+
+    def check(self) -> None:
+        """A service that has exited ends the run with its last words, instead of a wait for it that never ends
+        (a worker that cannot start: a module missing, an option its version does not know)."""
+        for name, p, log in zip(("inputqueue", "worker"), self.procs, self.logs):
+            code = p.poll()
+            if code is not None:
+                log.seek(0)
+                last = (log.read().decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+                raise QcgpjError(f"the bench's {name} exited with code {code} before the run ended: {last}")
 
     def stop(self) -> None:
         stop_processes(self.procs)
+        for log in self.logs:
+            log.close()
 
 
 def stop_processes(procs: list[subprocess.Popen], grace: float = 30) -> None:
@@ -114,8 +128,10 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
     m = Manager(cfg.url, namespace=ns, cores=cfg.cores, root_wd=wd, client=client)
     prefix = f"b{tag}-" if shared else ""
     pids = dict(zip(("inputqueue", "executor"), (p.pid for p in services.procs)))
+    meter = CpuMeter(m.client, pids, here=not shared, executors=cfg.processes if services.procs else 1)
+    meter.watch = services.check
     try:
-        yield m, prefix, CpuMeter(m.client, pids, here=not shared, executors=cfg.processes if services.procs else 1)
+        yield m, prefix, meter
     finally:
         m.finish()
         services.stop()
@@ -132,6 +148,7 @@ def _wait_executor(m: Manager, meter: CpuMeter) -> int:
     many executors serve the run."""
     last = m.store.last_event_id()
     while len(alive := [e for e in m.store.executors().values() if e.get("state") == "ALIVE"]) < meter.executors:
+        meter.watch()
         last = m.store.wait_event(last, 0.5)
     if meter.executors > 1:
         meter.pids["executor"] = [int(e["pid"]) for e in alive]
@@ -179,7 +196,8 @@ def bench_tasks(cfg: BenchConfig, model: str = "default") -> Result:
         names = m.submit(jobs)
         t2 = time.perf_counter()
         # On shared executors other jobs may sit in the namespace: wait for (and count) only ours.
-        states = m.wait4(names) if px else m.wait4all()
+        watch = meter.progress_watch()
+        states = m.wait4(names, progress=watch) if px else m.wait4all(progress=watch)
         t3 = time.perf_counter()
         cpu = meter.per_task(cpu0, meter.snapshot(), cfg.tasks)
     dt = time.perf_counter() - t0
@@ -204,7 +222,7 @@ def bench_iterations(cfg: BenchConfig) -> Result:
         _wait_executor(m, meter)
         cpu0 = meter.snapshot()
         m.submit(Jobs().add(name=f"{px}sweep", exec="/bin/true", iteration=cfg.tasks))
-        state = m.wait4([f"{px}sweep"])[f"{px}sweep"]
+        state = m.wait4([f"{px}sweep"], progress=meter.progress_watch())[f"{px}sweep"]
         cpu = meter.per_task(cpu0, meter.snapshot(), cfg.tasks)
     dt = time.perf_counter() - t0
     return Result("iterations", f"1 job of {cfg.tasks} iterations", round(cfg.tasks / dt, 1), "tasks/s",
@@ -220,7 +238,7 @@ def bench_chain(cfg: BenchConfig) -> Result:
         _wait_executor(m, meter)
         cpu0 = meter.snapshot()
         m.submit(jobs)
-        m.wait4([f"{px}c{cfg.chain - 1}"])
+        m.wait4([f"{px}c{cfg.chain - 1}"], progress=meter.progress_watch())
         cpu = meter.per_task(cpu0, meter.snapshot(), cfg.chain)
         first, last = m.info(f"{px}c0"), m.info(f"{px}c{cfg.chain - 1}")
     span = last["end"] - first["start"]

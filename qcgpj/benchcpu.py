@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -74,6 +74,11 @@ class CpuMeter:
         on this machine (not on external executors), so its idle time is theirs. ``executors``: the executor
         processes of the worker measured, found once they registered."""
         self.client, self.pids, self.here, self.executors = client, pids, here, executors
+        self.watch: Callable[[], None] = lambda: None   # raises when a process measured has gone (bench.Services)
+
+    def progress_watch(self) -> Callable[[int, int], None]:
+        """``watch`` as a wait's progress callback: called at each wake-up of the wait (at least every second)."""
+        return lambda _done, _total: self.watch()
 
     def snapshot(self) -> dict[str, float | None]:
         ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -12,9 +12,11 @@ SMALL = ["--start-redis", "-w", "spawn", "-w", "chain", "--tasks", "40", "--chai
 
 
 def other_checkout(tmp_path: Path, what: str) -> Path:
-    """A copy of this checkout's package whose spawn row says ``what``: its rows show which code ran."""
+    """A copy of this checkout (its package and the launch plugins, which an install puts inside it) whose spawn
+    row says ``what``: its rows show which code ran."""
     top = tmp_path / "other"
-    shutil.copytree(REPO / "qcgpj", top / "qcgpj", ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("qcgpj", "workers"):
+        shutil.copytree(REPO / part, top / part, ignore=shutil.ignore_patterns("__pycache__"))
     bench = top / "qcgpj" / "bench.py"
     text = bench.read_text()
     assert '/bin/true, no queue"' in text

@@ -179,6 +179,17 @@ def test_bench_start_redis_runs_on_a_private_server_without_warnings(tmp_path):
     assert "WARNING" not in res.stderr, res.stderr
 
 
+def test_bench_whose_worker_cannot_start_says_why_instead_of_waiting(tmp_path):
+    """The bench's services are processes of its own: one that exits (here a worker refusing its options) ends
+    the bench with the service's last line and exit code 1; the bench used to wait for its executor for ever."""
+    res = qcgpj("bench", "--start-redis", "-w", "tasks", "--tasks", "10", "--worker-processes", "64", cwd=tmp_path,
+                timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "Error: the bench's worker exited with code 1 before the run ended: Error: --processes 64: more processes "
+        f"than cores ({os.cpu_count()}) or CPUs ({len(os.sched_getaffinity(0))})"]
+
+
 def test_bench_on_external_executors_leaves_their_namespace_clean(redis_url, tmp_path):
     """--external runs on executors already serving a namespace and removes only its own jobs afterwards."""
     cluster = Cluster(redis_url, tmp_path, namespace="shared")
