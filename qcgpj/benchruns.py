@@ -8,7 +8,6 @@ first on ``PYTHONPATH``), so both versions meet the same harness and neither inh
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -18,8 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ArgumentError, QcgpjError
-
-log = logging.getLogger(__name__)
 
 THIS = "this"
 AGAINST = "against"
@@ -110,19 +107,32 @@ def by_version(done: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return {label: ranges(r) for label, r in runs.items()}
 
 
+def _keyed(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Rows by workload and rank among that workload's rows: versions may give different rows (one without
+    a row the other has), so they are matched by that, not by position."""
+    seen: dict[str, int] = {}
+    out = {}
+    for row in rows:
+        k = seen[row["workload"]] = seen.get(row["workload"], -1) + 1
+        out[(row["workload"], k)] = row
+    return out
+
+
 def table(done: list[dict[str, Any]], n: int) -> list[str]:
-    """The lines the command prints: per workload row, one line per version, with ranges over the runs."""
-    per = by_version(done)
+    """The lines the command prints: per workload row, one line per version that has it, with ranges over the
+    runs."""
+    per = {label: _keyed(rows) for label, rows in by_version(done).items()}
     labels = list(per)
     lines = [f"qcgpj bench, {n} run(s) of {' and '.join(labels)}"
              + (" interleaved" if len(labels) > 1 else "") + ", ranges min-max over the runs",
              f"{'workload':<11} {'what':<36} {'version':<8} {'value':>17}  {'unit':<9} details"]
-    for i, row in enumerate(per[labels[0]]):
+    keys = list(dict.fromkeys(k for label in labels for k in per[label]))
+    for key in keys:
         for label in labels:
-            r = per[label][i] if i < len(per[label]) else None
+            r = per[label].get(key)
             if r is None:
                 continue
             extra = " ".join(f"{k}={fmt(v)}" for k, v in r["extra"].items() if v not in ([], None))
-            lines.append(f"{row['workload']:<11} {row['what']:<36} {label:<8} {fmt(r['value']):>17}  "
-                         f"{row['unit']:<9} {extra}")
+            lines.append(f"{r['workload']:<11} {r['what']:<36} {label:<8} {fmt(r['value']):>17}  "
+                         f"{r['unit']:<9} {extra}")
     return lines

@@ -106,3 +106,15 @@ def test_each_run_gets_the_options_given_and_nothing_else(tmp_path, monkeypatch)
     assert _forwarded(ctx) == ["--start-redis", "--workload", "spawn", "--workload", "chain", "--tasks", "40",
                                "--qcg-pm-service", str(tmp_path / "bin" / "qcg-pm-service"),
                                "--executors", "1,3"]
+
+
+def test_versions_with_different_rows_are_matched_by_workload():
+    """An older version may lack a row (here spawn1): the rows after it still face their own workload."""
+    def row(workload, value):
+        return {"workload": workload, "what": workload, "unit": "u", "value": value, "extra": {}}
+    done = [{"version": "this", "run": 1, "rows": [row("spawn", 1), row("spawn1", 2), row("submit", 3),
+                                                   row("submit", 4)]},
+            {"version": "against", "run": 1, "rows": [row("spawn", 5), row("submit", 7), row("submit", 8)]}]
+    assert [(line[:11].strip(), line[49:57].strip(), line.split()[3]) for line in table(done, 1)[2:]] == [
+        ("spawn", "this", "1"), ("spawn", "against", "5"), ("spawn1", "this", "2"), ("submit", "this", "3"),
+        ("submit", "against", "7"), ("submit", "this", "4"), ("submit", "against", "8")]
