@@ -326,9 +326,11 @@ def bench_functions(cfg: BenchConfig, chunksize: int = 100) -> list[Result]:
     from .futures import Executor
     out = []
     t0 = time.perf_counter()
-    with session(cfg) as (m, _px, _meter):
+    with session(cfg) as (m, _px, meter):
         if cfg.url is None:   # local mode: the Executor starts its own services
             m.finish()
+        else:   # a worker that cannot start ends the bench here, with its reason (futures would wait for ever)
+            _wait_executor(m, meter)
         ex = Executor(cfg.url, namespace=m.store.keys.namespace, cores=cfg.cores,
                       client=m.client if cfg.url else None)
         t1 = time.perf_counter()

@@ -179,10 +179,11 @@ def test_bench_start_redis_runs_on_a_private_server_without_warnings(tmp_path):
     assert "WARNING" not in res.stderr, res.stderr
 
 
-def test_bench_whose_worker_cannot_start_says_why_instead_of_waiting(tmp_path):
+@pytest.mark.parametrize("workload", ["tasks", "functions"])
+def test_bench_whose_worker_cannot_start_says_why_instead_of_waiting(tmp_path, workload):
     """The bench's services are processes of its own: one that exits (here a worker refusing its options) ends
     the bench with the service's last line and exit code 1; the bench used to wait for its executor for ever."""
-    res = qcgpj("bench", "--start-redis", "-w", "tasks", "--tasks", "10", "--worker-processes", "64", cwd=tmp_path,
+    res = qcgpj("bench", "--start-redis", "-w", workload, "--tasks", "10", "--worker-processes", "64", cwd=tmp_path,
                 timeout=60)
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [
