@@ -84,19 +84,24 @@ def ranges(runs: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
-def _span(seen: list[Any]) -> Any:
-    nums = [v for v in seen if isinstance(v, (int, float)) and not isinstance(v, bool)]
+def _span(seen: list[Any]) -> list[Any]:
+    nums = [v for v in seen if _number(v)]
     if nums and len(nums) == len(seen):
         return [min(nums), max(nums)]
-    return sorted({json.dumps(v) for v in seen if v is not None})
+    distinct = {json.dumps(v, sort_keys=True): v for v in seen if v is not None}
+    return [distinct[k] for k in sorted(distinct)]
 
 
-def fmt(span: Any) -> str:
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def fmt(span: list[Any]) -> str:
     """``min-max`` (or one number when all runs agree), or the values seen joined by ``/``."""
-    if isinstance(span, list) and len(span) == 2 and all(isinstance(v, (int, float)) for v in span):
+    if len(span) == 2 and all(map(_number, span)):
         lo, hi = span
         return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
-    return "/".join(json.loads(v) if v.startswith('"') else v for v in span)
+    return "/".join(v if isinstance(v, str) else json.dumps(v) for v in span)
 
 
 def by_version(done: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -132,7 +137,7 @@ def table(done: list[dict[str, Any]], n: int) -> list[str]:
             r = per[label].get(key)
             if r is None:
                 continue
-            extra = " ".join(f"{k}={fmt(v)}" for k, v in r["extra"].items() if v not in ([], None))
+            extra = " ".join(f"{k}={fmt(v)}" for k, v in r["extra"].items() if v)
             lines.append(f"{r['workload']:<11} {r['what']:<36} {label:<8} {fmt(r['value']):>17}  "
                          f"{r['unit']:<9} {extra}")
     return lines

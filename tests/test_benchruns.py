@@ -90,6 +90,7 @@ def test_ranges_and_their_text():
     (row,) = ranges(runs)
     assert row["value"] == [10.0, 12.5] and row["extra"]["cpu"] == [5, 5]
     assert fmt(row["value"]) == "10-12.5" and fmt(row["extra"]["cpu"]) == "5"
+    assert row["extra"]["state"] == ["FAILED", "SUCCEED"]   # the values themselves, for --json
     assert fmt(row["extra"]["state"]) == "FAILED/SUCCEED" and row["extra"]["gone"] == []
     done = [{"version": "this", "run": 1, "rows": runs[0]}, {"version": "this", "run": 2, "rows": runs[1]}]
     assert table(done, 2)[2].split() == ["tasks", "w", "this", "10-12.5", "tasks/s", "state=FAILED/SUCCEED", "cpu=5"]
