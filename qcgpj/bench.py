@@ -32,6 +32,7 @@ from .errors import QcgpjError
 from .jobs import Jobs
 from .keys import rq_results
 from .manager import Manager
+from .signals import die_with_parent
 
 WORKLOADS = ("spawn", "tasks", "iterations", "chain", "queue", "submit", "local", "functions")
 EXTRA_WORKLOADS = ("scale",)   # run only when named: minutes per run, many processes (``qcgpj.scalebench``)
@@ -80,7 +81,10 @@ class Services:
         for args in (["inputqueue", *common], ["worker", *common, *cores, *procs, "--wd", self.dir]):
             self.logs.append(tempfile.TemporaryFile())
             self.procs.append(subprocess.Popen(base + args, stdout=subprocess.DEVNULL, stderr=self.logs[-1],
-                                               start_new_session=True))
+                                               start_new_session=True,
+                                               # SIGKILL: a worker told to stop waits to report to a Redis that
+                                               # dies with the bench too; nothing of a bench's queue is kept
+                                               preexec_fn=die_with_parent(signal.SIGKILL)))
 
     def check(self) -> None:
         """A service that has exited ends the run with its last words, instead of a wait for it that never ends
@@ -464,7 +468,8 @@ def private_redis() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                          "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         preexec_fn=die_with_parent())
     url = f"redis://127.0.0.1:{port}/0"
     try:
         client = connect(url, check=False)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ArgumentError, QcgpjError
+from .signals import die_with_parent
 
 THIS = "this"
 AGAINST = "against"
@@ -47,7 +48,8 @@ def run_once(version: Version, args: Sequence[str]) -> list[dict[str, Any]]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(home), *filter(None, [os.environ.get("PYTHONPATH")])]))
     with tempfile.TemporaryDirectory(prefix="qcgpj-bench-run-") as wd:
         res = subprocess.run([sys.executable, "-m", "qcgpj", "bench", "--json", *args], env=env, cwd=wd,
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True)
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             preexec_fn=die_with_parent())   # a series killed leaves no run behind
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or [f"exit code {res.returncode}"])[-1]
         raise QcgpjError(f"bench run of {version.label}{_where(version)} failed: {last}")

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -29,6 +29,7 @@ from .errors import ArgumentError, QcgpjError, StoreError
 from .executor import Executor
 from .inputqueue import InputQueue
 from .resources import discover
+from .signals import die_with_parent
 
 log = logging.getLogger(__name__)
 STORES = ("fakeredis", "redis-server")
@@ -54,7 +55,7 @@ class PrivateRedis:
             [exe, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent())
+            start_new_session=True, preexec_fn=die_with_parent())
         try:
             self.client = self._connect()
         except BaseException:
@@ -97,17 +98,6 @@ class PrivateRedis:
             except ProcessLookupError:   # already gone (reaped by the interrupted wait)
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """What the child runs before exec so that it gets SIGTERM when we die (a killed run leaves no server
-    behind). Resolved here, in the parent: the child of a threaded process must not import anything."""
-    try:
-        import ctypes
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None   # not Linux: stop() still ends the server on every ordinary exit
-    return lambda: prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 def _fakeredis() -> Any:

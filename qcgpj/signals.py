@@ -36,3 +36,15 @@ def stop_on_signals(stop: Callable[[], None],
                 stop()
 
     threading.Thread(target=watch, name="qcgpj-signals", daemon=True).start()
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` by which a child gets ``sig`` when the thread that started it dies, even by SIGKILL: a
+    killed run leaves no server or service behind. Resolved here, in the parent: the child of a threaded process
+    must not import anything. None where there is no prctl (not Linux): ordinary exits still stop the child."""
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, sig)   # PR_SET_PDEATHSIG

@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
+import pytest
+
 from qcgpj.benchruns import fmt, ranges, table
+from tests.cluster import qcgpj_cmd
+from tests.test_cancel_iterations import _gone
 from tests.test_cli import REPO, qcgpj
 
 SMALL = ["--start-redis", "-w", "spawn", "-w", "chain", "--tasks", "40", "--chain", "5"]
@@ -119,3 +126,47 @@ def test_versions_with_different_rows_are_matched_by_workload():
     assert [(line[:11].strip(), line[49:57].strip(), line.split()[3]) for line in table(done, 1)[2:]] == [
         ("spawn", "this", "1"), ("spawn", "against", "5"), ("spawn1", "this", "2"), ("submit", "this", "3"),
         ("submit", "against", "7"), ("submit", "this", "4"), ("submit", "against", "8")]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out.append(int(d))
+    return out
+
+
+def _descendants(pid: int, n: int) -> list[int]:
+    """The first ``n`` descendants of ``pid`` once it has started them (polled: nothing announces a process)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found, todo = [], [pid]
+        while todo:
+            kids = _children(todo.pop())
+            found += kids
+            todo += kids
+        if len(found) >= n:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{pid} did not start {n} processes")
+
+
+@pytest.mark.parametrize("series", [False, True])
+def test_a_killed_bench_leaves_nothing_running(tmp_path, series):
+    """SIGKILL gives a process no chance to stop what it started: its private redis-server, InputQueue and
+    worker (and, for a series, the run under way) end with it, through the parent-death signal."""
+    args = ["bench", "--start-redis", "-w", "chain", "--chain", "1000000"] + (["--runs", "2"] if series else [])
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen(qcgpj_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        started = _descendants(p.pid, 4 if series else 3)
+    finally:
+        p.kill()
+        p.wait()
+    assert all(_gone(pid) for pid in started), [pid for pid in started if not _gone(pid, 0)]
