@@ -69,6 +69,7 @@ class Services:
     def __init__(self, cfg: BenchConfig, namespace: str, model_dir: str) -> None:
         self.cfg, self.namespace, self.dir = cfg, namespace, model_dir
         self.procs: list[subprocess.Popen] = []
+        self.names: list[str] = []
         self.logs: list[IO[bytes]] = []   # each service's stderr, read only if it exits early
 
     def start(self) -> None:
@@ -79,6 +80,7 @@ class Services:
         cores = ["--cores", str(self.cfg.cores)] if self.cfg.cores else []
         procs = ["--processes", str(self.cfg.processes)] if self.cfg.processes > 1 else []
         for args in (["inputqueue", *common], ["worker", *common, *cores, *procs, "--wd", self.dir]):
+            self.names.append(args[0])
             self.logs.append(tempfile.TemporaryFile())
             self.procs.append(subprocess.Popen(base + args, stdout=subprocess.DEVNULL, stderr=self.logs[-1],
                                                start_new_session=True,
@@ -89,7 +91,7 @@ class Services:
     def check(self) -> None:
         """A service that has exited ends the run with its last words, instead of a wait for it that never ends
         (a worker that cannot start: a module missing, an option its version does not know)."""
-        for name, p, log in zip(("inputqueue", "worker"), self.procs, self.logs):
+        for name, p, log in zip(self.names, self.procs, self.logs):
             code = p.poll()
             if code is not None:
                 log.seek(0)

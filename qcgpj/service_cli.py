@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import os
+
 import click
 
 from .cli import (DURATION, Command, _check_wd, _checked, _errors, _logging, connect_wait_option, main, ns_option,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qcgpj.benchruns import fmt, ranges, table
+from qcgpj.workers import sweep
 from tests.cluster import qcgpj_cmd
 from tests.test_cancel_iterations import _gone
 from tests.test_cli import REPO, qcgpj
@@ -128,32 +129,14 @@ def test_versions_with_different_rows_are_matched_by_workload():
         ("submit", "against", "7"), ("submit", "this", "4"), ("submit", "against", "8")]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            out.append(int(d))
-    return out
-
-
-def _descendants(pid: int, n: int) -> list[int]:
-    """The first ``n`` descendants of ``pid`` once it has started them (polled: nothing announces a process)."""
+def _started_by(pid: int, n: int) -> list[int]:
+    """The first ``n`` processes the bench (session leader ``pid``) started, once they exist (polled: nothing
+    announces a process)."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found, todo = [], [pid]
-        while todo:
-            kids = _children(todo.pop())
-            found += kids
-            todo += kids
-        if len(found) >= n:
-            return found
+    while len(found := sweep.session_and_descendants(pid) - {pid}) < n:
+        assert time.monotonic() < deadline, f"{pid} did not start {n} processes"
         time.sleep(0.05)
-    raise AssertionError(f"{pid} did not start {n} processes")
+    return sorted(found)
 
 
 @pytest.mark.parametrize("series", [False, True])
@@ -163,9 +146,9 @@ def test_a_killed_bench_leaves_nothing_running(tmp_path, series):
     args = ["bench", "--start-redis", "-w", "chain", "--chain", "1000000"] + (["--runs", "2"] if series else [])
     env = dict(os.environ, PYTHONPATH=str(REPO))
     p = subprocess.Popen(qcgpj_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+                         stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        started = _descendants(p.pid, 4 if series else 3)
+        started = _started_by(p.pid, 4 if series else 3)
     finally:
         p.kill()
         p.wait()
