@@ -219,7 +219,7 @@ class Executor:
                     # reaping and starting the claimed work, so cores do not idle for the length of a round trip.
                     self._inflight = batch
                     self._syncq.put(batch)
-                elif self._apply(batch, self._send(batch)):
+                elif self._apply(batch, self._send(batch, spin=True)):   # nothing runs: see Store.sync
                     continue
             if moved:
                 continue
@@ -360,11 +360,11 @@ class Executor:
         target = min(PREFETCH_MAX, max(self._prefetch_min, int(rate * PREFETCH_WINDOW), self.prefetch // 2))
         return target if abs(target - self.prefetch) * 4 > self.prefetch else None
 
-    def _send(self, batch: Batch) -> list[tuple[Entry, str]] | None:
+    def _send(self, batch: Batch, spin: bool = False) -> list[tuple[Entry, str]] | None:
         """The round trip (in the dispatcher or the syncer thread); None when Redis could not be reached."""
         try:
             got = self.store.sync(self.eid, batch.want, batch.adopt, batch.started, batch.finished,
-                                  batch.prefetch)
+                                  batch.prefetch, spin)
         except redis.RedisError as exc:   # away, restarting, out of memory...: keep it all and try again
             self._retry_at = time.monotonic() + self._outage.failed(exc)
             return None

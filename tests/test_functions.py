@@ -10,7 +10,7 @@ import redis
 
 from qcgpj import Jobs, Manager
 from qcgpj.connection import connect
-from qcgpj.store import Report, Store, now
+from qcgpj.store import Report, Store, _spin_for_reply, now
 
 
 def _join(store: Store, eid: str, cores: int) -> None:
@@ -100,8 +100,30 @@ def test_fakeredis_runs_the_function():
                   for i in range(3)])
     got = store.sync("e", 2)
     assert store._lib.usable and [e.task for e, _ in got] == ["j0", "j1"]
-    got = store.sync("e", 2, finished=_done(got))
+    got = store.sync("e", 2, finished=_done(got), spin=True)   # local mode's hops watch for the answer too
     assert [e.task for e, _ in got] == ["j2"] and store.active() == 1
+
+
+def test_a_round_trip_that_watches_for_its_answer_gets_it_and_stops_watching_when_it_is_slow(redis_url):
+    """A hop's round trip (nothing runs) watches the connection instead of sleeping on it: the same answer; and
+    an answer that takes long is slept on after the watch's limit, not watched for all that time."""
+    client = connect(redis_url)
+    store = Store(client, "fn8")
+    _join(store, "e", 1)
+    _submit(redis_url, "fn8", 2)
+    got = store.sync("e", 1, spin=True)
+    got = store.sync("e", 1, finished=_done(got), spin=True)
+    assert [e.task for e, _ in got] == ["j1"] and store.active() == 1
+    conn = client.connection_pool.get_connection()
+    try:
+        conn.send_command("BLPOP", "fn8:nothing", 2)   # no answer for 2 s
+        _spin_for_reply(conn, 0.01)
+        assert not conn.can_read(timeout=0)   # gave up watching long before the answer
+        assert conn.read_response() is None
+    finally:
+        client.connection_pool.release(conn)
+    store.close()
+    client.close()
 
 
 def test_placement_backfills_beyond_the_first_page_of_the_pending_list(redis_url):
