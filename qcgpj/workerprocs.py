@@ -9,6 +9,8 @@ share of the CPUs this command may run on (set before anything else runs in it),
 
 The command stays in the foreground as their parent: SIGTERM or SIGINT sent to it reaches every executor (a
 terminal's Ctrl-C reaches them anyway, being one process group); it exits once all have, with the worst code.
+Killed outright (SIGKILL, by a batch system or a test's timeout), it cannot pass anything on: each executor then
+gets SIGTERM through the parent-death signal, drains and leaves, rather than serving on with no command to stop it.
 A job larger than one process's share waits for an executor that has its cores: use it for small tasks.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Sequence
 
 from .errors import QcgpjError
 from .resources import Node
+from .signals import die_with_parent
 
 log = logging.getLogger("qcgpj")
 
@@ -56,10 +59,11 @@ def _shares(items: list[int], n: int) -> list[list[int]]:
 def fork(shares: list[tuple[Node, frozenset[int]]]) -> tuple[int, Node]:
     """Fork one process per share; returns, in each of them, its index and its node, its CPU mask set. The
     parent never returns: it supervises them (:func:`supervise`) and exits. Called before any thread exists."""
-    pids = []
+    pids, parent = [], os.getpid()
     for i, (node, cpus) in enumerate(shares):
         pid = os.fork()
         if pid == 0:
+            _follow(parent)
             try:
                 os.sched_setaffinity(0, cpus)
             except OSError as exc:   # a restricted container: run unbound rather than not at all
@@ -67,6 +71,15 @@ def fork(shares: list[tuple[Node, frozenset[int]]]) -> tuple[int, Node]:
             return i, node
         pids.append(pid)
     os._exit(supervise(pids))   # the parent's whole life: it never returns to the command
+
+
+def _follow(parent: int) -> None:
+    """In an executor process: SIGTERM (a drain) when the supervising command dies, whatever kills it."""
+    arm = die_with_parent(signal.SIGTERM)
+    if arm is not None:
+        arm()
+    if os.getppid() != parent:   # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(pids: list[int]) -> int:

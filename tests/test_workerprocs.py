@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 
 import pytest
@@ -12,6 +14,7 @@ from qcgpj.resources import Node
 from qcgpj.workerprocs import split
 
 from tests.cluster import Cluster, qcgpj_cmd
+from tests.test_behaviour import wait_state
 
 
 def test_shares_are_contiguous_and_as_even_as_can_be():
@@ -65,6 +68,49 @@ def test_two_processes_serve_the_queue_each_on_its_own_cpu_and_stop_together(red
         assert "Traceback" not in c.logs()
     finally:
         c.stop()
+
+
+def _ended(pid: int, timeout: float) -> bool:
+    """Whether a process that is not our child ended within the timeout, woken by its pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not hasattr(os, "pidfd_open"), reason="needs 2 CPUs, pidfds")
+def test_a_killed_command_s_executors_finish_what_runs_and_leave(redis_url, tmp_path):
+    """SIGKILL to the command (a batch system, a timeout) cannot be passed on: each executor gets SIGTERM through
+    the parent-death signal, lets its running task finish, reports it and leaves, rather than serving on."""
+    c, pids = Cluster(redis_url, tmp_path), []
+    try:
+        c.inputqueue()
+        parent = c.worker(2, "--processes", "2", "--id", "pk")
+        m = c.manager()
+        c.wait_executors(m, 2)
+        pids += [int(v["pid"]) for v in m.store.executors().values()]
+        gate = tmp_path / "go"
+        m.submit(Jobs().add(name="long", script=f"while [ ! -e {gate} ]; do sleep 0.05; done"))
+        wait_state(m, "long", "EXECUTING")
+        parent.kill()
+        parent.wait(timeout=10)
+        gate.touch()
+        assert m.wait4(["long"], timeout=60) == {"long": "SUCCEED"}, c.logs()
+        assert all(_ended(pid, 60) for pid in pids), c.logs()
+        states = {e: v["state"] for e, v in m.store.executors(departed=True).items()}
+        assert states == {"pk-0": "LEFT", "pk-1": "LEFT"}, c.logs()
+        assert "Traceback" not in c.logs()
+    finally:
+        c.stop()
+        for pid in pids:   # the command's stop cannot reach them: on a failure, nothing is left running
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.mark.parametrize("extra, said", [
