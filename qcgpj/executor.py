@@ -132,6 +132,8 @@ class Executor:
         self._rejoin = False           # declared dead while alive: join again once no round trip is in flight
         self._void: set[int] = set()   # ids of the slots of tasks killed on a rejoin: their reports are dropped
         self._outage = Outage(f"executor {self.eid}", log)
+        # a hop's round trip watches for the answer (Store.sync) where another CPU can make it meanwhile
+        self._spin = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -219,7 +221,7 @@ class Executor:
                     # reaping and starting the claimed work, so cores do not idle for the length of a round trip.
                     self._inflight = batch
                     self._syncq.put(batch)
-                elif self._apply(batch, self._send(batch, spin=True)):   # nothing runs: see Store.sync
+                elif self._apply(batch, self._send(batch, spin=self._spin)):   # nothing runs: see Store.sync
                     continue
             if moved:
                 continue
