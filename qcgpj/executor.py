@@ -313,7 +313,7 @@ class Executor:
         if not self.exit_when_idle:
             return False
         try:
-            empty = self.store.active() == 0
+            empty = self.store.active(direct=True) == 0
         except redis.RedisError:
             return False
         # The grace keeps an allocation for a burst of dependent jobs submitted just after the queue emptied.

@@ -9,6 +9,8 @@ from importlib import resources
 from typing import Any, Callable, Iterable, Sequence
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .functions import LIBRARY_SCRIPTS, Library
 from .topology import node_client, replica_wait
@@ -143,14 +145,33 @@ class Store(Submission):
     def _run(self, name: str, args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=[self.keys.jobs], args=list(args))
 
+    def _kept(self) -> Any:
+        """The executor's own connection, taken from the pool once, and without redis-py's retries: while Redis is
+        away a call on it fails at once (the client's retries would hold the dispatcher for up to ~15 s, and a
+        task ending meanwhile would be reaped, and its end time taken, only when Redis came back). The executor
+        retries on its own schedule (``Outage``)."""
+        if self._conn is None:
+            self._pool = self.node.connection_pool
+            self._conn = self._pool.get_connection()
+            self._conn_retry, self._conn.retry = self._conn.retry, Retry(NoBackoff(), 0)
+        return self._conn
+
+    def _direct(self, *command: Any) -> Any:
+        """One command on the kept connection (see _kept): for the executor's dispatcher."""
+        conn = self._kept()
+        try:
+            conn.send_command(*command)
+            return conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            raise
+
     def _run_direct(self, name: str, args: Sequence[Any], evalsha: bool = False, spin: bool = False) -> Any:
         """The executor's hot path: FCALL (or EVALSHA) on a connection it keeps, without the pool and retry
         layers (a quarter of a chain hop's round trip). Callers retry on ConnectionError; a script or function
         library lost by a Redis restart is loaded again. ``evalsha``: not as a function (see below). ``spin``:
         watch for the answer before sleeping (SPIN_FOR_REPLY)."""
-        if self._conn is None:
-            self._pool = self.node.connection_pool
-            self._conn = self._pool.get_connection()
+        self._kept()
         script = self._scripts[name]
         fn = None if evalsha else self._function(name)
         call = ("FCALL", fn, 1, self.keys.jobs, *args) if fn else ("EVALSHA", script.sha, 1, self.keys.jobs, *args)
@@ -295,6 +316,7 @@ class Store(Submission):
     def close(self) -> None:
         """Give back the kept connection."""
         if self._conn is not None:
+            self._conn.retry = self._conn_retry   # the pool's other users keep its retries
             self._pool.release(self._conn)
             self._conn = None
 
@@ -308,9 +330,10 @@ class Store(Submission):
             pipe.hget(self.keys.job(name), "state")
         return dict(zip(names, pipe.execute()))
 
-    def active(self) -> int:
-        """Jobs not yet final: the cheap test for 'everything is done'."""
-        return int(self.r.get(self.keys.active) or 0)
+    def active(self, direct: bool = False) -> int:
+        """Jobs not yet final: the cheap test for 'everything is done'. ``direct``: on the executor's kept
+        connection, failing at once while Redis is away (_kept)."""
+        return int((self._direct("GET", self.keys.active) if direct else self.r.get(self.keys.active)) or 0)
 
     def job_hash(self, name: str) -> dict[str, str]:
         h = self.r.hgetall(self.keys.job(name))
@@ -481,7 +504,8 @@ class Store(Submission):
         return [(Entry.parse(res[i]), res[i + 1]) for i in range(0, len(res), 2)]
 
     def running_entries(self, eid: str) -> list[str]:
-        return self.r.lrange(self.keys.running(eid), 0, -1)
+        """The executor's running list, read by its dispatcher: on the kept connection (_kept)."""
+        return self._direct("LRANGE", self.keys.running(eid), 0, -1)
 
     def release(self, eid: str, entries: Sequence[str]) -> int:
         """Give back running-list entries the executor does not know; returns how many went back to READY."""

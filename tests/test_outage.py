@@ -262,3 +262,43 @@ def test_a_second_sigterm_ends_a_drain_that_waits_for_redis(fresh_redis, tmp_pat
         no_tracebacks(c)
     finally:
         c.stop()
+
+
+def _appeared(path, timeout: float = 30) -> bool:
+    """The file exists (written by a task; polled: no event tells a test that another process wrote a file)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_task_that_ends_while_redis_is_away_keeps_its_real_end_time(fresh_redis, tmp_path):
+    """The dispatcher's own calls (here its frequent check of the running list) fail at once while Redis is away
+    instead of waiting in redis-py's retries: it goes on reaping, so a task that ends meanwhile is reported, once
+    Redis is back, with the time it ended, not the time Redis came back."""
+    c = Cluster(fresh_redis.url, tmp_path)
+    try:
+        c.inputqueue()
+        c.worker(2, "--reconcile", "0.2")
+        m = c.manager()
+        c.wait_executors(m)
+        m.submit(Jobs().add(name="o", script=f"while [ ! -e {tmp_path / 'go'} ]; do sleep 0.02; done; touch ended"))
+        wait_for(m, lambda: m.status(["o"])["o"] == "EXECUTING", what="o running")
+        time.sleep(1)                            # the start's round trips are over (no event says so)...
+        fresh_redis.stop()
+        time.sleep(0.5)                          # ... and a check of the running list meets the outage
+        (tmp_path / "go").touch()
+        assert _appeared(tmp_path / "ended")
+        time.sleep(2)                            # the rest of the outage: Redis comes back well after the end
+        back = time.time()
+        fresh_redis.restart()
+        m = Manager(fresh_redis.url)
+        assert m.wait4(["o"], timeout=60) == {"o": "SUCCEED"}, c.logs()
+        end = float(m.store.r.hget(m.store.keys.job("o"), "end"))
+        assert end < back, (end, back, c.logs())
+        assert abs(end - (tmp_path / "ended").stat().st_mtime) < 1.5, c.logs()
+        no_tracebacks(c)
+    finally:
+        c.stop()
