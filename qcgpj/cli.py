@@ -342,7 +342,12 @@ def run(file: str, redis_url: str | None, namespace: str, cores: int | None, nod
     with Interrupts(m.abort) as interrupts:
         try:
             interp = Interpreter(m, _answers(as_json))
-            interp.run(reqs)
+            try:
+                interp.run(reqs)
+            except QcgpjError:
+                if local and interp.names:   # the file fails: what it started does not run on unseen
+                    m.store.cancel(list(interp.names))
+                raise
             names = list(interp.names)
             code = _run_wait(m, names, timeout, _show(progress), interrupts, namespace, local) if names else 0
             code = code or (1 if interp.failed else 0)

@@ -154,6 +154,28 @@ def test_sigterm_drains_and_hands_back(redis_url, tmp_path):
         c.stop()
 
 
+def test_a_drain_heartbeats_once_per_interval_while_its_tasks_run(redis_url, tmp_path):
+    """A worker told to stop keeps its heartbeat while what runs finishes, once per interval: it went round without
+    waiting, a core and a share of Redis busy for as long as the drain lasted."""
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue()
+        w = c.worker(1, "--heartbeat", "0.5")
+        m = c.manager()
+        names = m.submit(blockers(1))
+        wait_for(m, lambda: executing(m, names) == 1, what="the task running")
+        os.kill(w.pid, signal.SIGTERM)           # drain: the task runs on until 'go'
+        m.store.r.config_resetstat()
+        time.sleep(1.0)                          # the window measured: two heartbeats at most, and the InputQueue's
+        calls = m.store.r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        assert calls < 50, calls                 # (it went round thousands of times a second)
+        (tmp_path / "go").touch()
+        assert w.wait(timeout=60) == 0
+        assert m.wait4(names, timeout=60) == {"j0": "SUCCEED"}
+    finally:
+        c.stop()
+
+
 def test_inputqueue_restart_and_standby(redis_url, tmp_path):
     c = Cluster(redis_url, tmp_path)
     try:

@@ -120,6 +120,23 @@ def test_second_ctrl_c_exits_at_once_and_still_kills(tmp_path, marker):
     until(lambda: marked(marker) == [], 10, "the tasks killed")
 
 
+@pytest.mark.parametrize("store", STORES)
+def test_a_refused_later_request_ends_the_run_at_once_and_what_it_started(tmp_path, marker, store):
+    """A request of the file refused once earlier ones run (here a name taken again, as its removal came too
+    early): the run ends at once with the one-line error, and its tasks do not run on unseen (it waited for
+    them with nothing said, its heartbeat going round without a pause)."""
+    write(tmp_path / "jobs.json", [
+        {"request": "submit", "jobs": [{"name": "a", "execution": {"script": f"sleep 300; echo {marker}"}}]},
+        {"request": "removeJob", "jobNames": ["a"]},
+        {"request": "submit", "jobs": [{"name": "a", "execution": {"exec": "/bin/true"}}]}])
+    res = qcgpj("run", "jobs.json", "--store", store, cwd=tmp_path, timeout=25)   # not the task's 300 s
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == \
+        "Error: job 'a', field 'name': a job of that name is already in the queue", res.stderr
+    assert "Traceback" not in res.stderr
+    until(lambda: marked(marker) == [], 10, "the task killed")
+
+
 def test_timeout_cancels_and_exits_1(tmp_path, marker):
     write(tmp_path / "jobs.json", sleepers(1, 30, marker))
     t0 = time.monotonic()
