@@ -190,3 +190,18 @@ def test_a_core_given_back_and_taken_again_writes_no_credit(redis_url):
     assert client.hget(store.keys.exec("e"), "free") == "2" and client.zscore(store.keys.free, "e") == 2
     store.close()
     client.close()
+
+
+def test_an_iterative_job_whose_iterations_end_before_their_start_is_reported_gets_its_start(redis_url):
+    """Short iterations are reported ended with their start in one round trip: the job's own start (and state
+    EXECUTING until the last ends) comes from the first of them, not never (``info`` showed no start)."""
+    client = connect(redis_url)
+    store = Store(client, "fn9")
+    _join(store, "e", 2)
+    store.submit([("x", '{"name": "x", "execution": {"exec": "/bin/true"}, "iteration": {"stop": 4}}', "1|1|0|0",
+                   "0|4", "")])
+    got = store.sync("e", 2)
+    assert [e.task for e, _ in got] == ["x:0", "x:1"]
+    store.sync("e", 2, finished=[Report(e.raw, "SUCCEED", 0, "1700000000.5@n0:0", "1700000000.6", "")
+                                 for e, _ in got])
+    assert client.hmget(store.keys.job("x"), "state", "start") == ["EXECUTING", "1700000000.5"]

@@ -83,6 +83,9 @@ for i = 1, n_finished do
     local name, it = split_tid(tid)
     local st, kids = live(name, it, 'kids')
     if st then
+      if it ~= nil and st ~= 'EXECUTING' then   -- no start of its reported on its own (short tasks): the job's
+        redis.call('HSET', K_job(name), 'state', 'EXECUTING', 'start', (split_start(t0)))   -- start is this one's
+      end
       task_final(name, it, state, exit, eid, t0, t1, att, msg, not kids, usage)
       finished = finished + 1
     end
