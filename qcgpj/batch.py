@@ -66,13 +66,15 @@ def _ids(spec: JobSpec | None) -> str:
 
 
 def _check_fits(j: JobSpec, max_cores: int | None, max_nodes: int | None) -> None:
-    cores = j.cores_min * (j.nodes_min or 1)   # with numNodes, numCores is per node
-    if max_cores is not None and cores > max_cores:
-        raise ResourceError(j.name, "resources.numCores",
-                            f"needs at least {cores} cores, but the largest executor has {max_cores}")
+    """Nodes first: with numNodes, numCores is per node, so too many nodes also makes too many cores, and the
+    field to name is numNodes (numCores may not even be given)."""
     if max_nodes is not None and j.nodes_min is not None and j.nodes_min > max_nodes:
         raise ResourceError(j.name, "resources.numNodes",
                             f"needs at least {j.nodes_min} nodes, but the largest executor has {max_nodes}")
+    cores = j.cores_min * (j.nodes_min or 1)
+    if max_cores is not None and cores > max_cores:
+        raise ResourceError(j.name, "resources.numCores",
+                            f"needs at least {cores} cores, but the largest executor has {max_cores}")
 
 
 def _check_cycles(jobs: list[JobSpec], by_name: dict[str, JobSpec]) -> None:

@@ -204,6 +204,8 @@ class _IntList(click.ParamType):
 INT_LIST = _IntList()
 url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
                           help=f"Redis URL (env {ENV_URL}); none: local mode, everything in this process.")
+service_url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
+                                  help=f"Redis URL of the queue to serve (env {ENV_URL}); required.")
 ns_option = click.option("--namespace", "-n", envvar="QCGPJ_NAMESPACE", default="default", show_default=True,
                          callback=_checked(Keys), help="Independent queue inside one Redis.")
 cores_option = click.option("--cores", type=click.IntRange(min=1), default=None,

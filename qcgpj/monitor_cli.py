@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .cli import _errors, _remote, from_option, main, ns_option, url_option
+from .cli import STATE_ORDER, _errors, _remote, from_option, main, ns_option, url_option
 
 @main.command()
 @url_option
@@ -111,7 +111,8 @@ def _usage_lines(s: dict[str, Any], most: int = 10) -> None:
 @url_option
 @ns_option
 @from_option
-@click.option("--state", default=None, help="Only tasks in this state.")
+@click.option("--state", type=click.Choice(STATE_ORDER, case_sensitive=False), default=None,
+              help="Only tasks in this state.")
 @click.option("--executor", default=None, help="Only tasks run by this executor.")
 @click.option("--name", default=None, metavar="PATTERN", help="Only tasks whose name matches (shell-style, 'sw:*').")
 @click.option("--sort", type=click.Choice(["start", "end", "runtime", "name"]), default="start", show_default=True)

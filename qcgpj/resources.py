@@ -150,9 +150,10 @@ def parse_nodes_option(text: str) -> list[Node]:
     """``--nodes n1:4,n2:4``, or with GPUs ``n1:32:4`` (NAME:CORES:GPUS)."""
     nodes = []
     for part in filter(None, text.split(",")):
-        name, cores, *rest = part.split(":")
-        if not name or not cores.isdigit() or int(cores) < 1 or len(rest) > 1:
+        fields = part.split(":")
+        if len(fields) not in (2, 3) or not fields[0] or not fields[1].isdigit() or int(fields[1]) < 1:
             raise ValueError(f"--nodes: expected NAME:CORES or NAME:CORES:GPUS, got {part!r}")
+        name, cores, *rest = fields
         if rest and not rest[0].isdigit():
             raise ValueError(f"--nodes: the GPUs of {name!r} must be a non-negative integer, got {rest[0]!r}")
         nodes.append(Node(name, tuple(range(int(cores))), declared_gpus(int(rest[0])) if rest else ()))

@@ -7,7 +7,7 @@ import os
 import click
 
 from .cli import (DURATION, Command, _check_wd, _checked, _errors, _logging, connect_wait_option, main, ns_option,
-                  resource_options, url_option, verbose_option)
+                  resource_options, service_url_option, verbose_option)
 from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
 from .keys import check_executor_id
@@ -23,7 +23,7 @@ def _freeze() -> None:
 
 
 @main.command()
-@url_option
+@service_url_option
 @ns_option
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
               help="Times a task may be started on executors that die before it ends FAILED.")
@@ -58,7 +58,7 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@url_option
+@service_url_option
 @ns_option
 @resource_options
 @click.option("--wd", default=None, callback=_check_wd,

@@ -62,6 +62,7 @@ def test_nodes_option_takes_gpus_per_node():
     ("n1:32:4:1", "expected NAME:CORES or NAME:CORES:GPUS"),
     ("n1::4", "expected NAME:CORES or NAME:CORES:GPUS"),
     (":4:1", "expected NAME:CORES or NAME:CORES:GPUS"),
+    ("n0", "expected NAME:CORES or NAME:CORES:GPUS"),   # was Python's own 'not enough values to unpack'
 ])
 def test_nodes_option_errors(text, words):
     with pytest.raises(ValueError, match=words):

@@ -456,6 +456,8 @@ def test_batch_resources_against_the_largest_executor():
         check_batch([spec("a", numCores=4, numNodes=3)], max_cores=8)        # numCores is per node
     with pytest.raises(ResourceError, match="field 'resources.numNodes': needs at least 3 nodes"):
         check_batch([spec("a", numNodes={"min": 3})], max_nodes=2)
+    with pytest.raises(ResourceError, match="field 'resources.numNodes': needs at least 2 nodes"):
+        check_batch([spec("a", numNodes=2)], max_cores=1, max_nodes=1)   # not numCores, which is not given
     assert check_batch([spec("a", numCores={"min": 1, "max": 64})], max_cores=8) == set()
 
 

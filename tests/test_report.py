@@ -68,6 +68,9 @@ def test_jobs_filter_and_sort(run):
                          capture_output=True, text=True)
     (row,) = list(csv.DictReader(io.StringIO(out.stdout)))
     assert row["task"] == "sweep:2" and row["exit_code"] == "1" and float(row["start"]) > 0
+    bad = subprocess.run(qcgpj_cmd("report", "jobs", "--state", "FAIL", "--redis-url", _url(m), "-n", "rep"),
+                         capture_output=True, text=True)   # a misspelt state is said, not an empty answer
+    assert bad.returncode != 0 and "'FAIL' is not one of" in bad.stderr and bad.stdout == ""
 
 
 def _url(m) -> str:
