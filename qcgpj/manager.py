@@ -9,8 +9,8 @@ import redis
 
 from . import arguments as a
 from .connection import check_settings, connect, url_from_env
-from .errors import (ArgumentError, FinishedError, LostJobsError, QcgpjError, ResourceError, TimeoutError,
-                     UnknownJobError)
+from .errors import (ArgumentError, FinishedError, JobSpecError, LostJobsError, QcgpjError, ResourceError,
+                     TimeoutError, UnknownJobError)
 from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job, size_at_submit
@@ -59,6 +59,19 @@ def _dependency_order(specs: Sequence[JobSpec]) -> list[JobSpec]:
                 if d.job in by_name and d.job not in done:
                     stack.append((by_name[d.job], False))
     return out
+
+
+def _check_local_models(specs: Sequence[JobSpec]) -> None:
+    """Local mode's executor runs in this process, so its models are known here: an unknown one is bad input at
+    submit, not a failed task later. (A queue's executors may have plugins this client lacks.)"""
+    from .workers import available_models
+    known = None
+    for s in specs:
+        if s.model != "default":
+            known = known or set(available_models())
+            if s.model not in known:
+                raise JobSpecError(s.name, "execution.model", f"unknown execution model '{s.model}' (known: "
+                                   f"{', '.join(sorted(known))})")
 
 
 def _check_node_cores(specs: Sequence[JobSpec], per_node: int | None) -> None:
@@ -175,6 +188,7 @@ class Manager:
         _check_node_cores(specs, per_node)
         if self.local is not None:
             _check_local_crs(specs, self.local.executor.allocator)
+            _check_local_models(specs)
         self.store.submit(submit_rows(specs), batch_id=batch_id, durable=durable)
         return [s.name for s in specs]
 

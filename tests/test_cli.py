@@ -63,6 +63,10 @@ def test_run_local_mode_exits_nonzero_on_failure(tmp_path):
     (json.dumps([{"name": "a", "execution": {"exec": "x"}, "bogus": 1}]), "job 'a'"),
     (json.dumps([{"name": "a", "execution": {"exec": "x"}, "dependencies": {"after": ["zz"]}}]), "zz"),
     (json.dumps([{"name": "a", "execution": {"exec": "x"}, "resources": {"numCores": 100000}}]), "numCores"),
+    (json.dumps([{"name": "a", "execution": {"exec": "x", "model": "nosuch"}}]),   # local mode knows its models
+     "job 'a', field 'execution.model': unknown execution model 'nosuch'"),
+    (json.dumps([{"name": "mn", "execution": {"exec": "x"}, "resources": {"numNodes": {"exact": 2}}}]),
+     "job 'mn', field 'resources.numNodes'"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, content, message):
     write(tmp_path / "jobs.json", content)

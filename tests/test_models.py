@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qcgpj import Jobs, Manager
+from qcgpj.errors import JobSpecError
 from qcgpj.workers import available_models, get_worker
 
 
@@ -93,11 +94,18 @@ def test_a_third_party_plugin_is_found_through_entry_points(tmp_path, monkeypatc
     assert type(get_worker("shout")).__name__ == "ShoutWorker"
 
 
-def test_unknown_model_fails_the_task_with_a_clear_message(tmp_path):
+def test_unknown_model_is_refused_in_local_mode_and_fails_the_task_on_a_queue(tmp_path, cluster):
+    """Local mode's executor runs in the client's process, whose models are known: bad input at submit, nothing
+    written. A queue's executors may have plugins the client lacks: there the task fails, saying why."""
     with Manager(cores=1, root_wd=str(tmp_path)) as m:
-        m.submit(Jobs().add(name="odd", exec="/bin/true", model="nosuchmodel"))
-        assert m.wait4(["odd"], timeout=60) == {"odd": "FAILED"}
-        assert "unknown execution model 'nosuchmodel'" in m.info("odd")["message"]
+        with pytest.raises(JobSpecError, match="job 'odd', field 'execution.model': unknown execution model "
+                                               "'nosuchmodel' \\(known: default, "):
+            m.submit(Jobs().add(name="odd", exec="/bin/true", model="nosuchmodel"))
+        assert m.list() == {}
+    m = cluster.serving(1)
+    m.submit(Jobs().add(name="odd", exec="/bin/true", model="nosuchmodel"))
+    assert m.wait4(["odd"], timeout=60) == {"odd": "FAILED"}
+    assert "unknown execution model 'nosuchmodel'" in m.info("odd")["message"]
 
 
 def test_python_callable_model(tmp_path):
