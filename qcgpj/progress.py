@@ -141,6 +141,20 @@ class Interrupted(Exception):
     """The user asked to stop waiting (Ctrl-C), or the timeout came: the run ends its queued work."""
 
 
+def _last_words(code: int) -> None:
+    """What a run stopped at once by a second signal still says, even when the first was not handled yet: on a
+    terminal the progress line ended and the cursor shown again (the live display hid it), then why it stopped.
+    Raw writes to stderr: this runs in a signal handler, perhaps in the middle of another write."""
+    what = "interrupted" if code == 128 + signal.SIGINT else "terminated"
+    text = f"{what} again: what ran was killed; exiting at once, without a summary\n"
+    try:
+        if os.isatty(2):
+            text = "\r\n\x1b[?25h" + text
+        os.write(2, text.encode())
+    except OSError:   # stderr closed (a terminal gone with SIGHUP): nothing to say it on
+        pass
+
+
 class Interrupts:
     """SIGINT (Ctrl-C), SIGTERM (a batch system's end of walltime) or SIGHUP (the terminal closed) while waiting.
     The first only sets a flag that the wait sees at its next wake-up (within about a second): a handler that did
@@ -170,6 +184,7 @@ class Interrupts:
             try:
                 self.hard()
             finally:
+                _last_words(self.code)
                 os._exit(self.code)
 
     def check(self) -> None:

@@ -137,6 +137,21 @@ def test_a_refused_later_request_ends_the_run_at_once_and_what_it_started(tmp_pa
     until(lambda: marked(marker) == [], 10, "the task killed")
 
 
+def test_two_quick_ctrl_c_still_say_why_the_run_stopped(tmp_path, marker):
+    """Two Ctrl-C 0.2 s apart, mostly before the wait saw the first: the run still kills what runs and says why it
+    stopped (it printed nothing at all)."""
+    write(tmp_path / "jobs.json", sleepers(2, 60, marker, ignore_term=True))
+    p = start("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    until(lambda: len(marked(marker)) >= 2, 60, "both tasks running")
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.2)   # two signals, not one: sent together, the kernel may deliver them as one
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted again: what ran was killed; exiting at once, without a summary", err
+    until(lambda: marked(marker) == [], 10, "the tasks killed")
+
+
 def test_timeout_cancels_and_exits_1(tmp_path, marker):
     write(tmp_path / "jobs.json", sleepers(1, 30, marker))
     t0 = time.monotonic()
