@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from redis.sentinel import MasterNotFoundError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -117,6 +118,8 @@ def redis_error(exc: redis.RedisError, url: str | None = None) -> QcgpjError:
     maxmemory, a replica's URL, a wrong database), not from qcgpj, so they are said, not shown as tracebacks."""
     where = f"Redis at {safe_url(url)}" if url else "Redis"
     text = " ".join(str(exc).split())   # scripts' errors span lines
+    if isinstance(exc, MasterNotFoundError):   # redis-py adds the repr of every sentinel's client (kilobytes)
+        text = text.split(" : ", 1)[0]
     if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
         return ConnectionError(f"{where} refused the credentials: {text}")
     if isinstance(exc, redis.BusyLoadingError) or text.startswith("LOADING"):

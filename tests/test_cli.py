@@ -83,6 +83,10 @@ def test_bad_redis_url_and_redis_down(tmp_path):
     res = qcgpj("status", "--redis-url", "redis://127.0.0.1:1/0", cwd=tmp_path)
     assert res.returncode != 0 and "cannot reach Redis" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    res = qcgpj("status", "--redis-url", "redis+sentinel://127.0.0.1:1/mymaster/0", cwd=tmp_path)
+    assert res.returncode != 0   # no sentinel there: said in a line, not with redis-py's reprs of its clients
+    assert res.stderr.strip() == "Error: cannot reach Redis at redis+sentinel://127.0.0.1:1/mymaster/0: No master " \
+                                 "found for 'mymaster'", res.stderr
 
 
 def test_remote_commands(tmp_path, redis_url):
