@@ -35,13 +35,19 @@ def safe_url(url: str) -> str:
     return SECRET_PARAM.sub(r"\1***", url)
 
 
-def connect(url: str, check: bool = True, wait: float = 0.0) -> redis.Redis:
+# redis-py's own retries of a call whose connection was lost: a client's (about 15 s of them) ride out a restart
+# or a fail-over unseen. A service's loops wait out an outage themselves, log it when it starts and when it ends,
+# and must go on meanwhile (an executor reaping its tasks): they get a few (about 0.35 s), for a stale connection.
+RETRIES, SERVICE_RETRIES = 20, 3
+
+
+def connect(url: str, check: bool = True, wait: float = 0.0, retries: int = RETRIES) -> redis.Redis:
     """A client that reconnects with backoff: a Redis restart (or a Sentinel fail-over) is a pause, not a crash.
 
     ``wait``: seconds a service (worker, InputQueue) keeps trying a Redis that does not answer yet before it
     gives up with the one-line error: one started while Redis restarts, or by a batch job before Redis is up,
     must not be lost for that. A bad URL or refused credentials fail at once. Sentinel and Cluster URLs and the
-    ``wait``/``wait_timeout`` parameters: see qcgpj.topology."""
+    ``wait``/``wait_timeout`` parameters: see qcgpj.topology. ``retries``: see RETRIES."""
     if not isinstance(url, str):
         raise ConnectionError(f"a Redis URL must be a string, got {type(url).__name__} {url!r}")
     safe = safe_url(url)
@@ -61,7 +67,7 @@ def connect(url: str, check: bool = True, wait: float = 0.0) -> redis.Redis:
             _first_ping(probe, url, wait)
             probe.close()
         client = _client(plain, own, safe, socket_connect_timeout=5, health_check_interval=15,
-                         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20),
+                         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries),
                          retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     except ValueError as exc:
         raise ConnectionError(f"bad Redis URL '{safe}': {exc}") from None

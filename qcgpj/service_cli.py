@@ -8,7 +8,7 @@ import click
 
 from .cli import (DURATION, Command, _check_wd, _checked, _errors, _logging, connect_wait_option, main, ns_option,
                   resource_options, service_url_option, verbose_option)
-from .connection import ENV_URL, check_settings, connect
+from .connection import ENV_URL, SERVICE_RETRIES, check_settings, connect
 from .errors import QcgpjError
 from .keys import check_executor_id
 from .signals import stop_on_signals
@@ -47,7 +47,7 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
     _logging(max(verbose, 1))
     if not redis_url:
         raise QcgpjError(f"the InputQueue needs a queue: give --redis-url or set {ENV_URL}")
-    client = connect(redis_url, wait=connect_wait)
+    client = connect(redis_url, wait=connect_wait, retries=SERVICE_RETRIES)
     check_settings(client)
     iq = InputQueue(client, namespace, max_attempts=max_attempts, lease_ttl=lease,
                     executor_retention=executor_retention, keep_finished=keep_finished,
@@ -108,13 +108,13 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
         shares = workerprocs.split(node_list, processes, sorted(os.sched_getaffinity(0)), in_slurm)
     if shares and eid:
         check_executor_id(f"{eid}-{processes - 1}")   # the processes' ids: checked once, here
-    client = connect(redis_url, wait=connect_wait)
+    client = connect(redis_url, wait=connect_wait, retries=SERVICE_RETRIES)
     check_settings(client)
     if shares:
         client.close()   # each executor process makes its own connection
         index, node = workerprocs.fork(shares)
         node_list, eid = [node], f"{eid}-{index}" if eid else None
-        client = connect(redis_url, wait=connect_wait)
+        client = connect(redis_url, wait=connect_wait, retries=SERVICE_RETRIES)
     ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
                   ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile,
                   idle_grace=idle_grace)

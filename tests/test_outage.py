@@ -3,6 +3,7 @@ Real redis-servers and real worker processes throughout."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -299,6 +300,38 @@ def test_a_task_that_ends_while_redis_is_away_keeps_its_real_end_time(fresh_redi
         end = float(m.store.r.hget(m.store.keys.job("o"), "end"))
         assert end < back, (end, back, c.logs())
         assert abs(end - (tmp_path / "ended").stat().st_mtime) < 1.5, c.logs()
+        no_tracebacks(c)
+    finally:
+        c.stop()
+
+
+def _logged(path, text: str, timeout: float) -> bool:
+    """The service's log holds the text (polled: a log file has no events)."""
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_services_say_when_an_outage_starts_and_how_long_it_lasted(fresh_redis, tmp_path):
+    """The services' loops wait out an outage themselves: it is logged when it starts, not once redis-py's own
+    retries (about 15 s of them) gave up or Redis came back, and its end with how long it lasted."""
+    c = Cluster(fresh_redis.url, tmp_path)
+    try:
+        c.inputqueue()
+        c.worker(1, *FAST)
+        m = c.manager()
+        c.wait_executors(m)
+        fresh_redis.stop()
+        assert _logged(tmp_path / "worker.log", "Redis unavailable", 10), c.logs()
+        assert _logged(tmp_path / "inputqueue.log", "Redis unavailable", 10), c.logs()
+        time.sleep(2)                            # the outage goes on for a while after it was seen
+        fresh_redis.restart()
+        assert _logged(tmp_path / "worker.log", "Redis back after", 30), c.logs()
+        lasted = [float(x) for x in re.findall(r"Redis back after ([0-9.]+) s", (tmp_path / "worker.log").read_text())]
+        assert lasted and min(lasted) >= 2, c.logs()
         no_tracebacks(c)
     finally:
         c.stop()
