@@ -10,9 +10,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from redis.sentinel import MasterNotFoundError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
 from . import topology
 from .errors import ConnectionError, QcgpjError, RedisError, RedisMemoryError, RedisPermissionError

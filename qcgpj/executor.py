@@ -562,10 +562,12 @@ class Executor:
                 self._renew(sent)
             elif state:
                 self._post("dead", (state, gen))
-            if self._stop.is_set() and not self._running:
+            if self._stop.is_set():   # draining: one heartbeat per interval while tasks run (not a wait on _stop,
+                if not self._running:  # which is set: it went round without a pause)
+                    return
+                time.sleep(wait)
+            elif self._stop.wait(wait) and not self._running:
                 return
-            # draining: still one heartbeat per interval while tasks run (waiting on _stop, set, was a busy loop)
-            (self._give_up if self._stop.is_set() else self._stop).wait(wait)
 
     def _control_loop(self) -> None:
         outage = Outage(f"executor {self.eid}: control", log)
