@@ -149,7 +149,8 @@ class Store(Submission):
         """The executor's own connection, taken from the pool once, and without redis-py's retries: while Redis is
         away a call on it fails at once (the client's retries would hold the dispatcher for up to ~15 s, and a
         task ending meanwhile would be reaped, and its end time taken, only when Redis came back). The executor
-        retries on its own schedule (``Outage``)."""
+        retries on its own schedule (``Outage``). One thread at a time uses it: the syncer's round trips, or the
+        dispatcher's calls, which it makes only while no round trip is in flight."""
         if self._conn is None:
             self._pool = self.node.connection_pool
             self._conn = self._pool.get_connection()
