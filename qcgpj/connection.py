@@ -174,9 +174,9 @@ def _node_settings(client: redis.Redis) -> list[str]:
         cfg = client.config_get("appendonly")
         cfg.update(client.config_get("maxmemory-policy"))
         cfg.update(client.config_get("save"))
-    except redis.ResponseError as exc:
+    except (redis.ResponseError, redis.ConnectionError, redis.TimeoutError) as exc:   # denied, or Redis went away
         warnings.append(f"could not check Redis's persistence and eviction settings ({' '.join(str(exc).split())}); "
-                        "make sure of 'appendonly yes' and 'maxmemory-policy noeviction'")
+                        "make sure of 'appendonly yes' and 'maxmemory-policy noeviction'")   # (a service then waits)
         return warnings
     if cfg.get("appendonly") != "yes" and not cfg.get("save"):
         warnings.append("Redis keeps nothing on disk (appendonly no, no save): a Redis restart loses the queue; "

@@ -324,6 +324,7 @@ def test_services_say_when_an_outage_starts_and_how_long_it_lasted(fresh_redis, 
         c.worker(1, *FAST)
         m = c.manager()
         c.wait_executors(m)
+        assert _logged(tmp_path / "inputqueue.log", "acting (leader)", 30), c.logs()
         fresh_redis.stop()
         assert _logged(tmp_path / "worker.log", "Redis unavailable", 10), c.logs()
         assert _logged(tmp_path / "inputqueue.log", "Redis unavailable", 10), c.logs()
@@ -344,3 +345,13 @@ def test_services_say_when_an_outage_starts_and_how_long_it_lasted(fresh_redis, 
         no_tracebacks(c)
     finally:
         c.stop()
+
+
+def test_a_service_starting_while_redis_goes_away_waits_for_it(tmp_path):
+    """The check of Redis's settings at a service's start meets an outage: a warning, and the service goes on to
+    wait Redis out (with few retries of redis-py's own, the InputQueue exited there with the error)."""
+    from qcgpj.connection import SERVICE_RETRIES, check_settings
+    from tests.redisproc import free_port
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", check=False, retries=SERVICE_RETRIES)   # nobody there
+    (warning,) = check_settings(client)
+    assert warning.startswith("could not check Redis's persistence and eviction settings (Error 111 connecting")
