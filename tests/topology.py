@@ -119,8 +119,15 @@ class SentinelSetup:
         """Start the killed master again, as a replica of the new one (the sentinels would reconfigure it too)."""
         old.config["replicaof"] = f"127.0.0.1 {self.master_port()}"
         old.restart()
-        new = next(s for s in self.servers if s.port == self.master_port())
-        wait_replica(new, 1)
+        deadline = time.monotonic() + 30
+        while True:   # the master asked again each time: the sentinels may still move it (CI saw it move back)
+            try:
+                new = next(s for s in self.servers if s.port == self.master_port())
+                wait_replica(new, 1, timeout=1)
+                return
+            except (RedisServerError, redis.RedisError):
+                if time.monotonic() > deadline:
+                    raise
 
     def close(self) -> None:
         for s in reversed(self.servers):
