@@ -15,6 +15,7 @@ from qcgpj.inputqueue import InputQueue
 from qcgpj.store import Store
 
 from tests.cluster import Cluster, qcgpj_cmd
+from tests.test_kill import until
 from tests.test_reliability import blockers, wait_for
 
 FAST = ("--ttl", "2", "--heartbeat", "0.5")
@@ -265,16 +266,6 @@ def test_a_second_sigterm_ends_a_drain_that_waits_for_redis(fresh_redis, tmp_pat
         c.stop()
 
 
-def _appeared(path, timeout: float = 30) -> bool:
-    """The file exists (written by a task; polled: no event tells a test that another process wrote a file)."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_a_task_that_ends_while_redis_is_away_keeps_its_real_end_time(fresh_redis, tmp_path):
     """The dispatcher's own calls (here its frequent check of the running list) fail at once while Redis is away
     instead of waiting in redis-py's retries: it goes on reaping, so a task that ends meanwhile is reported, once
@@ -291,7 +282,7 @@ def test_a_task_that_ends_while_redis_is_away_keeps_its_real_end_time(fresh_redi
         fresh_redis.stop()
         time.sleep(0.5)                          # ... and a check of the running list meets the outage
         (tmp_path / "go").touch()
-        assert _appeared(tmp_path / "ended")
+        until((tmp_path / "ended").exists, 30, "the task ended")
         time.sleep(2)                            # the rest of the outage: Redis comes back well after the end
         back = time.time()
         fresh_redis.restart()
@@ -305,16 +296,6 @@ def test_a_task_that_ends_while_redis_is_away_keeps_its_real_end_time(fresh_redi
         c.stop()
 
 
-def _logged(path, text: str, timeout: float) -> bool:
-    """The service's log holds the text (polled: a log file has no events)."""
-    deadline = time.monotonic() + timeout
-    while text not in (path.read_text() if path.exists() else ""):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_services_say_when_an_outage_starts_and_how_long_it_lasted(fresh_redis, tmp_path):
     """The services' loops wait out an outage themselves: it is logged when it starts, not once redis-py's own
     retries (about 15 s of them) gave up or Redis came back, and its end with how long it lasted."""
@@ -324,23 +305,18 @@ def test_services_say_when_an_outage_starts_and_how_long_it_lasted(fresh_redis, 
         c.worker(1, *FAST)
         m = c.manager()
         c.wait_executors(m)
-        assert _logged(tmp_path / "inputqueue.log", "acting (leader)", 30), c.logs()
+        until(lambda: "acting (leader)" in (tmp_path / "inputqueue.log").read_text(), 30, "inputqueue.log: acting (leader)")
         fresh_redis.stop()
-        assert _logged(tmp_path / "worker.log", "Redis unavailable", 10), c.logs()
-        assert _logged(tmp_path / "inputqueue.log", "Redis unavailable", 10), c.logs()
+        until(lambda: "Redis unavailable" in (tmp_path / "worker.log").read_text(), 10, "worker.log: Redis unavailable")
+        until(lambda: "Redis unavailable" in (tmp_path / "inputqueue.log").read_text(), 10, "inputqueue.log: Redis unavailable")
         time.sleep(2)                            # the outage goes on for a while after it was seen
         fresh_redis.restart()
         log = tmp_path / "worker.log"
-        deadline = time.monotonic() + 30
-        while True:   # each of its threads says when its outage ended (a thread may say it began twice, once
-            text = log.read_text()   # per kind of error)
-            began = set(re.findall(r"qcgpj\.\w+: (.*?): Redis unavailable", text))
-            ended = dict(re.findall(r"qcgpj\.\w+: (.*?): Redis back after ([0-9.]+) s", text))
-            if began <= set(ended):
-                break
-            assert time.monotonic() < deadline, c.logs()
-            time.sleep(0.05)
-        assert max(float(x) for x in ended.values()) >= 2, c.logs()   # the thread seen before the 2 s (others
+        began = lambda: set(re.findall(r"qcgpj\.\w+: (.*?): Redis unavailable", log.read_text()))  # noqa: E731
+        ended = lambda: dict(re.findall(r"qcgpj\.\w+: (.*?): Redis back after ([0-9.]+) s", log.read_text()))  # noqa: E731
+        # each of its threads says when its outage ended (a thread may say it began twice, once per kind of error)
+        until(lambda: began() <= set(ended()), 30, "every outage's end logged")
+        assert max(float(x) for x in ended().values()) >= 2, c.logs()   # the thread seen before the 2 s (others
         #                                                               may have met the outage later)
         no_tracebacks(c)
     finally:
