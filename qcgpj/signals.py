@@ -38,13 +38,21 @@ def stop_on_signals(stop: Callable[[], None],
     threading.Thread(target=watch, name="qcgpj-signals", daemon=True).start()
 
 
-def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+def die_with_parent(sig: signal.Signals = signal.SIGTERM, parent: int | None = None) -> Callable[[], None] | None:
     """A ``preexec_fn`` by which a child gets ``sig`` when the thread that started it dies, even by SIGKILL: a
     killed run leaves no server or service behind. Resolved here, in the parent: the child of a threaded process
-    must not import anything. None where there is no prctl (not Linux): ordinary exits still stop the child."""
+    must not import anything. None where there is no prctl (not Linux): ordinary exits still stop the child.
+    ``parent``: the pid the child's parent has (default: this process); a child whose parent died before it
+    could arm the signal gets it at once."""
     try:
         import ctypes
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    return lambda: prctl(1, sig)   # PR_SET_PDEATHSIG
+    parent = os.getpid() if parent is None else parent
+
+    def arm() -> None:
+        prctl(1, sig)   # PR_SET_PDEATHSIG
+        if os.getppid() != parent:   # the parent died between the fork and the prctl: no signal will come
+            os.kill(os.getpid(), sig)
+    return arm

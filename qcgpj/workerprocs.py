@@ -75,10 +75,10 @@ def fork(shares: list[tuple[Node, frozenset[int]]]) -> tuple[int, Node]:
 
 def _follow(parent: int) -> None:
     """In an executor process: SIGTERM (a drain) when the supervising command dies, whatever kills it."""
-    arm = die_with_parent(signal.SIGTERM)
+    arm = die_with_parent(signal.SIGTERM, parent)
     if arm is not None:
         arm()
-    if os.getppid() != parent:   # it died before the signal was armed
+    elif os.getppid() != parent:   # no prctl here, and it died already
         os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -13,7 +13,7 @@ import pytest
 from qcgpj.benchruns import fmt, ranges, table
 from qcgpj.workers import sweep
 from tests.cluster import qcgpj_cmd
-from tests.test_cancel_iterations import _gone
+from tests.test_cancel_iterations import _gone, _state
 from tests.test_cli import REPO, qcgpj
 
 SMALL = ["--start-redis", "-w", "spawn", "-w", "chain", "--tasks", "40", "--chain", "5"]
@@ -152,4 +152,13 @@ def test_a_killed_bench_leaves_nothing_running(tmp_path, series):
     finally:
         p.kill()
         p.wait()
-    assert all(_gone(pid) for pid in started), [pid for pid in started if not _gone(pid, 0)]
+    left = [pid for pid in started if not _gone(pid)]
+    assert not left, [(pid, _state(pid), _cmdline(pid)) for pid in left]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -57,3 +57,12 @@ def test_abort_from_a_signal_handler_kills_the_private_store_without_waiting(tmp
     finally:
         logging.disable(logging.NOTSET)   # abort() silences logging for a process about to exit
         services.stop()
+
+
+def test_a_child_whose_parent_died_before_it_armed_the_death_signal_gets_it_at_once():
+    """The parent-death signal is armed in the child after the fork: a parent killed in between would leave the
+    child running for good (a killed bench's services). Armed against a parent it no longer has (here:
+    one it never had), the child is signalled at once."""
+    from qcgpj.signals import die_with_parent
+    p = subprocess.Popen(["sleep", "60"], preexec_fn=die_with_parent(signal.SIGTERM, parent=1))
+    assert p.wait(timeout=30) == -signal.SIGTERM
