@@ -78,6 +78,22 @@ def test_jobs_files_round_trip(tmp_path):
     assert again.jobs() == json.loads((tmp_path / "jobs.json").read_text())
 
 
+
+def test_a_saved_iteration_scheduler_is_loaded_back(local, tmp_path):
+    """save_to_file kept numCores' min and dropped its scheduler: loaded back, each iteration took every free core
+    instead of its share."""
+    path = str(tmp_path / "jobs.json")
+    split = {"name": "split-into", "params": {"parts": 2}}
+    Jobs().add(name="s", exec="true", iteration=2, numCores={"min": 1, "scheduler": split}) \
+        .add(name="m", exec="true", iteration=2, numCores={"min": 1, "scheduler": "maximum-iters"}).save_to_file(path)
+    saved = json.loads((tmp_path / "jobs.json").read_text())
+    assert [d["resources"]["numCores"] for d in saved] == \
+        [{"min": 1, "scheduler": split}, {"min": 1, "scheduler": {"name": "maximum-iters"}}]
+    local.submit(Jobs().load_from_file(path))
+    assert local.wait4(["s", "m"]) == {"s": "SUCCEED", "m": "SUCCEED"}
+    infos = local.info_parsed(["s", "m"], withChilds=True)
+    assert [c.total_cores for n in ("s", "m") for c in infos[n].childs] == [1, 1, 1, 1]
+
 # ---------------------------------------------------------------------- the executor API (EasyVVUQ's calls)
 class EchoTemplate(BasicTemplate):
     @staticmethod
