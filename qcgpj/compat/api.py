@@ -208,16 +208,21 @@ class JobInfo:
     childs: list[JobInfo] = field(default_factory=list)
     messages: str | None = None
     history: str = ""
+    iteration: int | None = None   # an iteration's index (``name:it``), None for a whole job
 
     @classmethod
     def from_data(cls, d: dict[str, Any], name: str | None = None) -> JobInfo:
         rt = d.get("runtime") or {}
         nodes = _nodes(rt.get("allocation"))
-        return cls(name or d.get("jobName", ""), d.get("status") or d.get("state", ""),
+        name = name or d.get("jobName", "")
+        it = d.get("iteration")
+        if it is None and ":" in name:
+            it = int(name.rpartition(":")[2])
+        return cls(name, d.get("status") or d.get("state", ""),
                    sum(map(len, nodes.values())) if nodes else None, nodes, None, rt.get("exit_code"), rt.get("rtime"),
                    d.get("iterations"),
                    [cls.from_data(c, f"{d.get('jobName')}:{c['iteration']}") for c in d.get("childs", [])],
-                   d.get("messages"), d.get("history", ""))
+                   d.get("messages"), d.get("history", ""), it)
 
 
 def _runtime(i: dict[str, Any]) -> dict[str, Any]:
