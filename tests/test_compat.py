@@ -94,6 +94,20 @@ def test_a_saved_iteration_scheduler_is_loaded_back(local, tmp_path):
     infos = local.info_parsed(["s", "m"], withChilds=True)
     assert [c.total_cores for n in ("s", "m") for c in infos[n].childs] == [1, 1, 1, 1]
 
+
+def test_add_std_takes_the_description_as_keywords_too():
+    """QCG-PilotJob's add_std(job_attrs=None, **kw_attrs) merges both; here keywords were a TypeError."""
+    jobs = Jobs().add_std(name="k", execution={"exec": "date"}, resources={"numCores": {"exact": 2}}) \
+        .add_std({"name": "d", "iteration": {"stop": 3}}, execution={"exec": "cat"}, dependencies={"after": ["k"]})
+    assert jobs.jobs() == [
+        {"name": "k", "execution": {"exec": "date"}, "resources": {"numCores": {"exact": 2}}},
+        {"name": "d", "execution": {"exec": "cat"}, "dependencies": {"after": ["k"]}, "iteration": {"stop": 3}}]
+    for bad in ({}, {"name": "x"}, {"name": "x", "execution": {"stdout": "out"}}):
+        with pytest.raises(JobSpecError, match="execution"):
+            Jobs().add_std(**bad)
+    with pytest.raises(JobSpecError, match="must be an object"):
+        Jobs().add_std("x", name="y")
+
 # ---------------------------------------------------------------------- the executor API (EasyVVUQ's calls)
 class EchoTemplate(BasicTemplate):
     @staticmethod
