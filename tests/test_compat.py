@@ -3,6 +3,7 @@ expectations follow what QCG-PilotJob's own API, local-manager and executor test
 Local mode, and a real redis-server with an executor."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
@@ -107,6 +108,20 @@ def test_add_std_takes_the_description_as_keywords_too():
             Jobs().add_std(**bad)
     with pytest.raises(JobSpecError, match="must be an object"):
         Jobs().add_std("x", name="y")
+
+
+def test_run_times_are_given_as_qcg_pilotjob_gives_them(local):
+    """QCG-PilotJob's info gives runtime.rtime as a timedelta's text ('0:00:02.027212', which its own scripts read
+    with strptime) and JobInfo.time as a timedelta; here they were a float of seconds."""
+    local.submit(Jobs().add(name="t", exec="/bin/true").add(name="its", exec="/bin/true", iteration=2))
+    local.wait4all()
+    data = local.info(["t", "its"], withChilds=True)["jobs"]
+    for rtime in [data["t"]["data"]["runtime"]["rtime"]] + [c["runtime"]["rtime"] for c in data["its"]["data"]["childs"]]:
+        datetime.datetime.strptime(rtime, "%H:%M:%S.%f")
+    parsed = local.info_parsed(["t", "its"], withChilds=True)
+    times = [parsed["t"].time] + [c.time for c in parsed["its"].childs]
+    assert all(isinstance(t, datetime.timedelta) and datetime.timedelta(0) <= t < datetime.timedelta(minutes=5)
+               for t in times), times
 
 # ---------------------------------------------------------------------- the executor API (EasyVVUQ's calls)
 class EchoTemplate(BasicTemplate):
