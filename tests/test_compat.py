@@ -116,7 +116,8 @@ def test_run_times_are_given_as_qcg_pilotjob_gives_them(local):
     local.submit(Jobs().add(name="t", exec="/bin/true").add(name="its", exec="/bin/true", iteration=2))
     local.wait4all()
     data = local.info(["t", "its"], withChilds=True)["jobs"]
-    for rtime in [data["t"]["data"]["runtime"]["rtime"]] + [c["runtime"]["rtime"] for c in data["its"]["data"]["childs"]]:
+    rtimes = [data["t"]["data"]["runtime"]["rtime"]] + [c["runtime"]["rtime"] for c in data["its"]["data"]["childs"]]
+    for rtime in rtimes:
         datetime.datetime.strptime(rtime, "%H:%M:%S.%f")
     parsed = local.info_parsed(["t", "its"], withChilds=True)
     times = [parsed["t"].time] + [c.time for c in parsed["its"].childs]
