@@ -211,7 +211,8 @@ ns_option = click.option("--namespace", "-n", envvar="QCGPJ_NAMESPACE", default=
 cores_option = click.option("--cores", type=click.IntRange(min=1), default=None,
                             help="Cores to use (default: the allocation's or this machine's).")
 nodes_option = click.option("--nodes", default=None, metavar="N1:C[:G],N2:C[:G]", callback=_checked(arguments.nodes),
-                            help="Nodes, cores and GPUs to own, instead of discovery (testing, in local mode).")
+                            help="Nodes, cores and GPUs to own, instead of discovery (testing, in local mode); "
+                                 "a bare C is node n<i>.")
 
 
 gpus_option = click.option("--gpus", type=click.IntRange(min=0), default=None, metavar="N",

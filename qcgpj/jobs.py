@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import ArgumentError, DuplicateJobError, JobSpecError, QcgpjError, UnknownJobError
 from .batch import parse_jobs_file
+from .fieldcheck import _show
 from .jobspec import JobSpec, make_job, parse_job
 
 
@@ -53,8 +54,13 @@ class Jobs:
                         nodeCrs)
         return self._append(spec)
 
-    def add_std(self, d: dict) -> Jobs:
-        """Add one job given as a full QCG-PilotJob job description (a unique name if it has none)."""
+    def add_std(self, d: dict | None = None, **attrs: Any) -> Jobs:
+        """Add one job given as a full QCG-PilotJob job description (a unique name if it has none); as there, its
+        fields may also come as keywords (``add_std(name="a", execution={...})``), which win over ``d``'s."""
+        if attrs or d is None:
+            if not isinstance(d, (dict, type(None))):
+                raise JobSpecError(None, None, f"a job description must be an object, got {_show(d)}")
+            d = {**(d or {}), **attrs}
         if isinstance(d, dict) and "name" not in d:
             d = {**d, "name": _unique_name()}
         return self._append(parse_job(d))

@@ -159,8 +159,11 @@ class JobSpec:
         if self.venv:
             ex += ',"venv":' + _q(self.venv)
         out = '{"name":' + _q(self.name) + ',"execution":{' + ex[1:] + "}"
-        res = "" if self.cores_min == 1 and self.cores_max == 1 else \
-            ',"numCores":' + _count_json(self.cores_min, self.cores_max)
+        if self.sizing is not None and self.sizing[0] != WHOLE_NODES:   # not sized yet (Jobs.save_to_file)
+            res = ',"numCores":' + _scheduler_json(self.cores_min, *self.sizing)
+        else:
+            res = "" if self.cores_min == 1 and self.cores_max == 1 else \
+                ',"numCores":' + _count_json(self.cores_min, self.cores_max)
         if self.nodes_min is not None:
             res += ',"numNodes":' + _count_json(self.nodes_min, self.nodes_max)
         if self.walltime is not None:
@@ -207,6 +210,12 @@ def _count_json(lo: int, hi: int | None) -> str:
     if hi == lo:
         return f'{{"exact":{lo}}}'
     return f'{{"min":{lo}}}' if hi is None else f'{{"min":{lo},"max":{hi}}}'
+
+
+def _scheduler_json(lo: int, name: str, parts: int) -> str:
+    """An iteration scheduler as it was given (``_scheduler``'s result back in the description's form)."""
+    params = f',"params":{{"parts":{parts}}}' if parts else ""
+    return f'{{"min":{lo},"scheduler":{{"name":"{name}"{params}}}}}'
 
 
 def _count_trusted(v: Any, default: int | None) -> tuple[Any, Any]:

@@ -145,8 +145,15 @@ class Manager:
         self.finish()
 
     def finish(self) -> None:
-        """Stop the local services (local mode); a remote queue keeps running for other clients."""
+        """Stop the local services (local mode), canceling first what is not final, as QCG-PilotJob's finish does:
+        no task outlives them (running ones are killed as by cancel, SIGTERM then SIGKILL 3 s later, while the
+        executor drains). A remote queue keeps running for other clients."""
         if self.local is not None:
+            try:
+                if self.store.active():
+                    self.store.cancel([n for n, st in self.list().items() if st not in FINAL_STATES])
+            except (QcgpjError, redis.RedisError):   # the services or the store failed: stopping is what is left
+                self.local.executor.kill_all()
             self.local.stop()
             self.local = None
             self._finished = True

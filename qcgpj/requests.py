@@ -48,16 +48,22 @@ def parse_requests(text: str) -> list[Request]:
     out: list[Request] = []
     rcnt = 0
     variables = SUBMIT_RE.search(text) is not None   # one scan; most large files have none
-    for i, item in enumerate(data):
-        where = f"[{i}]"
+    i = 0
+    while i < len(data):
+        item, where = data[i], f"[{i}]"
         if isinstance(item, dict) and "request" in item:
             req = _request(item, where, rcnt + 1 if variables else 0)
             rcnt += req.kind == "submit"
             out.append(req)
-        elif out and out[-1].kind == "jobs":
-            out[-1].jobs.append(_job_at(item, where))
-        else:
-            out.append(Request("jobs", where, [_job_at(item, where)]))
+            i += 1
+            continue
+        end = next((k for k in range(i, len(data)) if isinstance(data[k], dict) and "request" in data[k]), len(data))
+        batch = data[i:end]   # consecutive bare jobs: one batch, a submit for the submit-time variables too
+        if variables:
+            rcnt += 1
+            batch = substitute_submit(batch, where, rcnt)
+        out.append(Request("jobs", where, [_job_at(x, f"[{i + k}]") for k, x in enumerate(batch)]))
+        i = end
     _check_names(out)
     return out
 

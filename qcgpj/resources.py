@@ -147,10 +147,11 @@ def parse_cpus_per_node(text: str, n_nodes: int) -> list[int]:
 
 
 def parse_nodes_option(text: str) -> list[Node]:
-    """``--nodes n1:4,n2:4``, or with GPUs ``n1:32:4`` (NAME:CORES:GPUS)."""
+    """``--nodes n1:4,n2:4``, or with GPUs ``n1:32:4`` (NAME:CORES:GPUS); a bare ``4`` is node ``n<position>``
+    with 4 cores, as QCG-PilotJob's ``--nodes 4`` or ``--nodes 2,2``."""
     nodes = []
-    for part in filter(None, text.split(",")):
-        fields = part.split(":")
+    for i, part in enumerate(filter(None, text.split(","))):
+        fields = [f"n{i}", part] if part.isdigit() else part.split(":")
         if len(fields) not in (2, 3) or not fields[0] or not fields[1].isdigit() or int(fields[1]) < 1:
             raise ValueError(f"--nodes: expected NAME:CORES or NAME:CORES:GPUS, got {part!r}")
         name, cores, *rest = fields

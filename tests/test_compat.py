@@ -3,6 +3,7 @@ expectations follow what QCG-PilotJob's own API, local-manager and executor test
 Local mode, and a real redis-server with an executor."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
@@ -77,6 +78,51 @@ def test_jobs_files_round_trip(tmp_path):
     again = Jobs().load_from_file(path)
     assert again.jobs() == json.loads((tmp_path / "jobs.json").read_text())
 
+
+
+def test_a_saved_iteration_scheduler_is_loaded_back(local, tmp_path):
+    """save_to_file kept numCores' min and dropped its scheduler: loaded back, each iteration took every free core
+    instead of its share."""
+    path = str(tmp_path / "jobs.json")
+    split = {"name": "split-into", "params": {"parts": 2}}
+    Jobs().add(name="s", exec="true", iteration=2, numCores={"min": 1, "scheduler": split}) \
+        .add(name="m", exec="true", iteration=2, numCores={"min": 1, "scheduler": "maximum-iters"}).save_to_file(path)
+    saved = json.loads((tmp_path / "jobs.json").read_text())
+    assert [d["resources"]["numCores"] for d in saved] == \
+        [{"min": 1, "scheduler": split}, {"min": 1, "scheduler": {"name": "maximum-iters"}}]
+    local.submit(Jobs().load_from_file(path))
+    assert local.wait4(["s", "m"]) == {"s": "SUCCEED", "m": "SUCCEED"}
+    infos = local.info_parsed(["s", "m"], withChilds=True)
+    assert [c.total_cores for n in ("s", "m") for c in infos[n].childs] == [1, 1, 1, 1]
+
+
+def test_add_std_takes_the_description_as_keywords_too():
+    """QCG-PilotJob's add_std(job_attrs=None, **kw_attrs) merges both; here keywords were a TypeError."""
+    jobs = Jobs().add_std(name="k", execution={"exec": "date"}, resources={"numCores": {"exact": 2}}) \
+        .add_std({"name": "d", "iteration": {"stop": 3}}, execution={"exec": "cat"}, dependencies={"after": ["k"]})
+    assert jobs.jobs() == [
+        {"name": "k", "execution": {"exec": "date"}, "resources": {"numCores": {"exact": 2}}},
+        {"name": "d", "execution": {"exec": "cat"}, "dependencies": {"after": ["k"]}, "iteration": {"stop": 3}}]
+    for bad in ({}, {"name": "x"}, {"name": "x", "execution": {"stdout": "out"}}):
+        with pytest.raises(JobSpecError, match="execution"):
+            Jobs().add_std(**bad)
+    with pytest.raises(JobSpecError, match="must be an object"):
+        Jobs().add_std("x", name="y")
+
+
+def test_run_times_are_given_as_qcg_pilotjob_gives_them(local):
+    """QCG-PilotJob's info gives runtime.rtime as a timedelta's text ('0:00:02.027212', which its own scripts read
+    with strptime) and JobInfo.time as a timedelta; here they were a float of seconds."""
+    local.submit(Jobs().add(name="t", exec="/bin/true").add(name="its", exec="/bin/true", iteration=2))
+    local.wait4all()
+    data = local.info(["t", "its"], withChilds=True)["jobs"]
+    rtimes = [data["t"]["data"]["runtime"]["rtime"]] + [c["runtime"]["rtime"] for c in data["its"]["data"]["childs"]]
+    for rtime in rtimes:
+        datetime.datetime.strptime(rtime, "%H:%M:%S.%f")
+    parsed = local.info_parsed(["t", "its"], withChilds=True)
+    times = [parsed["t"].time] + [c.time for c in parsed["its"].childs]
+    assert all(isinstance(t, datetime.timedelta) and datetime.timedelta(0) <= t < datetime.timedelta(minutes=5)
+               for t in times), times
 
 # ---------------------------------------------------------------------- the executor API (EasyVVUQ's calls)
 class EchoTemplate(BasicTemplate):

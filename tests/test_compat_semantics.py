@@ -137,6 +137,17 @@ def test_info_has_the_cores_each_task_ran_on(tmp_path, monkeypatch):
         m.finish()
 
 
+
+def test_info_parsed_children_tell_their_iteration(open_queue):
+    """QCG-PilotJob's JobInfo of an iteration has ``iteration`` (its index) beside ``name``; here it had none
+    (AttributeError in scripts that read it)."""
+    m = open_queue(2)
+    m.submit(Jobs().add(name="its", exec="/bin/true", iteration={"start": 2, "stop": 4}))
+    m.wait4all()
+    kids = m.info_parsed("its", withChilds=True)["its"].childs
+    assert [(c.name, c.iteration) for c in kids] == [("its:2", 2), ("its:3", 3)]
+    assert m.info_parsed("its")["its"].iteration is None and m.info_parsed("its:3")["its:3"].iteration == 3
+
 def test_asking_a_finished_local_manager_is_a_clear_error(tmp_path, monkeypatch):
     """Its store went with its services: a FinishedError at once, not a connection error after retries."""
     monkeypatch.delenv("QCGPJ_REDIS_URL", raising=False)

@@ -87,6 +87,18 @@ def test_a_task_that_exits_takes_its_background_children_along(tmp_path, lingere
     until(lambda: gone(lingerer), what="the lingering child to be killed")
 
 
+
+def test_finishing_a_local_manager_ends_what_runs(tmp_path, lingerer):
+    """finish() (also the end of a ``with Manager()`` block) waited up to 30 s for a running task, then returned
+    and left its processes running after the program had ended; like QCG-PilotJob's finish, it now cancels what
+    is not final, so running tasks are killed (here through SIGKILL: they ignore SIGTERM) before it returns."""
+    m = Manager(cores=1, root_wd=str(tmp_path))
+    m.submit(Jobs().add(name="runs", script=f"trap '' TERM; ./{lingerer} 1000 & wait")
+             .add(name="waits", exec="/bin/true", after=["runs"]))
+    until(lambda: len(processes(lingerer)) == 1, what="the task's start")
+    m.finish()
+    assert gone(lingerer)
+
 def test_a_setsid_orphan_is_held_by_the_tasks_cgroup(tmp_path, lingerer):
     if not cgroups_usable():
         pytest.skip("no writable cgroup v2 here")

@@ -73,3 +73,16 @@ def test_an_iteration_variable_in_a_name_is_a_clear_error(tmp_path: Path) -> Non
     res = subprocess.run(qcgpj_cmd("run", str(path), "--nodes", "n0:8"), cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 1 and "${it}" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("nodes, total", [("8", (1, 8)), ("3,2", (2, 5)), ("a:1,2", (2, 3))])
+def test_nodes_given_as_qcg_pilotjob_takes_them(tmp_path: Path, nodes: str, total: tuple[int, int]) -> None:
+    """qcg-pm-service --nodes 8 (its resources example's command line) names an unnamed node n<position>; qcgpj run
+    refused it (expected NAME:CORES)."""
+    path = tmp_path / "resources.json"
+    path.write_text(json.dumps([{"request": "resourcesInfo"}, FINISH]))
+    res = subprocess.run(qcgpj_cmd("run", str(path), "--nodes", nodes, "--json"), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout.splitlines()[0])["data"]
+    assert (info["total_nodes"], info["total_cores"]) == total

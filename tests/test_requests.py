@@ -34,6 +34,18 @@ def test_submit_time_variables_and_the_dollar_escape():
     assert len(uniq1) == 36 and uniq1 != uniq2 and len(date) == 10
 
 
+
+def test_a_bare_list_of_jobs_is_a_submit_for_its_variables():
+    """Jobs listed without a submit request (the form Jobs.save_to_file writes) kept $$ and ${uniq} as written,
+    so the shell saw its PID and an empty variable where the same job inside a submit request got $ and a UUID."""
+    reqs = parse_requests(json.dumps([job("a${rcnt}", "echo $$HOME ${sname} ${it}"), job("u${rcnt}", "echo ${uniq}"),
+                                      submit(job("b${rcnt}", "echo ${uniq}")), job("c${rcnt}")]))
+    (a, u), b, c = reqs[0].jobs, reqs[1].jobs[0], reqs[2].jobs[0]
+    assert [r.kind for r in reqs] == ["jobs", "submit", "jobs"] and [a.name, u.name, b.name, c.name] == \
+        ["a1", "u1", "b2", "c3"]
+    uniq_u, uniq_b = u.script.split()[1], b.script.split()[1]
+    assert a.script == "echo $HOME local ${it}" and len(uniq_u) == len(uniq_b) == 36 and uniq_u != uniq_b
+
 def test_unknown_variable_in_a_name_is_named():
     with pytest.raises(JobSpecError) as err:
         parse_requests(json.dumps([submit(job("x${nope}"))]))

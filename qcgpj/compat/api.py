@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Sequence
 
 from .. import arguments as a
@@ -203,31 +204,47 @@ class JobInfo:
     nodes: dict[str, list[int]] | None = None
     wdir: str | None = None
     exit_code: int | None = None
-    time: float | None = None
+    time: timedelta | None = None   # the run time (QCG-PilotJob's type)
     iterations: dict[str, int] | None = None
     childs: list[JobInfo] = field(default_factory=list)
     messages: str | None = None
     history: str = ""
+    iteration: int | None = None   # an iteration's index (``name:it``), None for a whole job
 
     @classmethod
     def from_data(cls, d: dict[str, Any], name: str | None = None) -> JobInfo:
         rt = d.get("runtime") or {}
         nodes = _nodes(rt.get("allocation"))
-        return cls(name or d.get("jobName", ""), d.get("status") or d.get("state", ""),
-                   sum(map(len, nodes.values())) if nodes else None, nodes, None, rt.get("exit_code"), rt.get("rtime"),
+        name = name or d.get("jobName", "")
+        it = d.get("iteration")
+        if it is None and ":" in name:
+            it = int(name.rpartition(":")[2])
+        return cls(name, d.get("status") or d.get("state", ""),
+                   sum(map(len, nodes.values())) if nodes else None, nodes, None, rt.get("exit_code"),
+                   _timedelta(rt.get("rtime")),
                    d.get("iterations"),
                    [cls.from_data(c, f"{d.get('jobName')}:{c['iteration']}") for c in d.get("childs", [])],
-                   d.get("messages"), d.get("history", ""))
+                   d.get("messages"), d.get("history", ""), it)
 
 
 def _runtime(i: dict[str, Any]) -> dict[str, Any]:
     """Exit code, run time and, in QCG-PilotJob's text (``n0[0:1],n1[0:1]``), the cores the task ran on."""
     out: dict[str, Any] = {"exit_code": i.get("exit_code")}
     if i.get("start") is not None and i.get("end") is not None:
-        out["rtime"] = round(i["end"] - i["start"], 3)
+        td = timedelta(seconds=round(i["end"] - i["start"], 3))
+        out["rtime"] = str(td) if td.microseconds else f"{td}.000000"   # QCG-PilotJob's text, always with a fraction
     if i.get("nodes"):
         out["allocation"] = ",".join(f"{n}[{':'.join(map(str, c))}]" for n, c in i["nodes"].items())
     return out
+
+
+def _timedelta(rtime: str | None) -> timedelta | None:
+    """``runtime.rtime`` ('0:00:02.027000', '1 day, 2:00:00.000000') back to a timedelta."""
+    if not rtime:
+        return None
+    days, _, clock = rtime.rpartition(", ")
+    h, m, s = clock.split(":")
+    return timedelta(days=int(days.split()[0]) if days else 0, hours=int(h), minutes=int(m), seconds=float(s))
 
 
 def _nodes(allocation: str | None) -> dict[str, list[int]] | None:
