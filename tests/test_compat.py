@@ -124,6 +124,18 @@ def test_run_times_are_given_as_qcg_pilotjob_gives_them(local):
     assert all(isinstance(t, datetime.timedelta) and datetime.timedelta(0) <= t < datetime.timedelta(minutes=5)
                for t in times), times
 
+def test_api_submits_get_the_submit_time_variables(local, tmp_path):
+    """QCG-PilotJob's service substitutes ${rcnt} (its submit count, from 1), ${uniq}, ${sname}... and $$ in what
+    its API submits too; here $$HOME reached the shell as its PID and ${uniq} as an empty variable."""
+    shell = "echo $$HOME ${uniq} ${rcnt} ${sname}"
+    local.submit(Jobs().add(name="a", exec="/bin/sh", args=["-c", shell], stdout="a.out"))
+    local.submit([{"name": "b_${rcnt}", "execution": {"exec": "/bin/sh", "args": ["-c", shell], "stdout": "b.out"}}])
+    assert local.wait4(["a", "b_2"]) == {"a": "SUCCEED", "b_2": "SUCCEED"}
+    for out, rcnt in (("a.out", "1"), ("b.out", "2")):
+        home, uniq, got, sname = (tmp_path / out).read_text().split()
+        assert (home, got, sname) == (os.environ["HOME"], rcnt, "local") and len(uniq) == 36, out
+
+
 # ---------------------------------------------------------------------- the executor API (EasyVVUQ's calls)
 class EchoTemplate(BasicTemplate):
     @staticmethod

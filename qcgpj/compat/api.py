@@ -4,6 +4,7 @@ Return shapes are QCG-PilotJob's (``status()`` -> ``{'jobs': {name: {'status': 0
 are qcgpj's (QcgpjError subclasses naming the job)."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from .. import arguments as a
 from .. import jobs as _jobs
 from .. import manager as _manager
 from ..errors import ArgumentError, TimeoutError
+from ..jobspec import JobSpec
+from ..requests import SUBMIT_RE, substitute_submit
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,19 @@ class Jobs(_jobs.Jobs):
     ordered_jobs = jobs
 
 
+def _submit_variables(jobs: Any, rcnt: int) -> Any:
+    """The jobs with the submit-time variables substituted; as given when they use none (or are no list of job
+    descriptions: the Manager's checks word that)."""
+    if not isinstance(jobs, (list, tuple)):
+        return jobs
+    descs = [j.to_dict() if isinstance(j, JobSpec) else j for j in jobs]
+    try:
+        text = json.dumps(descs)
+    except (TypeError, ValueError):
+        return jobs
+    return jobs if SUBMIT_RE.search(text) is None else substitute_submit(descs, "", rcnt)
+
+
 def _names(v: Any) -> list[str]:
     """Names as QCG-PilotJob takes them: also the dict its ``list()`` returns (``wait4(m.list())``)."""
     return a.names(list(v) if isinstance(v, dict) else v)
@@ -47,10 +63,15 @@ class Manager:
 
     def __init__(self, address: str | None = None, cfg: dict | None = None, **local: Any) -> None:
         self.m = _manager.Manager(address, **local)
+        self.rcnt = 0   # submits so far: ${rcnt}
 
     # ------------------------------------------------------------------ submit and queries
-    def submit(self, jobs: _jobs.Jobs) -> list[str]:
-        return self.m.submit(list(jobs) if isinstance(jobs, _jobs.Jobs) else jobs)
+    def submit(self, jobs: _jobs.Jobs | list) -> list[str]:
+        """As QCG-PilotJob's service does for its API, the submit-time variables are substituted (``${rcnt}``,
+        ``${uniq}``, ``${sname}``, ``${date}``, ``${time}``, ``${dateTime}``, ``$$``: see the README's Job
+        description); ``${rcnt}`` counts this Manager's submits, from 1 (there: its service's)."""
+        self.rcnt += 1
+        return self.m.submit(_submit_variables(list(jobs) if isinstance(jobs, _jobs.Jobs) else jobs, self.rcnt))
 
     def resources(self) -> dict[str, int]:
         res = self.m.resources()
