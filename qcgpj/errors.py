@@ -22,6 +22,14 @@ class JobSpecError(QcgpjError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+class TemplateKeyError(JobSpecError, KeyError):
+    """A job template (the executor API's) has a placeholder without a value. Also a KeyError, which is what
+    QCG-PilotJob's executor raises then."""
+
+    def __str__(self) -> str:   # KeyError's would quote the message
+        return JobSpecError.__str__(self)
+
+
 class DependencyError(JobSpecError):
     """A dependency is unknown or forms a cycle."""
 

@@ -161,6 +161,15 @@ def test_executor_submit_fills_the_template(tmp_path, monkeypatch):
     assert (tmp_path / "two.txt").read_text() == "default two\n"
 
 
+
+def test_a_template_value_missing_is_also_a_key_error(tmp_path, monkeypatch):
+    """QCG-PilotJob raises KeyError (its own tests expect it); here it was a JobSpecError only."""
+    monkeypatch.delenv("QCGPJ_REDIS_URL", raising=False)
+    with QCGPJExecutor(wd=str(tmp_path), resources="1") as ex:
+        with pytest.raises(KeyError, match=r"job 'tj': template placeholder \$\{exec\} has no value$") as got:
+            ex.submit(BasicTemplate.template, name="tj")
+    assert isinstance(got.value, JobSpecError) and (got.value.job, got.value.field) == ("tj", None)
+
 # ---------------------------------------------------------------------- a real queue
 def test_manager_on_a_queue(tmp_path, redis_url):
     cluster = Cluster(redis_url, tmp_path)

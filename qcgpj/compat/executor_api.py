@@ -9,7 +9,7 @@ import textwrap
 import uuid
 from typing import Any, Callable
 
-from ..errors import JobSpecError
+from ..errors import JobSpecError, TemplateKeyError
 from ..errors import TimeoutError as QcgpjTimeout
 from .api import FINAL, Jobs, LocalManager, Manager, qcg_nodes
 from .templates import BasicTemplate, QCGPJTemplate
@@ -99,7 +99,8 @@ class QCGPJExecutor(concurrent.futures.Executor):
         try:
             filled = string.Template(textwrap.dedent(text)).substitute(values)
         except KeyError as exc:
-            raise JobSpecError(values.get("name"), None, f"template placeholder ${{{exc.args[0]}}} has no value")
+            raise TemplateKeyError(values.get("name"), None, f"template placeholder ${{{exc.args[0]}}} has no value") \
+                from None
         except ValueError as exc:
             raise JobSpecError(values.get("name"), None, f"template: {exc}") from None
         try:
