@@ -71,6 +71,40 @@ def test_errors_are_qcgpj_errors(local, tmp_path):
         LocalManager(["--nodes"])
 
 
+def test_qcg_pilotjob_error_names_catch_what_compat_raises(local, tmp_path):
+    """Scripts import QCG-PilotJob's errors from qcg.pilotjob.api.errors; here there was no such module."""
+    from qcgpj.compat import errors
+    from qcgpj.compat.errors import (ConnectionError, FileError, InternalError, InvalidJobDescriptionError,
+                                     JobNotDefinedError, QCGPJMAError, ServiceError, TimeoutElapsed,
+                                     WrongArgumentsError)
+    assert set(errors.__all__) == {"QCGPJMAError", "InternalError", "InvalidJobDescriptionError",
+                                   "JobNotDefinedError", "ConnectionError", "WrongArgumentsError", "FileError",
+                                   "ServiceError", "TimeoutElapsed"}
+    assert all(issubclass(getattr(errors, n), QCGPJMAError) for n in errors.__all__)
+    assert QCGPJMAError is QcgpjError and not any(issubclass(c, InternalError) for c in (ConnectionError, ServiceError))
+    local.submit(Jobs().add(name="slow", script="sleep 300"))
+    with pytest.raises(TimeoutElapsed):
+        local.wait4("slow", timeout=0.1)
+    with pytest.raises(TimeoutElapsed):
+        local.wait4all(timeout_secs=0.1)
+    with pytest.raises(InvalidJobDescriptionError, match="unknownAttribute"):
+        Jobs().add(name="x", exec="true", unknownAttribute=1)
+    with pytest.raises(InvalidJobDescriptionError, match="already"):
+        Jobs().add(name="x", exec="true").add(name="x", exec="true")
+    with pytest.raises(JobNotDefinedError, match="'y'"):
+        Jobs().add(name="x", exec="true").remove("y")
+    with pytest.raises(JobNotDefinedError, match="'nope'"):
+        local.status("nope")
+    with pytest.raises(WrongArgumentsError):
+        local.status(5)
+    with pytest.raises(FileError, match="cannot read"):
+        Jobs().load_from_file(str(tmp_path / "missing.json"))
+    with pytest.raises(FileError, match="cannot write"):
+        Jobs().add(name="x", exec="true").save_to_file(str(tmp_path / "no" / "dir.json"))
+    with pytest.raises(ConnectionError):
+        Manager("redis://127.0.0.1:1/0").list()
+    local.cancel("slow")
+
 def test_jobs_files_round_trip(tmp_path):
     path = str(tmp_path / "jobs.json")
     Jobs().add(name="a", exec="echo", args=["1"], numCores={"exact": 2}).add(name="b", script="true", after="a") \
