@@ -61,13 +61,13 @@ class RemoveError(QcgpjError):
     def __init__(self, job: str, why: str, message: str) -> None:
         self.job = job
         self.why = why
-        super().__init__(f"job '{job}': {message}")
+        super().__init__(message if why == "unknown" else f"job '{job}': {message}")
 
     @classmethod
     def of(cls, job: str, why: str, detail: str) -> "RemoveError":
         """The error for remove.lua's answer ``why`` (unknown, notfinal, dependants) about ``job``."""
         if why == "unknown":
-            return cls(job, why, "unknown job")
+            return cls(job, why, f"unknown job '{job}'")   # as every other command words it
         if why == "notfinal":
             return cls(job, why, f"is {detail}: only final jobs can be removed (cancel it first)")
         if why == "stopping":

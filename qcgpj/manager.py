@@ -307,8 +307,11 @@ class Manager:
         names = [names] if isinstance(names, str) else list(names)
         res = self.store.cancel(names)
         unknown = [n for n, r in res.items() if r == "unknown"]
-        if unknown:
-            raise UnknownJobError(f"unknown job '{unknown[0]}'")
+        if unknown:   # worded as info words it: an iteration out of range of a job that exists, else the job
+            job, colon, _ = unknown[0].partition(":")
+            if colon and self.store.states([job])[job] is not None:
+                raise UnknownJobError(f"unknown iteration '{unknown[0]}'")
+            raise UnknownJobError(f"unknown job '{job}'")
         return res
 
     # ------------------------------------------------------------------ waiting

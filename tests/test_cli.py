@@ -114,6 +114,21 @@ def test_remote_commands(tmp_path, redis_url):
         cluster.stop()
 
 
+def test_unknown_names_are_worded_alike_by_every_command(tmp_path, redis_url):
+    """remove said "job 'nosuch': unknown job" where the others say "unknown job 'nosuch'", and cancel called an
+    iteration out of range an unknown job where info calls it an unknown iteration."""
+    url = ["--redis-url", redis_url]
+    write(tmp_path / "jobs.json", [{"name": "it", "execution": {"exec": "/bin/true"}, "iteration": {"stop": 3}}])
+    assert qcgpj("submit", "jobs.json", *url, cwd=tmp_path).returncode == 0
+    for cmd in (["remove", "nosuch"], ["cancel", "nosuch"], ["info", "nosuch"], ["status", "nosuch"]):
+        res = qcgpj(*cmd, *url, cwd=tmp_path)
+        assert (res.returncode, res.stderr.strip()) == (1, "Error: unknown job 'nosuch'"), cmd
+    for cmd in (["cancel", "it:7"], ["info", "it:7"]):
+        res = qcgpj(*cmd, *url, cwd=tmp_path)
+        assert (res.returncode, res.stderr.strip()) == (1, "Error: unknown iteration 'it:7'"), cmd
+    for cmd in (["cancel", "nosuch:7"], ["info", "nosuch:7"]):
+        assert qcgpj(*cmd, *url, cwd=tmp_path).stderr.strip() == "Error: unknown job 'nosuch'", cmd
+
 def test_version_and_help(tmp_path):
     res = qcgpj("--help", cwd=tmp_path)
     assert res.returncode == 0 and "run" in res.stdout and "inputqueue" in res.stdout
