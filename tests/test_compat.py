@@ -170,6 +170,18 @@ def test_api_submits_get_the_submit_time_variables(local, tmp_path):
         assert (home, got, sname) == (os.environ["HOME"], rcnt, "local") and len(uniq) == 36, out
 
 
+def test_info_has_the_working_directory(local, tmp_path):
+    """QCG-PilotJob's info gives a job's (and an iteration's) working directory as runtime.wd, JobInfo.wdir; here
+    wdir was always None."""
+    local.submit(Jobs().add(name="a", exec="/bin/pwd", stdout="a.out").add(name="b", exec="/bin/true", wd="in_${jname}")
+                 .add(name="its", exec="/bin/true", wd="its_${it}", iteration=2))
+    local.wait4all()
+    assert (tmp_path / "a.out").read_text().strip() == local.info_parsed("a")["a"].wdir == str(tmp_path)
+    assert local.info("b")["jobs"]["b"]["data"]["runtime"]["wd"] == str(tmp_path / "in_b")
+    parsed = local.info_parsed(["its", "its:1"], withChilds=True)
+    assert [c.wdir for c in parsed["its"].childs] == [str(tmp_path / "its_0"), str(tmp_path / "its_1")]
+    assert parsed["its:1"].wdir == str(tmp_path / "its_1") and parsed["its"].wdir is None   # as there: per task
+
 # ---------------------------------------------------------------------- the executor API (EasyVVUQ's calls)
 class EchoTemplate(BasicTemplate):
     @staticmethod
@@ -215,6 +227,10 @@ def test_manager_on_a_queue(tmp_path, redis_url):
         assert m.wait4("q", timeout=120) == {"q": "SUCCEED"}
         assert m.status(["q"])["jobs"]["q"]["data"] == {"jobName": "q", "status": "SUCCEED"}
         assert (tmp_path / "q.txt").read_text() == "2\n"
+        m.submit(Jobs().add(name="w", exec="/bin/true", wd=str(tmp_path / "w_${it}"), iteration=1))
+        assert m.wait4("w", timeout=120) == {"w": "SUCCEED"}
+        assert m.info_parsed("w:0")["w:0"].wdir == str(tmp_path / "w_0")   # an absolute wd is known on a queue too
+        assert m.info_parsed("q")["q"].wdir is None   # the worker's directory is not
         with pytest.raises(ArgumentError, match="local mode"):
             os.environ["QCGPJ_REDIS_URL"] = redis_url
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,7 +16,7 @@ from .. import arguments as a
 from .. import jobs as _jobs
 from .. import manager as _manager
 from ..errors import ArgumentError, TimeoutError
-from ..jobspec import JobSpec
+from ..jobspec import JobSpec, substitute
 from ..requests import SUBMIT_RE, substitute_submit
 
 log = logging.getLogger(__name__)
@@ -102,20 +103,39 @@ class Manager:
     def _info(self, name: str, children: bool) -> dict[str, Any]:
         i = self.m.info(name)
         data: dict[str, Any] = {"jobName": name, "status": i["state"], "messages": i.get("message") or None}
-        if i.get("exit_code") is not None or i.get("start") is not None:
-            data["runtime"] = _runtime(i)
+        job, _, it = name.partition(":")
         its = i.get("iterations")
+        if i.get("exit_code") is not None or i.get("start") is not None:
+            data["runtime"] = _runtime(i, self._wd(job, int(it) if it else None, i) if not its else None)
         if its:
             data["iterations"] = {"start": its["start"], "stop": its["start"] + its["total"], "total": its["total"],
                                   "finished": its["finished"],
                                   "failed": its["FAILED"] + its["CANCELED"] + its["OMITTED"]}   # as QCG-PilotJob counts
             if children and ":" not in name:
-                data["childs"] = [{"iteration": it, "state": c["state"], "runtime": _runtime(c)}
-                                  for it, c in self.m.iterations(name).items()]
+                spec = JobSpec.from_json(json.dumps(i["spec"]))
+                data["childs"] = [{"iteration": k, "state": c["state"], "runtime": _runtime(c, self._wd(spec, k, c))}
+                                  for k, c in self.m.iterations(name).items()]
         data["history"] = "".join(f"\n{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))}: {what}"
                                   for t, what in ((i.get("created"), "QUEUED"), (i.get("start"), "EXECUTING"),
                                                   (i.get("end"), i["state"])) if t)
         return data
+
+    def _wd(self, job: str | JobSpec, it: int | None, task: dict[str, Any]) -> str | None:
+        """The working directory a task started in, as its executor made it (``${it}``, ``${jname}``... in ``wd``
+        substituted), where known: a started task in local mode, whose executor's root is this process's, or
+        with an absolute ``wd``; QCG-PilotJob gives it for tasks only, not for an iterative job as a whole."""
+        if task.get("start") is None:
+            return None
+        spec = job if isinstance(job, JobSpec) else JobSpec.from_json(self.m.store.job_hash(job)["spec"])
+        root = self.m.local.executor.root_wd if self.m.local is not None else None
+        nodes = task.get("nodes") or {}
+        var = {"it": "" if it is None else str(it), "jname": spec.name, "root_wd": root or "${root_wd}",
+               "itval": spec.iteration.value(it) if spec.iteration is not None and it is not None else "",
+               "ncores": str(sum(map(len, nodes.values()))), "nnodes": str(len(nodes)), "nlist": ",".join(nodes)}
+        wd = substitute(spec.wd, var) if spec.wd else None
+        if wd is not None and os.path.isabs(wd):
+            return wd
+        return None if root is None else os.path.join(root, wd) if wd else root
 
     @a.api(names=_some_names, withChilds=a.flag)
     def info_parsed(self, names: Sequence[str] | str, withChilds: bool = False, **kw: Any) -> dict[str, JobInfo]:
@@ -241,16 +261,19 @@ class JobInfo:
         if it is None and ":" in name:
             it = int(name.rpartition(":")[2])
         return cls(name, d.get("status") or d.get("state", ""),
-                   sum(map(len, nodes.values())) if nodes else None, nodes, None, rt.get("exit_code"),
+                   sum(map(len, nodes.values())) if nodes else None, nodes, rt.get("wd"), rt.get("exit_code"),
                    _timedelta(rt.get("rtime")),
                    d.get("iterations"),
                    [cls.from_data(c, f"{d.get('jobName')}:{c['iteration']}") for c in d.get("childs", [])],
                    d.get("messages"), d.get("history", ""), it)
 
 
-def _runtime(i: dict[str, Any]) -> dict[str, Any]:
-    """Exit code, run time and, in QCG-PilotJob's text (``n0[0:1],n1[0:1]``), the cores the task ran on."""
+def _runtime(i: dict[str, Any], wd: str | None) -> dict[str, Any]:
+    """Exit code, run time, working directory (when known) and, in QCG-PilotJob's text (``n0[0:1],n1[0:1]``),
+    the cores the task ran on."""
     out: dict[str, Any] = {"exit_code": i.get("exit_code")}
+    if wd is not None:
+        out["wd"] = wd
     if i.get("start") is not None and i.get("end") is not None:
         td = timedelta(seconds=round(i["end"] - i["start"], 3))
         out["rtime"] = str(td) if td.microseconds else f"{td}.000000"   # QCG-PilotJob's text, always with a fraction
