@@ -13,6 +13,7 @@ import pytest
 from qcgpj import Jobs, Manager
 
 from tests.cluster import Cluster
+from tests.test_kill import until
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
@@ -106,3 +107,33 @@ def test_steps_are_bound_to_the_cores_qcgpj_chose(slurm, redis_url, tmp_path):
         assert (tmp_path / f"one.{i}.err").read_text() == ""   # no --cpu-bind warning where Slurm cannot bind
     ranks = sorted(line.split(maxsplit=1) for line in (tmp_path / "ranks.out").read_text().splitlines())
     assert ranks == [[str(r), str([cpus[r % len(cpus)]])] for r in range(2)]
+
+
+def test_tasks_killed_by_the_end_of_an_allocation_run_again_elsewhere(slurm, redis_url, tmp_path):
+    """scancel (or the time limit) kills the allocation's steps with the worker: the tasks it ran were not failures
+    of their own, so they go back to the queue and finish in the next allocation, instead of ending FAILED."""
+    m = Manager(redis_url)
+    m.submit(Jobs().add(name="long", script="echo $SLURM_JOB_ID >> ran.${it}; [ -e go ] || exec sleep 600",
+                        iteration=2, stdout="long.${it}"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    worker = [sys.executable, "-m", "qcgpj", "worker", "--redis-url", redis_url, "--wd", str(tmp_path),
+              "--exit-when-idle"]
+    first = subprocess.run(["sbatch", "--parsable", "-t", "5", "-N1", "--nodelist=node1", "--ntasks-per-node=2",
+                            "-o", str(tmp_path / "first.out"), "--wrap", " ".join(worker)],
+                           cwd=tmp_path, env=env(), capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        until(lambda: all((tmp_path / f"ran.{i}").exists() for i in range(2)), 120, "both tasks running")
+        (tmp_path / "go").touch()
+        subprocess.run(["scancel", first], check=True)
+        res = salloc("-N1", "--nodelist=node2", "--ntasks-per-node=2", *worker, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+    finally:
+        subprocess.run(["scancel", first])
+        cluster.stop()
+    log = (tmp_path / "first.out").read_text()
+    assert m.status(["long"]) == {"long": "SUCCEED"}, log + cluster.logs()
+    for i in range(2):
+        ran = (tmp_path / f"ran.{i}").read_text().split()
+        assert len(ran) == 2 and ran[0] == first and ran[1] != first, ran   # once in each allocation
+        assert m.info(f"long:{i}")["attempt"] == 1
