@@ -217,6 +217,25 @@ def test_a_bad_partition_pauses_the_queue_with_the_reason(slurm, redis_url, tmp_
 
 
 @pytest.mark.slurm
+def test_allocations_whose_worker_never_registers_pause_the_queue_at_the_limit(slurm, redis_url, tmp_path):
+    """Failures found in a pass (allocations that ended without a worker) pause the queue in that pass: no more
+    allocations are submitted after the limit, nor during the back-off."""
+    cli(redis_url, "alloc", "add", "slurm", "--name", "cpu", "--time", "10m", "--worker-cmd", "/bin/false",
+        "--wd", str(tmp_path), "--dir", str(tmp_path / "alloc" / "cpu"), "--max-allocations", "2",
+        "--cores-per-node", "1", "--failure-limit", "2")
+    Manager(redis_url).submit(Jobs().add(name="t", script="true", iteration=10))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.allocator("--poll", "0.2")
+    try:
+        wait_until(lambda: listing(redis_url)["cpu"]["paused"], 120, "the queue to pause", cluster.logs)
+    finally:
+        cluster.stop()     # the pass that paused the queue ends first
+    assert len(submitted(cluster, "alloc")) == 2, cluster.logs()
+    row = listing(redis_url)["cpu"]
+    assert row["failures"] == 2 and "ended before its worker registered" in row["paused"]
+
+
+@pytest.mark.slurm
 def test_a_restarted_allocator_adopts_its_allocations(slurm, redis_url, tmp_path):
     cli(redis_url, *add_args(tmp_path, "cpu", "--max-allocations", "2", "--nodes", "1", "--idle-grace", "2",
                              "--cores-per-node", "2"))
