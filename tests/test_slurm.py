@@ -36,6 +36,20 @@ def test_discovery_reads_the_allocation(slurm, tmp_path):
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [["node1", 3], ["node2", 3]]
 
 
+
+def test_workers_started_as_srun_tasks_share_the_allocation(slurm, tmp_path):
+    """One worker per srun task (as --processes' error advises inside Slurm) owns its task's share of its node,
+    not the whole allocation each (which offered every CPU once per worker and bound their tasks to the same CPUs)."""
+    probe = ("import json, os; from qcgpj.resources import discover; "
+             "print(os.environ['SLURM_PROCID'], json.dumps([[n.name, list(n.cores)] for n in discover()]))")
+    def shares(*srun: str) -> list[str]:
+        res = salloc("-N2", "--ntasks-per-node=4", "srun", *srun, sys.executable, "-c", probe, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return [line.split(" ", 1)[1] for line in sorted(res.stdout.splitlines()) if line[:1].isdigit()]
+    assert shares("-n3", "-c2") == ['[["node1", [0, 1]]]', '[["node1", [2, 3]]]', '[["node2", [0, 1]]]']
+    assert shares("-N2", "-n2") == ['[["node1", [0, 1, 2, 3]]]', '[["node2", [0, 1, 2, 3]]]']
+    assert shares("-n1") == ['[["node1", [0, 1, 2, 3]], ["node2", [0, 1, 2, 3]]]']   # one worker: the allocation
+
 def test_worker_in_salloc_uses_both_nodes(slurm, redis_url, tmp_path):
     m = Manager(redis_url)
     m.submit(Jobs()
