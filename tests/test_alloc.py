@@ -236,6 +236,26 @@ def test_allocations_whose_worker_never_registers_pause_the_queue_at_the_limit(s
 
 
 @pytest.mark.slurm
+def test_folders_with_spaces_serve_the_queue(slurm, redis_url, tmp_path):
+    """A --dir or --wd with a space (a home or project folder so named) is written into the batch script."""
+    wd, folder = tmp_path / "run dir", tmp_path / "alloc dir"
+    cli(redis_url, "alloc", "add", "slurm", "--name", "cpu", "--time", "10m", "--worker-cmd", WORKER_CMD,
+        "--wd", str(wd), "--dir", str(folder), "--cores-per-node", "1", "--idle-grace", "0")
+    m = Manager(redis_url)
+    m.submit(Jobs().add(name="t", script="pwd", stdout="t.out"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    cluster.allocator("--poll", "0.2")
+    try:
+        assert m.wait4("t", timeout=120) == {"t": "SUCCEED"}, cluster.logs()
+    finally:
+        cluster.stop()
+    assert (wd / "t.out").read_text().strip() == str(wd)
+    ids = submitted(cluster, "alloc")
+    assert len(ids) == 1 and (folder / f"alloc-{ids[0]}.out").exists()
+
+
+@pytest.mark.slurm
 def test_a_restarted_allocator_adopts_its_allocations(slurm, redis_url, tmp_path):
     cli(redis_url, *add_args(tmp_path, "cpu", "--max-allocations", "2", "--nodes", "1", "--idle-grace", "2",
                              "--cores-per-node", "2"))
