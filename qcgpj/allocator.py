@@ -129,11 +129,11 @@ class Allocator:
         if self.dry_run:
             self.say(f"{q.name}: would submit {d.submit}: {d.why}")
             return d
-        for _ in range(d.submit):
-            if not self._submit(q):
-                break
-        if d.submit:
-            log.info("alloc %s: submitted %d: %s", q.name, d.submit, d.why)
+        done = 0
+        while done < d.submit and self._submit(q):
+            done += 1
+        if done:
+            log.info("alloc %s: submitted %d: %s", q.name, done, d.why)
         self.allocs.set_status(q.name, last=d.why, toolarge="; ".join(d.too_large))
         return d
 

@@ -214,6 +214,7 @@ def test_a_bad_partition_pauses_the_queue_with_the_reason(slurm, redis_url, tmp_
         cluster.stop()
     log = (tmp_path / "alloc.log").read_text()
     assert log.count("sbatch refused") == 2 and "paused after 2 failures" in log
+    assert "alloc bad: submitted" not in log    # nothing was
 
 
 @pytest.mark.slurm
