@@ -70,7 +70,9 @@ def test_tasks_too_large_for_an_allocation_are_reported_not_requested():
 
 def test_queue_definitions_are_checked():
     assert slurm_time("1h") == "0-01:00:00" and slurm_time("90m") == "0-01:30:00" and slurm_time("1:00") == "1:00"
-    for bad in ({"time": "soon"}, {"nodes": 0}, {"max_allocations": 0}, {"name": "a b"}, {"cores_per_node": 0}):
+    for bad in ({"time": "soon"}, {"nodes": 0}, {"max_allocations": 0}, {"name": "a b"}, {"cores_per_node": 0},
+                {"time": "0"}, {"time": "00:00:00"}, {"time": "0-0"},      # Slurm's "no time limit"
+                {"idle_grace": float("nan")}, {"register_timeout": float("nan")}, {"idle_grace": float("inf")}):
         with pytest.raises(AllocError):
             queue(**bad)
     q = queue(partition="p", cores_per_node=4, extra=["--mem=1G"])
