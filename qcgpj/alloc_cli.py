@@ -9,7 +9,7 @@ import click
 
 from .alloc import AllocQueue
 from .allocstore import AllocStore
-from .cli import Seconds, _errors, _logging, main, ns_option, url_option, verbose_option
+from .cli import Group, Seconds, _errors, _logging, main, ns_option, url_option, verbose_option
 from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
 from .signals import stop_on_signals
@@ -21,7 +21,7 @@ def _store(redis_url: str | None, namespace: str) -> AllocStore:
     return AllocStore(connect(redis_url), namespace)
 
 
-@click.group()
+@click.group(cls=Group)
 def alloc() -> None:
     """Automatic allocation: Slurm jobs that run workers while work waits."""
 
