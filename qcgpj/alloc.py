@@ -33,6 +33,8 @@ def slurm_time(text: str) -> str:
         days, rest = divmod(secs, 86400)
         return f"{days}-{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
     if SLURM_TIME_RE.match(text):
+        if not any(c not in "0:-" for c in text):   # Slurm reads a zero limit as none at all
+            raise AllocError("--time: must be more than 0")
         return text
     raise AllocError(f"--time: {text!r} is not a time limit (examples: 30m, 1h, 2d, 1:00:00, 1-12:00:00)")
 
@@ -70,8 +72,8 @@ class AllocQueue:
                 raise AllocError(f"--{attr.replace('_', '-')}: must be at least {low}")
         if self.cores_per_node is not None and self.cores_per_node < 1:
             raise AllocError("--cores-per-node: must be at least 1")
-        if self.register_timeout <= 0 or self.idle_grace < 0:
-            raise AllocError("--register-timeout must be more than 0 and --idle-grace at least 0")
+        if not (0 < self.register_timeout < math.inf and 0 <= self.idle_grace < math.inf):
+            raise AllocError("--register-timeout must be more than 0 and --idle-grace at least 0 (finite seconds)")
         self.time = slurm_time(self.time)
 
     def tag(self, namespace: str) -> str:

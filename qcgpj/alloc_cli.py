@@ -9,7 +9,7 @@ import click
 
 from .alloc import AllocQueue
 from .allocstore import AllocStore
-from .cli import _errors, _logging, main, ns_option, url_option, verbose_option
+from .cli import Group, Seconds, _errors, _logging, main, ns_option, url_option, verbose_option
 from .connection import ENV_URL, check_settings, connect
 from .errors import QcgpjError
 from .signals import stop_on_signals
@@ -21,7 +21,7 @@ def _store(redis_url: str | None, namespace: str) -> AllocStore:
     return AllocStore(connect(redis_url), namespace)
 
 
-@click.group()
+@click.group(cls=Group)
 def alloc() -> None:
     """Automatic allocation: Slurm jobs that run workers while work waits."""
 
@@ -48,9 +48,10 @@ def add() -> None:
 @click.option("--wd", default=None, help="Working directory of the workers' tasks (default: the current one).")
 @click.option("--dir", "folder", default=None,
               help="Folder of the batch scripts and their output (default: ~/.qcgpj/alloc/NAMESPACE/NAME).")
-@click.option("--idle-grace", type=float, default=30.0, help="Seconds a worker waits for more work before leaving.")
+@click.option("--idle-grace", type=Seconds(min=0), default=30.0,
+              help="Seconds a worker waits for more work before leaving.")
 @click.option("--failure-limit", type=int, default=3, help="Failures in a row that pause the queue.")
-@click.option("--register-timeout", type=float, default=300.0,
+@click.option("--register-timeout", type=Seconds(min=0, min_open=True), default=300.0,
               help="Seconds a started allocation has to register its worker before it is cancelled.")
 @click.option("--max-files", type=int, default=100, help="Files kept in --dir (oldest removed first).")
 @click.option("--max-bytes", type=int, default=10 << 20, help="Bytes kept in --dir.")
@@ -153,9 +154,9 @@ def resume(name: str, redis_url: str | None, namespace: str) -> None:
 @alloc.command()
 @url_option
 @ns_option
-@click.option("--poll", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+@click.option("--poll", type=Seconds(min=0.1), default=2.0, show_default=True,
               help="Seconds between looks at Slurm when the queue does not change.")
-@click.option("--lease", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+@click.option("--lease", type=Seconds(min=0.5), default=10.0, show_default=True,
               help="Leader lease, seconds.")
 @click.option("--dry-run", is_flag=True, help="Print what would be submitted and why, once; no Slurm needed.")
 @verbose_option

@@ -116,10 +116,10 @@ class Allocator:
 
     def _queue_step(self, q: AllocQueue, demand: list[TaskDemand], mine: dict[str, slurm.SlurmJob],
                     registered: dict[str, str]) -> Decision:
-        status = self.allocs.status(q.name)
-        waiting = 0 if self.dry_run else self._track(q, mine, registered)
+        waiting, unlisted = (0, 0) if self.dry_run else self._track(q, mine, registered)
+        status = self.allocs.status(q.name)   # after _track, which may have counted failures and paused q
         cpn = self._cores_per_node(q)
-        d = decide(q, cpn, demand, waiting, len(mine))
+        d = decide(q, cpn, demand, waiting, len(mine) + unlisted)
         self._report_too_large(q, d)
         paused = status.get("paused")
         backoff = float(status.get("backoff_until") or 0) - time.time()
@@ -129,23 +129,25 @@ class Allocator:
         if self.dry_run:
             self.say(f"{q.name}: would submit {d.submit}: {d.why}")
             return d
-        for _ in range(d.submit):
-            if not self._submit(q):
-                break
-        if d.submit:
-            log.info("alloc %s: submitted %d: %s", q.name, d.submit, d.why)
+        done = 0
+        while done < d.submit and self._submit(q):
+            done += 1
+        if done:
+            log.info("alloc %s: submitted %d: %s", q.name, done, d.why)
         self.allocs.set_status(q.name, last=d.why, toolarge="; ".join(d.too_large))
         return d
 
-    def _track(self, q: AllocQueue, mine: dict[str, slurm.SlurmJob], registered: dict[str, str]) -> int:
+    def _track(self, q: AllocQueue, mine: dict[str, slurm.SlurmJob],
+               registered: dict[str, str]) -> tuple[int, int]:
         """Update the allocations of q; returns how many will take work soon (queued, or started and not yet
-        registered)."""
+        registered), and how many of those squeue does not list (just submitted, or already ended): these count
+        against the limit until they settle."""
         jobs = self.allocs.jobs(q.name)
         for jid in mine.keys() - jobs.keys():   # submitted by a predecessor that died before it wrote it down
             log.info("alloc %s: adopting allocation %s", q.name, jid)
             jobs[jid] = {"submitted": now()}
             self.allocs.put_job(q.name, jid, jobs[jid])
-        waiting = 0
+        waiting = unlisted = 0
         for jid, info in jobs.items():
             job = mine.get(jid)
             if jid in registered:
@@ -157,6 +159,7 @@ class Allocator:
                     self.allocs.drop_job(q.name, jid)
             elif job is None and now() - info.get("submitted", 0) < SETTLE:
                 waiting += 1   # just submitted: squeue may not list it yet
+                unlisted += 1
             elif job is None:
                 self.allocs.drop_job(q.name, jid)
                 self._failed(q, f"allocation {jid} ended before its worker registered "
@@ -174,7 +177,7 @@ class Allocator:
                                     f"{q.register_timeout:g} s: cancelled (see {q.dir}/alloc-{jid}.out)")
                 else:
                     waiting += 1
-        return waiting
+        return waiting, unlisted
 
     def _submit(self, q: AllocQueue) -> bool:
         try:

@@ -5,6 +5,7 @@ import functools
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -185,6 +186,17 @@ class _Duration(click.ParamType):
 DURATION = _Duration()
 
 
+class Seconds(click.FloatRange):
+    """A FloatRange of seconds that is a number: nan passes FloatRange's bounds (every comparison with it is false)
+    and inf breaks the services' waits and leases with a traceback."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{out} is not a number of seconds", param, ctx)
+        return out
+
+
 class _IntList(click.ParamType):
     """'10,100,300' as a tuple of positive ints."""
     name = "n,n,..."
@@ -231,7 +243,7 @@ def resource_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=None, callback=_not_nan,
                               help="Give up waiting after S seconds.")
 connect_wait_option = click.option(
-    "--connect-wait", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="S",
+    "--connect-wait", type=Seconds(min=0), default=60.0, show_default=True, metavar="S",
     help="Seconds to wait for a Redis that does not answer yet (restarting, loading) before giving up.")
 verbose_option = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 

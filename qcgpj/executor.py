@@ -102,6 +102,7 @@ class Executor:
         self.local_node = os.environ.get("SLURMD_NODENAME", host) if slurm else (
             nodes[0].name if len(nodes) == 1 else host)
         self.models = SLURM_MODELS if slurm else None
+        self.slurm = slurm
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         # ``runner``: how tasks start and end; ``qcgpj.scalebench`` plugs in one that runs none (a timer)
         self._runner = runner(self._finish, self._post, waiters=max(4, total + 2))
@@ -131,6 +132,7 @@ class Executor:
         self._gen = 0                  # registrations so far: a heartbeat's answer counts for the one it was sent in
         self._rejoin = False           # declared dead while alive: join again once no round trip is in flight
         self._void: set[int] = set()   # ids of the slots of tasks killed on a rejoin: their reports are dropped
+        self._handback: set[str] = set()   # entries of tasks killed with the allocation: requeued as we leave
         self._outage = Outage(f"executor {self.eid}", log)
         # a hop's round trip watches for the answer (Store.sync) where another CPU can make it meanwhile
         self._spin = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
@@ -286,7 +288,7 @@ class Executor:
         except redis.RedisError:
             return
         known = {e.raw for e in self._local} | {slot.entry.raw for slot in self._running.values()}
-        known |= {r.entry for r in self._finished} | set(self._started) | set(self._adopt)
+        known |= {r.entry for r in self._finished} | set(self._started) | set(self._adopt) | self._handback
         unknown = {e for e in listed if e not in known}
         orphans, self._suspects = unknown & self._suspects, unknown - self._suspects
         if orphans:
@@ -450,6 +452,12 @@ class Executor:
         if id(slot) in self._void:   # killed on a rejoin: it was given to others, its report is not ours to make
             self._void.discard(id(slot))
             return
+        if code and self.slurm and self._stops and not slot.canceled and not slot.message:
+            # Signaled inside Slurm, the allocation is ending (scancel, time limit): Slurm kills its steps with
+            # us, so this end is not the task's own. It stays in our running list (its start reported, which
+            # counts an attempt) and the hand-back as we leave gives it to the queue, to run elsewhere.
+            self._handback.add(entry.raw)
+            return
         self._started.pop(entry.raw, None)   # its end reports its start too
         if slot.canceled:
             state, message = "CANCELED", "canceled"
@@ -602,6 +610,9 @@ class Executor:
                 break
             except redis.RedisError as exc:
                 self._give_up.wait(self._outage.failed(exc))
+        if self._handback:
+            log.warning("executor %s: %d task(s) ended with the allocation; they go back to the queue", self.eid,
+                        len(self._handback))
         if self._give_up.is_set() and self._outage.down:
             log.warning("executor %s: left without Redis: %d report(s) undelivered; once our heartbeat expires, "
                         "the InputQueue gives what we held to other executors (tasks whose end was not reported "

@@ -6,14 +6,14 @@ from typing import Any
 
 import click
 
-from .cli import STATE_ORDER, _errors, _remote, from_option, main, ns_option, url_option
+from .cli import STATE_ORDER, Seconds, _errors, _remote, from_option, main, ns_option, url_option
 
 @main.command()
 @url_option
 @ns_option
 @click.option("--once", is_flag=True, help="Print one frame and exit.")
 @click.option("--json", "as_json", is_flag=True, help="One frame as JSON (raw epochs), then exit.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds per frame.")
+@click.option("--interval", type=Seconds(min=0.1), default=1.0, show_default=True, help="Seconds per frame.")
 @_errors
 def top(redis_url: str | None, namespace: str, once: bool, as_json: bool, interval: float) -> None:
     """A live view of the namespace: executors, tasks by state, throughput, ETA, latest failures (q quits)."""

@@ -182,6 +182,27 @@ def discover(cores: int | None = None, nodes: str | None = None, environ: Mappin
     return [replace(n, gpus=n.gpus if ids is None else ids, mem=mem or 0) for n in found]
 
 
+def _step_share(env: Mapping[str, str], counts: dict[str, int]) -> Node | None:
+    """Inside an srun step of several tasks (one worker per task), this task's share of its node: the CPUs per
+    task (``SLURM_CPUS_PER_TASK``, else the node's CPUs over its tasks), from ``SLURM_LOCALID`` times that, as
+    Slurm counts them; None for a worker that is the allocation's only one (no step, or a step of one task)."""
+    try:
+        if int(env.get("SLURM_STEP_NUM_TASKS") or 1) < 2:
+            return None
+        node, local = env["SLURMD_NODENAME"], int(env["SLURM_LOCALID"])
+        here = parse_cpus_per_node(env["SLURM_STEP_TASKS_PER_NODE"], len(expand_hostlist(env["SLURM_STEP_NODELIST"])))
+        tasks = here[int(env["SLURM_NODEID"])]
+    except (KeyError, ValueError, IndexError):
+        return None   # not a step as srun describes it: the allocation as a whole
+    avail = counts.get(node, 0)
+    per_task = int(env.get("SLURM_CPUS_PER_TASK") or 0) or max(1, avail // max(tasks, 1))
+    first = local * per_task
+    if first >= avail:
+        raise ValueError(f"srun task {local} on {node}: {per_task} CPU(s) per task from CPU {first}, but the "
+                         f"allocation has {avail} there")
+    return Node(node, tuple(range(first, min(first + per_task, avail))))
+
+
 def _discover_cores(cores: int | None, nodes: str | None, env: Mapping[str, str]) -> list[Node]:
     if nodes:
         return parse_nodes_option(nodes)
@@ -189,10 +210,13 @@ def _discover_cores(cores: int | None, nodes: str | None, env: Mapping[str, str]
         names = expand_hostlist(env["SLURM_JOB_NODELIST"])
         counts = parse_cpus_per_node(env.get("SLURM_JOB_CPUS_PER_NODE", ",".join(["1"] * len(names))), len(names))
         found = [Node(n, tuple(range(c))) for n, c in zip(names, counts)]
+        share = _step_share(env, dict(zip(names, counts)))
+        if share is not None:
+            found = [share]
         if cores is not None:
             if len(found) != 1:
                 raise ValueError("--cores applies to a one-node allocation only; use --nodes for more")
-            found = [Node(found[0].name, tuple(range(cores)))]
+            found = [Node(found[0].name, tuple(range(found[0].cores[0], found[0].cores[0] + cores)))]
         return found
     mine = sorted(os.sched_getaffinity(0))
     if cores is not None:

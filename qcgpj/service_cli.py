@@ -6,8 +6,8 @@ import os
 
 import click
 
-from .cli import (DURATION, Command, _check_wd, _checked, _errors, _logging, connect_wait_option, main, ns_option,
-                  resource_options, service_url_option, verbose_option)
+from .cli import (DURATION, Command, Seconds, _check_wd, _checked, _errors, _logging, connect_wait_option, main,
+                  ns_option, resource_options, service_url_option, verbose_option)
 from .connection import ENV_URL, SERVICE_RETRIES, check_settings, connect
 from .errors import QcgpjError
 from .keys import check_executor_id
@@ -27,13 +27,13 @@ def _freeze() -> None:
 @ns_option
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
               help="Times a task may be started on executors that die before it ends FAILED.")
-@click.option("--lease", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--lease", type=Seconds(min=0.1), default=5.0, show_default=True,
               help="Leader lease, seconds.")
 @click.option("--executor-retention", type=DURATION, default="1d", show_default=True,
               help="Forget executors that left or died this long ago (until then 'resources --all' lists them).")
 @click.option("--keep-finished", type=DURATION, default=None,
               help="Remove final jobs this long after they ended (default: keep them).")
-@click.option("--unplaceable-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+@click.option("--unplaceable-timeout", type=Seconds(min=0), default=300.0, show_default=True,
               help="Seconds a ready job may fit no live executor (too many cores or nodes) before it ends FAILED; "
                    "0: never. Jobs wait for the first executor as long as it takes.")
 @connect_wait_option
@@ -64,18 +64,18 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
 @click.option("--wd", default=None, callback=_check_wd,
               help="Root working directory of tasks, where the worker runs (default: current directory).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
-@click.option("--idle-grace", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--idle-grace", type=Seconds(min=0), default=0.0, show_default=True,
               help="With --exit-when-idle: exit only once the queue has stayed empty this many seconds.")
 @click.option("--prefetch", type=click.IntRange(min=0), default=None,
               help="Tasks claimed ahead on this executor, fixed (0: none; default: adapts to the rate tasks "
                    "end, from max(cores, 16) up to 256).")
-@click.option("--heartbeat", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+@click.option("--heartbeat", type=Seconds(min=0.01), default=2.0, show_default=True,
               help="Seconds between heartbeats (less than --ttl).")
 @click.option("--ttl", type=click.IntRange(min=1), default=10, show_default=True,
               help="Seconds without heartbeat before it is dead.")
 @click.option("--id", "eid", default=None, callback=_checked(check_executor_id),
               help="Executor id (default: host-pid-random).")
-@click.option("--reconcile", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+@click.option("--reconcile", type=Seconds(min=0, min_open=True), default=5.0, show_default=True,
               help="Seconds between checks of the running list against what this worker knows.")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Serve this node's cores with N executor processes, each with its share of the cores and "

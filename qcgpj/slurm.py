@@ -71,9 +71,8 @@ def partition_cores(partition: str | None) -> int | None:
 
 def batch_script(q: AllocQueue, namespace: str, redis_url: str) -> str:
     """The script of one allocation: its worker leaves when the queue has stayed empty for the idle grace."""
-    out = Path(q.dir) / "alloc-%j.out"
     lines = ["#!/bin/bash", f"#SBATCH --job-name={q.tag(namespace)}", f"#SBATCH --nodes={q.nodes}",
-             f"#SBATCH --time={q.time}", f"#SBATCH --output={out}"]
+             f"#SBATCH --time={q.time}"]   # --output is given to sbatch: a directive cannot hold every path
     lines += [f"#SBATCH --{opt}={val}" for opt, val in
               (("partition", q.partition), ("account", q.account), ("qos", q.qos)) if val]
     # Without a core count Slurm gives one CPU per node: ask for all of them, or for the number given.
@@ -104,7 +103,7 @@ def submit(q: AllocQueue, namespace: str, redis_url: str) -> str:
     fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(batch_script(q, namespace, redis_url))
-    res = _run(["sbatch", "--parsable", *q.extra, str(script)])
+    res = _run(["sbatch", "--parsable", f"--output={folder / 'alloc-%j.out'}", *q.extra, str(script)])
     if res.returncode != 0:
         raise AllocError(f"sbatch refused an allocation of '{q.name}': {_last_line(res.stderr)}")
     return res.stdout.strip().split(";")[0]   # "jobid" or "jobid;cluster"

@@ -34,7 +34,7 @@ def split(nodes: Sequence[Node], n: int, cpus: Sequence[int],
     Checked before anything is started; what cannot be split is a one-line error."""
     if in_slurm:
         raise QcgpjError(f"--processes {n}: not inside a Slurm allocation (its tasks are srun steps): start one "
-                         "worker per share with srun instead")
+                         f"worker per share as srun tasks instead (srun -n {n} -c CPUS qcgpj-worker)")
     if len(nodes) != 1:
         raise QcgpjError(f"--processes {n}: only for the cores of one node (this worker has {len(nodes)} nodes)")
     node = nodes[0]

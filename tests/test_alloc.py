@@ -70,7 +70,9 @@ def test_tasks_too_large_for_an_allocation_are_reported_not_requested():
 
 def test_queue_definitions_are_checked():
     assert slurm_time("1h") == "0-01:00:00" and slurm_time("90m") == "0-01:30:00" and slurm_time("1:00") == "1:00"
-    for bad in ({"time": "soon"}, {"nodes": 0}, {"max_allocations": 0}, {"name": "a b"}, {"cores_per_node": 0}):
+    for bad in ({"time": "soon"}, {"nodes": 0}, {"max_allocations": 0}, {"name": "a b"}, {"cores_per_node": 0},
+                {"time": "0"}, {"time": "00:00:00"}, {"time": "0-0"},      # Slurm's "no time limit"
+                {"idle_grace": float("nan")}, {"register_timeout": float("nan")}, {"idle_grace": float("inf")}):
         with pytest.raises(AllocError):
             queue(**bad)
     q = queue(partition="p", cores_per_node=4, extra=["--mem=1G"])
@@ -214,6 +216,46 @@ def test_a_bad_partition_pauses_the_queue_with_the_reason(slurm, redis_url, tmp_
         cluster.stop()
     log = (tmp_path / "alloc.log").read_text()
     assert log.count("sbatch refused") == 2 and "paused after 2 failures" in log
+    assert "alloc bad: submitted" not in log    # nothing was
+
+
+@pytest.mark.slurm
+def test_allocations_whose_worker_never_registers_pause_the_queue_at_the_limit(slurm, redis_url, tmp_path):
+    """Failures found in a pass (allocations that ended without a worker) pause the queue in that pass: no more
+    allocations are submitted after the limit, nor during the back-off."""
+    cli(redis_url, "alloc", "add", "slurm", "--name", "cpu", "--time", "10m", "--worker-cmd", "/bin/false",
+        "--wd", str(tmp_path), "--dir", str(tmp_path / "alloc" / "cpu"), "--max-allocations", "2",
+        "--cores-per-node", "1", "--failure-limit", "2")
+    Manager(redis_url).submit(Jobs().add(name="t", script="true", iteration=10))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.allocator("--poll", "0.2")
+    try:
+        wait_until(lambda: listing(redis_url)["cpu"]["paused"], 120, "the queue to pause", cluster.logs)
+    finally:
+        cluster.stop()     # the pass that paused the queue ends first
+    assert len(submitted(cluster, "alloc")) == 2, cluster.logs()
+    row = listing(redis_url)["cpu"]
+    assert row["failures"] == 2 and "ended before its worker registered" in row["paused"]
+
+
+@pytest.mark.slurm
+def test_folders_with_spaces_serve_the_queue(slurm, redis_url, tmp_path):
+    """A --dir or --wd with a space (a home or project folder so named) is written into the batch script."""
+    wd, folder = tmp_path / "run dir", tmp_path / "alloc dir"
+    cli(redis_url, "alloc", "add", "slurm", "--name", "cpu", "--time", "10m", "--worker-cmd", WORKER_CMD,
+        "--wd", str(wd), "--dir", str(folder), "--cores-per-node", "1", "--idle-grace", "0")
+    m = Manager(redis_url)
+    m.submit(Jobs().add(name="t", script="pwd", stdout="t.out"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    cluster.allocator("--poll", "0.2")
+    try:
+        assert m.wait4("t", timeout=120) == {"t": "SUCCEED"}, cluster.logs()
+    finally:
+        cluster.stop()
+    assert (wd / "t.out").read_text().strip() == str(wd)
+    ids = submitted(cluster, "alloc")
+    assert len(ids) == 1 and (folder / f"alloc-{ids[0]}.out").exists()
 
 
 @pytest.mark.slurm

@@ -267,6 +267,11 @@ def test_malformed_file_as_a_real_process(queue, tmp_path, name):
     ["worker", "--redis-url", "{url}", "--nodes", "a:0"], ["worker", "--redis-url", "{url}", "--nodes", "a:1,a:2"],
     ["worker", "--redis-url", "{url}", "--wd", "/proc/nonexistent/wd"], ["run", "{file}", "--nodes", "a:1,a:2"],
     ["inputqueue", "--redis-url", "{url}", "--max-attempts", "0"],
+    ["inputqueue", "--redis-url", "{url}", "--lease", "nan"], ["worker", "--redis-url", "{url}", "--heartbeat", "nan"],
+    ["worker", "--redis-url", "{url}", "--idle-grace", "nan"], ["worker", "--redis-url", "{url}", "--reconcile", "inf"],
+    ["top", "--redis-url", "{url}", "--interval", "nan"], ["alloc", "serve", "--redis-url", "{url}", "--poll", "nan"],
+    ["alloc", "serve", "--redis-url", "{url}", "--lease", "0"], ["alloc", "add", "slurm", "--redis-url", "{url}"],
+    ["alloc", "add", "pbs", "--redis-url", "{url}"], ["alloc", "list", "--redis-url", "{url}", "--bogus"],
     ["status"], ["nosuch-command"], ["status", "--redis-url", "{url}", "--bogus"],
 ], ids=lambda a: " ".join(a))
 def test_bad_options_give_one_line_and_change_nothing(queue, tmp_path, args):

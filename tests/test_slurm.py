@@ -13,6 +13,7 @@ import pytest
 from qcgpj import Jobs, Manager
 
 from tests.cluster import Cluster
+from tests.test_kill import until
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +35,20 @@ def test_discovery_reads_the_allocation(slurm, tmp_path):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [["node1", 3], ["node2", 3]]
 
+
+
+def test_workers_started_as_srun_tasks_share_the_allocation(slurm, tmp_path):
+    """One worker per srun task (as --processes' error advises inside Slurm) owns its task's share of its node,
+    not the whole allocation each (which offered every CPU once per worker and bound their tasks to the same CPUs)."""
+    probe = ("import json, os; from qcgpj.resources import discover; "
+             "print(os.environ['SLURM_PROCID'], json.dumps([[n.name, list(n.cores)] for n in discover()]))")
+    def shares(*srun: str) -> list[str]:
+        res = salloc("-N2", "--ntasks-per-node=4", "srun", *srun, sys.executable, "-c", probe, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return [line.split(" ", 1)[1] for line in sorted(res.stdout.splitlines()) if line[:1].isdigit()]
+    assert shares("-n3", "-c2") == ['[["node1", [0, 1]]]', '[["node1", [2, 3]]]', '[["node2", [0, 1]]]']
+    assert shares("-N2", "-n2") == ['[["node1", [0, 1, 2, 3]]]', '[["node2", [0, 1, 2, 3]]]']
+    assert shares("-n1") == ['[["node1", [0, 1, 2, 3]], ["node2", [0, 1, 2, 3]]]']   # one worker: the allocation
 
 def test_worker_in_salloc_uses_both_nodes(slurm, redis_url, tmp_path):
     m = Manager(redis_url)
@@ -106,3 +121,33 @@ def test_steps_are_bound_to_the_cores_qcgpj_chose(slurm, redis_url, tmp_path):
         assert (tmp_path / f"one.{i}.err").read_text() == ""   # no --cpu-bind warning where Slurm cannot bind
     ranks = sorted(line.split(maxsplit=1) for line in (tmp_path / "ranks.out").read_text().splitlines())
     assert ranks == [[str(r), str([cpus[r % len(cpus)]])] for r in range(2)]
+
+
+def test_tasks_killed_by_the_end_of_an_allocation_run_again_elsewhere(slurm, redis_url, tmp_path):
+    """scancel (or the time limit) kills the allocation's steps with the worker: the tasks it ran were not failures
+    of their own, so they go back to the queue and finish in the next allocation, instead of ending FAILED."""
+    m = Manager(redis_url)
+    m.submit(Jobs().add(name="long", script="echo $SLURM_JOB_ID >> ran.${it}; [ -e go ] || exec sleep 600",
+                        iteration=2, stdout="long.${it}"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    worker = [sys.executable, "-m", "qcgpj", "worker", "--redis-url", redis_url, "--wd", str(tmp_path),
+              "--exit-when-idle"]
+    first = subprocess.run(["sbatch", "--parsable", "-t", "5", "-N1", "--nodelist=node1", "--ntasks-per-node=2",
+                            "-o", str(tmp_path / "first.out"), "--wrap", " ".join(worker)],
+                           cwd=tmp_path, env=env(), capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        until(lambda: all((tmp_path / f"ran.{i}").exists() for i in range(2)), 120, "both tasks running")
+        (tmp_path / "go").touch()
+        subprocess.run(["scancel", first], check=True)
+        res = salloc("-N1", "--nodelist=node2", "--ntasks-per-node=2", *worker, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+    finally:
+        subprocess.run(["scancel", first])
+        cluster.stop()
+    log = (tmp_path / "first.out").read_text()
+    assert m.status(["long"]) == {"long": "SUCCEED"}, log + cluster.logs()
+    for i in range(2):
+        ran = (tmp_path / f"ran.{i}").read_text().split()
+        assert len(ran) == 2 and ran[0] == first and ran[1] != first, ran   # once in each allocation
+        assert m.info(f"long:{i}")["attempt"] == 1
