@@ -55,7 +55,7 @@ class AllocQueue:
     worker_cmd: str = "qcgpj-worker"
     wd: str = "."
     dir: str = "."                  # batch scripts and their output
-    idle_grace: float = 30.0        # seconds a worker stays after the queue emptied
+    idle_grace: float = 30.0        # seconds a worker stays idle (queue empty, or nothing it could run waits)
     failure_limit: int = 3          # failures in a row that pause the queue
     register_timeout: float = 300.0  # seconds a started allocation has to register its worker
     max_files: int = 100            # rotation of the folder: files kept at most ...

@@ -98,7 +98,7 @@ class Executor:
         self.heartbeat_every, self.ttl = heartbeat, ttl
         self.exit_when_idle = exit_when_idle
         self.idle_grace = idle_grace
-        self._idle_since: float | None = None   # when the queue was last seen with nothing unfinished
+        self._idle_since: float | None = None   # since when it has had nothing to do, nor work it could run waiting
         self.local_node = os.environ.get("SLURMD_NODENAME", host) if slurm else (
             nodes[0].name if len(nodes) == 1 else host)
         self.models = SLURM_MODELS if slurm else None
@@ -235,6 +235,8 @@ class Executor:
                 self._adapted_at, self._ended_since = time.monotonic(), 0   # the rate counts busy time only
                 if self._idle_exit():
                     return
+            else:
+                self._idle_since = None   # the grace counts from the latest moment it had nothing to do
             if want and not self._local:
                 self._want_work.set()      # the waiter blocks in BLMOVE for us
             self._runner.wait(self._timeout())   # tasks that end are reported through _finish
@@ -315,15 +317,20 @@ class Executor:
         if not self.exit_when_idle:
             return False
         try:
-            empty = self.store.active(direct=True) == 0
+            active, stay = self.store.idle(self.eid)
         except redis.RedisError:
             return False
         # The grace keeps an allocation for a burst of dependent jobs submitted just after the queue emptied.
-        if not empty:
+        if active and stay:
             self._idle_since = None
             return False
         self._idle_since = self._idle_since or time.monotonic()
-        return time.monotonic() - self._idle_since >= self.idle_grace
+        if time.monotonic() - self._idle_since < self.idle_grace:
+            return False
+        if active:
+            log.info("executor %s: leaving: idle for %gs while the ready work needs more than it has (nodes, "
+                     "cores, GPUs or memory); %d job(s) not final", self.eid, self.idle_grace, active)
+        return True
 
     def _read_inbox(self) -> int:
         """Handle the messages that arrived; returns how many."""

@@ -63,9 +63,11 @@ def inputqueue(redis_url: str | None, namespace: str, max_attempts: int, lease: 
 @resource_options
 @click.option("--wd", default=None, callback=_check_wd,
               help="Root working directory of tasks, where the worker runs (default: current directory).")
-@click.option("--exit-when-idle", is_flag=True, help="Exit when no job in the queue is left unfinished.")
+@click.option("--exit-when-idle", is_flag=True,
+              help="Exit when no job in the queue is left unfinished, or when idle while the ready work needs more "
+                   "than this executor has.")
 @click.option("--idle-grace", type=Seconds(min=0), default=0.0, show_default=True,
-              help="With --exit-when-idle: exit only once the queue has stayed empty this many seconds.")
+              help="With --exit-when-idle: exit only once that has lasted this many seconds.")
 @click.option("--prefetch", type=click.IntRange(min=0), default=None,
               help="Tasks claimed ahead on this executor, fixed (0: none; default: adapts to the rate tasks "
                    "end, from max(cores, 16) up to 256).")

@@ -70,7 +70,8 @@ def partition_cores(partition: str | None) -> int | None:
 
 
 def batch_script(q: AllocQueue, namespace: str, redis_url: str) -> str:
-    """The script of one allocation: its worker leaves when the queue has stayed empty for the idle grace."""
+    """The script of one allocation: its worker leaves when the queue has stayed empty for the idle grace (or it
+    had nothing it could run for as long)."""
     lines = ["#!/bin/bash", f"#SBATCH --job-name={q.tag(namespace)}", f"#SBATCH --nodes={q.nodes}",
              f"#SBATCH --time={q.time}"]   # --output is given to sbatch: a directive cannot hold every path
     lines += [f"#SBATCH --{opt}={val}" for opt, val in

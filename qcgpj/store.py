@@ -28,7 +28,9 @@ FINAL_STATES = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
 # connection for the answer this long before it sleeps on it: waking a thread whose CPU has gone idle costs
 # a virtual machine tens of µs, about a tenth of a hop (the answer mostly comes within 0.15 ms).
 SPIN_FOR_REPLY = 0.0003
-SCRIPTS = ("submit", "place", "sync", "release", "register", "heartbeat", "requeue", "cancel", "lease", "remove")
+SCRIPTS = ("submit", "place", "sync", "release", "register", "heartbeat", "requeue", "cancel", "lease", "remove",
+           "idle")
+IDLE_SCAN = 1000   # ready entries an idle executor looks at for work it could run (idle.lua)
 
 
 def _load_script(name: str) -> str:
@@ -335,6 +337,12 @@ class Store(Submission):
         """Jobs not yet final: the cheap test for 'everything is done'. ``direct``: on the executor's kept
         connection, failing at once while Redis is away (_kept)."""
         return int((self._direct("GET", self.keys.active) if direct else self.r.get(self.keys.active)) or 0)
+
+    def idle(self, eid: str) -> tuple[int, bool]:
+        """For an idle executor with --exit-when-idle: (jobs not final, whether to stay), see idle.lua; on the
+        kept connection, failing at once while Redis is away (_kept)."""
+        active, stay = self._run_direct("idle", [eid, IDLE_SCAN], evalsha=True)
+        return int(active), bool(int(stay))
 
     def job_hash(self, name: str) -> dict[str, str]:
         h = self.r.hgetall(self.keys.job(name))

@@ -114,6 +114,24 @@ def test_remote_commands(tmp_path, redis_url):
         cluster.stop()
 
 
+
+def test_an_idle_worker_leaves_when_the_waiting_work_needs_more_than_it_has(tmp_path, redis_url):
+    """--exit-when-idle: a worker left with nothing it can run leaves, though ready work waits that needs more
+    than it has: staying would hold its allocation's nodes from the allocation that can run that work (Slurm keeps
+    that one pending meanwhile: the queue stalled until the time limit). Work it can run, it runs first."""
+    cluster = Cluster(redis_url, tmp_path)
+    try:
+        cluster.inputqueue()
+        m = cluster.manager()
+        m.submit(Jobs().add(name="wide", exec="/bin/true", numCores=2).add(name="one", exec="/bin/true"))
+        small = cluster.worker(1, "--exit-when-idle", name="small")
+        assert small.wait(timeout=60) == 0
+        assert m.status(["wide", "one"]) == {"wide": "READY", "one": "SUCCEED"}
+        cluster.worker(2, "--exit-when-idle", name="big")
+        assert m.wait4(["wide"], timeout=60) == {"wide": "SUCCEED"}
+    finally:
+        cluster.stop()
+
 def test_unknown_names_are_worded_alike_by_every_command(tmp_path, redis_url):
     """remove said "job 'nosuch': unknown job" where the others say "unknown job 'nosuch'", and cancel called an
     iteration out of range an unknown job where info calls it an unknown iteration."""

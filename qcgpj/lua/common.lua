@@ -397,6 +397,25 @@ local function pick(ex, cmin, cmax, kmin, kmax, g, m)
   end
 end
 
+-- Whether a task could ever run on an executor of one of these shapes (caps: total, nnodes, maxnode, gpus, gmax,
+-- mem), whatever their free cores: the InputQueue's unplaceable check and an idle executor's (idle.lua).
+local function crs_fit(c, g, m, kmin)  -- GPUs and memory per node (nodeCrs) an idle executor could give
+  return g <= c.gmax and g * math.max(kmin, 1) <= c.gpus and m <= c.mem
+end
+
+local function fits(caps, cmin, kmin, g, m)  -- as pick() would place it on an idle executor
+  for _, c in ipairs(caps) do
+    if (g == 0 and m == 0) or crs_fit(c, g, m, kmin) then
+      if kmin > 0 then
+        if kmin <= c.nnodes and cmin <= c.maxnode and kmin * cmin <= c.total then return true end
+      elseif cmin <= ((g > 0 or m > 0) and c.maxnode or c.total) then
+        return true
+      end
+    end
+  end
+  return false
+end
+
 local numstr = {}   -- small integers as strings: a table read, not a number formatted for every entry
 local function str(n)
   local s = numstr[n]

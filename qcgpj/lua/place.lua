@@ -28,23 +28,6 @@ local function capacities()  -- what each shape of live executor could ever offe
   return caps
 end
 
-local function crs_fit(c, g, m, kmin)  -- GPUs and memory per node (nodeCrs) an idle executor could give
-  return g <= c.gmax and g * math.max(kmin, 1) <= c.gpus and m <= c.mem
-end
-
-local function fits(caps, cmin, kmin, g, m)  -- as pick() would place it on an idle executor
-  for _, c in ipairs(caps) do
-    if (g == 0 and m == 0) or crs_fit(c, g, m, kmin) then
-      if kmin > 0 then
-        if kmin <= c.nnodes and cmin <= c.maxnode and kmin * cmin <= c.total then return true end
-      elseif cmin <= ((g > 0 or m > 0) and c.maxnode or c.total) then
-        return true
-      end
-    end
-  end
-  return false
-end
-
 local function need(caps, cmin, kmin, g, m)
   local total, nodes, per, gpn, mem = 0, 0, 0, 0, 0
   for _, c in ipairs(caps) do
