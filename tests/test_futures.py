@@ -194,3 +194,20 @@ def test_cloudpickle_error_is_a_qcgpj_error(ex):
     with pytest.raises(SerializationError, match="cannot be serialized with cloudpickle"):
         ex.submit(ff.square, threading.Lock())
     assert ex.manager.list() == {}
+
+
+def test_a_call_the_queue_refuses_leaves_no_staging_list(redis_url, tmp_path, monkeypatch):
+    """A duplicate name or an unknown dependency, found by the submit script, left the call's staged rows for an
+    hour (the staging list's TTL): the script now deletes them with its refusal."""
+    from qcgpj.errors import DependencyError, DuplicateJobError
+    monkeypatch.chdir(tmp_path)
+    r = redis.Redis.from_url(redis_url)
+    with Executor(redis_url) as ex:
+        ex.options(name="x").submit(ff.square, 1)
+        with pytest.raises(DuplicateJobError):
+            ex.options(name="x").submit(ff.square, 2)
+        with pytest.raises(DependencyError, match="unknown job 'nope'"):
+            ex.options(after="nope").submit(ff.square, 3)
+        assert list(r.scan_iter(match="*:stage:*")) == []
+        assert list(ex.manager.list()) == ["x"]
+        ex.shutdown(wait=False, cancel_futures=True)
