@@ -15,6 +15,7 @@ from qcgpj.funcjobs import FunctionError, SerializationError
 from test_reliability import wait_for
 
 TESTS = str(Path(__file__).resolve().parent)
+REPO = str(Path(TESTS).parent)
 TIMEOUT = 120
 
 
@@ -211,3 +212,12 @@ def test_a_call_the_queue_refuses_leaves_no_staging_list(redis_url, tmp_path, mo
         assert list(r.scan_iter(match="*:stage:*")) == []
         assert list(ex.manager.list()) == ["x"]
         ex.shutdown(wait=False, cancel_futures=True)
+
+
+def test_warm_processes_run_this_tree(tmp_path, monkeypatch):
+    """qcgpj reached through sys.path only (as this suite's conftest does, or a script's sys.path.insert): the
+    warm processes imported their code from another qcgpj installed (or from none)."""
+    monkeypatch.setenv("PYTHONPATH", TESTS)
+    monkeypatch.chdir(tmp_path)
+    with Executor(cores=1) as ex:
+        assert ex.submit(ff.fnproc_file).result(TIMEOUT) == os.path.join(REPO, "workers", "fnproc.py")

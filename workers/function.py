@@ -43,11 +43,10 @@ KILLED = "killed by qcgpj (canceled, or at its walltime)"
 
 
 def _root() -> str:
-    """The directory holding this package, for the warm processes' sys.path (tests run a worktree)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for _ in __package__.split("."):
-        here = os.path.dirname(here)
-    return here
+    """The directory the top package (qcgpj) was imported from, for the warm processes' sys.path: in a source
+    tree this package is its top-level workers/ folder, not qcgpj/workers (tests run a worktree)."""
+    top = sys.modules[__package__.split(".")[0]].__file__
+    return os.path.dirname(os.path.dirname(os.path.abspath(top)))
 
 
 class Call(Running):
