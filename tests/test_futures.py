@@ -83,6 +83,20 @@ def test_exception_type_and_remote_traceback(ex):
         list(ex.map(ff.fail, [1, 2], chunksize=2, timeout=TIMEOUT))
 
 
+@pytest.mark.parametrize("serializer", ["json", "cloudpickle"])
+def test_exception_keeps_its_arguments(ex, serializer):
+    """The function's own class, built from its own arguments: an exception whose constructor takes two was a
+    FunctionError, and KeyError(1) came back as KeyError('1')."""
+    ex.serializer = serializer
+    exc = ex.submit(ff.out_of_range, 12).exception(TIMEOUT)
+    assert type(exc) is ff.OutOfRange and exc.args == (12, 10) and (exc.value, exc.limit) == (12, 10)
+    assert "in out_of_range" in exc.remote_traceback
+    exc = ex.submit(ff.missing, 1).exception(TIMEOUT)
+    assert type(exc) is KeyError and exc.args == (1,)
+    exc = ex.submit(ff.leave, 4).exception(TIMEOUT)
+    assert type(exc) is SystemExit and exc.code == 4
+
+
 def test_futures_as_arguments_are_dependencies(ex):
     a = ex.submit(ff.square, 3)
     b = ex.submit(ff.add, a, 1)                      # 10

@@ -369,8 +369,9 @@ def _record(pipe: Any, conn: Any, call: Call, outcome: tuple) -> None:
             text = f"the process running the call exited with code {code} before returning"
         funcjobs.write_failure(pipe, conn, call.rqid, call.serializer, text, call.ttl)
     else:
-        _kind, exc_type, message, text = outcome
-        funcjobs.write_failure(pipe, conn, call.rqid, call.serializer, text, call.ttl, exc_type, message)
+        _kind, exc_type, message, text, *args = outcome
+        funcjobs.write_failure(pipe, conn, call.rqid, call.serializer, text, call.ttl, exc_type, message,
+                               args=args[0] if args else None)
 
 
 class FunctionWorker(Worker):
