@@ -235,3 +235,18 @@ def test_warm_processes_run_this_tree(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with Executor(cores=1) as ex:
         assert ex.submit(ff.fnproc_file).result(TIMEOUT) == os.path.join(REPO, "workers", "fnproc.py")
+
+
+def test_options_mistakes_are_argument_errors(redis_url, tmp_path, monkeypatch):
+    """options(cores=2) was a TypeError from inside ('Options.__init__() got an unexpected keyword argument'),
+    options(after=5) "'int' object is not iterable"."""
+    from qcgpj import ArgumentError
+    monkeypatch.chdir(tmp_path)
+    with Executor(redis_url) as ex:
+        with pytest.raises(ArgumentError, match=r"Executor.options: unknown option 'cores' \(known: numCores, "):
+            ex.options(cores=2)
+        with pytest.raises(ArgumentError, match="Executor.options: 'after' must be .*, got integer 5"):
+            ex.options(after=5)
+        assert ex.options(after="x")._opts.after == ("x",) and ex.options(after=["x", "y"])._opts.after == ("x", "y")
+        assert ex.manager.list() == {}
+        ex.shutdown(wait=False)
