@@ -434,7 +434,7 @@ def submit(file: str, redis_url: str | None, namespace: str, durable: bool, batc
     from .requests import Interpreter
     interp = Interpreter(m, _answers(as_json))
     interp.run(reqs)
-    click.echo(f"submitted {len(interp.names)} job(s)", err=as_json)
+    click.echo(f"submitted {interp.submitted} job(s)", err=as_json)
     if interp.failed:
         sys.exit(1)
 

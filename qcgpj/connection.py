@@ -23,6 +23,7 @@ ENV_URL = "QCGPJ_REDIS_URL"
 SCHEMES = ("redis", "rediss", "unix")
 DB_PATH = re.compile(r"/?\d*")   # redis-py ignores a path that is not a number: say so instead
 SECRET_PARAM = re.compile(r"([?&]sentinel_password=)[^&#]*")
+UNKNOWN_OPTION = re.compile(r"unexpected keyword argument '([^']*)'")
 ACL_HINT = "see 'Minimal ACL' in the README"
 _settings_checked: set[tuple] = set()
 
@@ -71,6 +72,11 @@ def connect(url: str, check: bool = True, wait: float = 0.0, retries: int = RETR
                          retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     except ValueError as exc:
         raise ConnectionError(f"bad Redis URL '{safe}': {exc}") from None
+    except TypeError as exc:   # redis-py passes a query option it does not parse to the connection as a keyword
+        unknown = UNKNOWN_OPTION.search(str(exc))
+        if unknown is None:
+            raise
+        raise ConnectionError(f"bad Redis URL '{safe}': unknown option '{unknown.group(1)}'") from None
     return topology.set_replica_wait(client, acks)
 
 

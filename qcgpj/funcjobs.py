@@ -201,13 +201,18 @@ def write_success(pipe: Any, conn: redis.Redis, rqid: str, serializer: str, raw:
 
 
 def write_failure(pipe: Any, conn: redis.Redis, rqid: str, serializer: str, text: str, ttl: int,
-                  exc_type: str = "", message: str = "", canceled: bool = False) -> None:
+                  exc_type: str = "", message: str = "", canceled: bool = False, args: bytes | None = None) -> None:
+    """``args``: the exception's ``[arguments, attributes]`` in the job's serializer (see fnproc._exc_args); kept
+    in ``meta`` as ``exc_args`` (JSON: as JSON values; cloudpickle: the pickle, never loaded here)."""
     from rq.job import JobStatus
     from rq.results import Result
     job = _job(conn, rqid, serializer)
     job.set_status(JobStatus.CANCELED if canceled else JobStatus.FAILED, pipeline=pipe)
-    if exc_type:   # rq keeps only the text; the type lets the client raise the same class
-        pipe.hset(job.key, "meta", job.serializer.dumps({"exc_type": exc_type, "exc_message": message}))
+    if exc_type:   # rq keeps only the text; the type and arguments let the client raise the same exception
+        meta: dict[str, Any] = {"exc_type": exc_type, "exc_message": message}
+        if args is not None:
+            meta["exc_args"] = json.loads(args) if serializer == "json" else args
+        pipe.hset(job.key, "meta", job.serializer.dumps(meta))
     Result.create_failure(job, ttl, exc_string=text, pipeline=pipe)
 
 
@@ -232,13 +237,25 @@ def read_outcomes(conn: redis.Redis, ids: list[str], serializers: list[str]) -> 
         else:
             info = serializer_for(ser).loads(meta) if meta else {}
             out.append(("error", rebuild(info.get("exc_type", ""), info.get("exc_message", ""),
-                                         res.exc_string or "")))
+                                         res.exc_string or "", _exc_args(info.get("exc_args"), ser))))
     return out
 
 
-def rebuild(exc_type: str, message: str, text: str) -> BaseException:
-    """The function's own exception class where it can be imported here, else FunctionError; the remote
-    traceback is attached as ``remote_traceback`` and as a note."""
+def _exc_args(stored: Any, serializer: str) -> tuple[list, dict | None] | None:
+    """``[arguments, attributes]`` of a failed call's exception as ``write_failure`` kept them, or None."""
+    try:
+        if isinstance(stored, bytes):   # cloudpickle: unpickled here, where the exception is raised
+            stored = serializer_for(serializer).loads(stored)
+        args, state = stored
+        return list(args), state if isinstance(state, dict) else None
+    except Exception:   # none kept (an older worker), or its classes are not importable here
+        return None
+
+
+def rebuild(exc_type: str, message: str, text: str, args: tuple[list, dict | None] | None = None) -> BaseException:
+    """The function's own exception, built as pickle would from its arguments and attributes (else from its
+    message), where its class can be imported here, else FunctionError; the remote traceback is attached as
+    ``remote_traceback`` and as a note."""
     exc: BaseException | None = None
     module, _, qual = exc_type.rpartition(".")
     try:
@@ -246,7 +263,7 @@ def rebuild(exc_type: str, message: str, text: str) -> BaseException:
         for attr in qual.split("."):
             obj = getattr(obj, attr)
         if isinstance(obj, type) and issubclass(obj, BaseException):
-            exc = obj(message)
+            exc = _construct(obj, message, args)
     except Exception:   # not importable here, or its constructor wants other arguments
         exc = None
     if exc is None:
@@ -256,6 +273,18 @@ def rebuild(exc_type: str, message: str, text: str) -> BaseException:
     if text and hasattr(exc, "add_note"):
         exc.add_note("remote traceback:\n" + text.rstrip())
     return exc
+
+
+def _construct(cls: type[BaseException], message: str, args: tuple[list, dict | None] | None) -> BaseException:
+    if args is not None:
+        try:
+            exc = cls(*args[0])
+            if args[1]:
+                exc.__dict__.update(args[1])
+            return exc
+        except Exception:   # its constructor does not take back its own arguments: from the message, as before
+            pass
+    return cls(message)
 
 
 def b64_result(entries: list) -> bytes | None:

@@ -21,14 +21,15 @@ import time
 import uuid
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _StdExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Iterator
 
 import redis
 
 from . import funcjobs
 from .batch import check_batch
-from .errors import QcgpjError
+from .fieldcheck import _show
+from .errors import ArgumentError, QcgpjError
 from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
 from .jobspec import JobSpec, make_job
 from .keys import rq_job
@@ -49,7 +50,7 @@ LIMITS_AGE = 2.0   # seconds the executors' sizes are trusted for checking resou
 @dataclass(frozen=True)
 class Options:
     """Per-call job settings (QCG-PilotJob's names): ``numCores``, ``numNodes``, ``wt``, ``after`` (futures or job
-    names), ``name``, ``stdout``, ``stderr``, ``wd`` (default: the submitting directory), ``env``, ``model_opts``."""
+    names), ``name``, ``stdout``, ``stderr``, ``wd`` (default: the submitting directory), ``env``."""
 
     numCores: Any = None
     numNodes: Any = None
@@ -140,8 +141,15 @@ class Executor(_StdExecutor):
 
     # ------------------------------------------------------------------ the concurrent.futures interface
     def options(self, **opts: Any) -> _Bound:
+        known = [f.name for f in fields(Options)]
+        for name in opts:
+            if name not in known:
+                raise ArgumentError(f"Executor.options: unknown option '{name}' (known: {', '.join(known)})")
         if "after" in opts:
             after = opts["after"]
+            if not isinstance(after, (str, Future, list, tuple, set, frozenset)):
+                raise ArgumentError("Executor.options: 'after' must be futures or job names, one or a list, got "
+                                    f"{_show(after)}")
             opts["after"] = tuple([after] if isinstance(after, (str, Future)) else after)
         return _Bound(self, Options(**opts))
 

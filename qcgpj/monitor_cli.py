@@ -57,14 +57,18 @@ csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV output (raw
 @ns_option
 @from_option
 @json_option
+@csv_option
 @_errors
-def report_stats(redis_url: str | None, namespace: str, from_dir: str | None, as_json: bool) -> None:
-    """Jobs and tasks by state, spans, core-hours, core utilisation, queue wait, per-executor figures."""
-    from .report import stats
+def report_stats(redis_url: str | None, namespace: str, from_dir: str | None, as_json: bool, as_csv: bool) -> None:
+    """Jobs and tasks by state, spans, core-hours, core utilisation, queue wait, per-executor figures (--csv: one
+    row of the figures, nested ones as 'runtime.max'; the per-executor and per-job lists are in --json)."""
+    from .report import flat_figures, stats
     from .timefmt import duration, local_time
     s = stats(_report_source(redis_url, namespace, from_dir))
     if as_json:
         click.echo(json.dumps(s, indent=1))
+        return
+    if _emit_rows([flat_figures(s)], False, as_csv):
         return
 
     def span(x: dict | None) -> str:

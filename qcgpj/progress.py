@@ -124,8 +124,11 @@ class Display:
         self.progress.refresh()
 
     def note(self, text: str) -> None:
-        """A line above the progress line (the hint)."""
-        self.progress.console.print(text, highlight=False)
+        """A line above the progress line (the hint); hidden, a line on stderr (a batch script's log)."""
+        if self.show:
+            self.progress.console.print(text, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
 
 def _columns() -> int | None:
@@ -208,12 +211,12 @@ class Watch:
         if self.interrupts is not None:
             self.interrupts.check()
         now = time.monotonic()
+        if self.hint and now >= self.hint_at:   # also when piped: a batch script's run must not wait unexplained
+            self.hint_at = float("inf")
+            if not self.m.store.executors():
+                self.display.note(self.hint)
         if not self.display.show or now - self.counted_at < REFRESH:
             return
         self.counted_at = now
         self.last = self.tallier.tally()
         self.display.update(self.last)
-        if self.hint and now >= self.hint_at:
-            self.hint_at = float("inf")
-            if not self.m.store.executors():
-                self.display.note(self.hint)

@@ -266,6 +266,18 @@ def task_dicts(rows: Iterable[TaskRow]) -> list[dict[str, Any]]:
     return [{**asdict(t), "runtime": None if t.runtime is None else round(t.runtime, 3)} for t in rows]
 
 
+def flat_figures(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The plain values of ``stats`` in one row, nested ones as ``parent.key`` (a span or summary that is None
+    stays one empty column); lists (per executor, per job) are left out."""
+    out: dict[str, Any] = {}
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            out.update(flat_figures(value, f"{prefix}{key}."))
+        elif not isinstance(value, list):
+            out[prefix + key] = value
+    return out
+
+
 def as_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """Rows of plain values as CSV with a header line."""
     out = io.StringIO()

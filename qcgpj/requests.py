@@ -178,8 +178,8 @@ Answer = Callable[[dict[str, Any]], None]
 
 
 class Interpreter:
-    """Applies requests in order to a Manager. ``names`` is what is still to wait for (submitted, not removed);
-    ``failed`` counts the other requests refused at run time (an unknown name, a job not final yet to remove):
+    """Applies requests in order to a Manager. ``names`` is what is still to wait for (submitted, not removed),
+    ``submitted`` how many jobs the submits wrote; ``failed`` counts the other requests refused at run time (an unknown name, a job not final yet to remove):
     as in QCG-PilotJob, such a request gets an error answer and the next requests go on. A refused submit
     raises instead: the requests after it would act on jobs that do not exist."""
 
@@ -187,6 +187,7 @@ class Interpreter:
         self.m = manager
         self.answer = answer
         self.names: dict[str, None] = {}
+        self.submitted = 0
         self.failed = 0
 
     def run(self, requests: list[Request]) -> None:
@@ -207,6 +208,7 @@ class Interpreter:
         if kind in ("submit", "jobs"):
             for name in m.submit(req.jobs):
                 self.names[name] = None
+                self.submitted += 1
             return None
         if kind == "cancelJob":
             return m.cancel(req.names)

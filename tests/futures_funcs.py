@@ -19,6 +19,22 @@ def add(a, b):
     return a + b
 
 
+class OutOfRange(Exception):
+    """An exception whose constructor takes more than a message, as many do (CalledProcessError, OSError...)."""
+
+    def __init__(self, value, limit):
+        super().__init__(value, limit)
+        self.value, self.limit = value, limit
+
+
+def out_of_range(x):
+    raise OutOfRange(x, 10)
+
+
+def missing(key):
+    return {}[key]
+
+
 def fail(x):
     raise ValueError(f"bad value {x}")
 
@@ -54,3 +70,7 @@ def leave(code):
 def read_file(path):
     with open(path) as f:
         return f.read().strip()
+
+
+def fnproc_file():
+    return sys.modules["qcgpj.workers.fnproc"].__file__

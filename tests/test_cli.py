@@ -89,6 +89,15 @@ def test_bad_redis_url_and_redis_down(tmp_path):
                                  "found for 'mymaster'", res.stderr
 
 
+def test_misspelled_url_option_is_one_line_naming_it(tmp_path, redis_url):
+    # a typo in one of redis-py's query options (socket_timeout) reached the connection class as a keyword
+    res = qcgpj("status", "--redis-url", redis_url + "?socket_timout=5", cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"Error: bad Redis URL '{redis_url}?socket_timout=5': unknown "
+                                               "option 'socket_timout'"], res.stderr
+    assert qcgpj("status", "--redis-url", redis_url + "?socket_timeout=5", cwd=tmp_path).returncode == 0
+
+
 def test_remote_commands(tmp_path, redis_url):
     cluster = Cluster(redis_url, tmp_path)
     write(tmp_path / "jobs.json", REQUESTS)

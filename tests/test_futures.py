@@ -15,6 +15,7 @@ from qcgpj.funcjobs import FunctionError, SerializationError
 from test_reliability import wait_for
 
 TESTS = str(Path(__file__).resolve().parent)
+REPO = str(Path(TESTS).parent)
 TIMEOUT = 120
 
 
@@ -80,6 +81,20 @@ def test_exception_type_and_remote_traceback(ex):
     assert ex.manager.status(f.job)[f.job] == "FAILED"
     with pytest.raises(ValueError):
         list(ex.map(ff.fail, [1, 2], chunksize=2, timeout=TIMEOUT))
+
+
+@pytest.mark.parametrize("serializer", ["json", "cloudpickle"])
+def test_exception_keeps_its_arguments(ex, serializer):
+    """The function's own class, built from its own arguments: an exception whose constructor takes two was a
+    FunctionError, and KeyError(1) came back as KeyError('1')."""
+    ex.serializer = serializer
+    exc = ex.submit(ff.out_of_range, 12).exception(TIMEOUT)
+    assert type(exc) is ff.OutOfRange and exc.args == (12, 10) and (exc.value, exc.limit) == (12, 10)
+    assert "in out_of_range" in exc.remote_traceback
+    exc = ex.submit(ff.missing, 1).exception(TIMEOUT)
+    assert type(exc) is KeyError and exc.args == (1,)
+    exc = ex.submit(ff.leave, 4).exception(TIMEOUT)
+    assert type(exc) is SystemExit and exc.code == 4
 
 
 def test_futures_as_arguments_are_dependencies(ex):
@@ -194,3 +209,44 @@ def test_cloudpickle_error_is_a_qcgpj_error(ex):
     with pytest.raises(SerializationError, match="cannot be serialized with cloudpickle"):
         ex.submit(ff.square, threading.Lock())
     assert ex.manager.list() == {}
+
+
+def test_a_call_the_queue_refuses_leaves_no_staging_list(redis_url, tmp_path, monkeypatch):
+    """A duplicate name or an unknown dependency, found by the submit script, left the call's staged rows for an
+    hour (the staging list's TTL): the script now deletes them with its refusal."""
+    from qcgpj.errors import DependencyError, DuplicateJobError
+    monkeypatch.chdir(tmp_path)
+    r = redis.Redis.from_url(redis_url)
+    with Executor(redis_url) as ex:
+        ex.options(name="x").submit(ff.square, 1)
+        with pytest.raises(DuplicateJobError):
+            ex.options(name="x").submit(ff.square, 2)
+        with pytest.raises(DependencyError, match="unknown job 'nope'"):
+            ex.options(after="nope").submit(ff.square, 3)
+        assert list(r.scan_iter(match="*:stage:*")) == []
+        assert list(ex.manager.list()) == ["x"]
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
+def test_warm_processes_run_this_tree(tmp_path, monkeypatch):
+    """qcgpj reached through sys.path only (as this suite's conftest does, or a script's sys.path.insert): the
+    warm processes imported their code from another qcgpj installed (or from none)."""
+    monkeypatch.setenv("PYTHONPATH", TESTS)
+    monkeypatch.chdir(tmp_path)
+    with Executor(cores=1) as ex:
+        assert ex.submit(ff.fnproc_file).result(TIMEOUT) == os.path.join(REPO, "workers", "fnproc.py")
+
+
+def test_options_mistakes_are_argument_errors(redis_url, tmp_path, monkeypatch):
+    """options(cores=2) was a TypeError from inside ('Options.__init__() got an unexpected keyword argument'),
+    options(after=5) "'int' object is not iterable"."""
+    from qcgpj import ArgumentError
+    monkeypatch.chdir(tmp_path)
+    with Executor(redis_url) as ex:
+        with pytest.raises(ArgumentError, match=r"Executor.options: unknown option 'cores' \(known: numCores, "):
+            ex.options(cores=2)
+        with pytest.raises(ArgumentError, match="Executor.options: 'after' must be .*, got integer 5"):
+            ex.options(after=5)
+        assert ex.options(after="x")._opts.after == ("x",) and ex.options(after=["x", "y"])._opts.after == ("x", "y")
+        assert ex.manager.list() == {}
+        ex.shutdown(wait=False)

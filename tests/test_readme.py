@@ -147,3 +147,19 @@ def test_readme_example_runs(reader, index):
     if block.skip is not None:
         pytest.skip(f"not run: {block.skip}")
     reader.run_until(index)
+
+
+
+def test_the_key_table_names_every_key():
+    """'Inspecting with redis-cli' lists every key of a namespace (redis-cli showed executors:free and
+    executors:shapes, which it did not name). A row may name several: `exec:<id>:ready` / `:running`."""
+    from qcgpj.keys import TEMPLATES
+    section = README.read_text().split("## Inspecting with redis-cli", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for cell in re.findall(r"^\| (`.+?`) \|", section, re.M):
+        prev = ""
+        for key in re.findall(r"`([^`]+)`", cell):
+            key = prev.rsplit(":", 1)[0] + key if key.startswith(":") else key
+            named.add(re.sub(r"<[^>]*>", "{}", key))
+            prev = key
+    assert sorted(t for t in TEMPLATES.values() if t not in named) == []

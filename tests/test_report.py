@@ -122,6 +122,23 @@ def test_json_of_every_figure(run):
         assert data and (isinstance(data, dict) or isinstance(data[0], dict))
 
 
+def test_csv_of_every_report(run):
+    """The README: every report takes --json or --csv; `report stats --csv` was 'No such option'."""
+    _cluster, m = run
+    rows = {}
+    for what in ("stats", "gantt", "utilisation", "jobs"):
+        res = subprocess.run(qcgpj_cmd("report", what, "--csv", "--redis-url", _url(m), "-n", "rep"),
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        rows[what] = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows["jobs"]) == 11 and rows["gantt"] and rows["utilisation"]
+    (s,) = rows["stats"]   # one row of the figures; the lists (executors, jobs' usage) are in --json
+    want = stats(RedisSource(m.store))
+    assert int(s["jobs"]) == 8 and int(s["tasks_by_state.FAILED"]) == 1
+    assert float(s["busy_core_seconds"]) == want["busy_core_seconds"] and 0 < float(s["utilisation_pct"]) <= 100
+    assert float(s["runtime.max"]) == want["runtime"]["max"] and "executors" not in s
+
+
 def test_missing_matplotlib_is_one_clear_line(run, tmp_path):
     _cluster, m = run
     shim = tmp_path / "shim" / "matplotlib"

@@ -119,6 +119,15 @@ def test_submit_requests_on_a_queue(tmp_path, redis_url):
         cluster.stop()
 
 
+def test_submit_counts_the_jobs_a_file_submitted_also_when_it_removes_them(tmp_path, redis_url):
+    """A file that submits a job, cancels and removes it said 'submitted 0 job(s)'."""
+    write(tmp_path / "jobs.json", [submit(job("q")), submit(job("r")), {"request": "cancelJob", "jobNames": ["q"]},
+                                   {"request": "removeJob", "jobNames": ["q"]}])
+    res = qcgpj("submit", "jobs.json", "--redis-url", redis_url, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == "submitted 2 job(s)"
+
+
 # ---------------------------------------------------------------------- sizes fixed at submit
 def sized(name: str, n: int, scheduler: dict | str) -> dict:
     return job(name, f"echo $QCGPJ_NCORES > {name}_${{it}}", iteration={"stop": n},

@@ -247,6 +247,24 @@ def test_hint_when_no_executor_serves_the_namespace(tmp_path, redis_url):
     until(lambda: not _blocked_in_xread(r), 60, "the run gone after its terminal closed")
 
 
+def test_hint_when_no_executor_serves_the_namespace_of_a_piped_run(tmp_path, redis_url):
+    """A batch script's `qcgpj run jobs.json > log 2>&1` on a namespace no executor serves waited silently for
+    ever: the hint was part of the progress line, which a piped run does not draw. It goes to stderr now."""
+    write(tmp_path / "jobs.json", [{"name": "a", "execution": {"exec": "/bin/true"}}])
+    proc = start("run", "jobs.json", "--redis-url", redis_url, "-n", "lonely", cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        until(lambda: any("no executor serves namespace 'lonely'" in line for line in lines), 60, "the hint")
+    finally:
+        proc.send_signal(signal.SIGTERM)   # with a URL: it only stops waiting
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    reader.join(timeout=60)
+    assert sum("no executor serves" in line for line in lines) == 1, lines
+    assert "stopped waiting" in lines[-1]
+
+
 def test_summary_and_record_tell_what_failed(tmp_path):
     write(tmp_path / "jobs.json", [
         {"name": "ok", "execution": {"exec": "/bin/true"}},

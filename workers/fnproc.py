@@ -133,8 +133,26 @@ def _point(fd: int, path: str | None) -> None:
     os.close(new)
 
 
+def _exc_args(ser: str, exc: BaseException) -> bytes | None:
+    """What pickle builds an exception from (its constructor's arguments and its attributes: ``__reduce__``), in the
+    job's serializer, for the client to raise the same exception; None when they cannot be stored that way."""
+    try:
+        red = exc.__reduce__()
+        args = list(red[1]) if red[0] is type(exc) else list(exc.args)
+        state = red[2] if len(red) > 2 and isinstance(red[2], dict) else None
+    except Exception:
+        return None
+    for attempt in ([args, state], [args, None]) if state else ([args, None],):
+        try:
+            return dumps(ser, attempt)
+        except Exception:   # attributes (or arguments) the serializer cannot store
+            continue
+    return None
+
+
 def run_call(msg: dict[str, Any]) -> tuple:
-    """``("ok", result bytes)`` or ``("error", "module.Type", message, traceback text)``."""
+    """``("ok", result bytes)`` or ``("error", "module.Type", message, traceback text, arguments)`` (arguments:
+    ``_exc_args``)."""
     ser = msg["serializer"]
     saved_env = {k: os.environ.get(k) for k in msg["env"]}
     os.environ.update(msg["env"])
@@ -156,7 +174,7 @@ def run_call(msg: dict[str, Any]) -> tuple:
                 text = traceback.format_exc()
                 sys.stderr.write(text)
                 kind = type(exc)
-                return ("error", f"{kind.__module__}.{kind.__qualname__}", str(exc), text)
+                return ("error", f"{kind.__module__}.{kind.__qualname__}", str(exc), text, _exc_args(ser, exc))
     finally:
         for k, v in saved_env.items():
             if v is None:

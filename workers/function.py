@@ -43,11 +43,10 @@ KILLED = "killed by qcgpj (canceled, or at its walltime)"
 
 
 def _root() -> str:
-    """The directory holding this package, for the warm processes' sys.path (tests run a worktree)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for _ in __package__.split("."):
-        here = os.path.dirname(here)
-    return here
+    """The directory the top package (qcgpj) was imported from, for the warm processes' sys.path: in a source
+    tree this package is its top-level workers/ folder, not qcgpj/workers (tests run a worktree)."""
+    top = sys.modules[__package__.split(".")[0]].__file__
+    return os.path.dirname(os.path.dirname(os.path.abspath(top)))
 
 
 class Call(Running):
@@ -370,8 +369,9 @@ def _record(pipe: Any, conn: Any, call: Call, outcome: tuple) -> None:
             text = f"the process running the call exited with code {code} before returning"
         funcjobs.write_failure(pipe, conn, call.rqid, call.serializer, text, call.ttl)
     else:
-        _kind, exc_type, message, text = outcome
-        funcjobs.write_failure(pipe, conn, call.rqid, call.serializer, text, call.ttl, exc_type, message)
+        _kind, exc_type, message, text, *args = outcome
+        funcjobs.write_failure(pipe, conn, call.rqid, call.serializer, text, call.ttl, exc_type, message,
+                               args=args[0] if args else None)
 
 
 class FunctionWorker(Worker):

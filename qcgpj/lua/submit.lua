@@ -2,7 +2,8 @@
 -- The client wrote the rows to K_stage(attempt) in chunks beforehand (nothing else reads that list): per job
 -- name, spec, req, iter ("it0|n" or ""), deps (space-separated "a" whole job, "a:3" iteration 3, "a:*" per
 -- iteration), dependencies first. Everything is checked again here (another client may have submitted since the
--- client's checks) before the first write; on error nothing is written: {'ERR', kind, job, detail}.
+-- client's checks) before the first write; on error nothing is written and the staging list is deleted:
+-- {'ERR', kind, job, detail}.
 -- A batch id committed before returns {'DONE', count} and writes nothing: a retried submit is safe.
 NOW = ARGV[1]
 local bid, stage, count, ttl = ARGV[2], K_stage(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -11,7 +12,10 @@ if done then
   redis.call('DEL', stage)
   return {'DONE', done}
 end
-if redis.call('LLEN', stage) ~= count * 5 then return {'ERR', 'staging', '', tostring(count)} end
+if redis.call('LLEN', stage) ~= count * 5 then
+  redis.call('DEL', stage)
+  return {'ERR', 'staging', '', tostring(count)}
+end
 
 local SLICE = 2000   -- jobs per read of the staging list
 local function each_row(fn)  -- fn(name, spec, req, iter, deps) for every staged job, in order
@@ -70,7 +74,10 @@ each_row(function(name, _spec, _req, iter, deps)
   if not bad and #group == 1000 then bad = check_free(group); group = {} end
 end)
 bad = bad or check_free(group)
-if bad then return bad end
+if bad then
+  redis.call('DEL', stage)   -- a refused batch's rows: no other client reads them
+  return bad
+end
 
 local omit, ready_now, late, names, tasks = {}, {}, {}, {}, 0
 each_row(function(name, spec, req, iter, depstr)
