@@ -40,7 +40,7 @@ exec:<id>:control           list     "cancel <task>" / "drain" commands
 events                      stream   wake-ups and audit: submit, finish, executor joined/lost, stop
 inputqueue:leader           string   the acting InputQueue's id, with a TTL (leader lease)
 stats                       hash     O(1) counters for `top`: tasks (submitted), SUCCEED/FAILED/CANCELED/OMITTED
-                                     (final tasks, iterations counted)
+                                     (final tasks, iterations counted); removed (jobs removed, ever)
 rate                        hash     ring of per-second finished-task counts: s<slot> -> second, c<slot> -> count
 failures                    list     the latest failed tasks (capped): "task|end|executor|exit|message"
 stage:<batch>:<attempt>     list     a submit being written: name, spec, req, iter, deps per job; read only by

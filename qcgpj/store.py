@@ -357,6 +357,12 @@ class Store(Submission):
             pipe.hgetall(self.keys.job(name))
         return dict(zip(names, pipe.execute()))
 
+    def final_counts(self) -> tuple[str | None, ...]:
+        """The counts of tasks gone final, by state (iterations counted), then of jobs removed, ever (``stats``):
+        only a removal takes from the first, so while none moved no job or iteration ended: a client looking for
+        new ends reads the jobs only when they did."""
+        return tuple(self.r.hmget(self.keys.stats, *sorted(FINAL_STATES), "removed"))
+
     def iteration_record(self, name: str, it: int) -> str | None:
         return self.r.hget(self.keys.its(name), str(it))
 

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from qcgpj.compat import Jobs, LocalManager, Manager, QCGPJExecutor
+from qcgpj.compat.errors import TimeoutElapsed
 from qcgpj.compat.templates import BasicTemplate
 from qcgpj.errors import ArgumentError, JobSpecError, QcgpjError
 from tests.cluster import Cluster
@@ -56,7 +57,9 @@ def test_cancel_and_wait_for_any(local):
     assert local.wait4_any_job_finish(60) == ("short", "FAILED")
     local.cancel("long")
     assert local.wait4("long", timeout=60) == {"long": "CANCELED"}
-    assert local.wait4_any_job_finish(0.2) == (None, None)   # nothing left to finish
+    assert local.wait4_any_job_finish(0.2) == ("long", "CANCELED")   # its end was queued meanwhile
+    with pytest.raises(TimeoutElapsed):   # nothing left to tell: QCG-PilotJob raises too
+        local.wait4_any_job_finish(0.2)
     local.wait4all(timeout_secs=60)
 
 

@@ -7,10 +7,12 @@ import time
 import pytest
 
 from qcgpj.compat import Jobs, LocalManager, Manager
+from qcgpj.compat.errors import TimeoutElapsed
 from qcgpj.errors import FinishedError, RemoveError
 from tests.cluster import Cluster
 
 GATE = "while [ ! -e go ]; do sleep 0.05; done"
+GATE_IT = "while [ ! -e go_${it} ]; do sleep 0.05; done"   # each iteration its own
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -74,6 +76,9 @@ def test_a_job_canceled_whole_is_canceled_with_all_its_iterations(open_queue):
     info = m.info_parsed("w", withChilds=True)["w"]
     assert info.iterations == {"start": 2, "stop": 12, "total": 10, "finished": 10, "failed": 10}
     assert [(c.name, c.status) for c in info.childs] == [(f"w:{i}", "CANCELED") for i in range(2, 12)]
+    # QCG-PilotJob cancels each iteration, so each one's end is reported, then the job's
+    assert [m.wait4_any_job_finish(60) for _ in range(11)] == \
+        [(f"w:{i}", "CANCELED") for i in range(2, 12)] + [("w", "CANCELED")]
 
 
 def test_cancel_omits_what_depends_on_it(open_queue, tmp_path):
@@ -90,6 +95,65 @@ def test_cancel_omits_what_depends_on_it(open_queue, tmp_path):
         info = m.info_parsed(name, withChilds=True)[name]
         assert info.iterations["finished"] == 4 and info.iterations["failed"] == 1
         assert [c.status for c in info.childs] == ["SUCCEED", why, "SUCCEED", "SUCCEED"]
+    got = [m.wait4_any_job_finish(60) for _ in range(17)]   # a job omitted whole: only its own end, as there
+    assert sorted(got) == sorted([("j1", "CANCELED"), ("j2", "OMITTED")] + [
+        (f"{j}:{i}", "SUCCEED" if i != 3 else why) for j, why in (("c1", "CANCELED"), ("c2", "OMITTED"),
+                                                                ("c3", "OMITTED")) for i in range(2, 6)]
+        + [(j, "FAILED") for j in ("c1", "c2", "c3")])
+    assert all(got.index((j, "FAILED")) > max(i for i, (n, _) in enumerate(got) if n.startswith(j + ":"))
+               for j in ("c1", "c2", "c3"))   # a job after its iterations
+
+
+# ---------------------------------------------------------------------- wait4_any_job_finish
+def test_every_end_is_reported_once_also_those_between_calls(open_queue, tmp_path):
+    """QCG-PilotJob's manager queues an end notification for each job from the Manager's start: ``for _ in
+    range(n): wait4_any_job_finish()`` gets all n, also of jobs that ended before the call or together."""
+    m = open_queue(2)
+    m.submit(Jobs().add(name="a", script=GATE).add(name="b", script=GATE))
+    (tmp_path / "go").touch()
+    assert m.wait4(["a", "b"], timeout=60) == {"a": "SUCCEED", "b": "SUCCEED"}   # both ended before the call
+    assert sorted(m.wait4_any_job_finish(60) for _ in range(2)) == [("a", "SUCCEED"), ("b", "SUCCEED")]
+    m.submit(Jobs().add(name="c", script="exit 3"))
+    m.wait4("c", timeout=60)   # ended between two calls
+    assert m.wait4_any_job_finish(60) == ("c", "FAILED")
+    m.remove("c")
+    m.submit(Jobs().add(name="c", script="exit 3"))   # another job of that name, ending as the first did
+    m.wait4("c", timeout=60)
+    assert m.wait4_any_job_finish(60) == ("c", "FAILED")
+    with pytest.raises(TimeoutElapsed):   # as QCG-PilotJob: no (None, None), each end told once
+        m.wait4_any_job_finish(0)
+
+
+def test_iterations_ends_are_reported_oldest_first_then_the_job(open_queue, tmp_path):
+    m = open_queue(2)
+    m.submit(Jobs().add(name="it", script=GATE_IT + "; [ ${it} != 1 ]", iteration=3))
+    (tmp_path / "go_1").touch()
+    assert m.wait4_any_job_finish(60) == ("it:1", "FAILED")   # told while its job runs
+    wait_state(m, "it:2", "EXECUTING")   # on the core it:1 left
+    (tmp_path / "go_2").touch()
+    wait_state(m, "it:2", "SUCCEED")
+    (tmp_path / "go_0").touch()
+    assert m.wait4("it", timeout=60) == {"it": "FAILED"}
+    assert [m.wait4_any_job_finish(60) for _ in range(3)] == [("it:2", "SUCCEED"), ("it:0", "SUCCEED"),
+                                                               ("it", "FAILED")]
+    with pytest.raises(TimeoutElapsed):
+        m.wait4_any_job_finish(0.1)
+
+
+def test_ends_before_the_manager_are_not_reported(open_queue, tmp_path):
+    """QCG-PilotJob's Manager hears of ends from its start: a second client on the queue hears of none before."""
+    m = open_queue(2)
+    m.submit(Jobs().add(name="old", exec="/bin/true").add(name="half", script=GATE_IT, iteration=2))
+    (tmp_path / "go_0").touch()
+    wait_state(m, "half:0", "SUCCEED")
+    assert m.wait4("old", timeout=60) == {"old": "SUCCEED"}
+    late = Manager(None, client=m.m.client)   # the same queue, as Manager(url) on it
+    (tmp_path / "go_1").touch()
+    assert [late.wait4_any_job_finish(60) for _ in range(2)] == [("half:1", "SUCCEED"), ("half", "SUCCEED")]
+    with pytest.raises(TimeoutElapsed):
+        late.wait4_any_job_finish(0)
+    assert sorted(m.wait4_any_job_finish(60) for _ in range(4)) == [
+        ("half", "SUCCEED"), ("half:0", "SUCCEED"), ("half:1", "SUCCEED"), ("old", "SUCCEED")]
 
 
 def test_list_tells_the_place_of_jobs_waiting_to_start(open_queue, tmp_path):
@@ -153,7 +217,8 @@ def test_asking_a_finished_local_manager_is_a_clear_error(tmp_path, monkeypatch)
     monkeypatch.delenv("QCGPJ_REDIS_URL", raising=False)
     m = LocalManager(["--nodes", "n0:1", "--wd", str(tmp_path)])
     m.finish()
-    for ask in (m.list, m.system_status, lambda: m.info("x"), lambda: m.wait4("x"), lambda: m.remove("x")):
+    for ask in (m.list, m.system_status, lambda: m.info("x"), lambda: m.wait4("x"), lambda: m.remove("x"),
+                lambda: m.wait4_any_job_finish(1)):
         with pytest.raises(FinishedError, match="finished"):
             ask()
 

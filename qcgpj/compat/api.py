@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Sequence
@@ -18,6 +20,7 @@ from .. import manager as _manager
 from ..errors import ArgumentError, TimeoutError
 from ..jobspec import JobSpec, substitute
 from ..requests import SUBMIT_RE, substitute_submit
+from ..store import Store, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,12 @@ class Manager:
     def __init__(self, address: str | None = None, cfg: dict | None = None, **local: Any) -> None:
         self.m = _manager.Manager(address, **local)
         self.rcnt = 0   # submits so far: ${rcnt}
+        self._finishes = _Finishes(self.m.store)   # from now on, as QCG-PilotJob's subscription to its manager
+
+    @property
+    def _finished(self) -> bool:
+        """Finished in local mode: its store is gone, so each call says so at once (``arguments.api``)."""
+        return self.m._finished
 
     # ------------------------------------------------------------------ submit and queries
     def submit(self, jobs: _jobs.Jobs | list) -> list[str]:
@@ -155,6 +164,7 @@ class Manager:
     # ------------------------------------------------------------------ changes
     @a.api(names=_some_names)
     def remove(self, names: Sequence[str] | str) -> None:
+        self._finishes.collect()   # their ends, if not seen yet, are still told (QCG-PilotJob's are queued)
         self.m.remove(names)
 
     @a.api(names=_some_names)
@@ -177,25 +187,112 @@ class Manager:
         self.m.wait4all(timeout=timeout_secs)
 
     @a.api(timeout_secs=a.timeout)
-    def wait4_any_job_finish(self, timeout_secs: float | None = None) -> tuple[str | None, str | None]:
-        """The first job, of those not final at the call, to become final; (None, None) on timeout."""
-        open_names = [n for n, st in self.m.list().items() if st not in FINAL]
+    def wait4_any_job_finish(self, timeout_secs: float | None = None) -> tuple[str, str]:
+        """The next end not reported yet, of a job (``'name'``) or of an iteration (``'name:3'``), with its state,
+        as QCG-PilotJob's manager hears of them: every end since this Manager was made, each once, an iterative
+        job's after its iterations'. Waits for one (woken by the queue's events); TimeoutElapsed when
+        ``timeout_secs`` run out first (as QCG-PilotJob; its docstring says (None, None))."""
         deadline = None if timeout_secs is None else time.monotonic() + timeout_secs
-        last = "$"
-        while open_names:
-            states = self.m.status(open_names)
-            done = [n for n in open_names if states[n] in FINAL]
-            if done:
-                return done[0], states[done[0]]
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            last = self.m.store.wait_event(last, 0.5 if left is None else min(0.5, left))
-        return None, None
+        last = self.m.store.last_event_id()   # before looking: an end after the look wakes the wait
+        while True:
+            got = self._finishes.next()
+            if got is not None:
+                return got
+            last = self.m._wait_event(last, deadline, ["any job or iteration to finish"])
 
     @staticmethod
     def is_status_finished(status: str) -> bool:
         return status in FINAL
+
+
+class _Finishes:
+    """The ends of jobs and iterations since it was made, for ``wait4_any_job_finish``: a record of those reported
+    (with those before it, never reported) and a queue of those found and not reported yet. The queue's jobs are
+    read only when its counts of final tasks moved, and an iterative job's records only when its finished count
+    did (or it ended), so a 10,000-job sweep is not read whole on every wake-up."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.ready: deque[tuple[str, str]] = deque()   # found, not reported yet, oldest end first
+        self.final: set[str] = set()                   # jobs whose end is reported, queued, or came before
+        self.done: dict[str, int] = {}                 # an iterative job not final: its finished count, as last read
+        self.its: dict[str, set[int]] = {}             # ... and its iterations reported, queued, or ended before
+        self.created: dict[str, str] = {}              # submission time of each of those: which job of the name
+        self.counts = store.final_counts()             # read before the jobs: an end after it moves them
+        self._scan(report=False)
+
+    def next(self) -> tuple[str, str] | None:
+        if not self.ready:
+            self.collect()
+        return self.ready.popleft() if self.ready else None
+
+    def collect(self) -> None:
+        """Queue the ends since the last look, if any."""
+        counts = self.store.final_counts()
+        if counts != self.counts:
+            removed = counts[-1] != self.counts[-1]
+            self.counts = counts
+            self._scan(report=True, removed=removed)
+
+    def _scan(self, report: bool, removed: bool = False) -> None:
+        listed = list(dict.fromkeys(self.store.job_names()))   # a name removed and submitted again: listed twice
+        if removed:
+            self._forget_removed(listed)
+        names = [n for n in listed if n not in self.final]
+        found: list[tuple[float, int, str, str]] = []   # (end, order found, name, state)
+        for name, (state, n, it0, done, end, created) in zip(names, self.store.job_fields(
+                names, "state", "n", "it0", "done", "end", "created")):
+            if state is None:   # removed since the names were read
+                continue
+            final = state in FINAL
+            if final and not report:   # ended before: nothing of it is reported
+                self.final.add(name)
+                self.created[name] = created
+                continue
+            job_end = float(end) if final and end else math.inf
+            last = -math.inf
+            if n is not None and (final or int(done or 0) != self.done.get(name, 0)):
+                self.done[name] = int(done or 0)
+                self.created[name] = created
+                for t, task, st in self._iterations(name, state if final else None, int(it0), int(n), job_end):
+                    found.append((t, len(found), task, st))
+                    last = max(last, t)
+            if final:   # after its iterations, as QCG-PilotJob publishes them
+                found.append((max(job_end, last), len(found), name, state))
+                self.final.add(name)
+                self.created[name] = created
+                self.done.pop(name, None)
+                self.its.pop(name, None)
+        if report:
+            self.ready.extend((task, st) for _, _, task, st in sorted(found))
+
+    def _forget_removed(self, listed: list[str]) -> None:
+        """After removals: drop what is known of the jobs gone, so that a job submitted again under one of their
+        names is reported (told apart by its submission time)."""
+        known = [n for n in listed if n in self.created]
+        same = {n for n, (c,) in zip(known, self.store.job_fields(known, "created")) if c == self.created[n]}
+        for n in set(self.created) - same:
+            self.final.discard(n)
+            for d in (self.done, self.its, self.created):
+                d.pop(n, None)
+
+    def _iterations(self, name: str, final: str | None, it0: int, n: int,
+                    job_end: float) -> list[tuple[float, str, str]]:
+        """Its iterations ended and not seen yet, with their ends; once the job is ``final``, also those that ended
+        with it without a record (canceled whole: QCG-PilotJob cancels each; omitted whole: it reports the job
+        only, as here)."""
+        seen = self.its.setdefault(name, set())
+        recs = self.store.iteration_records(name)
+        out = []
+        for k, rec in recs.items():
+            it, st = int(k), rec.partition("|")[0]
+            if st in FINAL and it not in seen:
+                seen.add(it)
+                out.append((parse_record(rec)["end"] or job_end, f"{name}:{it}", st))
+        if final is not None and final != "OMITTED":
+            out += [(job_end, f"{name}:{it}", final) for it in range(it0, it0 + n)
+                    if it not in seen and str(it) not in recs]
+        return sorted(out, key=lambda e: (e[0], int(e[1].rpartition(":")[2])))   # oldest end, then lowest index
 
 
 def qcg_nodes(text: str) -> str:

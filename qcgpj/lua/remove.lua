@@ -112,7 +112,10 @@ if mode == 'jobs' then
     end
   end
   if next(killed) then purge_placed(killed) end
-  if removed > 0 then forget_failures() end
+  if removed > 0 then
+    forget_failures()
+    redis.call('HINCRBY', K_stats, 'removed', removed)   -- ever: a name known before may be another job now
+  end
   return out
 elseif mode == 'executors' then
   local horizon, gone = tonumber(NOW) - tonumber(ARGV[3]), 0
