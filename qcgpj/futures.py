@@ -12,13 +12,16 @@ on the queue's ``events`` stream and, when jobs become final, reads their result
 """
 from __future__ import annotations
 
+import atexit
 import base64
+import functools
 import itertools
 import logging
 import os
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _StdExecutor
 from dataclasses import dataclass, field, fields
@@ -98,6 +101,24 @@ class FunctionFuture(Future):
         return True
 
 
+
+# Run at the interpreter's exit, before the standard library's executors refuse new work (the local services start
+# their waiter threads through one): the hook those executors use themselves, where there is one.
+_AT_EXIT = getattr(threading, "_register_atexit", atexit.register)
+
+
+def _run_at_exit(ref: "weakref.ref[Executor]") -> None:
+    """Local mode: a script that ends without waiting for its calls (no shutdown, or shutdown(wait=False)) still
+    has them run to their end first, as the standard library's executors do; the services, in this process, would
+    otherwise die with it and the calls be lost. A Ctrl-C meanwhile kills what runs, as Manager.finish does."""
+    ex = ref()
+    if ex is None or ex._closed:
+        return
+    try:
+        ex.shutdown(wait=True)
+    except KeyboardInterrupt:
+        ex._close()
+
 class _Bound:
     """``ex.options(...)``: submit and map with these settings."""
 
@@ -138,6 +159,9 @@ class Executor(_StdExecutor):
         self._limits_at = 0.0
         self._thread = threading.Thread(target=self._resolve_loop, name="qcgpj-futures", daemon=True)
         self._thread.start()
+        self._closed = False
+        if self.manager.local is not None:   # the services live in this process: see _run_at_exit
+            _AT_EXIT(functools.partial(_run_at_exit, weakref.ref(self)))
 
     # ------------------------------------------------------------------ the concurrent.futures interface
     def options(self, **opts: Any) -> _Bound:
@@ -181,6 +205,9 @@ class Executor(_StdExecutor):
         return self._conn.delete(*keys) if keys else 0
 
     def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)

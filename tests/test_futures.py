@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,26 @@ def test_options_mistakes_are_argument_errors(redis_url, tmp_path, monkeypatch):
         assert ex.options(after="x")._opts.after == ("x",) and ex.options(after=["x", "y"])._opts.after == ("x", "y")
         assert ex.manager.list() == {}
         ex.shutdown(wait=False)
+
+
+EXIT_SCRIPT = """
+import sys
+from qcgpj import Executor
+import futures_funcs as ff
+ex = Executor(cores=1)
+fs = [ex.submit(ff.write_later, f"out{i}", str(i)) for i in range(3)]
+if sys.argv[1] == "nowait":
+    ex.shutdown(wait=False)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "nowait"])
+def test_a_local_script_that_ends_first_still_gets_its_calls_run(tmp_path, how):
+    """As with the standard library's executors, calls submitted in local mode run to their end when the script
+    ends without waiting (no shutdown, or shutdown(wait=False)): the services live in the script's process, and
+    they used to die with it, the calls queued or running lost without a word."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
+    res = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, how], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert [(tmp_path / f"out{i}").read_text() for i in range(3)] == ["0", "1", "2"]
