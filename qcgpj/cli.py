@@ -283,7 +283,7 @@ def _summary(m: Manager | None, states: dict[str, str | None], where: str = "",
     """The count by state, then the first tasks that did not succeed: exit code, message, stderr path."""
     counts = Counter(states.values())
     parts = [f"{st} {counts[st]}" for st in STATE_ORDER if counts.get(st)]
-    click.echo(f"{len(states)} jobs: " + ", ".join(parts) + (f" ({where})" if where else ""))
+    click.echo(f"{len(states)} jobs" + (": " + ", ".join(parts) if parts else "") + (f" ({where})" if where else ""))
     bad = [n for n, st in states.items() if st != "SUCCEED"]
     lines = list(_failed_tasks(m, bad, record))
     for line in lines[:SHOW_FAILED]:

@@ -124,6 +124,12 @@ def test_remote_commands(tmp_path, redis_url):
 
 
 
+def test_wait_on_an_empty_namespace_says_so_without_a_dangling_colon(tmp_path, redis_url):
+    """`qcgpj wait -n emptyns` printed '0 jobs: ' (the colon of a list of counts that is empty)."""
+    res = qcgpj("wait", "-n", "emptyns", "--redis-url", redis_url, cwd=tmp_path)
+    assert (res.returncode, res.stdout) == (0, "0 jobs\n"), res.stderr
+
+
 def test_an_idle_worker_leaves_when_the_waiting_work_needs_more_than_it_has(tmp_path, redis_url):
     """--exit-when-idle: a worker left with nothing it can run leaves, though ready work waits that needs more
     than it has: staying would hold its allocation's nodes from the allocation that can run that work (Slurm keeps
