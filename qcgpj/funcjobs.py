@@ -18,6 +18,7 @@ import importlib
 import json
 import pickle
 import threading
+import types
 import weakref
 from typing import Any, Iterable
 
@@ -138,23 +139,52 @@ def client_for(namespace: str, rqid: str) -> redis.Redis:
 # ---------------------------------------------------------------------- describing a call
 def function_name(fn: Any, serializer: str) -> str | None:
     """The importable name of ``fn`` (JSON must name it), or None when cloudpickle sends it by value."""
-    module, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    importable = module not in (None, "__main__") and qual is not None and "<" not in qual
-    if importable:
-        try:
-            obj: Any = importlib.import_module(module)
-            for attr in qual.split("."):
-                obj = getattr(obj, attr)
-            importable = obj is fn
-        except (ImportError, AttributeError):
-            importable = False
-    if importable:
-        return f"{module}.{qual}"
+    why = _unnamed_because(fn)
+    if why is None:
+        return f"{fn.__module__}.{fn.__qualname__}"
     if serializer == "json":
-        raise SerializationError(f"function {qual or fn!r} cannot be found by name in another process (it is a "
-                                 "lambda, a closure or defined in __main__): define it in a module, or use "
+        qual = getattr(fn, "__qualname__", None)
+        raise SerializationError(f"function {qual or fn!r} cannot be found by name in another process ({why}): "
+                                 "pass a function defined at the top level of a module, or use "
                                  "serializer='cloudpickle'")
     return None
+
+
+def _unnamed_because(fn: Any) -> str | None:
+    """Why ``module.qualname`` does not lead another process to ``fn``, in the user's terms; None when it does."""
+    module, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    owner = getattr(fn, "__self__", None)
+    if not callable(fn):
+        return f"it is {_a(type(fn).__name__)} object, not callable"
+    if owner is not None and not isinstance(owner, types.ModuleType):   # a builtin function's __self__: its module
+        return f"it is a method bound to {_a(type(owner).__name__)} object"
+    if qual is None:
+        return f"it is {_a(type(fn).__name__)} object, not a function"
+    if "<lambda>" in qual:
+        return "it is a lambda"
+    if "<locals>" in qual:
+        return "it is defined inside a function (a closure)"
+    if module == "__main__":
+        return "it is defined in __main__ (the script)"
+    objclass = getattr(fn, "__objclass__", None)
+    if module is None and objclass is not None:
+        return f"it is a method of the builtin type {objclass.__name__}"
+    if module is None:
+        return "it does not say which module it is in"
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as exc:
+        return f"its module '{module}' cannot be imported: {exc}"
+    try:
+        for attr in qual.split("."):
+            obj = getattr(obj, attr)
+    except AttributeError:
+        return f"'{module}.{qual}' does not exist"
+    return None if obj is fn else f"'{module}.{qual}' is another object"
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def check_json(name: str, args: Iterable[Any], kwargs: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import os
 import subprocess
 import sys
@@ -130,6 +131,33 @@ def test_json_serializer_names_the_bad_argument(ex):
     with pytest.raises(SerializationError, match="lambda"):
         ex.submit(lambda: 1)
     assert ex.manager.list() == {}
+
+
+def test_json_refusal_says_why_the_function_has_no_name(redis_url):
+    """Every function JSON cannot name was called 'a lambda, a closure or defined in __main__', a bound method
+    of a builtin ("a,b".split) too: the reason now fits what was passed."""
+    def inner(x):
+        return x
+
+    def in_main(x):
+        return x
+    in_main.__module__, in_main.__qualname__ = "__main__", "in_main"
+    ex = Executor(redis_url)
+    try:
+        for fn, why in [("a,b".split, "it is a method bound to a str object"),
+                        (ex.manager.list, "it is a method bound to a Manager object"),
+                        (str.split, "it is a method of the builtin type str"),
+                        (lambda x: x, "it is a lambda"),
+                        (inner, "it is defined inside a function (a closure)"),
+                        (in_main, "it is defined in __main__ (the script)"),
+                        (functools.partial(ff.add, 1), "it is a partial object, not a function"),
+                        (object(), "it is an object object, not callable")]:
+            with pytest.raises(SerializationError) as exc:
+                ex.submit(fn, ",")
+            assert f"in another process ({why}): " in str(exc.value), (fn, str(exc.value))
+        assert ex.manager.list() == {}
+    finally:
+        ex.shutdown()
 
 
 def test_cancel_kills_the_running_call(remote, tmp_path):
