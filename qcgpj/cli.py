@@ -502,6 +502,8 @@ def info(name: str, redis_url: str | None, namespace: str, from_dir: str | None,
             value = local_time(value)
         elif key == "runtime":
             value = duration(value)
+        elif value is None:   # an iterative job's executor and exit code (its iterations have theirs)
+            value = "-"
         click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 

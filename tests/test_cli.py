@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from qcgpj import Jobs
+from qcgpj import Jobs, Manager
 from tests.cluster import Cluster, qcgpj_cmd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,6 +128,17 @@ def test_wait_on_an_empty_namespace_says_so_without_a_dangling_colon(tmp_path, r
     """`qcgpj wait -n emptyns` printed '0 jobs: ' (the colon of a list of counts that is empty)."""
     res = qcgpj("wait", "-n", "emptyns", "--redis-url", redis_url, cwd=tmp_path)
     assert (res.returncode, res.stdout) == (0, "0 jobs\n"), res.stderr
+
+
+def test_info_shows_missing_values_as_a_dash(tmp_path, redis_url):
+    """An iterative job has no executor nor exit code of its own: `qcgpj info` printed 'executor: None' and
+    'exit_code: None' where every other missing value (start, end) reads '-'."""
+    Manager(redis_url).submit(Jobs().add(name="sweep", exec="/bin/true", iteration=3))
+    res = qcgpj("info", "sweep", "--redis-url", redis_url, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    info = dict(line.split(": ", 1) for line in res.stdout.splitlines())
+    assert (info["executor"], info["exit_code"], info["start"], info["end"]) == ("-", "-", "-", "-"), res.stdout
+    assert "None" not in res.stdout, res.stdout
 
 
 def test_an_idle_worker_leaves_when_the_waiting_work_needs_more_than_it_has(tmp_path, redis_url):
