@@ -498,7 +498,7 @@ def info(name: str, redis_url: str | None, namespace: str, from_dir: str | None,
         return
     from .timefmt import duration, local_time
     for key, value in data.items():
-        if key in ("created", "start", "end"):
+        if key in ("created", "start", "end", "unplaceable"):
             value = local_time(value)
         elif key == "runtime":
             value = duration(value)

@@ -11,7 +11,9 @@ import pytest
 import redis
 
 from qcgpj import Jobs, Manager
+from qcgpj.timefmt import local_time
 from tests.cluster import Cluster, qcgpj_cmd
+from tests.test_reliability import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,6 +141,25 @@ def test_info_shows_missing_values_as_a_dash(tmp_path, redis_url):
     info = dict(line.split(": ", 1) for line in res.stdout.splitlines())
     assert (info["executor"], info["exit_code"], info["start"], info["end"]) == ("-", "-", "-", "-"), res.stdout
     assert "None" not in res.stdout, res.stdout
+
+
+def test_info_shows_since_when_a_job_is_unplaceable_as_a_local_time(tmp_path, redis_url):
+    """`qcgpj info` printed 'unplaceable' as a raw epoch where every other time is a local ISO time."""
+    cluster = Cluster(redis_url, tmp_path)
+    try:
+        cluster.inputqueue()
+        m = cluster.manager()
+        m.submit(Jobs().add(name="huge", exec="/bin/true", numCores=64))
+        cluster.worker(2)
+        wait_for(m, lambda: "unplaceable" in m.info("huge"), what="huge flagged")
+        res = qcgpj("info", "huge", "--redis-url", redis_url, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        info = dict(line.split(": ", 1) for line in res.stdout.splitlines())
+        from datetime import datetime
+        assert info["unplaceable"] == local_time(m.info("huge")["unplaceable"]), res.stdout
+        assert datetime.fromisoformat(info["unplaceable"]).tzinfo is not None
+    finally:
+        cluster.stop()
 
 
 def test_an_idle_worker_leaves_when_the_waiting_work_needs_more_than_it_has(tmp_path, redis_url):
