@@ -10,7 +10,7 @@ import click
 from .alloc import AllocQueue
 from .allocstore import AllocStore
 from .cli import Group, Seconds, _errors, _logging, main, ns_option, url_option, verbose_option
-from .connection import ENV_URL, check_settings, connect
+from .connection import ENV_URL, SERVICE_RETRIES, check_settings, connect
 from .errors import QcgpjError
 from .signals import stop_on_signals
 
@@ -167,7 +167,7 @@ def serve(redis_url: str | None, namespace: str, poll: float, lease: float, dry_
     _logging(verbose if dry_run else max(verbose, 1))
     if not redis_url:
         raise QcgpjError(f"the allocator needs a queue: give --redis-url or set {ENV_URL}")
-    client = connect(redis_url)
+    client = connect(redis_url, retries=SERVICE_RETRIES)   # its loop waits out an outage and logs it
     check_settings(client)
     a = Allocator(client, redis_url, namespace, poll=poll, lease_ttl=lease, dry_run=dry_run, say=click.echo)
     if dry_run:
