@@ -11,7 +11,7 @@ from .alloc import AllocQueue
 from .allocstore import AllocStore
 from .cli import Group, Seconds, _errors, _logging, main, ns_option, url_option, verbose_option
 from .connection import ENV_URL, SERVICE_RETRIES, check_settings, connect
-from .errors import QcgpjError
+from .errors import AllocError, QcgpjError
 from .signals import stop_on_signals
 
 
@@ -76,16 +76,37 @@ def slurm(name: str, max_allocations: int, nodes: int, time_limit: str, partitio
 
 
 def _listing(store: AllocStore) -> list[dict[str, Any]]:
+    queues = {name: (q, store.jobs(name)) for name, q in store.queues().items()}
+    ended = _ended(store, {jid: info for _q, jobs in queues.values() for jid, info in jobs.items()})
     rows = []
-    for name, q in store.queues().items():
+    for name, (q, jobs) in queues.items():
         st = store.status(name)
         rows.append({"name": name, "state": "PAUSED" if st.get("paused") else "ACTIVE",
-                     "allocations": sorted(store.jobs(name)), "max_allocations": q.max_allocations,
+                     "allocations": sorted(jobs.keys() - ended), "ended": sorted(jobs.keys() & ended),
+                     "max_allocations": q.max_allocations,
                      "nodes": q.nodes, "time": q.time, "partition": q.partition,
                      "failures": int(st.get("failures") or 0), "paused": st.get("paused") or "",
                      "last_failure": st.get("reason") or "", "too_large": st.get("toolarge") or "",
                      "last": st.get("last") or "", "dir": q.dir, "definition": json.loads(q.to_json())})
     return rows
+
+
+def _ended(store: AllocStore, jobs: dict[str, dict[str, Any]]) -> set[str]:
+    """The allocations written down that squeue no longer lists, told as the allocator tells them (which clears
+    them at its next pass): one whose worker registered, or submitted more than a few seconds ago (squeue may
+    not list a job just submitted). None when Slurm cannot be asked from here."""
+    from . import slurm as slurm_cmds
+    from .allocator import SETTLE
+    from .allocstore import now
+    if not jobs:
+        return set()
+    try:
+        listed = {j.id for j in slurm_cmds.our_jobs()}
+    except AllocError:
+        return set()
+    gone = jobs.keys() - listed
+    registered = store.slurm_executors() if gone else {}
+    return {jid for jid in gone if jid in registered or now() - jobs[jid].get("submitted", 0) >= SETTLE}
 
 
 @alloc.command(name="list")
@@ -103,6 +124,8 @@ def list_(redis_url: str | None, namespace: str, as_json: bool) -> None:
         click.echo(f"{r['name']}\t{r['state']}\tallocations {len(r['allocations'])}/{r['max_allocations']} "
                    f"{' '.join(r['allocations'])}\t{r['nodes']} node(s) {r['time']}"
                    + (f" partition {r['partition']}" if r["partition"] else ""))
+        if r["ended"]:
+            click.echo(f"  ended, not cleared yet: {' '.join(r['ended'])}")
         for label, key in (("paused", "paused"), ("failures in a row", "failures"),
                            ("last failure", "last_failure"), ("too large", "too_large"), ("last decision", "last")):
             if r[key]:

@@ -183,7 +183,8 @@ def test_two_allocations_serve_the_queue_and_leave(slurm, redis_url, tmp_path):
         wait_until(lambda: len(submitted(cluster, "alloc")) == 2, 120, "two allocations", cluster.logs)
         assert m.wait4("t", timeout=600) == {"t": "SUCCEED"}
         wait_until(lambda: not slurm_jobs(tag), 180, "the allocations to end", cluster.logs)
-        wait_until(lambda: not listing(redis_url)["cpu"]["allocations"], 60, "the allocator to see them end")
+        wait_until(lambda: listing(redis_url)["cpu"]["ended"] == [], 60, "the allocator to see them end")
+        assert listing(redis_url)["cpu"]["allocations"] == []
         row = listing(redis_url)["cpu"]
         assert row["failures"] == 0 and "0 waiting task(s)" in row["last"]
     finally:
@@ -193,6 +194,33 @@ def test_two_allocations_serve_the_queue_and_leave(slurm, redis_url, tmp_path):
     execs = m.resources(departed=True)["executors"].values()
     assert {e["slurm_job"] for e in execs} <= set(ids) and all(e["state"] == "LEFT" for e in execs)
     assert "slurm job" in cli(redis_url, "resources", "--all").stdout
+
+
+@pytest.mark.slurm
+def test_alloc_list_counts_only_live_allocations(slurm, redis_url, tmp_path):
+    """Allocations that ended while no allocator ran (or before its next pass cleared them) were counted as
+    running: `alloc list` showed 'allocations 4/2'. It counts the live ones now and shows the ended ones apart."""
+    cli(redis_url, *add_args(tmp_path, "cpu", "--nodes", "1", "--cores-per-node", "1", "--idle-grace", "0"))
+    tag = AllocStore(connect(redis_url)).queue("cpu").tag("default")
+    m = Manager(redis_url)
+    m.submit(Jobs().add(name="t", script=f"while [ ! -e {tmp_path / 'go'} ]; do sleep 0.1; done"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    allocator = cluster.allocator("--poll", "0.5")
+    try:
+        wait_until(lambda: m.status("t")["t"] == "EXECUTING", 120, "the task running in its allocation", cluster.logs)
+        allocator.terminate()               # SIGTERM: the allocation stays, and nobody clears it once it ends
+        assert allocator.wait(timeout=60) == 0, cluster.logs()
+        (tmp_path / "go").touch()
+        assert m.wait4("t", timeout=120) == {"t": "SUCCEED"}
+        wait_until(lambda: not slurm_jobs(tag), 180, "the allocation to end", cluster.logs)
+    finally:
+        cluster.stop()
+    (jid,) = submitted(cluster, "alloc")
+    row = listing(redis_url)["cpu"]
+    assert (row["allocations"], row["ended"]) == ([], [jid]), row
+    out = cli(redis_url, "alloc", "list").stdout
+    assert "allocations 0/1" in out and f"ended, not cleared yet: {jid}" in out, out
 
 
 @pytest.mark.slurm
