@@ -36,7 +36,7 @@ from .errors import ArgumentError, QcgpjError
 from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
 from .jobspec import JobSpec, make_job
 from .keys import rq_job
-from .manager import Manager, submit_rows
+from .manager import Manager, leave_exit_to, submit_rows
 from .store import FINAL_STATES
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ class Executor(_StdExecutor):
         self._thread.start()
         self._closed = False
         if self.manager.local is not None:   # the services live in this process: see _run_at_exit
+            leave_exit_to(self.manager)      # not canceled at exit as a bare Manager's jobs are: run to their end
             _AT_EXIT(functools.partial(_run_at_exit, weakref.ref(self)))
 
     # ------------------------------------------------------------------ the concurrent.futures interface

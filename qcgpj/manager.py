@@ -1,7 +1,10 @@
 """The client API: submit, query, cancel and wait, against a Redis URL or, with none, in local mode."""
 from __future__ import annotations
 
+import atexit
 import logging
+import sys
+import threading
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -100,6 +103,38 @@ def _as_specs(jobs: Jobs | Iterable[JobSpec | dict]) -> list[JobSpec]:
     return [j if isinstance(j, JobSpec) else parse_job(j) for j in jobs]
 
 
+# Local-mode Managers not finished: finished when the interpreter exits (see _finish_at_exit). Run where the
+# standard library's executors run theirs, before those refuse new work, as qcgpj.Executor's calls are.
+_UNFINISHED: set[Manager] = set()
+_AT_EXIT = getattr(threading, "_register_atexit", atexit.register)
+_hooked = threading.Lock()
+
+
+def _finish_at_exit() -> None:
+    """A local-mode script that ends without finish() (or a ``with`` block): its services, in this process, die
+    with it, and its tasks would be left running with no one to report them, its queued jobs dropped unseen. As
+    finish() does, what is not final is canceled and what runs killed (a Ctrl-C meanwhile: at once), with one line
+    on stderr when that was not nothing."""
+    for m in list(_UNFINISHED):
+        try:
+            left = sum(st not in FINAL_STATES for st in m.list().values())
+        except (QcgpjError, redis.RedisError):
+            left = -1
+        if left:
+            what = f"{left} job(s) not final" if left > 0 else "the jobs not final"
+            print(f"qcgpj: the script ended before Manager.finish(): {what} canceled, running tasks killed "
+                  "(wait4all() first to let them end)", file=sys.stderr)
+        try:
+            m.finish()
+        except KeyboardInterrupt:
+            m.abort()
+
+
+def leave_exit_to(m: Manager) -> None:
+    """The owner of ``m`` (qcgpj.Executor, whose calls run to their end at exit) finishes it itself."""
+    _UNFINISHED.discard(m)
+
+
 class Manager:
     """``Manager()`` runs everything in this process (local mode); ``Manager(url)`` talks to a shared Redis."""
 
@@ -136,6 +171,9 @@ class Manager:
         self._check_interval = CHECK_INTERVAL if self.local is None else LOCAL_CHECK_INTERVAL
         if self.local is not None:
             self.local.start()
+            if _hooked.acquire(blocking=False):   # once per process (never released)
+                _AT_EXIT(_finish_at_exit)
+            _UNFINISHED.add(self)
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> "Manager":
@@ -157,6 +195,7 @@ class Manager:
             self.local.stop()
             self.local = None
             self._finished = True
+            _UNFINISHED.discard(self)
 
     def abort(self) -> None:
         """Local mode, at once (a second Ctrl-C): every running task's process group is killed, the store is
@@ -165,6 +204,7 @@ class Manager:
             self.local.abort()
             self.local = None
             self._finished = True
+            _UNFINISHED.discard(self)
 
     # ------------------------------------------------------------------ submit
     def limits(self) -> tuple[int | None, int | None, int | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -98,6 +99,32 @@ def test_finishing_a_local_manager_ends_what_runs(tmp_path, lingerer):
     until(lambda: len(processes(lingerer)) == 1, what="the task's start")
     m.finish()
     assert gone(lingerer)
+
+ENDS_FIRST = """
+import sys, time
+from pathlib import Path
+from qcgpj import Jobs, Manager
+m = Manager(cores=1)
+m.submit(Jobs().add(name="runs", script="trap '' TERM; ./{L} 1000 & touch started; wait")
+         .add(name="queued", script="touch queued.ran"))
+while not Path("started").exists():
+    time.sleep(0.05)
+"""
+
+
+def test_a_local_script_that_ends_without_finish_leaves_no_task_behind(tmp_path, lingerer):
+    """A local-mode script that ended without finish() (nor a with block) and without waiting left its running
+    tasks running after it had exited, and dropped its queued jobs without a word. Its end now finishes the
+    Manager (what runs is killed, what waits canceled), with one line on stderr saying so."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    res = subprocess.run([sys.executable, "-c", ENDS_FIRST.format(L=lingerer)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert gone(lingerer), "a task outlived its script"
+    lines = [ln for ln in res.stderr.splitlines() if "finish()" in ln]
+    assert len(lines) == 1 and "2 job(s) not final" in lines[0], res.stderr
+    assert not (tmp_path / "queued.ran").exists()
+
 
 def test_a_setsid_orphan_is_held_by_the_tasks_cgroup(tmp_path, lingerer):
     if not cgroups_usable():
