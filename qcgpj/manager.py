@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import atexit
 import logging
-import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import redis
@@ -122,8 +122,9 @@ def _finish_at_exit() -> None:
             left = -1
         if left:
             what = f"{left} job(s) not final" if left > 0 else "the jobs not final"
-            print(f"qcgpj: the script ended before Manager.finish(): {what} canceled, running tasks killed "
-                  "(wait4all() first to let them end)", file=sys.stderr)
+            # a warning to the script's author, shown whether or not the script set up logging
+            warnings.warn(f"qcgpj: the script ended before Manager.finish(): {what} canceled, running tasks "
+                          "killed (wait4all() first to let them end)", RuntimeWarning, stacklevel=1)
         try:
             m.finish()
         except KeyboardInterrupt:
