@@ -55,6 +55,8 @@ PREFETCH_MAX = 256      # beyond this, one round trip's script runs long enough 
 PREFETCH_WINDOW = 0.05   # seconds of work an adaptive prefetch holds at the current rate
 ADAPT_EVERY = 0.1        # seconds of work between adaptations...
 ADAPT_ENDS = 4           # ... or fewer, once this many look-aheads' worth of tasks ended (short tasks, at start)
+BACKFILL_WINDOW = 64     # claimed tasks looked at past one that waits for cores where it needs them...
+BACKFILL_PATIENCE = 60.0   # ... which they may pass for this many seconds of its wait; then it has the cores as they free
 LEASE_SHARE = 0.75       # claimed tasks start only this share of the TTL after a heartbeat found us ALIVE
 
 
@@ -107,6 +109,7 @@ class Executor:
         # ``runner``: how tasks start and end; ``qcgpj.scalebench`` plugs in one that runs none (a timer)
         self._runner = runner(self._finish, self._post, waiters=max(4, total + 2))
         self._local: deque[Entry] = deque()          # claimed, waiting for cores
+        self._waiting, self._waiting_since = "", 0.0   # the first claimed task found waiting, and since when
         self._started: dict[str, str] = {}           # entry -> start time, not yet reported
         self._finished: list[Report] = []
         self._adopt: list[str] = []
@@ -413,18 +416,24 @@ class Executor:
 
     # ------------------------------------------------------------------ starting tasks
     def _start_local(self) -> int:
-        """Start claimed tasks, in claim order, while their cores are free; returns how many started."""
-        n, low = 0, self._low()
+        """Start claimed tasks, in claim order, while their cores are free; returns how many started. A task that
+        must wait (its cores are free in number, not on the nodes it needs) lets later ones that fit pass it for
+        BACKFILL_PATIENCE seconds: parts of a coupled run may wait for each other, and in strict order a part
+        queued behind one that waits for the first never started."""
+        n, low, i = 0, self._low(), 0
         if time.monotonic() >= self._lease_until:
             return 0   # the heartbeat has not found us ALIVE lately: our claims may be someone else's by now
-        while self._local and not self._stop.is_set():
+        while i < len(self._local) and not self._stop.is_set():
             if n and len(self._local) < low and self._inflight is None and not self._ready_empty:
                 break   # below the low-water mark: let the dispatcher send the next claim first
-            entry = self._local[0]
+            entry = self._local[i]
             alloc = self.allocator.allocate(entry.cores, entry.nodes or None, entry.gpus)
             if alloc is None:
-                break
-            self._local.popleft()
+                if not self._may_pass(entry, i):
+                    break
+                i += 1
+                continue
+            del self._local[i]
             slot = Slot(entry, alloc, f"{now()}@{alloc.compact()}")   # the cores ride on the start report
             self._running[entry.task] = slot
             self._started[entry.raw] = slot.start
@@ -432,6 +441,13 @@ class Executor:
             self._launch(slot)
             n += 1
         return n
+
+    def _may_pass(self, entry: Entry, i: int) -> bool:
+        """Whether tasks claimed after ``entry`` (the i-th claimed, waiting for cores) may start before it."""
+        if i == 0 and self._waiting != entry.raw:   # the first in line waits from now
+            self._waiting, self._waiting_since = entry.raw, time.monotonic()
+        return (i + 1 < min(len(self._local), BACKFILL_WINDOW)
+                and time.monotonic() - self._waiting_since < BACKFILL_PATIENCE)
 
     def _launch(self, slot: Slot) -> None:
         """Prepare the task (substitutions, directories, environment) and hand it to the runner."""

@@ -334,3 +334,16 @@ def test_wait4all_raises_lost_jobs(redis_url):
     r.flushall()
     t.join(60)
     assert got and isinstance(got[0], LostJobsError) and got[0].names == ["a"]
+
+
+def test_a_task_waiting_for_cores_on_its_nodes_lets_later_ones_pass(tmp_path):
+    """'mn' needs 3 cores on each of 2 nodes while 'hold' has 2 of node n1's 4: 6 cores are free, not where 'mn'
+    needs them. 'small', claimed after 'mn', fits; in strict claim order it never started, and 'hold' (waiting
+    for what 'small' makes) never ended: a coupled run's parts deadlocked. Later tasks that fit now pass."""
+    write(tmp_path / "jobs.json", [
+        {"name": "hold", "execution": {"script": "while [ ! -f gate ]; do sleep 0.05; done"},
+         "resources": {"numCores": 2, "numNodes": 1}},
+        {"name": "mn", "execution": {"exec": "/bin/true"}, "resources": {"numNodes": 2, "numCores": 3}},
+        {"name": "small", "execution": {"script": "touch gate"}}])
+    res = qcgpj("run", "jobs.json", "--nodes", "n1:4,n2:4", "--timeout", "120", cwd=tmp_path)
+    assert res.returncode == 0 and "3 jobs: SUCCEED 3" in res.stdout, res.stdout + res.stderr
