@@ -63,7 +63,7 @@ local function check(name)  -- why `name` cannot be removed (nil: it can), and a
   return nil, ''
 end
 
-local function uncount(name)  -- take the job's tasks out of the counters, as common.lua counted them
+local function tally(name)  -- the job's tasks as common.lua counted them: how many, and per final state
   local h = redis.call('HMGET', K_job(name), 'state', 'n', 'done', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED',
     'n_OMITTED')
   local fin = {SUCCEED = tonumber(h[4] or '0'), FAILED = tonumber(h[5] or '0'), CANCELED = tonumber(h[6] or '0'),
@@ -75,6 +75,10 @@ local function uncount(name)  -- take the job's tasks out of the counters, as co
   else
     fin[h[1]] = 1
   end
+  return n, fin
+end
+
+local function uncount(n, fin)  -- take a removed job's tasks (its tally) out of the counters
   redis.call('HINCRBY', K_stats, 'tasks', -n)
   for st, k in pairs(fin) do
     if k ~= 0 then redis.call('HINCRBY', K_stats, st, -k) end
@@ -106,8 +110,11 @@ if mode == 'jobs' then
     if out[2 * (i - 3) - 1] == 'removed' then
       local h = redis.call('HMGET', K_job(ARGV[i]), 'icancel', 'state')
       if h[1] or h[2] == 'CANCELED' then killed[ARGV[i]] = true end
-      uncount(ARGV[i])
+      local n, fin = tally(ARGV[i])
+      -- the deletion first: past maxmemory a script may write only once it has deleted (the first write that
+      -- may grow memory is refused), and removing is how a full Redis gets back under its limit
       redis.call('UNLINK', K_job(ARGV[i]), K_its(ARGV[i]), K_att(ARGV[i]), K_itwait(ARGV[i]), K_children(ARGV[i]))
+      uncount(n, fin)
       removed = removed + 1
     end
   end
