@@ -7,6 +7,7 @@ check says in one line that it was skipped.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -125,3 +126,13 @@ def test_housekeeping_runs_under_the_minimal_acl(server, tmp_path):
     finally:
         c.stop()
     assert "NOPERM" not in c.logs() and "denied" not in c.logs(), c.logs()
+
+
+def test_top_runs_under_the_minimal_acl(server, tmp_path):
+    """`qcgpj top` asked Redis for TIME, which the minimal ACL does not grant: 'denied' instead of a frame."""
+    m = Cluster(url(server, "qcg"), tmp_path, namespace=NS).manager()
+    m.submit(Jobs().add(name="seen-by-top", exec="/bin/true", iteration=3))
+    for args in (["--once"], ["--json"]):
+        res = qcgpj("top", *args, "--redis-url", url(server, "qcg"), "-n", NS, cwd=tmp_path)
+        assert res.returncode == 0 and "denied" not in res.stderr, res.stderr
+    assert json.loads(res.stdout)["time"] > 0
