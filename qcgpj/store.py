@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Iterable, Sequence
@@ -274,20 +273,11 @@ class Store(Submission):
             raise RemoveError.of(res[2], res[1], res[3])
         return [(res[i], res[i + 1]) for i in range(0, len(res), 2)]
 
-    def unlist_jobs(self, names: Iterable[str]) -> None:
+    def unlist_jobs(self, names: Sequence[str]) -> None:
         """Take removed jobs off the job list: the first entry of each name (a job of the same name submitted
-        since then comes later)."""
-        gone = Counter(names)
-
-        def keep(listed: list[str]) -> list[str]:
-            left, out = Counter(gone), []
-            for n in listed:
-                if left[n] > 0:
-                    left[n] -= 1
-                else:
-                    out.append(n)
-            return out
-        self._rewrite_jobs(keep)
+        since then comes later). One script call (remove.lua's 'unlist')."""
+        if names:
+            self._run("remove", ["unlist", now(), *names])
 
     def job_fields(self, names: Sequence[str], *fields: str) -> list[list[str | None]]:
         """The given fields of many jobs, one pipeline."""

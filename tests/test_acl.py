@@ -7,6 +7,7 @@ check says in one line that it was skipped.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -14,6 +15,7 @@ import pytest
 
 from qcgpj import Jobs, RedisPermissionError
 from tests.cluster import REPO, Cluster, qcgpj_cmd
+from tests.test_reliability import wait_for
 from tests.redisproc import RedisServer
 
 NS = "acl"
@@ -99,3 +101,38 @@ def test_settings_warnings_come_from_submit_and_the_worker(redis_url, tmp_path):
     worker = qcgpj("worker", "--redis-url", redis_url, "-n", "idle", "--exit-when-idle", "--cores", "1",
                    cwd=tmp_path)
     assert worker.returncode == 0 and "keeps nothing on disk" in worker.stderr, worker.stderr
+
+
+def test_housekeeping_runs_under_the_minimal_acl(server, tmp_path):
+    """`qcgpj remove`, and the InputQueue's forgetting of departed executors (--executor-retention, a day by
+    default) and of final jobs (--keep-finished), used UNLINK, which the minimal ACL does not grant: remove said
+    'denied', and the InputQueue exited with that error once its first departed executor was due."""
+    c = Cluster(url(server, "qcg"), tmp_path, namespace=NS)
+    try:
+        m = c.manager()
+        m.submit(Jobs().add(name="gone", exec="/bin/true"))
+        m.cancel(["gone"])                  # no executor yet: canceled at once, final
+        res = qcgpj("remove", "gone", "--redis-url", c.url, "-n", NS, cwd=tmp_path)
+        assert res.returncode == 0 and "gone" not in m.list(), res.stderr
+        iq = c.inputqueue("--executor-retention", "1s", "--keep-finished", "0")
+        worker = c.worker(1, "--id", "leaving")
+        c.wait_executors(m)
+        m.submit(Jobs().add(name="kept-not", exec="/bin/true"))
+        wait_for(m, lambda: "kept-not" not in m.list(), what="the final job removed by the InputQueue")
+        worker.terminate()
+        worker.wait(30)
+        wait_for(m, lambda: "leaving" not in m.resources(departed=True)["executors"], what="the executor forgotten")
+        assert iq.poll() is None
+    finally:
+        c.stop()
+    assert "NOPERM" not in c.logs() and "denied" not in c.logs(), c.logs()
+
+
+def test_top_runs_under_the_minimal_acl(server, tmp_path):
+    """`qcgpj top` asked Redis for TIME, which the minimal ACL does not grant: 'denied' instead of a frame."""
+    m = Cluster(url(server, "qcg"), tmp_path, namespace=NS).manager()
+    m.submit(Jobs().add(name="seen-by-top", exec="/bin/true", iteration=3))
+    for args in (["--once"], ["--json"]):
+        res = qcgpj("top", *args, "--redis-url", url(server, "qcg"), "-n", NS, cwd=tmp_path)
+        assert res.returncode == 0 and "denied" not in res.stderr, res.stderr
+    assert json.loads(res.stdout)["time"] > 0

@@ -144,6 +144,25 @@ def test_claims_count_attempts_but_placements_do_not(redis_server):
     assert store.job_hash("b").get("attempts", "0") == "0" and "lost" not in store.job_hash("b")
 
 
+def test_a_task_given_up_on_counts_the_attempt_that_failed_it(redis_server):
+    """`qcgpj info` of a task whose executors died with it until --max-attempts showed 'attempts: 1' beside the
+    message 'gave up after 2 attempts' (an iteration's record the same): the last charge was not written."""
+    client = redis_server.client()
+    client.flushall()
+    store = Store(client, "giveup")
+    Manager(redis_server.url, namespace="giveup").submit(Jobs().add(name="a", exec="/bin/true")
+                                                         .add(name="i", exec="/bin/true", iteration=1))
+    for eid in ("e1", "e2"):
+        store.register(eid, 30, "h", "h=1", 2, 1, 1, 0, 1)
+        assert len(store.sync(eid, 2)) == 2   # both claimed
+        client.delete(store.keys.alive(eid))
+        store.requeue(eid, 2, "lost (test)")
+    a = store.job_hash("a")
+    assert a["state"] == "FAILED" and "gave up after 2 attempts" in a["message"] and a["attempts"] == "2"
+    rec = client.hget(store.keys.its("i"), "0").split("|")
+    assert rec[0] == "FAILED" and "gave up after 2 attempts" in rec[6] and rec[5].split(",")[0] == "2"
+
+
 def test_entry_claimed_by_an_executor_declared_dead_is_not_handed_out(redis_server):
     """The waiter's BLMOVE may claim just before the executor is declared dead: the sync that adopts it
     must not give it back to the executor, which would start it while it also runs elsewhere."""

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from qcgpj import Jobs, Manager
-from qcgpj.errors import RemoveError
+from qcgpj.errors import RedisMemoryError, RemoveError
 from qcgpj.keys import JOB_KINDS, TEMPLATES
 from tests.cluster import qcgpj_cmd
 from tests.test_reliability import wait_for
@@ -122,3 +122,28 @@ def test_inputqueue_keep_finished_removes_jobs_after_they_end(cluster):
     m.submit(Jobs().add(name="a", exec="/bin/true").add(name="b", exec="/bin/true", after=["a"]))
     wait_for(m, lambda: m.store.active() == 0 and m.list() == {}, what="the jobs removed")
     assert job_keys(m) == []
+
+
+def test_remove_finished_goes_through_when_redis_is_past_maxmemory(redis_url):
+    """A submit refused at maxmemory says 'free memory (qcgpj remove --finished)': that removal must work while
+    Redis is past its limit, since deleting is the only way back under it. It was refused as a write ('Redis is
+    out of memory ... free memory or raise maxmemory'): the script's first write was a counter, not a deletion."""
+    m = Manager(redis_url)
+    jobs = Jobs()
+    for i in range(2000):
+        jobs.add(name=f"j{i}", exec="/bin/true")
+    names = m.submit(jobs)
+    m.cancel(names)                       # no executor: canceled at once, final
+    c = m.client
+    c.config_set("maxmemory", c.info("memory")["used_memory"] - 100_000)
+    try:
+        with pytest.raises(RedisMemoryError):
+            m.submit(Jobs().add(name="late", exec="/bin/true"))
+        res = subprocess.run(qcgpj_cmd("remove", "--finished", "--redis-url", redis_url), capture_output=True,
+                             text=True)
+        assert res.returncode == 0, res.stderr
+        assert job_keys(m) == [] and m.list() == {}
+        assert m.submit(Jobs().add(name="late", exec="/bin/true")) == ["late"]   # back under the limit
+        assert m.client.hget(m.store.keys.stats, "tasks") == "1" and m.store.final_counts()[0] in (None, "0")
+    finally:
+        c.config_set("maxmemory", 0)

@@ -7,6 +7,9 @@
 --   stay in `jobs`: the caller rewrites that list once for all batches (one LREM per job would scan the list
 --   each time).
 -- 'executors', now, retention: forget executors that left or died at least `retention` seconds ago.
+-- 'unlist', now, names...: take removed jobs off `jobs`, the first entry of each name (a job of the same name
+--   submitted since then comes later); returns how many. In a script, not WATCH/MULTI: the minimal ACL has
+--   neither, and past maxmemory the list's DEL comes before its RPUSH.
 local mode = ARGV[1]
 NOW = ARGV[2]
 
@@ -26,6 +29,12 @@ local function holder(name)
     end
   end
   return held[name]
+end
+
+local function unlink(...)  -- UNLINK (freed off the main thread), or DEL where the ACL grants only that (the
+  -- README's minimal ACL): an error here stopped remove, and the InputQueue's housekeeping with it
+  local res = redis.pcall('UNLINK', ...)
+  if type(res) == 'table' and res.err then redis.call('DEL', ...) end
 end
 
 local function purge_placed(gone)
@@ -63,7 +72,7 @@ local function check(name)  -- why `name` cannot be removed (nil: it can), and a
   return nil, ''
 end
 
-local function uncount(name)  -- take the job's tasks out of the counters, as common.lua counted them
+local function counted(name)  -- the job's tasks as common.lua counted them: how many, and per final state
   local h = redis.call('HMGET', K_job(name), 'state', 'n', 'done', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED',
     'n_OMITTED')
   local fin = {SUCCEED = tonumber(h[4] or '0'), FAILED = tonumber(h[5] or '0'), CANCELED = tonumber(h[6] or '0'),
@@ -75,6 +84,10 @@ local function uncount(name)  -- take the job's tasks out of the counters, as co
   else
     fin[h[1]] = 1
   end
+  return n, fin
+end
+
+local function uncount(n, fin)  -- take a removed job's tasks (counted()) out of the counters
   redis.call('HINCRBY', K_stats, 'tasks', -n)
   for st, k in pairs(fin) do
     if k ~= 0 then redis.call('HINCRBY', K_stats, st, -k) end
@@ -106,8 +119,11 @@ if mode == 'jobs' then
     if out[2 * (i - 3) - 1] == 'removed' then
       local h = redis.call('HMGET', K_job(ARGV[i]), 'icancel', 'state')
       if h[1] or h[2] == 'CANCELED' then killed[ARGV[i]] = true end
-      uncount(ARGV[i])
-      redis.call('UNLINK', K_job(ARGV[i]), K_its(ARGV[i]), K_att(ARGV[i]), K_itwait(ARGV[i]), K_children(ARGV[i]))
+      local n, fin = counted(ARGV[i])
+      -- the deletion first: past maxmemory a script may write only once it has deleted (the first write that
+      -- may grow memory is refused), and removing is how a full Redis gets back under its limit
+      unlink(K_job(ARGV[i]), K_its(ARGV[i]), K_att(ARGV[i]), K_itwait(ARGV[i]), K_children(ARGV[i]))
+      uncount(n, fin)
       removed = removed + 1
     end
   end
@@ -123,12 +139,27 @@ elseif mode == 'executors' then
     if redis.call('SISMEMBER', K_live, e) == 0 then
       local h = redis.call('HMGET', K_exec(e), 'state', 'ended')
       if h[1] ~= 'ALIVE' and h[1] ~= 'DRAINING' and tonumber(h[2] or '0') <= horizon then
-        redis.call('UNLINK', K_exec(e), K_alive(e), K_ready(e), K_running(e), K_control(e))
+        unlink(K_exec(e), K_alive(e), K_ready(e), K_running(e), K_control(e))
         redis.call('SREM', K_executors, e)
         gone = gone + 1
       end
     end
   end
   return gone
+elseif mode == 'unlist' then
+  local gone, dropped, kept = {}, 0, {}
+  for i = 3, #ARGV do gone[ARGV[i]] = (gone[ARGV[i]] or 0) + 1 end
+  for _, name in ipairs(redis.call('LRANGE', K_jobs, 0, -1)) do
+    if (gone[name] or 0) > 0 then
+      gone[name], dropped = gone[name] - 1, dropped + 1
+    else
+      kept[#kept + 1] = name
+    end
+  end
+  if dropped > 0 then
+    redis.call('DEL', K_jobs)
+    push_many(K_jobs, kept)
+  end
+  return dropped
 end
 return redis.error_reply('remove.lua: unknown mode ' .. tostring(mode))

@@ -38,7 +38,8 @@ local function take_back(entry, claimed)
   local nxt = charged and att + 1 or att
   local lost = charged and final == 'DEAD' and charge(jk, it) or nil
   if nxt >= maxatt then
-    task_final(name, it, 'FAILED', nil, eid, nil, NOW, att,
+    if it == nil then redis.call('HSET', jk, 'attempts', nxt) end   -- the attempt that failed it counts too
+    task_final(name, it, 'FAILED', nil, eid, nil, NOW, nxt,
       'executor ' .. eid .. ' ' .. why .. '; gave up after ' .. nxt .. ' attempts' ..
       (lost and ('; executors lost while it was claimed: ' .. lost) or ''))
     failed = failed + 1
