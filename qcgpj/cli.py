@@ -308,10 +308,10 @@ def _failed_tasks(m: Manager | None, bad: list[str], record: dict[str, dict] | N
             if record is not None:
                 failed = [e for k, e in record.items() if k.startswith(name + ":") and e["state"] == "FAILED"]
             else:
-                failed = [{"name": f"{name}:{it}", **rec, "stderr": stderr_path(info["spec"], "", it)}
+                failed = [{"name": f"{name}:{it}", **rec, "stderr": stderr_path(info["spec"], "", it, rec.get("nodes"))}
                           for it, rec in m.iterations(name).items() if rec["state"] == "FAILED"]
         elif record is None:
-            info["stderr"] = stderr_path(info["spec"], "", None)
+            info["stderr"] = stderr_path(info["spec"], "", None, info.get("nodes"))
         for rec in failed[:SHOW_FAILED] or [info]:
             yield _task_line(rec)
 

@@ -120,7 +120,7 @@ class JobSpec:
     after: tuple[Dependency, ...] = ()
     iteration: Iteration | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
-    sizing: tuple[str, int] | None = None   # cores fixed at submit (size_at_submit); never stored
+    sizing: Sizing | None = None             # sizes fixed at submit (size_at_submit); never stored
     gpus: int = 0                            # nodeCrs: GPUs on each of its nodes (qcgpj.gpus)
     mem: int = 0                             # nodeCrs: MiB each of its nodes must declare
 
@@ -159,12 +159,16 @@ class JobSpec:
         if self.venv:
             ex += ',"venv":' + _q(self.venv)
         out = '{"name":' + _q(self.name) + ',"execution":{' + ex[1:] + "}"
-        if self.sizing is not None and self.sizing[0] != WHOLE_NODES:   # not sized yet (Jobs.save_to_file)
-            res = ',"numCores":' + _scheduler_json(self.cores_min, *self.sizing)
+        sched = self.sizing is not None and self.sizing[0] != WHOLE_NODES   # not sized yet (Jobs.save_to_file)
+        on_nodes = sched and self.sizing is not None and self.sizing[2]
+        if sched and not on_nodes:
+            res = ',"numCores":' + _scheduler_json(self.cores_min, *self.sizing[:2])
         else:
             res = "" if self.cores_min == 1 and self.cores_max == 1 else \
                 ',"numCores":' + _count_json(self.cores_min, self.cores_max)
-        if self.nodes_min is not None:
+        if on_nodes and self.sizing is not None and self.nodes_min is not None:
+            res += ',"numNodes":' + _scheduler_json(self.nodes_min, *self.sizing[:2])
+        elif self.nodes_min is not None:
             res += ',"numNodes":' + _count_json(self.nodes_min, self.nodes_max)
         if self.walltime is not None:
             res += ',"wt":"' + format_walltime(self.walltime) + '"'
@@ -268,11 +272,15 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
             wt = parse_walltime(wt)
         except (ValueError, TypeError) as exc:
             raise JobSpecError(job, "resources.wt", str(exc)) from None
-    sizing = None
-    if numCores is None and nodes[0] is not None:
-        sizing = WHOLE_NODES, 0
+    sizing: Sizing | None = None
+    if type(numNodes) is dict and numNodes.get("scheduler") is not None:   # QCG-PilotJob's schedulers size either
+        if type(numCores) is dict and numCores.get("scheduler") is not None:
+            raise JobSpecError(job, NODES_SCHED, "an iteration scheduler sizes numCores or numNodes, not both")
+        sizing = (*_scheduler(job, numNodes, NODES_SCHED), True, numCores is None)
     elif type(numCores) is dict and numCores.get("scheduler") is not None:
-        sizing = _scheduler(job, numCores)
+        sizing = (*_scheduler(job, numCores, SCHED), False, False)
+    elif numCores is None and nodes[0] is not None:
+        sizing = WHOLE_NODES, 0, False, True
     spec = JobSpec(job, exec, script, args, env, stdin, stdout, stderr, wd,
                    "default" if model is None else _model(job, model, exec),
                    {} if model_opts is None else _plain_dict(job, model_opts, "execution.model_opts"),
@@ -287,54 +295,65 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
 
 # ---------------------------------------------------------------------- sizes fixed at submit
 WHOLE_NODES, MAXIMUM_ITERS, SPLIT_INTO = "whole-nodes", "maximum-iters", "split-into"
-SCHED = "resources.numCores.scheduler"
+SCHED, NODES_SCHED = "resources.numCores.scheduler", "resources.numNodes.scheduler"
+Sizing = tuple[str, int, bool, bool]   # WHOLE_NODES or a scheduler, its parts, on numNodes, whole nodes' cores
 
 
-def _scheduler(job: str, count: dict) -> tuple[str, int]:
+def _scheduler(job: str, count: dict, fld: str) -> tuple[str, int]:
     """QCG-PilotJob's iteration resource schedulers: ``{"name": "maximum-iters"}`` (as many iterations at once
     as the cores allow, each as large as it can be) or ``{"name": "split-into", "params": {"parts": N}}`` (the
     cores in N equal parts; N defaults to the number of iterations)."""
     sched = count["scheduler"]
-    sched = _dict(job, {"name": sched} if isinstance(sched, str) else sched, SCHED)   # older files: a name
+    sched = _dict(job, {"name": sched} if isinstance(sched, str) else sched, fld)   # older files: a name
     name = sched.get("name", MAXIMUM_ITERS)
     if name not in (MAXIMUM_ITERS, SPLIT_INTO):
-        raise JobSpecError(job, SCHED + ".name", f"unknown scheduler {_show(name)} (known: {MAXIMUM_ITERS}, "
-                                                 f"{SPLIT_INTO})")
+        raise JobSpecError(job, fld + ".name", f"unknown scheduler {_show(name)} (known: {MAXIMUM_ITERS}, "
+                                               f"{SPLIT_INTO})")
     if count.get("max") is not None or count.get("exact") is not None:
-        raise JobSpecError(job, SCHED, f"'{name}' chooses the cores itself: give 'min' only, not 'max' or 'exact'")
+        what = "nodes" if fld == NODES_SCHED else "cores"
+        raise JobSpecError(job, fld, f"'{name}' chooses the {what} itself: give 'min' only, not 'max' or 'exact'")
     parts = (sched.get("params") or {}).get("parts")
-    return name, 0 if parts is None or name != SPLIT_INTO else _positive(job, parts, SCHED + ".params.parts")
+    return name, 0 if parts is None or name != SPLIT_INTO else _positive(job, parts, fld + ".params.parts")
 
 
-def size_at_submit(specs: list[JobSpec], total: int | None, per_node: int | None) -> list[JobSpec]:
-    """Fix the cores of jobs whose size depends on the resources (whole nodes, iteration schedulers) against
-    the cores known now: the largest live executor's, or in local mode the machine's. With no executor yet,
+def size_at_submit(specs: list[JobSpec], total: int | None, per_node: int | None,
+                   nodes: int | None = None) -> list[JobSpec]:
+    """Fix the cores (or nodes) of jobs whose size depends on the resources (whole nodes, iteration schedulers)
+    against those known now: the largest live executor's, or in local mode the machine's. With no executor yet,
     such a job keeps its least size (a warning says so)."""
     if not any(s.sizing for s in specs):
         return specs
-    return [s if s.sizing is None else _sized(s, total, per_node) for s in specs]
+    return [s if s.sizing is None else _sized(s, total, per_node, nodes) for s in specs]
 
 
-def _sized(s: JobSpec, total: int | None, per_node: int | None) -> JobSpec:
-    kind, parts = s.sizing or ("", 0)
-    known = per_node if kind == WHOLE_NODES else total
-    if known is None:
-        _warn_once(f"job '{s.name}': {kind} sizes against the executors' cores, and none is up yet: "
-                   f"it gets its least size ({s.cores_min} core(s){' per node' if s.nodes_min else ''})")
-        return replace(s, sizing=None)
+def _sized(s: JobSpec, total: int | None, per_node: int | None, nodes: int | None) -> JobSpec:
+    kind, parts, on_nodes, whole = s.sizing or ("", 0, False, False)
+    known = nodes if on_nodes else total
+    if (whole and per_node is None) or (kind != WHOLE_NODES and known is None):
+        _warn_once(f"job '{s.name}': {kind} sizes against the executors' {'nodes' if on_nodes else 'cores'}, and "
+                   f"none is up yet: it gets its least size ({s.cores_min} core(s){' per node' if s.nodes_min else ''}"
+                   f"{f' on {s.nodes_min} node(s)' if on_nodes else ''})")
+        return replace(s, sizing=None, nodes_max=s.nodes_min if on_nodes else s.nodes_max)
+    cores = per_node if whole and per_node is not None else s.cores_min
+    if kind == WHOLE_NODES or known is None:
+        return replace(s, cores_min=cores, cores_max=cores, sizing=None)
+    least = (s.nodes_min or 1) if on_nodes else s.cores_min
     n = s.n_iterations
-    if kind == WHOLE_NODES:
-        cores = known
-    elif kind == SPLIT_INTO:
-        cores = known // (parts or n)
+    if kind == SPLIT_INTO:
+        size = known // (parts or n)
     else:
-        at_once = min(n, max(known // s.cores_min, 1))   # iterations per round; the rounds as few as can be
+        at_once = min(n, max(known // least, 1))   # iterations per round; the rounds as few as can be
         rounds = -(-n // at_once)
-        cores = known // -(-n // rounds)
-    if cores < s.cores_min:
-        raise ResourceError(s.name, SCHED, f"'{kind}' gives each iteration {cores} core(s) of the {known} known "
-                                           f"now, less than the least asked for ({s.cores_min})")
-    return replace(s, cores_min=cores, cores_max=cores, sizing=None)
+        size = known // -(-n // rounds)
+    if size < least:
+        unit = "node(s)" if on_nodes else "core(s)"
+        raise ResourceError(s.name, NODES_SCHED if on_nodes else SCHED,
+                            f"'{kind}' gives each iteration {size} {unit} of the {known} known now, less than the "
+                            f"least asked for ({least})")
+    if on_nodes:
+        return replace(s, cores_min=cores, cores_max=cores if whole else s.cores_max, nodes_min=size,
+                       nodes_max=size, sizing=None)
+    return replace(s, cores_min=size, cores_max=size, sizing=None)
 
 
 def _model(job: str, model: Any, exec: Any) -> str:

@@ -231,7 +231,7 @@ class Manager:
             raise FinishedError("this Manager is finished: its local services are stopped, so the jobs would "
                                 "never run; submit before finish() or use a new Manager")
         max_cores, max_nodes, per_node = self.limits()
-        specs = size_at_submit(_as_specs(jobs), max_cores, per_node)
+        specs = size_at_submit(_as_specs(jobs), max_cores, per_node, max_nodes)
         check_batch(specs, max_cores=max_cores, max_nodes=max_nodes)
         _check_node_cores(specs, per_node)
         if self.local is not None:

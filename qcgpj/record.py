@@ -41,23 +41,39 @@ def _entries(m: Any, names: Sequence[str], directory: str) -> Iterator[dict[str,
         if not h:
             continue
         info = m.job_info(name, h)
-        info["stderr"] = stderr_path(info["spec"], directory, None)
+        info["stderr"] = stderr_path(info["spec"], directory, None, info.get("nodes"))
         yield info
         if "iterations" in info:
             for it, rec in sorted(m.iterations(name).items()):
                 if rec.get("exit_code") is not None or rec["state"] in ("FAILED", "CANCELED", "OMITTED"):
-                    yield {"name": f"{name}:{it}", **rec, "stderr": stderr_path(info["spec"], directory, it)}
+                    yield {"name": f"{name}:{it}", **rec,
+                           "stderr": stderr_path(info["spec"], directory, it, rec.get("nodes"))}
 
 
-def stderr_path(spec: dict[str, Any], directory: str, it: int | None) -> str | None:
-    """Where a task's stderr went, as the executor resolved it (None: not redirected)."""
-    from .jobspec import substitute   # here: the CLI imports this module for every command, services included
+def stderr_path(spec: dict[str, Any], directory: str, it: int | None,
+                nodes: dict[str, list[int]] | None = None) -> str | None:
+    """Where a task's stderr went, as the executor resolved it (None: not redirected, or not one file: an iterative
+    job's own entry for a per-iteration path). ``nodes``: the task's cores (its ``info``), for ${ncores}..."""
+    from .jobspec import SUBST_RE, substitute   # here: the CLI imports this module for every command, services included
+    from .requests import LAUNCH_VARIABLES
     exe = spec.get("execution", {})
     if not exe.get("stderr"):
         return None
-    var = {"it": "" if it is None else str(it), "root_wd": directory, "jname": spec.get("name", "")}
-    wd = os.path.join(directory, substitute(exe["wd"], var)) if exe.get("wd") else directory
-    return os.path.join(wd, substitute(exe["stderr"], var))
+    var = {"root_wd": directory, "jname": spec.get("name", "")}
+    iteration = spec.get("iteration")
+    if iteration is None:
+        var["it"] = var["itval"] = ""
+    elif it is not None:
+        values = iteration.get("values")
+        var["it"] = str(it)
+        var["itval"] = str(values[it]) if values is not None and 0 <= it < len(values) else str(it)
+    if nodes:
+        var.update(ncores=str(sum(len(c) for c in nodes.values())), nnodes=str(len(nodes)), nlist=",".join(nodes))
+    wd = substitute(exe["wd"], var) if exe.get("wd") else ""
+    path = substitute(exe["stderr"], var)
+    if any(m.group(1) in LAUNCH_VARIABLES for m in SUBST_RE.finditer(wd + path)):
+        return None   # a variable of the task this entry is not (or that never started)
+    return os.path.join(os.path.join(directory, wd) if wd else directory, path)
 
 
 def load(directory: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

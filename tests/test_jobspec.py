@@ -104,7 +104,7 @@ def test_core_and_node_counts(value, lo, hi):
 
 def test_iteration_resource_scheduler_is_kept_for_submit():
     s = parse_job(job(resources={"numCores": {"min": 2, "scheduler": {"name": "split-into"}}}))
-    assert (s.cores_min, s.sizing) == (2, ("split-into", 0))   # sized by Manager.submit (tests/test_requests.py)
+    assert (s.cores_min, s.sizing) == (2, ("split-into", 0, False, False))   # sized by Manager.submit (test_requests)
 
 
 @pytest.mark.parametrize("wt, seconds", [("1h2m3s", 3723), ("10m", 600), ("30s", 30), ("2h", 7200), ("1d2h", 93600),

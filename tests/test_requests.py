@@ -148,6 +148,32 @@ def test_whole_nodes_and_iteration_schedulers_size_against_the_machine(tmp_path)
     assert got["whole"] == ["8", "2"]
 
 
+def test_an_iteration_scheduler_on_num_nodes_sizes_the_nodes(tmp_path):
+    """A scheduler under numNodes (QCG-PilotJob's schedulers apply to cores and to nodes) was ignored: with
+    numNodes {"min": 1, "scheduler": split-into} each of 2 iterations took both nodes of 4 and they ran one after
+    the other, instead of one node each side by side."""
+    def nodes_job(name: str, n: int, scheduler: dict, **res) -> dict:
+        return job(name, f"echo $QCGPJ_NCORES $QCGPJ_NNODES > {name}_${{it}}", iteration={"stop": n},
+                   resources={"numNodes": {"min": 1, "scheduler": scheduler}, **res})
+    write(tmp_path / "nodes.json", [submit(
+        nodes_job("sp", 2, {"name": "split-into"}), nodes_job("mi", 4, {"name": "maximum-iters"}, numCores=2),
+        nodes_job("one", 1, {"name": "maximum-iters"}))])
+    res = qcgpj("run", "nodes.json", "--nodes", "n0:4,n1:4", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = {p.name: p.read_text().split() for p in tmp_path.iterdir() if p.name[:2] in ("sp", "mi", "on")}
+    assert got["sp_0"] == got["sp_1"] == ["4", "1"]                          # one whole node each
+    assert {tuple(got[f"mi_{i}"]) for i in range(4)} == {("2", "1")}          # 2 cores on one node each
+    assert got["one_0"] == ["8", "2"]                                          # one iteration: every node
+
+
+def test_a_scheduler_on_both_counts_is_refused():
+    sched = {"min": 1, "scheduler": {"name": "split-into"}}
+    with pytest.raises(JobSpecError) as err:
+        parse_requests(json.dumps([submit(job("s", iteration={"stop": 2},
+                                              resources={"numCores": sched, "numNodes": sched}))]))
+    assert err.value.job == "s" and "numNodes" in err.value.message
+
+
 @pytest.mark.parametrize("count, words", [
     ({"min": 1, "max": 2, "scheduler": {"name": "maximum-iters"}}, "give 'min' only"),
     ({"min": 1, "scheduler": {"name": "fastest"}}, "unknown scheduler"),

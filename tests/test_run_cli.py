@@ -290,6 +290,29 @@ def test_summary_and_record_tell_what_failed(tmp_path):
     assert missing.returncode == 1 and "no record of a run" in missing.stderr
 
 
+def test_the_stderr_named_for_a_failure_is_the_file_the_task_wrote(tmp_path):
+    """The summary, the record and `info --from` substituted only ${it}, ${root_wd} and ${jname} in the stderr
+    path: 'v:0: FAILED exit 3 (stderr: .../v.${itval}.${ncores}.err)' named a file that does not exist (the task
+    wrote v.p.1.err), and an iterative job's own line named '.../b..err' (${it} as empty)."""
+    write(tmp_path / "jobs.json", [
+        {"name": "v", "iteration": {"values": ["p", "q"]},
+         "execution": {"script": "exit 3", "stderr": "v.${itval}.${ncores}.${nnodes}.${nlist}.err"}},
+        {"name": "s", "resources": {"numCores": 2},
+         "execution": {"script": "exit 4", "stderr": "s.${ncores}.err", "wd": "d-${jname}"}},
+        {"name": "b", "iteration": {"stop": 2}, "execution": {"script": "exit 5", "stderr": "b.${it}.err"}}])
+    res = qcgpj("run", "jobs.json", "--nodes", "n0:2", cwd=tmp_path)
+    assert res.returncode == 1
+    written = {str(p) for p in tmp_path.rglob("*.err")}
+    named = {line.split("(stderr: ")[1].rstrip(")") for line in res.stdout.splitlines() if "(stderr: " in line}
+    assert named == written and len(written) == 5, (named, written)
+    lines = [json.loads(line) for line in (tmp_path / "qcgpj-run.jsonl").read_text().splitlines()[1:]]
+    by_name = {e["name"]: e["stderr"] for e in lines}
+    assert by_name["v:1"] == str(tmp_path / "v.q.1.1.n0.err") and by_name["s"] == str(tmp_path / "d-s" / "s.2.err")
+    assert by_name["b"] is None and by_name["v"] is None   # per iteration: no one file for the job
+    info = qcgpj("info", "--from", str(tmp_path), "b:1", "--json", cwd=tmp_path)
+    assert json.loads(info.stdout)["stderr"] == str(tmp_path / "b.1.err")
+
+
 def test_submit_after_finish_is_an_error(tmp_path):
     m = Manager(root_wd=str(tmp_path), store="fakeredis")
     m.finish()
