@@ -539,8 +539,10 @@ class Executor:
             self._local.clear()
             self._cancel(lambda task: True)
             return
-        log.error("executor %s was declared %s while alive; its tasks were given to others: killing %d running "
-                  "task(s) and joining again", self.eid, state, len(self._running))
+        what = ("Redis has no record of it (restarted without its data?): the queue's jobs may be lost, and "
+                "clients waiting for them are told" if state == "GONE" else "its tasks were given to others")
+        log.error("executor %s was declared %s while alive; %s: killing %d running task(s) and joining again",
+                  self.eid, state, what, len(self._running))
         self._rejoin = True
         self._lease_until = 0.0
         self._void |= {id(slot) for slot in self._running.values()}
