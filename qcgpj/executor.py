@@ -427,9 +427,11 @@ class Executor:
             if n and len(self._local) < low and self._inflight is None and not self._ready_empty:
                 break   # below the low-water mark: let the dispatcher send the next claim first
             entry = self._local[i]
-            alloc = self.allocator.allocate(entry.cores, entry.nodes or None, entry.gpus)
+            free = self.allocator.free
+            alloc = self.allocator.allocate(entry.cores, entry.nodes or None, entry.gpus) if entry.cores <= free \
+                else None
             if alloc is None:
-                if not self._may_pass(entry, i):
+                if not free or not self._may_pass(entry, i):   # (no core free: none can start, the usual case)
                     break
                 i += 1
                 continue
