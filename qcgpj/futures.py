@@ -12,7 +12,6 @@ on the queue's ``events`` stream and, when jobs become final, reads their result
 """
 from __future__ import annotations
 
-import atexit
 import base64
 import functools
 import itertools
@@ -36,7 +35,7 @@ from .errors import ArgumentError, QcgpjError
 from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
 from .jobspec import JobSpec, make_job
 from .keys import rq_job
-from .manager import Manager, leave_exit_to, submit_rows
+from .manager import Manager, at_exit, leave_exit_to, submit_rows
 from .store import FINAL_STATES
 
 log = logging.getLogger(__name__)
@@ -102,11 +101,6 @@ class FunctionFuture(Future):
 
 
 
-# Run at the interpreter's exit, before the standard library's executors refuse new work (the local services start
-# their waiter threads through one): the hook those executors use themselves, where there is one.
-_AT_EXIT = getattr(threading, "_register_atexit", atexit.register)
-
-
 def _run_at_exit(ref: "weakref.ref[Executor]") -> None:
     """Local mode: a script that ends without waiting for its calls (no shutdown, or shutdown(wait=False)) still
     has them run to their end first, as the standard library's executors do; the services, in this process, would
@@ -162,7 +156,7 @@ class Executor(_StdExecutor):
         self._closed = False
         if self.manager.local is not None:   # the services live in this process: see _run_at_exit
             leave_exit_to(self.manager)      # not canceled at exit as a bare Manager's jobs are: run to their end
-            _AT_EXIT(functools.partial(_run_at_exit, weakref.ref(self)))
+            at_exit(functools.partial(_run_at_exit, weakref.ref(self)))
 
     # ------------------------------------------------------------------ the concurrent.futures interface
     def options(self, **opts: Any) -> _Bound:

@@ -106,7 +106,9 @@ def _as_specs(jobs: Jobs | Iterable[JobSpec | dict]) -> list[JobSpec]:
 # Local-mode Managers not finished: finished when the interpreter exits (see _finish_at_exit). Run where the
 # standard library's executors run theirs, before those refuse new work, as qcgpj.Executor's calls are.
 _UNFINISHED: set[Manager] = set()
-_AT_EXIT = getattr(threading, "_register_atexit", atexit.register)
+# Run at the interpreter's exit, before the standard library's executors refuse new work (the local services start
+# their waiter threads through one): the hook those executors use themselves, where there is one.
+at_exit = getattr(threading, "_register_atexit", atexit.register)
 _hooked = threading.Lock()
 
 
@@ -173,7 +175,7 @@ class Manager:
         if self.local is not None:
             self.local.start()
             if _hooked.acquire(blocking=False):   # once per process (never released)
-                _AT_EXIT(_finish_at_exit)
+                at_exit(_finish_at_exit)
             _UNFINISHED.add(self)
 
     # ------------------------------------------------------------------ context manager
