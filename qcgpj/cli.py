@@ -300,18 +300,20 @@ def _failed_tasks(m: Manager | None, bad: list[str], record: dict[str, dict] | N
     """Lines about failed tasks: an iterative job's failed iterations, else the job itself. From the run record
     in local mode; otherwise read from the queue, with stderr paths relative to the executors' --wd (which
     the client does not know)."""
+    from .jobspec import JobSpec
     from .record import stderr_path
     for name in bad[:SHOW_FAILED]:
         info = record[name] if record is not None else m.info(name)
+        spec = JobSpec.from_json(json.dumps(info["spec"])) if record is None else None
         failed: list[dict] = []
         if (info.get("iterations") or {}).get("FAILED"):
-            if record is not None:
+            if spec is None:
                 failed = [e for k, e in record.items() if k.startswith(name + ":") and e["state"] == "FAILED"]
             else:
-                failed = [{"name": f"{name}:{it}", **rec, "stderr": stderr_path(info["spec"], "", it, rec.get("nodes"))}
+                failed = [{"name": f"{name}:{it}", **rec, "stderr": stderr_path(spec, None, it, rec.get("nodes"))}
                           for it, rec in m.iterations(name).items() if rec["state"] == "FAILED"]
-        elif record is None:
-            info["stderr"] = stderr_path(info["spec"], "", None, info.get("nodes"))
+        elif spec is not None:
+            info["stderr"] = stderr_path(spec, None, None, info.get("nodes"))
         for rec in failed[:SHOW_FAILED] or [info]:
             yield _task_line(rec)
 

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _q
@@ -56,6 +56,12 @@ class Iteration:
 
     def value(self, it: int) -> str:
         return str(it) if self.values is None else str(self.values[it - self.start])
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Iteration:
+        """A stored (checked) ``iteration`` back, as ``to_dict`` wrote it."""
+        values = d.get("values")
+        return Iteration(d.get("start", 0), d["stop"]) if values is None else Iteration(0, len(values), tuple(values))
 
     def to_dict(self) -> dict[str, Any]:
         if self.values is not None:
@@ -196,8 +202,7 @@ class JobSpec:
         nodes = _count_trusted(res.get("numNodes"), None)
         it = d.get("iteration")
         if it is not None:
-            it = Iteration(it.get("start", 0), it["stop"]) if "values" not in it else \
-                Iteration(0, len(it["values"]), tuple(it["values"]))
+            it = Iteration.from_dict(it)
         wt = res.get("wt")
         after = tuple(Dependency.parse(a, d["name"]) for a in d["dependencies"]["after"]) if "dependencies" in d else ()
         crs = res.get("nodeCrs")
@@ -443,6 +448,45 @@ def parse_job(d: Any) -> JobSpec:
                     get("stderr"), get("wd"), get("model"), get("model_opts"), get("modules"), get("venv"),
                     res.get("numCores"), res.get("numNodes"), res.get("wt"), deps.get("after"), d.get("iteration"),
                     d.get("attributes"), res.get("nodeCrs"))
+
+
+# ---------------------------------------------------------------------- a task's variables
+LAUNCH_VARIABLES = frozenset({"it", "itval", "ncores", "nnodes", "nlist", "root_wd", "jname"})
+
+
+def task_variables(job: str, iteration: Iteration | None, it: int | None, root_wd: str | None,
+                   place: Sequence[str] | None) -> dict[str, str]:
+    """The ``${...}`` a task is launched with (README: Substituted at launch). The one place that knows them: the
+    executor launches with them, the run record and ``qcgpj wait`` find with them where a finished task's stderr
+    went, compat's ``info`` its working directory; copies of this drifted apart. ``place``: the task's cores as
+    (ncores, nnodes, nlist, ...), see ``placement_of``. What the caller does not know (None: the executors' root
+    seen from a client of a queue, the cores of a task that never started, the iteration of an iterative job's
+    own entry) is left out, so its ``${...}`` stays as written and ``resolved`` tells."""
+    var = {"jname": job}
+    if it is not None:
+        var["it"] = str(it)
+        var["itval"] = "" if iteration is None else iteration.value(it)
+    elif iteration is None:
+        var["it"] = var["itval"] = ""
+    if root_wd is not None:
+        var["root_wd"] = root_wd
+    if place is not None:
+        var["ncores"], var["nnodes"], var["nlist"] = place[0], place[1], place[2]
+    return var
+
+
+def placement_of(nodes: Mapping[str, Sequence[int]]) -> tuple[str, str, str]:
+    """(ncores, nnodes, nlist) of a task's cores as ``info`` gives them ({node: [cores]}, in the order given)."""
+    return str(sum(len(c) for c in nodes.values())), str(len(nodes)), ",".join(nodes)
+
+
+def resolved(text: str, variables: Mapping[str, str]) -> str | None:
+    """``text`` with a task's variables substituted; None if one of them was not known (left as written)."""
+    if "${" not in text:
+        return text
+    if any(m.group(1) in LAUNCH_VARIABLES and m.group(1) not in variables for m in SUBST_RE.finditer(text)):
+        return None
+    return substitute(text, variables)
 
 
 def substitute(text: str, variables: Mapping[str, str]) -> str:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .errors import QcgpjError, UnknownJobError
+
+if TYPE_CHECKING:
+    from .jobspec import JobSpec
 
 RECORD_FILE = "qcgpj-run.jsonl"
 
@@ -35,45 +38,47 @@ def write(m: Any, names: Sequence[str], directory: str, meta: dict[str, Any]) ->
 
 
 def _entries(m: Any, names: Sequence[str], directory: str) -> Iterator[dict[str, Any]]:
+    from .jobspec import JobSpec   # here: the CLI imports this module for every command, services included
     hashes = m.store.job_hashes(names)
     for name in names:
         h = hashes.get(name)
         if not h:
             continue
         info = m.job_info(name, h)
-        info["stderr"] = stderr_path(info["spec"], directory, None, info.get("nodes"))
+        spec = JobSpec.from_json(h["spec"])
+        info["stderr"] = stderr_path(spec, directory, None, info.get("nodes"))
         yield info
         if "iterations" in info:
             for it, rec in sorted(m.iterations(name).items()):
                 if rec.get("exit_code") is not None or rec["state"] in ("FAILED", "CANCELED", "OMITTED"):
-                    yield {"name": f"{name}:{it}", **rec,
-                           "stderr": stderr_path(info["spec"], directory, it, rec.get("nodes"))}
+                    yield {"name": f"{name}:{it}", **rec, "stderr": stderr_path(spec, directory, it, rec.get("nodes"))}
 
 
-def stderr_path(spec: dict[str, Any], directory: str, it: int | None,
+_ROOT = "/\0root"   # stands for the executors' root where the caller does not know it: no real path holds a NUL
+
+
+def stderr_path(spec: JobSpec, directory: str | None, it: int | None,
                 nodes: dict[str, list[int]] | None = None) -> str | None:
-    """Where a task's stderr went, as the executor resolved it (None: not redirected, or not one file: an iterative
-    job's own entry for a per-iteration path). ``nodes``: the task's cores (its ``info``), for ${ncores}..."""
-    from .jobspec import SUBST_RE, substitute   # here: the CLI imports this module for every command, services included
-    from .requests import LAUNCH_VARIABLES
-    exe = spec.get("execution", {})
-    if not exe.get("stderr"):
+    """Where a task's stderr went, as its executor resolved it (``jobspec.task_variables``: the executor's own), in
+    ``directory``, the executor's root; None: not known, relative to it (a client of a queue, which names the file
+    as the executors' --wd has it). None: not redirected, or not one file (an iterative job's own entry for a
+    per-iteration path, a task that never started for ${ncores}...). ``nodes``: the task's cores (its ``info``)."""
+    from .jobspec import placement_of, resolved, task_variables
+    if not spec.stderr:
         return None
-    var = {"root_wd": directory, "jname": spec.get("name", "")}
-    iteration = spec.get("iteration")
-    if iteration is None:
-        var["it"] = var["itval"] = ""
-    elif it is not None:
-        values = iteration.get("values")
-        var["it"] = str(it)
-        var["itval"] = str(values[it]) if values is not None and 0 <= it < len(values) else str(it)
-    if nodes:
-        var.update(ncores=str(sum(len(c) for c in nodes.values())), nnodes=str(len(nodes)), nlist=",".join(nodes))
-    wd = substitute(exe["wd"], var) if exe.get("wd") else ""
-    path = substitute(exe["stderr"], var)
-    if any(m.group(1) in LAUNCH_VARIABLES for m in SUBST_RE.finditer(wd + path)):
-        return None   # a variable of the task this entry is not (or that never started)
-    return os.path.join(os.path.join(directory, wd) if wd else directory, path)
+    root = _ROOT if directory is None else directory
+    var = task_variables(spec.name, spec.iteration, it, root, placement_of(nodes) if nodes else None)
+    wd = resolved(spec.wd, var) if spec.wd else ""
+    path = resolved(spec.stderr, var)
+    if wd is None or path is None:
+        return None
+    full = os.path.join(os.path.join(root, wd) if wd else root, path)
+    if directory is None:
+        if full.startswith(_ROOT + "/"):
+            return full[len(_ROOT) + 1:]
+        if _ROOT in full:
+            return None   # ${root_wd} inside a path, not at its start: not a file a client can name
+    return full
 
 
 def load(directory: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

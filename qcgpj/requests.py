@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DuplicateJobError, JobSpecError, QcgpjError
 from .fieldcheck import _known, _show
-from .jobspec import SUBMIT_FIELDS, JobSpec, parse_job
+from .jobspec import LAUNCH_VARIABLES, SUBMIT_FIELDS, JobSpec, parse_job
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -26,7 +26,6 @@ ANSWERED = frozenset({"listJobs", "jobStatus", "jobInfo", "resourcesInfo", "stat
 IGNORED = frozenset({"notify", "register"})   # between QCG-PilotJob's own services; nothing to do in a file
 SUBMIT_VARIABLES = ("rcnt", "uniq", "sname", "date", "time", "dateTime")
 SUBMIT_RE = re.compile(r"\$(?:\$|\{?(?:%s)\b)" % "|".join(SUBMIT_VARIABLES))   # what substitution would change
-LAUNCH_VARIABLES = frozenset({"it", "itval", "ncores", "nnodes", "nlist", "root_wd", "jname"})
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .jobspec import JobSpec, substitute
+from .jobspec import JobSpec, substitute, task_variables
 from .resources import Allocation
 from .store import Entry
 
@@ -49,13 +49,6 @@ class SpecCache:
         return got[1]
 
 
-def _variables(spec: JobSpec, entry: Entry, place: tuple[str, ...], root_wd: str) -> dict[str, str]:
-    it = entry.iteration
-    itval = spec.iteration.value(it) if (spec.iteration is not None and it is not None) else ""
-    return {"it": "" if it is None else str(it), "itval": itval, "ncores": place[0], "nnodes": place[1],
-            "nlist": place[2], "root_wd": root_wd, "jname": spec.name}
-
-
 def _placement(alloc: Allocation, local_node: str) -> tuple[str, ...]:
     """The allocation as the task's variables give it: cores, nodes, node list, this node's cores, every node's
     cores (``to_text``), cores per node, all cores. Built for every task: one node (the usual case) is built
@@ -81,7 +74,7 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
     ``base_env`` is the executor's environment read once when it started: copying os.environ decodes every
     variable each time, which costs more than the rest of preparing a task."""
     place = _placement(alloc, local_node)
-    var = _variables(spec, entry, place, root_wd)
+    var = task_variables(spec.name, spec.iteration, entry.iteration, root_wd, place)
 
     def sub(text: str | None) -> str | None:
         return substitute(text, var) if text and "${" in text else text
@@ -107,7 +100,7 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
         env[key] = sub(value) or ""
     ncores, nnodes, nlist, here, node_cores, per_node, cpu_set = place
     env.update({
-        "QCGPJ_TASK": entry.task, "QCGPJ_JOB": spec.name, "QCGPJ_ITERATION": var["it"],
+        "QCGPJ_TASK": entry.task, "QCGPJ_JOB": spec.name, "QCGPJ_ITERATION": var.get("it", ""),
         "QCGPJ_NCORES": ncores, "QCGPJ_NNODES": nnodes, "QCGPJ_NODES": nlist,
         "QCGPJ_CORES": here, "QCGPJ_NODE_CORES": node_cores, "QCGPJ_ROOT_WD": root_wd,
         # QCG-PilotJob's names for the same, so its scripts run unchanged

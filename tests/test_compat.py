@@ -185,6 +185,35 @@ def test_info_has_the_working_directory(local, tmp_path):
     assert [c.wdir for c in parsed["its"].childs] == [str(tmp_path / "its_0"), str(tmp_path / "its_1")]
     assert parsed["its:1"].wdir == str(tmp_path / "its_1") and parsed["its"].wdir is None   # as there: per task
 
+def test_the_executor_the_run_record_and_info_resolve_a_task_s_variables_alike(local, tmp_path):
+    """A task's ${...} are substituted by its executor, and again afterwards to say where its stderr went (the run
+    record, `qcgpj wait`) and in which directory it ran (compat's info): every variable, in wd and stderr, for a
+    single job and for iterations by values and from a start, must name what the executor made."""
+    from qcgpj import record
+    from qcgpj.jobspec import JobSpec
+    every = "${jname}.${it}.${itval}.${ncores}.${nnodes}.${nlist}"
+    local.submit(Jobs()
+                 .add(name="s", script="pwd >&2; exit 1", numCores=2, wd="w-" + every, stderr="e-" + every)
+                 .add(name="v", script="pwd >&2; exit 1", iteration={"values": ["p", "q"]},
+                      wd="${root_wd}/v-" + every, stderr="${ncores}/" + every)
+                 .add(name="r", script="pwd >&2; exit 1", iteration={"start": 3, "stop": 5}, wd="r${it}",
+                      stderr="${root_wd}/r-" + every))
+    local.wait4all()
+    tasks = ["s", "v:0", "v:1", "r:3", "r:4"]
+    entries = record.write(local.m, ["s", "v", "r"], str(tmp_path), {})[1]
+    made = {str(p) for p in tmp_path.rglob("*") if p.is_file() and p.name != record.RECORD_FILE}
+    assert {entries[t]["stderr"] for t in tasks} == made and len(made) == 5, made   # the files the tasks wrote
+    for t in tasks:
+        ran_in = open(entries[t]["stderr"]).read().strip()
+        assert local.info_parsed(t)[t].wdir == ran_in, t
+        job, _, it = t.partition(":")
+        spec = JobSpec.from_json(json.dumps(local.m.info(job)["spec"]))
+        seen_from_a_client = record.stderr_path(spec, None, int(it) if it else None, local.m.info(t).get("nodes"))
+        assert os.path.join(tmp_path, seen_from_a_client) == entries[t]["stderr"], t
+    assert entries["v:1"]["stderr"] == str(tmp_path / "v-v.1.q.1.1.n0" / "1" / "v.1.q.1.1.n0")
+    assert entries["s"]["stderr"] == str(tmp_path / "w-s...2.1.n0" / "e-s...2.1.n0")
+
+
 # ---------------------------------------------------------------------- the executor API (EasyVVUQ's calls)
 class EchoTemplate(BasicTemplate):
     @staticmethod

@@ -313,6 +313,30 @@ def test_the_stderr_named_for_a_failure_is_the_file_the_task_wrote(tmp_path):
     assert json.loads(info.stdout)["stderr"] == str(tmp_path / "b.1.err")
 
 
+def test_wait_names_a_stderr_under_root_wd_relative_to_the_executors_wd(tmp_path, redis_url):
+    """On a queue the client does not know the executors' --wd, so `qcgpj wait` names stderr files relative to it;
+    it substituted ${root_wd} as empty: 'stderr: ${root_wd}/logs/${jname}.err' was named '/logs/a.err', at the
+    filesystem's root, where no task wrote."""
+    write(tmp_path / "jobs.json", [
+        {"name": "a", "execution": {"script": "echo a >&2; exit 3", "stderr": "${root_wd}/logs/${jname}.err"}},
+        {"name": "b", "execution": {"script": "echo b >&2; exit 4", "stderr": "b.err", "wd": "${root_wd}/w"}}])
+    client = tmp_path / "client"   # not the executors' --wd: a path taken as relative to it names nothing here
+    client.mkdir()
+    cluster = Cluster(redis_url, tmp_path)
+    try:
+        assert qcgpj("submit", str(tmp_path / "jobs.json"), "--redis-url", redis_url, cwd=client).returncode == 0
+        cluster.inputqueue()
+        cluster.worker(2, "--exit-when-idle")
+        res = qcgpj("wait", "--timeout", "60", "--redis-url", redis_url, cwd=client)
+    finally:
+        cluster.stop()
+    assert res.returncode == 1, res.stdout + res.stderr
+    named = dict(line.strip().split(":", 1)[0:1] + [line.split("(stderr: ")[1].rstrip(")")]
+                 for line in res.stdout.splitlines() if "(stderr: " in line)
+    assert named == {"a": "logs/a.err", "b": "w/b.err"}, res.stdout
+    assert [(tmp_path / named[n]).read_text() for n in ("a", "b")] == ["a\n", "b\n"]
+
+
 def test_submit_after_finish_is_an_error(tmp_path):
     m = Manager(root_wd=str(tmp_path), store="fakeredis")
     m.finish()

@@ -18,7 +18,7 @@ from .. import arguments as a
 from .. import jobs as _jobs
 from .. import manager as _manager
 from ..errors import ArgumentError, TimeoutError
-from ..jobspec import JobSpec, substitute
+from ..jobspec import JobSpec, placement_of, resolved, task_variables
 from ..requests import SUBMIT_RE, substitute_submit
 from ..store import Store, parse_record
 
@@ -137,14 +137,14 @@ class Manager:
             return None
         spec = job if isinstance(job, JobSpec) else JobSpec.from_json(self.m.store.job_hash(job)["spec"])
         root = self.m.local.executor.root_wd if self.m.local is not None else None
-        nodes = task.get("nodes") or {}
-        var = {"it": "" if it is None else str(it), "jname": spec.name, "root_wd": root or "${root_wd}",
-               "itval": spec.iteration.value(it) if spec.iteration is not None and it is not None else "",
-               "ncores": str(sum(map(len, nodes.values()))), "nnodes": str(len(nodes)), "nlist": ",".join(nodes)}
-        wd = substitute(spec.wd, var) if spec.wd else None
+        if not spec.wd:
+            return root
+        nodes = task.get("nodes")
+        var = task_variables(spec.name, spec.iteration, it, root, placement_of(nodes) if nodes else None)
+        wd = resolved(spec.wd, var)
         if wd is not None and os.path.isabs(wd):
             return wd
-        return None if root is None else os.path.join(root, wd) if wd else root
+        return None if root is None or wd is None else os.path.join(root, wd) if wd else root
 
     @a.api(names=_some_names, withChilds=a.flag)
     def info_parsed(self, names: Sequence[str] | str, withChilds: bool = False, **kw: Any) -> dict[str, JobInfo]:
