@@ -278,11 +278,16 @@ def make_job(name: Any, exec: Any = None, script: Any = None, args: Any = None, 
         except (ValueError, TypeError) as exc:
             raise JobSpecError(job, "resources.wt", str(exc)) from None
     sizing: Sizing | None = None
-    if type(numNodes) is dict and numNodes.get("scheduler") is not None:   # QCG-PilotJob's schedulers size either
-        if type(numCores) is dict and numCores.get("scheduler") is not None:
+    nodes_sched = type(numNodes) is dict and numNodes.get("scheduler") is not None
+    cores_sched = type(numCores) is dict and numCores.get("scheduler") is not None
+    if (nodes_sched or cores_sched) and iteration is None:   # QCG-PilotJob sizes iterations only: a single job
+        _unscheduled(job, numCores if cores_sched else None, numNodes if nodes_sched else None)   # takes its range
+        nodes_sched = cores_sched = False
+    if nodes_sched:   # QCG-PilotJob's schedulers size either
+        if cores_sched:
             raise JobSpecError(job, NODES_SCHED, "an iteration scheduler sizes numCores or numNodes, not both")
         sizing = (*_scheduler(job, numNodes, NODES_SCHED), True, numCores is None)
-    elif type(numCores) is dict and numCores.get("scheduler") is not None:
+    elif cores_sched:
         sizing = (*_scheduler(job, numCores, SCHED), False, False)
     elif numCores is None and nodes[0] is not None:
         sizing = WHOLE_NODES, 0, False, True
@@ -307,18 +312,44 @@ Sizing = tuple[str, int, bool, bool]   # WHOLE_NODES or a scheduler, its parts, 
 def _scheduler(job: str, count: dict, fld: str) -> tuple[str, int]:
     """QCG-PilotJob's iteration resource schedulers: ``{"name": "maximum-iters"}`` (as many iterations at once
     as the cores allow, each as large as it can be) or ``{"name": "split-into", "params": {"parts": N}}`` (the
-    cores in N equal parts; N defaults to the number of iterations)."""
+    cores in N equal parts; N defaults to the number of iterations). Taken as QCG-PilotJob takes them: the name
+    in any case, an unknown one as its default (maximum-iters, with a warning here), ``parts`` through int();
+    refused where it refuses: 'max' or 'exact' beside a scheduler, a name or params of the wrong type."""
     sched = count["scheduler"]
     sched = _dict(job, {"name": sched} if isinstance(sched, str) else sched, fld)   # older files: a name
     name = sched.get("name", MAXIMUM_ITERS)
-    if name not in (MAXIMUM_ITERS, SPLIT_INTO):
-        raise JobSpecError(job, fld + ".name", f"unknown scheduler {_show(name)} (known: {MAXIMUM_ITERS}, "
-                                               f"{SPLIT_INTO})")
+    if not isinstance(name, str):
+        raise JobSpecError(job, fld + ".name", f"must be a scheduler's name ({MAXIMUM_ITERS}, {SPLIT_INTO}), got "
+                                               f"{_show(name)}")
+    kind = name.lower()
+    if kind not in (MAXIMUM_ITERS, SPLIT_INTO):
+        if name not in _unknown_schedulers:
+            _unknown_schedulers.add(name)
+            log.warning("job '%s', field '%s.name': unknown scheduler '%s' taken as %s, as QCG-PilotJob does "
+                        "(known: %s, %s)", job, fld, name, MAXIMUM_ITERS, MAXIMUM_ITERS, SPLIT_INTO)
+        kind = MAXIMUM_ITERS
     if count.get("max") is not None or count.get("exact") is not None:
         what = "nodes" if fld == NODES_SCHED else "cores"
-        raise JobSpecError(job, fld, f"'{name}' chooses the {what} itself: give 'min' only, not 'max' or 'exact'")
-    parts = (sched.get("params") or {}).get("parts")
-    return name, 0 if parts is None or name != SPLIT_INTO else _positive(job, parts, fld + ".params.parts")
+        raise JobSpecError(job, fld, f"'{kind}' chooses the {what} of each iteration: give 'min' only, not 'max' "
+                                     "or 'exact'")
+    params = sched.get("params")
+    parts = None if params is None else _dict(job, params, fld + ".params").get("parts")
+    if parts is None or kind != SPLIT_INTO:
+        return kind, 0
+    if isinstance(parts, str) and parts.strip().isascii() and parts.strip().isdigit():   # QCG-PilotJob: int(parts)
+        parts = int(parts)
+    return kind, _positive(job, parts, fld + ".params.parts")
+
+
+_unknown_schedulers: set[str] = set()   # names warned about once (a batch may hold 100,000 jobs that use one)
+
+
+def _unscheduled(job: str, cores: dict | None, nodes: dict | None) -> None:
+    """A scheduler on a job without iterations: QCG-PilotJob ignores it (the job takes its min..max as given), but
+    its ResourceSize refuses one beside 'exact'."""
+    for count, fld in ((cores, SCHED), (nodes, NODES_SCHED)):
+        if count is not None and count.get("exact") is not None:
+            raise JobSpecError(job, fld, "an iteration scheduler sizes a range: not with 'exact'")
 
 
 def size_at_submit(specs: list[JobSpec], total: int | None, per_node: int | None,

@@ -103,7 +103,7 @@ def test_core_and_node_counts(value, lo, hi):
 
 
 def test_iteration_resource_scheduler_is_kept_for_submit():
-    s = parse_job(job(resources={"numCores": {"min": 2, "scheduler": {"name": "split-into"}}}))
+    s = parse_job(job(resources={"numCores": {"min": 2, "scheduler": {"name": "split-into"}}}, iteration={"stop": 2}))
     assert (s.cores_min, s.sizing) == (2, ("split-into", 0, False, False))   # sized by Manager.submit (test_requests)
 
 

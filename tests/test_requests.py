@@ -174,14 +174,48 @@ def test_a_scheduler_on_both_counts_is_refused():
     assert err.value.job == "s" and "numNodes" in err.value.message
 
 
-@pytest.mark.parametrize("count, words", [
-    ({"min": 1, "max": 2, "scheduler": {"name": "maximum-iters"}}, "give 'min' only"),
-    ({"min": 1, "scheduler": {"name": "fastest"}}, "unknown scheduler"),
-    ({"min": 1, "scheduler": {"name": "split-into", "params": {"parts": 0}}}, "positive")])
-def test_bad_schedulers(count, words):
+@pytest.mark.parametrize("count, iteration, field, words", [
+    ({"min": 1, "max": 2, "scheduler": {"name": "maximum-iters"}}, {"stop": 2}, "scheduler", "give 'min' only"),
+    ({"max": 2, "scheduler": {"name": "split-into"}}, {"stop": 2}, "scheduler", "give 'min' only"),
+    ({"exact": 2, "scheduler": {"name": "maximum-iters"}}, None, "scheduler", "not with 'exact'"),
+    ({"min": 1, "scheduler": {"name": 5}}, {"stop": 2}, "scheduler.name", "must be a scheduler's name"),
+    ({"min": 1, "scheduler": {"name": "split-into", "params": [2]}}, {"stop": 2}, "scheduler.params", "object"),
+    ({"min": 1, "scheduler": {"name": "split-into", "params": {"parts": 0}}}, {"stop": 2}, "scheduler.params.parts",
+     "positive")])
+def test_bad_schedulers(count, iteration, field, words):
+    """What QCG-PilotJob refuses too (its ResourceSize, its schedulers' InvalidRequest, or a crash on a name or
+    params of the wrong type): one line naming the job and the field."""
     with pytest.raises(JobSpecError) as err:
-        parse_requests(json.dumps([submit(job("s", resources={"numCores": count}))]))
-    assert err.value.job == "s" and words in err.value.message
+        parse_requests(json.dumps([submit(job("s", resources={"numCores": count}, iteration=iteration))]))
+    assert (err.value.job, err.value.field) == ("s", "resources.numCores." + field) and words in err.value.message
+
+
+@pytest.mark.parametrize("count, iteration, sizing, cores", [
+    ({"max": 4, "scheduler": {"name": "maximum-iters"}}, None, None, (1, 4)),
+    ({"min": 2, "max": 4, "scheduler": {"name": "split-into", "params": {"parts": 2}}}, None, None, (2, 4)),
+    ({"min": 1, "scheduler": {"name": "Maximum-Iters"}}, {"stop": 2}, ("maximum-iters", 0, False, False), (1, None)),
+    ({"min": 1, "scheduler": {"name": "SPLIT-INTO", "params": {"parts": "4"}}}, {"stop": 2},
+     ("split-into", 4, False, False), (1, None)),
+    ({"min": 1, "scheduler": {"name": "fastest"}}, {"stop": 2}, ("maximum-iters", 0, False, False), (1, None))])
+def test_schedulers_as_qcg_pilotjob_takes_them(count, iteration, sizing, cores, caplog):
+    """Refused here, taken by QCG-PilotJob: a scheduler on a job without iterations (which it ignores: the job
+    takes its range, 'max' too), a name in any case, an unknown name (its default, maximum-iters; here with a
+    warning), split-into's parts as text (it takes int(parts))."""
+    s = parse_requests(json.dumps([submit(job("s", resources={"numCores": count}, iteration=iteration))]))[0].jobs[0]
+    assert (s.sizing, (s.cores_min, s.cores_max)) == (sizing, cores)
+    assert ("taken as maximum-iters" in caplog.text) == (count["scheduler"]["name"] == "fastest"), caplog.text
+
+
+def test_a_single_job_with_a_scheduler_and_a_max_runs_on_its_range(tmp_path):
+    """QCG-PilotJob sizes iterations only: a job without iterations takes its numCores range, 'max' included,
+    where qcgpj refused 'max' next to a scheduler; a scheduler's name in another case sizes as that scheduler."""
+    write(tmp_path / "jobs.json", [submit(
+        job("one", "echo $QCGPJ_NCORES > one", resources={"numCores": {"max": 2, "scheduler": "maximum-iters"}}),
+        sized("mi", 2, {"name": "Maximum-Iters"}))])
+    res = qcgpj("run", "jobs.json", "--cores", "4", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = {p.name: p.read_text().split() for p in tmp_path.iterdir() if p.name[:2] in ("on", "mi")}
+    assert got == {"one": ["2"], "mi_0": ["2"], "mi_1": ["2"]}
 
 
 def test_a_scheduler_that_leaves_too_few_cores_is_refused(tmp_path):
