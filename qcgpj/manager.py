@@ -18,7 +18,7 @@ from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job, size_at_submit
 from .resources import parse_compact
-from .store import FINAL_STATES, Store, parse_record, parse_usage
+from .store import FINAL_STATES, Store, parse_record, parse_usage, unrecorded_message
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class Manager:
             info = parse_record(rec)
         else:
             info = {"state": _derived_state(h, it), "exit_code": None, "executor": None, "start": None,
-                    "end": None, "attempt": 0, "message": h.get("message", "") if h["state"] in FINAL_STATES else ""}
+                    "end": None, "attempt": 0, "message": unrecorded_message(h["state"], h.get("message"))}
         return {"name": f"{job}:{it}", **info}
 
     @a.api(job=a.job)
@@ -312,7 +312,8 @@ class Manager:
             raise UnknownJobError(f"job '{job}' is not iterative")
         recs = self.store.iteration_records(job)
         it0, n = int(h["it0"]), int(h["n"])
-        return {it: (parse_record(recs[str(it)]) if str(it) in recs else {"state": _derived_state(h, it)})
+        why = unrecorded_message(h["state"], h.get("message"))
+        return {it: parse_record(recs[str(it)]) if str(it) in recs else {"state": _derived_state(h, it), "message": why}
                 for it in range(it0, it0 + n)}
 
     @a.api(departed=a.flag)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from statistics import median
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
-from .store import Store, parse_record, parse_usage
+from .store import Store, parse_record, parse_usage, unrecorded_message
 
 READ_CHUNK = 1000
 
@@ -105,10 +105,11 @@ class RedisSource:
                                   **parse_usage(usage))
                     continue
                 recs = records[name]
+                why = unrecorded_message(state, msg)
                 for it in range(int(it0), int(it0) + int(n)):
                     rec = recs.get(str(it))
                     if rec is None:   # never placed (or ended with its job): the job's state is its state
-                        yield TaskRow(f"{name}:{it}", name, state, None, cores, _f(created), None, None, None, "",
+                        yield TaskRow(f"{name}:{it}", name, state, None, cores, _f(created), None, None, None, why,
                                       state)
                         continue
                     r = parse_record(rec)
@@ -146,7 +147,8 @@ class RecordSource:
                 yield _record_row(name, name, e, cores, e, e["state"])
                 continue
             for it in range(its["start"], its["start"] + its["total"]):
-                rec = self.entries.get(f"{name}:{it}", {"state": e["state"]})
+                rec = self.entries.get(f"{name}:{it}") or \
+                    {"state": e["state"], "message": unrecorded_message(e["state"], e.get("message"))}
                 yield _record_row(f"{name}:{it}", name, rec, cores, e, e["state"])
 
 

@@ -89,6 +89,13 @@ class Entry:
         return cls(raw, task, int(cores), int(nodes), int(attempt))
 
 
+def unrecorded_message(job_state: str | None, job_message: str | None) -> str:
+    """The message of an iteration that has no record of its own: its job's once the job is final (a job omitted,
+    canceled or failed whole says why once, on the job). ``info`` and ``report`` both give it, so they say the
+    same."""
+    return (job_message or "") if job_state in FINAL_STATES else ""
+
+
 def parse_record(rec: str) -> dict[str, Any]:
     """An iteration record ``STATE|exit|executor|start[@cores]|end|attempt[,usage]|message`` as a dict (the usage,
     if the task was a process, rides on the attempt field, the cores it got on the start: the message, last, may

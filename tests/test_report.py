@@ -202,3 +202,56 @@ def test_reports_from_the_record_of_a_local_run(tmp_path):
     assert len(json.loads(cli("gantt", "--json"))) == 6 and json.loads(cli("utilisation", "--json"))
     missing = qcgpj("report", "stats", "--from", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 1 and "no record of a run" in missing.stderr
+
+
+OMITTING = [   # every way a task is OMITTED: after a job, an iteration, per iteration; a whole iterative job
+    {"name": "bad", "execution": {"exec": "/bin/false"}},
+    {"name": "ib", "iteration": {"stop": 2}, "execution": {"exec": "/bin/false"}},
+    {"name": "child", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["bad"]}},
+    {"name": "grand", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["child"]}},
+    {"name": "itj", "iteration": {"stop": 2}, "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["bad"]}},
+    {"name": "pi", "iteration": {"stop": 2}, "execution": {"exec": "/bin/true"},
+     "dependencies": {"after": ["ib:${it}"]}},
+    {"name": "one", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["ib:1"]}}]
+LATE = [   # submitted once their dependencies have ended: omitted by the submit itself
+    {"name": "late", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["bad"]}},
+    {"name": "latep", "iteration": {"stop": 2}, "execution": {"exec": "/bin/true"},
+     "dependencies": {"after": ["ib:${it}"]}},
+    {"name": "latei", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["ib:0"]}}]
+WHY = {"child": "dependency bad ended FAILED", "grand": "dependency child ended OMITTED",
+       "itj:0": "dependency bad ended FAILED", "itj:1": "dependency bad ended FAILED",
+       "pi:0": "dependency ib:0 ended FAILED", "pi:1": "dependency ib:1 ended FAILED",
+       "one": "dependency ib:1 ended FAILED", "late": "dependency bad ended FAILED",
+       "latep:0": "dependency ib:0 ended FAILED", "latep:1": "dependency ib:1 ended FAILED",
+       "latei": "dependency ib:0 ended FAILED"}
+
+
+def test_report_and_info_give_an_omitted_task_the_same_cause():
+    """`qcgpj report jobs` gave the iterations of a job omitted whole no cause ('') where `qcgpj info` gave its
+    job's ('dependency bad ended FAILED'), and the cause read 'ended FAILED' or 'did not succeed' depending on
+    which path omitted the task (a submit after the dependency ended, an iteration's dependency)."""
+    from qcgpj import Manager
+    m = Manager(cores=2, store="fakeredis")
+    try:
+        m.submit(OMITTING)
+        m.wait4all(timeout=120)
+        m.submit(LATE)
+        m.wait4all(timeout=120)
+        omitted = {t.task: t.message for t in select_tasks(RedisSource(m.store), state="OMITTED")}
+        assert omitted == WHY
+        assert {t: m.info(t)["message"] for t in omitted} == WHY
+    finally:
+        m.finish()
+
+
+def test_report_and_info_from_a_run_record_give_an_omitted_task_the_same_cause(tmp_path):
+    """The same from a local run's record: its lines for the iterations of a job omitted whole had no message."""
+    from tests.test_cli import qcgpj, write
+    write(tmp_path / "jobs.json", [{"request": "submit", "jobs": OMITTING}])
+    assert qcgpj("run", "jobs.json", "--cores", "2", cwd=tmp_path).returncode == 1
+    rows = json.loads(qcgpj("report", "jobs", "--json", "--state", "OMITTED", "--from", str(tmp_path),
+                            cwd=tmp_path).stdout)
+    expected = {t: why for t, why in WHY.items() if not t.startswith("late")}
+    assert {r["task"]: r["message"] for r in rows} == expected
+    infos = {t: json.loads(qcgpj("info", t, "--json", "--from", str(tmp_path), cwd=tmp_path).stdout) for t in expected}
+    assert {t: i.get("message") for t, i in infos.items()} == expected

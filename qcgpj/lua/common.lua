@@ -181,6 +181,20 @@ local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childles
   end
 end
 
+-- Why a job or an iteration is OMITTED, in the same words whichever path omits it (its dependency ending, or a
+-- submit after the dependency ended; a whole job or one iteration): dep names the job or iteration, state its end.
+local function omitted_why(dep, state)
+  return 'dependency ' .. dep .. ' ended ' .. state
+end
+
+-- How iteration it of a final job ended: its record's state, or without a final record its job's (jstate): an
+-- iterative job canceled, omitted or failed whole keeps no record for each iteration.
+local function iteration_end(name, it, jstate)
+  local rs = record_state(redis.call('HGET', K_its(name), it))
+  if rs and FINAL[rs] then return rs end
+  return jstate
+end
+
 local function omit_job(name, why)
   local jk = K_job(name)
   local st = redis.call('HGET', jk, 'state')
@@ -205,7 +219,7 @@ local function on_job_final(name, state, childless)
   ended = ended + 1
   if childless == nil then childless = not redis.call('HGET', K_job(name), 'kids') end
   if childless then return end  -- no job depends on it (the common case: skip the children set)
-  local why = 'dependency ' .. name .. ' ended ' .. state
+  local why = omitted_why(name, state)
   for _, m in ipairs(redis.call('SMEMBERS', K_children(name))) do
     local rel, child = string.match(m, '^([^|]*)|(.*)$')
     if rel == 'w' then
@@ -215,16 +229,14 @@ local function on_job_final(name, state, childless)
         local h = redis.call('HMGET', K_job(name), 'n', 'it0')
         local n, it0 = tonumber(h[1] or '0'), tonumber(h[2] or '0')
         for it = it0, it0 + n - 1 do
-          if record_state(redis.call('HGET', K_its(name), it)) ~= 'SUCCEED' then
-            omit_iteration(child, it, 'dependency ' .. name .. ':' .. it .. ' did not succeed')
-          end
+          local rs = iteration_end(name, it, state)
+          if rs ~= 'SUCCEED' then omit_iteration(child, it, omitted_why(name .. ':' .. it, rs)) end
         end
       end
     else
       local k = string.sub(rel, 2)
-      if record_state(redis.call('HGET', K_its(name), k)) ~= 'SUCCEED' then
-        omit_job(child, 'dependency ' .. name .. ':' .. k .. ' did not succeed')
-      end
+      local rs = iteration_end(name, k, state)
+      if rs ~= 'SUCCEED' then omit_job(child, omitted_why(name .. ':' .. k, rs)) end
     end
   end
 end
@@ -234,10 +246,10 @@ local function on_iteration_final(name, it, state)
     local rel, child = string.match(m, '^([^|]*)|(.*)$')
     if rel == 'p' then
       if state == 'SUCCEED' then parent_iteration_ok(child, it)
-      else omit_iteration(child, it, 'dependency ' .. name .. ':' .. it .. ' ended ' .. state) end
+      else omit_iteration(child, it, omitted_why(name .. ':' .. it, state)) end
     elseif rel == 'i' .. it then
       if state == 'SUCCEED' then dec_deps(child)
-      else omit_job(child, 'dependency ' .. name .. ':' .. it .. ' ended ' .. state) end
+      else omit_job(child, omitted_why(name .. ':' .. it, state)) end
     end
   end
 end

@@ -105,14 +105,14 @@ each_row(function(name, spec, req, iter, depstr)
           local rs = record_state(its[i + 1])
           if rs == 'SUCCEED' then redis.call('HINCRBY', K_itwait(name), its[i], 1) end
         end
-        if FINAL[st] and st ~= 'SUCCEED' then omit[#omit + 1] = {name, 'p', dn} end
+        if FINAL[st] and st ~= 'SUCCEED' then omit[#omit + 1] = {name, 'p', dn, st} end
       end
     elseif sel then
       local rs = st and record_state(redis.call('HGET', K_its(dn), sel))
       if rs == 'SUCCEED' then
         -- done already
       elseif (rs and FINAL[rs]) or (st and FINAL[st]) then
-        omit[#omit + 1] = {name, 'w', dn .. ':' .. sel}
+        omit[#omit + 1] = {name, 'w', dn .. ':' .. sel, (rs and FINAL[rs]) and rs or st}
       else
         deps = deps + 1
         redis.call('SADD', K_children(dn), 'i' .. sel .. '|' .. name)
@@ -122,7 +122,7 @@ each_row(function(name, spec, req, iter, depstr)
       if st == 'SUCCEED' then
         -- done already
       elseif st and FINAL[st] then
-        omit[#omit + 1] = {name, 'w', dn}
+        omit[#omit + 1] = {name, 'w', dn, st}
       else
         deps = deps + 1
         redis.call('SADD', K_children(dn), 'w|' .. name)
@@ -151,12 +151,11 @@ for _, o in ipairs(omit) do
     -- a per-iteration parent that already ended badly: omit the iterations whose parent iteration did not succeed
     local it0, n = iter_of(o[1])
     for it = it0, it0 + n - 1 do
-      if record_state(redis.call('HGET', K_its(o[3]), it)) ~= 'SUCCEED' then
-        omit_iteration(o[1], it, 'dependency ' .. o[3] .. ':' .. it .. ' did not succeed')
-      end
+      local rs = iteration_end(o[3], it, o[4])
+      if rs ~= 'SUCCEED' then omit_iteration(o[1], it, omitted_why(o[3] .. ':' .. it, rs)) end
     end
   else
-    omit_job(o[1], 'dependency ' .. o[3] .. ' did not succeed')
+    omit_job(o[1], omitted_why(o[3], o[4]))
   end
 end
 for _, name in ipairs(late) do
