@@ -366,7 +366,10 @@ class Manager:
         names = [names] if isinstance(names, str) else list(names)
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._whole_queue(names):
-            self._wait_active(deadline, progress, names)   # then one read of the states, below
+            try:
+                self._wait_active(deadline, progress, "all jobs")   # then one read of the states, below
+            except TimeoutError:
+                raise TimeoutError("timed out waiting for " + _not_final(self._still_open(names, {}, True))) from None
         last = self.store.last_event_id()
         states: dict[str, str | None] = {}
         open_names = names   # a final state never changes: only the others are read again
@@ -380,7 +383,7 @@ class Manager:
                 progress(len(names) - len(open_names), len(names))
             if not open_names:
                 return {n: states[n] for n in names}
-            last = self._wait_event(last, deadline, names)
+            last = self._wait_event(last, deadline, _not_final(open_names))
 
     def _whole_queue(self, names: list[str]) -> bool:
         """Local mode waiting for every job of its private queue (``qcgpj run``): then the count of open jobs
@@ -389,7 +392,7 @@ class Manager:
                 and len(set(names)) == self.client.llen(self.store.keys.jobs)
                 and set(names) == set(self.store.job_names()))   # not a name that is no job of it
 
-    def _wait_active(self, deadline: float | None, progress: Progress | None, names: Sequence[str]) -> None:
+    def _wait_active(self, deadline: float | None, progress: Progress | None, what: str) -> None:
         """Until no job of the queue is open (the ``active`` count)."""
         last = self.store.last_event_id()
         while True:
@@ -399,7 +402,7 @@ class Manager:
                 progress(total - active, total)
             if active <= 0:
                 return
-            last = self._wait_event(last, deadline, names)
+            last = self._wait_event(last, deadline, what)
 
     def _still_open(self, open_names: list[str], states: dict[str, str | None], full: bool,
                     known: bool = True) -> list[str]:
@@ -428,14 +431,16 @@ class Manager:
         """Wait until every job in the queue is final."""
         deadline = None if timeout is None else time.monotonic() + timeout
         known = self.store.job_names()
-        self._wait_active(deadline, progress, ["all jobs"])
+        self._wait_active(deadline, progress, "all jobs")
         states = self.list()
         lost = [n for n in known if states.get(n) is None]
         if lost:
             raise LostJobsError(lost)
         return states
 
-    def _wait_event(self, last: str, deadline: float | None, names: Sequence[str]) -> str:
+    def _wait_event(self, last: str, deadline: float | None, what: str) -> str:
+        """The newest event id after waiting up to a second for one past ``last``; past the deadline a
+        TimeoutError that says it was waiting for ``what``."""
         # Coalesce: under load events come every few hundred microseconds; re-checking the states at most
         # every CHECK_INTERVAL keeps the waiting client from competing with the executors for the CPU.
         pause = self._last_check + self._check_interval - time.monotonic()
@@ -446,14 +451,19 @@ class Manager:
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic())
             if wait <= 0:
-                raise TimeoutError(f"timed out waiting for {', '.join(names[:5])}"
-                                   + (" ..." if len(names) > 5 else ""))
+                raise TimeoutError(f"timed out waiting for {what}")
         if self.local is not None:
             self.local.check_alive()
         return self.store.wait_event(last, wait)
 
     def __repr__(self) -> str:
         return f"Manager({'local' if self.local else self.client})"
+
+
+def _not_final(names: Sequence[str]) -> str:
+    """The jobs a wait still waits for, as its timeout names them: how many, and the first few (those that
+    ended are not named: in a sweep the first jobs are usually long done)."""
+    return f"{len(names):,} job(s) not final: {', '.join(names[:5])}" + (" ..." if len(names) > 5 else "")
 
 
 def _derived_state(h: dict[str, str], it: int) -> str:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from statistics import median
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
+from .manager import _derived_state
 from .store import Store, parse_record, parse_usage, unrecorded_message
 
 READ_CHUNK = 1000
@@ -86,7 +87,8 @@ class RedisSource:
 
     def tasks(self) -> Iterator[TaskRow]:
         names = self.store.job_names()
-        fields_ = ("state", "req", "n", "it0", "created", "start", "end", "exit", "executor", "message", "usage")
+        fields_ = ("state", "req", "n", "it0", "created", "start", "end", "exit", "executor", "message", "usage",
+                   "next", "pdeps")
         for i in range(0, len(names), READ_CHUNK):
             chunk = names[i:i + READ_CHUNK]
             rows = self.store.job_fields(chunk, *fields_)
@@ -95,7 +97,7 @@ class RedisSource:
             for n in iterative:
                 pipe.hgetall(self.store.keys.its(n))
             records = dict(zip(iterative, pipe.execute()))
-            for name, (state, req, n, it0, created, t0, t1, code, eid, msg, usage) in zip(chunk, rows):
+            for name, (state, req, n, it0, created, t0, t1, code, eid, msg, usage, nxt, pdeps) in zip(chunk, rows):
                 if state is None:
                     continue   # removed meanwhile
                 cores = int((req or "1").split("|")[0])
@@ -106,11 +108,13 @@ class RedisSource:
                     continue
                 recs = records[name]
                 why = unrecorded_message(state, msg)
+                h = {k: v for k, v in (("state", state), ("it0", it0), ("next", nxt), ("pdeps", pdeps))
+                     if v is not None}
                 for it in range(int(it0), int(it0) + int(n)):
                     rec = recs.get(str(it))
-                    if rec is None:   # never placed (or ended with its job): the job's state is its state
-                        yield TaskRow(f"{name}:{it}", name, state, None, cores, _f(created), None, None, None, why,
-                                      state)
+                    if rec is None:   # not started: READY or SCHEDULED, or the final state it ended with its job
+                        yield TaskRow(f"{name}:{it}", name, _derived_state(h, it), None, cores, _f(created), None,
+                                      None, None, why, state)
                         continue
                     r = parse_record(rec)
                     yield TaskRow(f"{name}:{it}", name, r["state"], r["executor"], cores, _f(created), r["start"],

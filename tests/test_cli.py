@@ -132,6 +132,20 @@ def test_wait_on_an_empty_namespace_says_so_without_a_dangling_colon(tmp_path, r
     assert (res.returncode, res.stdout) == (0, "0 jobs\n"), res.stderr
 
 
+def test_a_wait_that_times_out_names_the_jobs_not_final(tmp_path, redis_url):
+    """`qcgpj wait --timeout` on a sweep named its first five jobs ('timed out waiting for p0, p1, p2, p3, p4
+    ...'), final or not: with the first ones done long ago it named only jobs that had ended."""
+    m = Manager(redis_url)
+    jobs = Jobs()
+    for i in range(7):
+        jobs.add(name=f"p{i}", exec="/bin/true")
+    m.submit(jobs)                                  # no executor: they wait
+    m.cancel([f"p{i}" for i in range(6)])           # final; only p6 is not
+    res = qcgpj("wait", "--timeout", "0.5", "--redis-url", redis_url, cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr == "Error: timed out waiting for 1 job(s) not final: p6\n"
+
+
 def test_info_shows_missing_values_as_a_dash(tmp_path, redis_url):
     """An iterative job has no executor nor exit code of its own: `qcgpj info` printed 'executor: None' and
     'exit_code: None' where every other missing value (start, end) reads '-'."""

@@ -147,3 +147,26 @@ def test_remove_finished_goes_through_when_redis_is_past_maxmemory(redis_url):
         assert m.client.hget(m.store.keys.stats, "tasks") == "1" and m.store.final_counts()[0] in (None, "0")
     finally:
         c.config_set("maxmemory", 0)
+
+
+def test_a_job_canceled_while_ready_removed_and_submitted_again_runs_once(cluster):
+    """The entry a job canceled while it waited for cores left in `pending` went with the job: it was read
+    later as the new job of the same name, which then ran twice (placed from the old entry and from its own)."""
+    from tests.test_reliability import blockers, executing
+    m = cluster.serving(2, "--prefetch", "0")
+    m.submit(blockers(2))
+    wait_for(m, lambda: executing(m, ["j0", "j1"]) == 2, what="both cores busy")
+    again = Jobs().add(name="a", script="echo run >> a.log; while [ ! -e go_a ]; do sleep 0.05; done")
+    m.submit(again)                            # waits for a core, in `pending`
+    assert m.cancel(["a"]) == {"a": "canceled"}
+    assert m.remove(["a"]) == ["a"]
+    m.submit(again)
+    (cluster.workdir / "go").touch()
+    wait_for(m, lambda: m.client.llen(m.store.keys.pending) == 0
+             and set(m.status(["j0", "j1"]).values()) == {"SUCCEED"}, what="the blockers' cores given out")
+    (eid,) = m.store.executors()
+    held = m.client.lrange(m.store.keys.ready(eid), 0, -1) + m.client.lrange(m.store.keys.running(eid), 0, -1)
+    assert [e.split("|")[0] for e in held] == ["a"]
+    (cluster.workdir / "go_a").touch()
+    assert m.wait4(["a"], timeout=60) == {"a": "SUCCEED"}
+    assert (cluster.workdir / "a.log").read_text() == "run\n"

@@ -198,7 +198,7 @@ class Manager:
             got = self._finishes.next()
             if got is not None:
                 return got
-            last = self.m._wait_event(last, deadline, ["any job or iteration to finish"])
+            last = self.m._wait_event(last, deadline, "any job or iteration to finish")
 
     @staticmethod
     def is_status_finished(status: str) -> bool:

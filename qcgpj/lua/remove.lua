@@ -50,6 +50,20 @@ local function purge_placed(gone)
   end
 end
 
+-- A job canceled while it waited for cores keeps its entries in `pending`, which placement drops only when it
+-- reads them: they go with the job, else they would be read as a new job of the same name (placed twice, or
+-- before its dependencies). One pass over the list per call, and only when a removed job was canceled.
+local function purge_pending(gone)
+  local kept, dropped = {}, false
+  for _, entry in ipairs(redis.call('LRANGE', K_pending, 0, -1)) do
+    if gone[split_tid(entry)] then dropped = true else kept[#kept + 1] = entry end
+  end
+  if dropped then
+    redis.call('DEL', K_pending)
+    push_many(K_pending, kept)
+  end
+end
+
 local function waiting_dependants(name)  -- names of jobs, not final yet, that depend on `name`
   local out = {}
   for _, m in ipairs(redis.call('SMEMBERS', K_children(name))) do
@@ -127,7 +141,7 @@ if mode == 'jobs' then
       removed = removed + 1
     end
   end
-  if next(killed) then purge_placed(killed) end
+  if next(killed) then purge_placed(killed); purge_pending(killed) end
   if removed > 0 then
     forget_failures()
     redis.call('HINCRBY', K_stats, 'removed', removed)   -- ever: a name known before may be another job now
