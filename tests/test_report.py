@@ -255,3 +255,39 @@ def test_report_and_info_from_a_run_record_give_an_omitted_task_the_same_cause(t
     assert {r["task"]: r["message"] for r in rows} == expected
     infos = {t: json.loads(qcgpj("info", t, "--json", "--from", str(tmp_path), cwd=tmp_path).stdout) for t in expected}
     assert {t: i.get("message") for t, i in infos.items()} == expected
+
+
+ALL_OMITTED = [   # jobs whose every iteration is omitted by per-iteration dependencies
+    {"name": "ib", "iteration": {"stop": 2}, "execution": {"exec": "/bin/false"}},
+    {"name": "pi", "iteration": {"stop": 2}, "execution": {"exec": "/bin/true"},
+     "dependencies": {"after": ["ib:${it}"]}},
+    {"name": "ib1", "iteration": {"stop": 1}, "execution": {"exec": "/bin/false"}},
+    {"name": "p1", "iteration": {"stop": 1}, "execution": {"exec": "/bin/true"},
+     "dependencies": {"after": ["ib1:${it}"]}}]
+ALL_OMITTED_WHY = {"pi": "all 2 iterations omitted, the first because dependency ib:0 ended FAILED",
+                   "p1": "dependency ib1:0 ended FAILED"}
+
+
+def test_a_job_whose_every_iteration_was_omitted_says_why(tmp_path):
+    """Such a job ended OMITTED with an empty message: `run`'s summary said only 'pi: OMITTED', `info` no cause.
+    It now gives its first iteration's cause (alone for a job of one iteration), on a queue, in a late submit's
+    omission and in a local run's summary and record."""
+    from qcgpj import Manager
+    from tests.test_cli import qcgpj, write
+    m = Manager(cores=2, store="redis-server")
+    try:
+        m.submit(ALL_OMITTED)
+        m.wait4all(timeout=120)
+        m.submit([{**j, "name": "late" + j["name"]} for j in ALL_OMITTED if j["name"][0] == "p"])   # omitted by the submit itself
+        m.wait4all(timeout=120)
+        got = {n: (m.info(n)["state"], m.info(n)["message"]) for n in ("pi", "p1", "latepi", "latep1")}
+    finally:
+        m.finish()
+    assert got == {n: ("OMITTED", why) for j, why in ALL_OMITTED_WHY.items() for n in (j, "late" + j)}
+    write(tmp_path / "jobs.json", ALL_OMITTED)
+    res = qcgpj("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    assert res.returncode == 1
+    for name, why in ALL_OMITTED_WHY.items():
+        assert f"{name}: OMITTED: {why}\n" in res.stdout
+        info = json.loads(qcgpj("info", name, "--json", "--from", str(tmp_path), cwd=tmp_path).stdout)
+        assert info["message"] == why

@@ -120,16 +120,26 @@ local function parent_iteration_ok(name, it)  -- one per-iteration parent of nam
   end
 end
 
+-- Why every iteration of a job was omitted: its first iteration's cause ('dependency NAME ended STATE'), which
+-- alone says it for a job of one iteration; for more, a count before it (their causes may differ: one read, not n).
+local function all_omitted_why(name, it0, n)
+  local rec = redis.call('HGET', K_its(name), it0)
+  local first = rec and string.match(rec, '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(.*)$') or ''
+  if n == 1 or first == '' then return first end
+  return 'all ' .. n .. ' iterations omitted, the first because ' .. first
+end
+
 -- The state of an iterative job once its last iteration ended (a job canceled whole is CANCELED at once, in
 -- cancel.lua), and its message. As in QCG-PilotJob, any iteration that did not succeed (failed, canceled, omitted)
 -- makes it FAILED: its work is not all done, and CANCELED would tell its user that someone canceled the job.
--- OMITTED only when no iteration ran at all for that reason.
-local function final_of_iterations(jk)
-  local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED', 'n_OMITTED')
+-- OMITTED only when no iteration ran at all for that reason, with the cause of its first iteration (each has a
+-- record then: omit_iteration wrote it), so `run`'s summary and `info` say why as for a job omitted whole.
+local function final_of_iterations(jk, name)
+  local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED', 'n_OMITTED', 'it0')
   local n, ok = tonumber(h[1]), tonumber(h[2] or '0')
   if ok == n then return 'SUCCEED', '' end
   local counts, why = {tonumber(h[3] or '0'), tonumber(h[4] or '0'), tonumber(h[5] or '0')}, {}
-  if counts[3] == n then return 'OMITTED', '' end
+  if counts[3] == n then return 'OMITTED', all_omitted_why(name, tonumber(h[6] or '0'), n) end
   for i, word in ipairs({'failed', 'canceled', 'omitted'}) do
     if counts[i] > 0 then why[#why + 1] = counts[i] .. ' ' .. word end
   end
@@ -174,7 +184,7 @@ local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childles
   if done >= tonumber(redis.call('HGET', jk, 'n')) then
     local st = redis.call('HGET', jk, 'state')
     if not FINAL[st] then
-      local fin, why = final_of_iterations(jk)
+      local fin, why = final_of_iterations(jk, name)
       redis.call('HSET', jk, 'state', fin, 'end', NOW, 'message', why)
       work[#work + 1] = {'job_final', name, nil, fin}
     end
