@@ -18,7 +18,7 @@ from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job, size_at_submit
 from .resources import parse_compact
-from .store import FINAL_STATES, Store, parse_record, parse_usage, unrecorded_message
+from .store import FINAL_STATES, Store, parse_record, parse_usage, unrecorded_message, unrecorded_state
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class Manager:
         if rec:
             info = parse_record(rec)
         else:
-            info = {"state": _derived_state(h, it), "exit_code": None, "executor": None, "start": None,
+            info = {"state": unrecorded_state(h, it), "exit_code": None, "executor": None, "start": None,
                     "end": None, "attempt": 0, "message": unrecorded_message(h["state"], h.get("message"))}
         return {"name": f"{job}:{it}", **info}
 
@@ -313,8 +313,8 @@ class Manager:
         recs = self.store.iteration_records(job)
         it0, n = int(h["it0"]), int(h["n"])
         why = unrecorded_message(h["state"], h.get("message"))
-        return {it: parse_record(recs[str(it)]) if str(it) in recs else {"state": _derived_state(h, it), "message": why}
-                for it in range(it0, it0 + n)}
+        return {it: parse_record(recs[str(it)]) if str(it) in recs else
+                {"state": unrecorded_state(h, it), "message": why} for it in range(it0, it0 + n)}
 
     @a.api(departed=a.flag)
     def resources(self, departed: bool = False) -> dict[str, Any]:
@@ -454,16 +454,6 @@ class Manager:
 
     def __repr__(self) -> str:
         return f"Manager({'local' if self.local else self.client})"
-
-
-def _derived_state(h: dict[str, str], it: int) -> str:
-    """An iteration without a record: placed already, or still as its job."""
-    st = h["state"]
-    if st in FINAL_STATES:
-        return st if st != "SUCCEED" else "SUCCEED"
-    if it < int(h.get("next", h["it0"])) and "pdeps" not in h:
-        return "SCHEDULED"
-    return "READY" if st in ("SCHEDULED", "EXECUTING") else st
 
 
 _EXEC_INTS = ("total", "maxnode", "nnodes", "free", "prefetch", "pid", "running", "gpus", "gfree", "gmax", "mem")

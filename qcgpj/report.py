@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from statistics import median
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
-from .store import Store, parse_record, parse_usage, unrecorded_message
+from .store import Store, parse_record, parse_usage, unrecorded_message, unrecorded_state
 
 READ_CHUNK = 1000
 
@@ -86,7 +86,8 @@ class RedisSource:
 
     def tasks(self) -> Iterator[TaskRow]:
         names = self.store.job_names()
-        fields_ = ("state", "req", "n", "it0", "created", "start", "end", "exit", "executor", "message", "usage")
+        fields_ = ("state", "req", "n", "it0", "created", "start", "end", "exit", "executor", "message", "usage",
+                   "next", "pdeps")
         for i in range(0, len(names), READ_CHUNK):
             chunk = names[i:i + READ_CHUNK]
             rows = self.store.job_fields(chunk, *fields_)
@@ -95,7 +96,7 @@ class RedisSource:
             for n in iterative:
                 pipe.hgetall(self.store.keys.its(n))
             records = dict(zip(iterative, pipe.execute()))
-            for name, (state, req, n, it0, created, t0, t1, code, eid, msg, usage) in zip(chunk, rows):
+            for name, (state, req, n, it0, created, t0, t1, code, eid, msg, usage, nxt, pdeps) in zip(chunk, rows):
                 if state is None:
                     continue   # removed meanwhile
                 cores = int((req or "1").split("|")[0])
@@ -106,11 +107,12 @@ class RedisSource:
                     continue
                 recs = records[name]
                 why = unrecorded_message(state, msg)
+                h = {"state": state, "it0": it0, "next": nxt, "pdeps": pdeps}
                 for it in range(int(it0), int(it0) + int(n)):
                     rec = recs.get(str(it))
-                    if rec is None:   # never placed (or ended with its job): the job's state is its state
-                        yield TaskRow(f"{name}:{it}", name, state, None, cores, _f(created), None, None, None, why,
-                                      state)
+                    if rec is None:   # not started (or ended with its job): its state as `info` gives it
+                        yield TaskRow(f"{name}:{it}", name, unrecorded_state(h, it), None, cores, _f(created), None,
+                                      None, None, why, state)
                         continue
                     r = parse_record(rec)
                     yield TaskRow(f"{name}:{it}", name, r["state"], r["executor"], cores, _f(created), r["start"],
@@ -122,7 +124,9 @@ class RecordSource:
     """The record a local ``qcgpj run`` left in its directory (:mod:`qcgpj.record`): a finished run, no queue.
 
     The record has each job's spec (cores: the request's minimum, as in Redis) and a line per iteration that
-    has a record; an iteration without one (never placed) takes its job's state, as :class:`RedisSource` does.
+    has a record or whose job was not final (its state as ``info`` gave it); an iteration without one ended with
+    its job (or the record is older), and takes its job's state as far as the record tells it (READY for one of a
+    running job: the record does not say which were placed).
     """
 
     def __init__(self, directory: str) -> None:
@@ -148,7 +152,8 @@ class RecordSource:
                 continue
             for it in range(its["start"], its["start"] + its["total"]):
                 rec = self.entries.get(f"{name}:{it}") or \
-                    {"state": e["state"], "message": unrecorded_message(e["state"], e.get("message"))}
+                    {"state": unrecorded_state({"state": e["state"]}, it),
+                     "message": unrecorded_message(e["state"], e.get("message"))}
                 yield _record_row(f"{name}:{it}", name, rec, cores, e, e["state"])
 
 

@@ -291,3 +291,32 @@ def test_a_job_whose_every_iteration_was_omitted_says_why(tmp_path):
         assert f"{name}: OMITTED: {why}\n" in res.stdout
         info = json.loads(qcgpj("info", name, "--json", "--from", str(tmp_path), cwd=tmp_path).stdout)
         assert info["message"] == why
+
+
+GATE = "while [ ! -e {go} ]; do sleep 0.05; done"
+
+
+def test_report_gives_an_iteration_not_started_the_state_info_gives_it(tmp_path):
+    """While an iterative job ran, `report jobs` gave its iterations not started yet the job's state (EXECUTING)
+    where `info JOB:IT` gave READY or SCHEDULED; now both sources of the report, a queue and a run's record, give
+    what info gives, and `info --from` the same as `info`."""
+    from qcgpj import Manager, record
+    from qcgpj.report import RecordSource
+    from tests.test_behaviour import wait_state
+    m = Manager(cores=1, store="redis-server")
+    try:
+        m.submit(Jobs().add(name="g", script=GATE.format(go=tmp_path / "go"), iteration=4)
+                 .add(name="q", exec="/bin/true", iteration=2, after=["g"]))
+        wait_state(m, "g:0", "EXECUTING")
+        assert m.info("g")["state"] == "EXECUTING"
+        infos = {f"{j}:{i}": m.info(f"{j}:{i}")["state"] for j, n in (("g", 4), ("q", 2)) for i in range(n)}
+        assert infos["g:0"] == "EXECUTING" and {infos[f"g:{i}"] for i in (1, 2, 3)} <= {"READY", "SCHEDULED"}
+        assert infos["q:0"] == infos["q:1"] == "QUEUED"
+        assert {t.task: t.state for t in RedisSource(m.store).tasks()} == infos
+        record.write(m, ["g", "q"], str(tmp_path), {})
+        assert {t.task: t.state for t in RecordSource(str(tmp_path)).tasks()} == infos
+        assert {t: record.lookup(str(tmp_path), t)["state"] for t in infos} == infos
+        (tmp_path / "go").touch()
+        assert m.wait4all(timeout=120) == {"g": "SUCCEED", "q": "SUCCEED"}
+    finally:
+        m.finish()
