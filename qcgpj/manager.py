@@ -36,6 +36,8 @@ def submit_rows(specs: Sequence[JobSpec]) -> list[tuple[str, str, str, str, str]
         req = f"{s.cores_min}|{s.cores_max or 0}|{s.nodes_min or 0}|{s.nodes_max or 0}"
         if s.gpus or s.mem:   # nodeCrs: GPUs and MiB per node (placement reads them from req)
             req += f"|{s.gpus}|{s.mem}"
+        if s.spread:          # submit.lua keeps it apart, as the job's 'spread'
+            req += ";" + s.spread
         it = f"{s.iteration.ids().start}|{s.iteration.count}" if s.iteration is not None else ""
         deps = " ".join(d.job if (d.iteration is None and not d.per_iteration)
                         else f"{d.job}:{'*' if d.per_iteration else d.iteration}" for d in s.after)

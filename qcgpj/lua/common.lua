@@ -488,13 +488,35 @@ local function placeable_again(jk)
   redis.call('HSET', jk, 'message', '')
 end
 
+-- QCG-PilotJob's maximum-iters share of iteration j (0-based) of n out of known cores or nodes: as few rounds as
+-- least allows, the earlier rounds one iteration larger, and in a round of m iterations known // m each, one more
+-- for its last known % m. jobspec.maximum_iters_share is the same; submit sized the job's req to the least share.
+local function maximum_iters_share(known, least, n, j)
+  local rounds = math.ceil(n / math.max(math.floor(known / least), 1))
+  local q, big = math.floor(n / rounds), n % rounds
+  local m, pos
+  if j < big * (q + 1) then m, pos = q + 1, j % (q + 1) else m, pos = q, (j - big * (q + 1)) % q end
+  if pos >= m - known % m then return math.floor(known / m) + 1 end
+  return math.floor(known / m)
+end
+
+-- The request of iteration it of a job whose 'spread' ("c|known|least", "k|..." for nodes) gives its iterations
+-- unequal shares: its own share as an exact count of cores (or nodes); else the job's request.
+local function iteration_req(spread, it, it0, n, cmin, cmax, kmin, kmax)
+  if not spread then return cmin, cmax, kmin, kmax end
+  local what, known, least = string.match(spread, '^(%a)|(%d+)|(%d+)$')
+  local size = maximum_iters_share(tonumber(known), tonumber(least), tonumber(n), it - tonumber(it0))
+  if what == 'k' then return cmin, cmax, size, size end
+  return size, size, kmin, kmax
+end
+
 -- One pending entry (at position pos of the list): placed if it fits, its tasks as far as the budget allows;
 -- returns the count placed so far. Entries to take off the list go to drop.
 local function place_entry(ex, entry, pos, budget, placed, drop)
   local name, it = split_tid(entry)
   local jk = K_job(name)
   local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel',
-    'unplaceable', 'spec')
+    'unplaceable', 'spec', 'spread')
   local cmin, cmax, kmin, kmax, g, m = parse_req(h[2])
   if not h[1] or FINAL[h[1]] then
     drop[#drop + 1] = {pos, entry}
@@ -502,7 +524,8 @@ local function place_entry(ex, entry, pos, budget, placed, drop)
     if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
       drop[#drop + 1] = {pos, entry}
     else
-      local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
+      local c0, c1, k0, k1 = iteration_req(h[11], it, h[4], h[3], cmin, cmax, kmin, kmax)
+      local e, c, k = pick(ex, c0, c1, k0, k1, g, m)
       if e then
         assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7]), g, name, h[10]); placed = placed + 1
         drop[#drop + 1] = {pos, entry}
@@ -517,7 +540,8 @@ local function place_entry(ex, entry, pos, budget, placed, drop)
       if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), nxt)) or ''] then
         nxt = nxt + 1
       else
-        local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
+        local c0, c1, k0, k1 = iteration_req(h[11], nxt, h[4], h[3], cmin, cmax, kmin, kmax)
+        local e, c, k = pick(ex, c0, c1, k0, k1, g, m)
         if not e then break end
         assign(ex, e, name .. ':' .. nxt, c, k, iteration_attempt(name, nxt, h[7]), g, name, h[10])
         placed = placed + 1; nxt = nxt + 1
