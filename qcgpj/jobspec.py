@@ -127,6 +127,8 @@ class JobSpec:
     iteration: Iteration | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     sizing: Sizing | None = None             # sizes fixed at submit (size_at_submit); never stored
+    spread: str | None = None                # maximum-iters' unequal shares: "c|known|least" ("k|": nodes), as
+                                             # the job hash's 'spread' (placement sizes each iteration from it)
     gpus: int = 0                            # nodeCrs: GPUs on each of its nodes (qcgpj.gpus)
     mem: int = 0                             # nodeCrs: MiB each of its nodes must declare
 
@@ -375,12 +377,13 @@ def _sized(s: JobSpec, total: int | None, per_node: int | None, nodes: int | Non
         return replace(s, cores_min=cores, cores_max=cores, sizing=None)
     least = (s.nodes_min or 1) if on_nodes else s.cores_min
     n = s.n_iterations
+    spread = None
     if kind == SPLIT_INTO:
         size = known // (parts or n)
-    else:
-        at_once = min(n, max(known // least, 1))   # iterations per round; the rounds as few as can be
-        rounds = -(-n // at_once)
-        size = known // -(-n // rounds)
+    else:   # the first iteration has the least share; the last the most (placement gives each its own)
+        size = maximum_iters_share(known, least, n, 0)
+        if size >= least and maximum_iters_share(known, least, n, n - 1) != size:
+            spread = f"{'k' if on_nodes else 'c'}|{known}|{least}"
     if size < least:
         unit = "node(s)" if on_nodes else "core(s)"
         raise ResourceError(s.name, NODES_SCHED if on_nodes else SCHED,
@@ -388,8 +391,22 @@ def _sized(s: JobSpec, total: int | None, per_node: int | None, nodes: int | Non
                             f"least asked for ({least})")
     if on_nodes:
         return replace(s, cores_min=cores, cores_max=cores if whole else s.cores_max, nodes_min=size,
-                       nodes_max=size, sizing=None)
-    return replace(s, cores_min=size, cores_max=size, sizing=None)
+                       nodes_max=size, sizing=None, spread=spread)
+    return replace(s, cores_min=size, cores_max=size, sizing=None, spread=spread)
+
+
+def maximum_iters_share(known: int, least: int, n: int, j: int) -> int:
+    """The cores (or nodes) QCG-PilotJob's maximum-iters gives iteration j (0-based) of n out of ``known``: as few
+    rounds as ``least`` allows, the earlier rounds one iteration larger when they do not divide evenly, and in a
+    round of m iterations ``known // m`` each, one more for its last ``known % m`` (10 cores over 3: 3, 3, 4), so
+    every round uses every core. common.lua's ``maximum_iters_share`` is the same arithmetic, per iteration."""
+    rounds = -(-n // max(known // least, 1))
+    q, big = divmod(n, rounds)   # the first `big` rounds have q + 1 iterations, the others q
+    if j < big * (q + 1):
+        m, pos = q + 1, j % (q + 1)
+    else:
+        m, pos = q, (j - big * (q + 1)) % q
+    return known // m + int(pos >= m - known % m)
 
 
 def _model(job: str, model: Any, exec: Any) -> str:

@@ -18,7 +18,7 @@ from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job, size_at_submit
 from .resources import parse_compact
-from .store import FINAL_STATES, Store, parse_record, parse_usage, unrecorded_message
+from .store import FINAL_STATES, Store, parse_record, parse_usage, unrecorded_message, unrecorded_state
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ def submit_rows(specs: Sequence[JobSpec]) -> list[tuple[str, str, str, str, str]
         req = f"{s.cores_min}|{s.cores_max or 0}|{s.nodes_min or 0}|{s.nodes_max or 0}"
         if s.gpus or s.mem:   # nodeCrs: GPUs and MiB per node (placement reads them from req)
             req += f"|{s.gpus}|{s.mem}"
+        if s.spread:          # submit.lua keeps it apart, as the job's 'spread'
+            req += ";" + s.spread
         it = f"{s.iteration.ids().start}|{s.iteration.count}" if s.iteration is not None else ""
         deps = " ".join(d.job if (d.iteration is None and not d.per_iteration)
                         else f"{d.job}:{'*' if d.per_iteration else d.iteration}" for d in s.after)
@@ -300,7 +302,7 @@ class Manager:
         if rec:
             info = parse_record(rec)
         else:
-            info = {"state": _derived_state(h, it), "exit_code": None, "executor": None, "start": None,
+            info = {"state": unrecorded_state(h, it), "exit_code": None, "executor": None, "start": None,
                     "end": None, "attempt": 0, "message": unrecorded_message(h["state"], h.get("message"))}
         return {"name": f"{job}:{it}", **info}
 
@@ -313,8 +315,8 @@ class Manager:
         recs = self.store.iteration_records(job)
         it0, n = int(h["it0"]), int(h["n"])
         why = unrecorded_message(h["state"], h.get("message"))
-        return {it: parse_record(recs[str(it)]) if str(it) in recs else {"state": _derived_state(h, it), "message": why}
-                for it in range(it0, it0 + n)}
+        return {it: parse_record(recs[str(it)]) if str(it) in recs else
+                {"state": unrecorded_state(h, it), "message": why} for it in range(it0, it0 + n)}
 
     @a.api(departed=a.flag)
     def resources(self, departed: bool = False) -> dict[str, Any]:
@@ -464,16 +466,6 @@ def _not_final(names: Sequence[str]) -> str:
     """The jobs a wait still waits for, as its timeout names them: how many, and the first few (those that
     ended are not named: in a sweep the first jobs are usually long done)."""
     return f"{len(names):,} job(s) not final: {', '.join(names[:5])}" + (" ..." if len(names) > 5 else "")
-
-
-def _derived_state(h: dict[str, str], it: int) -> str:
-    """An iteration without a record: placed already, or still as its job."""
-    st = h["state"]
-    if st in FINAL_STATES:
-        return st if st != "SUCCEED" else "SUCCEED"
-    if it < int(h.get("next", h["it0"])) and "pdeps" not in h:
-        return "SCHEDULED"
-    return "READY" if st in ("SCHEDULED", "EXECUTING") else st
 
 
 _EXEC_INTS = ("total", "maxnode", "nnodes", "free", "prefetch", "pid", "running", "gpus", "gfree", "gmax", "mem")

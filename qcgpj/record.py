@@ -2,7 +2,8 @@
 still be asked about (``qcgpj info --from DIR NAME``, ``qcgpj status --from DIR``).
 
 JSON lines: a first line about the run, then one line per job (``Manager.info``'s fields) and, for iterative
-jobs, one per iteration that has a record. Like QCG-PilotJob's ``jobs.report``, one line per job is greppable and
+jobs, one per iteration that has a record, or every iteration of a job that was not final (their states as
+``info`` gave them). Like QCG-PilotJob's ``jobs.report``, one line per job is greppable and
 appends cheaply.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ def write(m: Any, names: Sequence[str], directory: str, meta: dict[str, Any]) ->
 
 def _entries(m: Any, names: Sequence[str], directory: str) -> Iterator[dict[str, Any]]:
     from .jobspec import JobSpec   # here: the CLI imports this module for every command, services included
+    from .store import FINAL_STATES
     hashes = m.store.job_hashes(names)
     for name in names:
         h = hashes.get(name)
@@ -48,9 +50,10 @@ def _entries(m: Any, names: Sequence[str], directory: str) -> Iterator[dict[str,
         spec = JobSpec.from_json(h["spec"])
         info["stderr"] = stderr_path(spec, directory, None, info.get("nodes"))
         yield info
-        if "iterations" in info:
+        if "iterations" in info:   # those of a job not final too: their states differ from its (READY, SCHEDULED)
+            final = info["state"] in FINAL_STATES
             for it, rec in sorted(m.iterations(name).items()):
-                if rec.get("exit_code") is not None or rec["state"] in ("FAILED", "CANCELED", "OMITTED"):
+                if not final or rec.get("exit_code") is not None or rec["state"] in ("FAILED", "CANCELED", "OMITTED"):
                     yield {"name": f"{name}:{it}", **rec, "stderr": stderr_path(spec, directory, it, rec.get("nodes"))}
 
 

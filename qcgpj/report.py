@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from statistics import median
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
-from .manager import _derived_state
-from .store import Store, parse_record, parse_usage, unrecorded_message
+from .store import Store, parse_record, parse_usage, unrecorded_message, unrecorded_state
 
 READ_CHUNK = 1000
 
@@ -108,12 +107,11 @@ class RedisSource:
                     continue
                 recs = records[name]
                 why = unrecorded_message(state, msg)
-                h = {k: v for k, v in (("state", state), ("it0", it0), ("next", nxt), ("pdeps", pdeps))
-                     if v is not None}
+                h = {"state": state, "it0": it0, "next": nxt, "pdeps": pdeps}
                 for it in range(int(it0), int(it0) + int(n)):
                     rec = recs.get(str(it))
-                    if rec is None:   # not started: READY or SCHEDULED, or the final state it ended with its job
-                        yield TaskRow(f"{name}:{it}", name, _derived_state(h, it), None, cores, _f(created), None,
+                    if rec is None:   # not started (or ended with its job): its state as `info` gives it
+                        yield TaskRow(f"{name}:{it}", name, unrecorded_state(h, it), None, cores, _f(created), None,
                                       None, None, why, state)
                         continue
                     r = parse_record(rec)
@@ -126,7 +124,9 @@ class RecordSource:
     """The record a local ``qcgpj run`` left in its directory (:mod:`qcgpj.record`): a finished run, no queue.
 
     The record has each job's spec (cores: the request's minimum, as in Redis) and a line per iteration that
-    has a record; an iteration without one (never placed) takes its job's state, as :class:`RedisSource` does.
+    has a record or whose job was not final (its state as ``info`` gave it); an iteration without one ended with
+    its job (or the record is older), and takes its job's state as far as the record tells it (READY for one of a
+    running job: the record does not say which were placed).
     """
 
     def __init__(self, directory: str) -> None:
@@ -152,7 +152,8 @@ class RecordSource:
                 continue
             for it in range(its["start"], its["start"] + its["total"]):
                 rec = self.entries.get(f"{name}:{it}") or \
-                    {"state": e["state"], "message": unrecorded_message(e["state"], e.get("message"))}
+                    {"state": unrecorded_state({"state": e["state"]}, it),
+                     "message": unrecorded_message(e["state"], e.get("message"))}
                 yield _record_row(f"{name}:{it}", name, rec, cores, e, e["state"])
 
 

@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -87,6 +87,19 @@ class Entry:
             cores, gpus = cores.split("+")
             return cls(raw, task, int(cores), int(nodes), int(attempt), int(gpus))
         return cls(raw, task, int(cores), int(nodes), int(attempt))
+
+
+def unrecorded_state(h: Mapping[str, str | None], it: int) -> str:
+    """The state of an iteration that has no record of its own (it has not started), from its job's hash fields
+    ``state``, ``it0``, ``next`` and ``pdeps``: placed already (SCHEDULED), still waiting for cores (READY), or as
+    its job while the job is QUEUED or final. Not the job's EXECUTING: ``info`` and ``report`` both give this, so
+    they agree on every iteration."""
+    st = h.get("state") or ""
+    if st in FINAL_STATES:
+        return st
+    if it < int(h.get("next") or h.get("it0") or 0) and not h.get("pdeps"):   # placed as a range, in order
+        return "SCHEDULED"
+    return "READY" if st in ("SCHEDULED", "EXECUTING") else st
 
 
 def unrecorded_message(job_state: str | None, job_message: str | None) -> str:

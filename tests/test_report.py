@@ -271,3 +271,68 @@ def test_iterations_not_started_yet_are_counted_as_info_has_them(cluster):
     assert got == {"sw:0": "EXECUTING", "sw:1": "READY", "sw:2": "READY"}
     (cluster.workdir / "go").touch()
     assert m.wait4(["sw"], timeout=60) == {"sw": "SUCCEED"}
+
+
+ALL_OMITTED = [   # jobs whose every iteration is omitted by per-iteration dependencies
+    {"name": "ib", "iteration": {"stop": 2}, "execution": {"exec": "/bin/false"}},
+    {"name": "pi", "iteration": {"stop": 2}, "execution": {"exec": "/bin/true"},
+     "dependencies": {"after": ["ib:${it}"]}},
+    {"name": "ib1", "iteration": {"stop": 1}, "execution": {"exec": "/bin/false"}},
+    {"name": "p1", "iteration": {"stop": 1}, "execution": {"exec": "/bin/true"},
+     "dependencies": {"after": ["ib1:${it}"]}}]
+ALL_OMITTED_WHY = {"pi": "all 2 iterations omitted, the first because dependency ib:0 ended FAILED",
+                   "p1": "dependency ib1:0 ended FAILED"}
+
+
+def test_a_job_whose_every_iteration_was_omitted_says_why(tmp_path):
+    """Such a job ended OMITTED with an empty message: `run`'s summary said only 'pi: OMITTED', `info` no cause.
+    It now gives its first iteration's cause (alone for a job of one iteration), on a queue, in a late submit's
+    omission and in a local run's summary and record."""
+    from qcgpj import Manager
+    from tests.test_cli import qcgpj, write
+    m = Manager(cores=2, store="redis-server")
+    try:
+        m.submit(ALL_OMITTED)
+        m.wait4all(timeout=120)
+        m.submit([{**j, "name": "late" + j["name"]} for j in ALL_OMITTED if j["name"][0] == "p"])   # omitted by the submit itself
+        m.wait4all(timeout=120)
+        got = {n: (m.info(n)["state"], m.info(n)["message"]) for n in ("pi", "p1", "latepi", "latep1")}
+    finally:
+        m.finish()
+    assert got == {n: ("OMITTED", why) for j, why in ALL_OMITTED_WHY.items() for n in (j, "late" + j)}
+    write(tmp_path / "jobs.json", ALL_OMITTED)
+    res = qcgpj("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    assert res.returncode == 1
+    for name, why in ALL_OMITTED_WHY.items():
+        assert f"{name}: OMITTED: {why}\n" in res.stdout
+        info = json.loads(qcgpj("info", name, "--json", "--from", str(tmp_path), cwd=tmp_path).stdout)
+        assert info["message"] == why
+
+
+GATE = "while [ ! -e {go} ]; do sleep 0.05; done"
+
+
+def test_report_gives_an_iteration_not_started_the_state_info_gives_it(tmp_path):
+    """While an iterative job ran, `report jobs` gave its iterations not started yet the job's state (EXECUTING)
+    where `info JOB:IT` gave READY or SCHEDULED; now both sources of the report, a queue and a run's record, give
+    what info gives, and `info --from` the same as `info`."""
+    from qcgpj import Manager, record
+    from qcgpj.report import RecordSource
+    from tests.test_behaviour import wait_state
+    m = Manager(cores=1, store="redis-server")
+    try:
+        m.submit(Jobs().add(name="g", script=GATE.format(go=tmp_path / "go"), iteration=4)
+                 .add(name="q", exec="/bin/true", iteration=2, after=["g"]))
+        wait_state(m, "g:0", "EXECUTING")
+        assert m.info("g")["state"] == "EXECUTING"
+        infos = {f"{j}:{i}": m.info(f"{j}:{i}")["state"] for j, n in (("g", 4), ("q", 2)) for i in range(n)}
+        assert infos["g:0"] == "EXECUTING" and {infos[f"g:{i}"] for i in (1, 2, 3)} <= {"READY", "SCHEDULED"}
+        assert infos["q:0"] == infos["q:1"] == "QUEUED"
+        assert {t.task: t.state for t in RedisSource(m.store).tasks()} == infos
+        record.write(m, ["g", "q"], str(tmp_path), {})
+        assert {t.task: t.state for t in RecordSource(str(tmp_path)).tasks()} == infos
+        assert {t: record.lookup(str(tmp_path), t)["state"] for t in infos} == infos
+        (tmp_path / "go").touch()
+        assert m.wait4all(timeout=120) == {"g": "SUCCEED", "q": "SUCCEED"}
+    finally:
+        m.finish()

@@ -144,8 +144,31 @@ def test_whole_nodes_and_iteration_schedulers_size_against_the_machine(tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     got = {p.name: p.read_text().split() for p in tmp_path.iterdir() if p.name[:2] in ("mi", "si", "ro", "wh")}
     assert got["mi_0"] == got["mi_1"] == ["4"] and got["si_0"] == got["si_1"] == ["2"]
-    assert {tuple(v) for k, v in got.items() if k.startswith("rounds")} == {("1",)}   # 12 on 8: two rounds
+    rounds = [got[f"rounds_{i}"] for i in range(12)]   # 12 on 8: two rounds of 6, 8 cores each (QCG-PilotJob's)
+    assert rounds == [["1"]] * 4 + [["2"]] * 2 + [["1"]] * 4 + [["2"]] * 2
     assert got["whole"] == ["8", "2"]
+
+
+def test_maximum_iters_gives_unequal_shares_as_qcg_pilotjob_does(tmp_path):
+    """Cores that do not divide evenly: QCG-PilotJob's maximum-iters gives a round's last iterations one more
+    (10 cores over 3: 3, 3, 4; its iterscheduler.py), qcgpj gave every iteration the least share (3, 3, 3) and
+    left a core idle. Now each iteration gets QCG-PilotJob's share, of cores or of nodes, every core used."""
+    def nodes_job(name: str, n: int) -> dict:
+        return job(name, f"echo $QCGPJ_NCORES $QCGPJ_NNODES > {name}_${{it}}", iteration={"stop": n},
+                   resources={"numNodes": {"min": 1, "scheduler": {"name": "maximum-iters"}}})
+    two = job("two", "echo $QCGPJ_NCORES > two_${it}", iteration={"stop": 7},
+              resources={"numCores": {"min": 2, "scheduler": {"name": "maximum-iters"}}})
+    per_it = {**sized("per", 3, "maximum-iters"), "dependencies": {"after": ["three:${it}"]}}   # placed one by one
+    write(tmp_path / "spread.json", [submit(sized("three", 3, "maximum-iters"), two, nodes_job("nodes", 3), per_it)])
+    res = qcgpj("run", "spread.json", "--nodes", "n0:2,n1:2,n2:2,n3:2,n4:2", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    def got(name: str, n: int) -> list[str]:
+        return [(tmp_path / f"{name}_{i}").read_text().strip() for i in range(n)]
+    assert got("three", 3) == got("per", 3) == ["3", "3", "4"]      # 10 cores, one round
+    assert got("two", 7) == ["2", "2", "3", "3", "3", "3", "4"]     # at least 2 each: rounds of 4 and 3
+    assert got("nodes", 3) == ["2 1", "4 2", "4 2"]                 # 5 nodes of 2 cores: 1, 2 and 2 nodes
+    assert "maximum-iters" not in res.stderr
 
 
 def test_an_iteration_scheduler_on_num_nodes_sizes_the_nodes(tmp_path):

@@ -120,16 +120,26 @@ local function parent_iteration_ok(name, it)  -- one per-iteration parent of nam
   end
 end
 
+-- Why every iteration of a job was omitted: its first iteration's cause ('dependency NAME ended STATE'), which
+-- alone says it for a job of one iteration; for more, a count before it (their causes may differ: one read, not n).
+local function all_omitted_why(name, it0, n)
+  local rec = redis.call('HGET', K_its(name), it0)
+  local first = rec and string.match(rec, '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(.*)$') or ''
+  if n == 1 or first == '' then return first end
+  return 'all ' .. n .. ' iterations omitted, the first because ' .. first
+end
+
 -- The state of an iterative job once its last iteration ended (a job canceled whole is CANCELED at once, in
 -- cancel.lua), and its message. As in QCG-PilotJob, any iteration that did not succeed (failed, canceled, omitted)
 -- makes it FAILED: its work is not all done, and CANCELED would tell its user that someone canceled the job.
--- OMITTED only when no iteration ran at all for that reason.
-local function final_of_iterations(jk)
-  local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED', 'n_OMITTED')
+-- OMITTED only when no iteration ran at all for that reason, with the cause of its first iteration (each has a
+-- record then: omit_iteration wrote it), so `run`'s summary and `info` say why as for a job omitted whole.
+local function final_of_iterations(jk, name)
+  local h = redis.call('HMGET', jk, 'n', 'n_SUCCEED', 'n_FAILED', 'n_CANCELED', 'n_OMITTED', 'it0')
   local n, ok = tonumber(h[1]), tonumber(h[2] or '0')
   if ok == n then return 'SUCCEED', '' end
   local counts, why = {tonumber(h[3] or '0'), tonumber(h[4] or '0'), tonumber(h[5] or '0')}, {}
-  if counts[3] == n then return 'OMITTED', '' end
+  if counts[3] == n then return 'OMITTED', all_omitted_why(name, tonumber(h[6] or '0'), n) end
   for i, word in ipairs({'failed', 'canceled', 'omitted'}) do
     if counts[i] > 0 then why[#why + 1] = counts[i] .. ' ' .. word end
   end
@@ -174,7 +184,7 @@ local function task_final(name, it, state, exit, eid, t0, t1, att, msg, childles
   if done >= tonumber(redis.call('HGET', jk, 'n')) then
     local st = redis.call('HGET', jk, 'state')
     if not FINAL[st] then
-      local fin, why = final_of_iterations(jk)
+      local fin, why = final_of_iterations(jk, name)
       redis.call('HSET', jk, 'state', fin, 'end', NOW, 'message', why)
       work[#work + 1] = {'job_final', name, nil, fin}
     end
@@ -478,13 +488,35 @@ local function placeable_again(jk)
   redis.call('HSET', jk, 'message', '')
 end
 
+-- QCG-PilotJob's maximum-iters share of iteration j (0-based) of n out of known cores or nodes: as few rounds as
+-- least allows, the earlier rounds one iteration larger, and in a round of m iterations known // m each, one more
+-- for its last known % m. jobspec.maximum_iters_share is the same; submit sized the job's req to the least share.
+local function maximum_iters_share(known, least, n, j)
+  local rounds = math.ceil(n / math.max(math.floor(known / least), 1))
+  local q, big = math.floor(n / rounds), n % rounds
+  local m, pos
+  if j < big * (q + 1) then m, pos = q + 1, j % (q + 1) else m, pos = q, (j - big * (q + 1)) % q end
+  if pos >= m - known % m then return math.floor(known / m) + 1 end
+  return math.floor(known / m)
+end
+
+-- The request of iteration it of a job whose 'spread' ("c|known|least", "k|..." for nodes) gives its iterations
+-- unequal shares: its own share as an exact count of cores (or nodes); else the job's request.
+local function iteration_req(spread, it, it0, n, cmin, cmax, kmin, kmax)
+  if not spread then return cmin, cmax, kmin, kmax end
+  local what, known, least = string.match(spread, '^(%a)|(%d+)|(%d+)$')
+  local size = maximum_iters_share(tonumber(known), tonumber(least), tonumber(n), it - tonumber(it0))
+  if what == 'k' then return cmin, cmax, size, size end
+  return size, size, kmin, kmax
+end
+
 -- One pending entry (at position pos of the list): placed if it fits, its tasks as far as the budget allows;
 -- returns the count placed so far. Entries to take off the list go to drop.
 local function place_entry(ex, entry, pos, budget, placed, drop)
   local name, it = split_tid(entry)
   local jk = K_job(name)
   local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel',
-    'unplaceable', 'spec')
+    'unplaceable', 'spec', 'spread')
   local cmin, cmax, kmin, kmax, g, m = parse_req(h[2])
   if not h[1] or FINAL[h[1]] then
     drop[#drop + 1] = {pos, entry}
@@ -492,7 +524,8 @@ local function place_entry(ex, entry, pos, budget, placed, drop)
     if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then
       drop[#drop + 1] = {pos, entry}
     else
-      local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
+      local c0, c1, k0, k1 = iteration_req(h[11], it, h[4], h[3], cmin, cmax, kmin, kmax)
+      local e, c, k = pick(ex, c0, c1, k0, k1, g, m)
       if e then
         assign(ex, e, entry, c, k, iteration_attempt(name, it, h[7]), g, name, h[10]); placed = placed + 1
         drop[#drop + 1] = {pos, entry}
@@ -507,7 +540,8 @@ local function place_entry(ex, entry, pos, budget, placed, drop)
       if h[8] and FINAL[record_state(redis.call('HGET', K_its(name), nxt)) or ''] then
         nxt = nxt + 1
       else
-        local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
+        local c0, c1, k0, k1 = iteration_req(h[11], nxt, h[4], h[3], cmin, cmax, kmin, kmax)
+        local e, c, k = pick(ex, c0, c1, k0, k1, g, m)
         if not e then break end
         assign(ex, e, name .. ':' .. nxt, c, k, iteration_attempt(name, nxt, h[7]), g, name, h[10])
         placed = placed + 1; nxt = nxt + 1

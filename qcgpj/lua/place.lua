@@ -63,7 +63,7 @@ local function fail(name, h, entries, why)  -- every task of the job still waiti
           redis.call('HSET', jk, 'next', last + 1, 'message', why)
           redis.call('HINCRBY', jk, 'n_FAILED', last - nxt + 1)
           if redis.call('HINCRBY', jk, 'done', last - nxt + 1) >= tonumber(h[3]) then
-            local st = final_of_iterations(jk)
+            local st = final_of_iterations(jk, name)
             redis.call('HSET', jk, 'state', st, 'end', NOW)
             work[#work + 1] = {'job_final', name, nil, st}
           end

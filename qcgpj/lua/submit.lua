@@ -1,6 +1,6 @@
 -- Make a staged batch visible, in one atomic step. ARGV: now, batch id, staging attempt, count, batch ttl (s).
 -- The client wrote the rows to K_stage(attempt) in chunks beforehand (nothing else reads that list): per job
--- name, spec, req, iter ("it0|n" or ""), deps (space-separated "a" whole job, "a:3" iteration 3, "a:*" per
+-- name, spec, req (";spread" after it for maximum-iters' unequal shares), iter ("it0|n" or ""), deps (space-separated "a" whole job, "a:3" iteration 3, "a:*" per
 -- iteration), dependencies first. Everything is checked again here (another client may have submitted since the
 -- client's checks) before the first write; on error nothing is written and the staging list is deleted:
 -- {'ERR', kind, job, detail}.
@@ -83,7 +83,10 @@ local omit, ready_now, late, names, tasks = {}, {}, {}, {}, 0
 each_row(function(name, spec, req, iter, depstr)
   local jk = K_job(name)
   local omitted_before = #omit
+  local spread
+  req, spread = string.match(req, '^([^;]*);?(.*)$')   -- "req;spread": maximum-iters' unequal shares
   local fields = {'spec', spec, 'state', 'QUEUED', 'req', req, 'created', NOW}
+  if spread ~= '' then fields[#fields + 1] = 'spread'; fields[#fields + 1] = spread end
   tasks = tasks + 1
   if iter ~= '' then
     local it0, n = string.match(iter, '^(-?%d+)|(%d+)$')
