@@ -136,6 +136,7 @@ class Executor:
         self._rejoin = False           # declared dead while alive: join again once no round trip is in flight
         self._void: set[int] = set()   # ids of the slots of tasks killed on a rejoin: their reports are dropped
         self._handback: set[str] = set()   # entries of tasks killed with the allocation: requeued as we leave
+        self._halted = False           # halt(): the process is ending on a signal, nothing more starts
         self._outage = Outage(f"executor {self.eid}", log)
         # a hop's round trip watches for the answer (Store.sync) where another CPU can make it meanwhile
         self._spin = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
@@ -421,9 +422,9 @@ class Executor:
         BACKFILL_PATIENCE seconds: parts of a coupled run may wait for each other, and in strict order a part
         queued behind one that waits for the first never started."""
         n, low, i = 0, self._low(), 0
-        if time.monotonic() >= self._lease_until:
+        if self._halted or time.monotonic() >= self._lease_until:
             return 0   # the heartbeat has not found us ALIVE lately: our claims may be someone else's by now
-        while i < len(self._local) and not self._stop.is_set():
+        while i < len(self._local) and not self._stop.is_set() and not self._halted:
             if n and len(self._local) < low and self._inflight is None and not self._ready_empty:
                 break   # below the low-water mark: let the dispatcher send the next claim first
             entry = self._local[i]
@@ -521,6 +522,23 @@ class Executor:
                 slot.canceled = True   # a launcher thread that has not started it yet kills it at once
                 if slot.running is not None:
                     slot.running.kill()
+
+    def halt(self) -> int:
+        """Start nothing more and ask every running task to end (SIGTERM): the first half of the end of a local
+        script on a signal (qcgpj.manager), ``kill_all`` the second. From a signal handler: it takes no lock and
+        starts no thread, as the code the signal interrupted may hold any. Returns how many tasks were running."""
+        self._halted = True
+        slots = list(self._running.values())
+        for slot in slots:
+            slot.canceled = True   # a launcher thread that has not started it yet kills it at once
+            if slot.running is not None:
+                slot.running.terminate()
+        return len(slots)
+
+    def running_left(self) -> bool:
+        """Whether a task is still starting, or its process has not ended (it may not be reaped yet)."""
+        return any(slot.running is None or not slot.running.exited()
+                   for slot in list(self._running.values()) if not slot.ended)
 
     def kill_all(self) -> None:
         """End every running task now, with all it started, from any thread (local mode's second Ctrl-C, which

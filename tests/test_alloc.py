@@ -7,20 +7,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from qcgpj import Jobs, Manager
 from qcgpj.alloc import AllocQueue, TaskDemand, decide, slurm_time
 from qcgpj.allocstore import AllocStore
-from qcgpj.connection import ENV_URL, connect
+from qcgpj.connection import ENV_URL, SERVICE_RETRIES, connect
 from qcgpj.errors import AllocError
 from qcgpj import slurm as slurm_cmds
 from qcgpj.slurm import batch_script, rotate
 
 from tests.cluster import Cluster, qcgpj_cmd
+from tests.tcpgate import Gate
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_CMD = f"env PYTHONPATH={REPO} {sys.executable} -m qcgpj worker"
@@ -140,6 +143,39 @@ def test_idle_grace_keeps_the_worker_for_work_that_comes_soon(redis_url, tmp_pat
         assert len(m.resources(departed=True)["executors"]) == 1   # the same executor ran both
     finally:
         cluster.stop()
+
+
+def test_alloc_serve_logs_an_outage_at_once_and_stops_during_it(redis_url, tmp_path):
+    """alloc serve kept the client's redis-py retries: during an outage its first call to Redis retried for
+    minutes before its loop could log the outage, and a SIGTERM waited for that call and then for the release of
+    its lease, retried as long. It keeps the services' few retries now. Counted in connections, not seconds:
+    redis-py retries the handshake inside each retry of a call, so one failing call opens at most
+    (SERVICE_RETRIES + 1) ** 2 connections (16; a client's 20 retries open up to 441)."""
+    per_call = (SERVICE_RETRIES + 1) ** 2
+    host, port = urlsplit(redis_url).hostname, urlsplit(redis_url).port
+    log = tmp_path / "alloc.log"
+    with Gate((host, port)) as gate:
+        cluster = Cluster(gate.url, tmp_path)
+        allocator = cluster.allocator("--poll", "0.5")
+        try:
+            wait_until(lambda: "acting (leader)" in log.read_text(), 60, "the allocator to lead", cluster.logs)
+            # The outage: the connection after one call's worth is held unanswered, the allocator blocked on it.
+            held = gate.cut(hold=per_call + 1)
+            assert held.wait(120), f"only {gate.count} connection(s)\n{cluster.logs()}"
+            assert "Redis unavailable" in log.read_text(), cluster.logs()     # logged before that connection
+            allocator.send_signal(signal.SIGTERM)
+            wait_until(lambda: "stopping" in log.read_text(), 60, "the signal to be seen", cluster.logs)
+            ended = threading.Event()
+            threading.Thread(target=lambda: (allocator.wait(), ended.set()), daemon=True).start()
+            # Let the held call fail: it and the release of the lease may open up to a call's worth each.
+            gate.cut(hold=2 * per_call + 1, notify=ended)
+            assert ended.wait(120)
+            assert allocator.poll() == 0, f"still running after {gate.count} connections\n{cluster.logs()}"
+            assert gate.count <= 2 * per_call
+        finally:
+            gate.close()
+            cluster.stop()
+    assert "allocator" in log.read_text() and "stopped" in log.read_text()
 
 
 # ---------------------------------------------------------------------- on the real Slurm

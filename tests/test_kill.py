@@ -126,6 +126,79 @@ def test_a_local_script_that_ends_without_finish_leaves_no_task_behind(tmp_path,
     assert not (tmp_path / "queued.ran").exists()
 
 
+
+# A local-mode script that is sent a signal while its task runs; the task writes "started" once set up.
+SIGNALED = """
+import sys, time
+from pathlib import Path
+from qcgpj import Jobs, Manager
+m = Manager(cores=1)
+m.submit(Jobs().add(name="runs", script=sys.argv[1]))
+while not Path("started").exists():
+    time.sleep(0.05)
+print("running", flush=True)
+m.wait4all()
+"""
+# A task that ends on SIGTERM, saying so (its child, in its process group, gets the signal too).
+POLITE = "trap 'touch got-term; exit 3' TERM; echo $$ > task.pid; ./{L} 1000 & touch started; wait"
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, its parent gone and init not reaping yet, has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig, task", [("SIGTERM", POLITE), ("SIGHUP", POLITE), ("SIGTERM", SPAWNER)],
+                         ids=["sigterm", "sighup", "sigterm-ignored"])
+def test_a_local_script_ended_by_a_signal_ends_its_tasks_first(tmp_path, lingerer, sig, task):
+    """A local-mode script killed by SIGTERM (a batch system, ``kill``) or SIGHUP (its terminal closed) ended at
+    once by the default action, leaving its running tasks (each in a session of its own) running with no one to
+    stop them. As ``qcgpj run`` does, its tasks now get SIGTERM, and SIGKILL with all they started once they end
+    or after the grace (here they ignore SIGTERM); then the default action ends the script with its usual
+    status."""
+    signum = getattr(signal, sig)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    p = subprocess.Popen([sys.executable, "-c", SIGNALED, task.format(L=lingerer)], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "running\n", p.communicate(timeout=60)[1]
+        until(lambda: len(processes(lingerer)) == (1 if task == POLITE else 2), what="the task's children")
+        p.send_signal(signum)
+        _out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == -signum, err
+    until(lambda: gone(lingerer), what="the task's children to end")
+    if task == POLITE:
+        assert (tmp_path / "got-term").exists()            # asked first: SIGTERM
+        until(lambda: not alive(int((tmp_path / "task.pid").read_text())), what="the task to end")
+
+
+def test_a_local_manager_keeps_the_users_handler_and_gives_the_default_back(tmp_path):
+    """The handler of a local Manager is set only over the default action, and the default is back once the
+    last local Manager finished."""
+    mine = lambda *_: None   # noqa: E731
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with Manager(cores=1, root_wd=str(tmp_path)):
+            assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    first, second = Manager(cores=1, root_wd=str(tmp_path)), Manager(cores=1, root_wd=str(tmp_path))
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+    first.finish()
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)   # the second still lives
+    second.finish()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_a_setsid_orphan_is_held_by_the_tasks_cgroup(tmp_path, lingerer):
     if not cgroups_usable():
         pytest.skip("no writable cgroup v2 here")

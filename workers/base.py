@@ -74,6 +74,15 @@ class Running(ABC):
         """End it at once, without the grace a kill gives (a run that must exit now: a second Ctrl-C)."""
         self.kill()
 
+    def terminate(self) -> None:
+        """Ask it to end (SIGTERM), without the timer of ``kill``'s SIGKILL: for a process about to exit, whose
+        caller sends ``kill_now`` itself after a grace (local mode on SIGTERM). Called from a signal handler."""
+        self.kill()
+
+    def exited(self) -> bool:
+        """Whether it has ended, without reaping it (the executor's threads reap); from a signal handler."""
+        return self.poll() is not None
+
     def poll(self) -> int | None:
         """The exit code if it has ended, else None, without blocking."""
         return self.wait(0)
@@ -177,6 +186,12 @@ class ProcessRunning(Running):
     def kill_now(self) -> None:
         self._killed = True
         self._signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def exited(self) -> bool:
+        return self.proc.returncode is not None or self._exited(0)
 
     def _signal(self, sig: int) -> None:
         # Find everything before signalling anything: a parent that dies first hands its children to init,
