@@ -149,14 +149,14 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
 
 
 def _wait_executor(m: Manager, meter: CpuMeter) -> int:
-    """Executors started as processes take a moment to register; the clock starts before, so it counts. A worker
-    of several executor processes (``--processes``): all of them, and the meter counts their CPU. Returns how
-    many executors serve the run."""
+    """Executors started as processes take a moment to register; the clock starts before, so it counts. The
+    meter counts the CPU of the executor processes that registered (all of them with ``--processes``), not the
+    worker command's: it only supervises them. Returns how many executors serve the run."""
     last = m.store.last_event_id()
     while len(alive := [e for e in m.store.executors().values() if e.get("state") == "ALIVE"]) < meter.executors:
         meter.watch()
         last = m.store.wait_event(last, 0.5)
-    if meter.executors > 1:
+    if "executor" in meter.pids:   # the executor processes, not the command that supervises them
         meter.pids["executor"] = [int(e["pid"]) for e in alive]
     return len(alive)
 

@@ -560,7 +560,8 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
     for eid, e in res["executors"].items():
         since = f"\tleft {local_time(e['ended'])}" if e.get("ended") else f"\tsince {local_time(e.get('started'))}"
         click.echo(f"  {eid}\t{e.get('state')}\tcores {e.get('total')}\trunning {e.get('running')}\t"
-                   + (f"gpus {e['gpus']}\t" if e.get("gpus") else "") + f"nodes {e.get('nodes')}{since}"
+                   + (f"gpus {e['gpus']}\t" if e.get("gpus") else "") + f"nodes {e.get('nodes')}"
+                   + (f"\tpid {e['pid']}" if e.get("pid") else "") + since
                    + (f"\tslurm job {e['slurm_job']}" if e.get("slurm_job") else ""))
 
 

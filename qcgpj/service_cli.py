@@ -6,12 +6,14 @@ import os
 
 import click
 
+from . import workerprocs
 from .cli import (DURATION, Command, Seconds, _check_wd, _checked, _errors, _logging, connect_wait_option, main,
                   ns_option, resource_options, service_url_option, verbose_option)
 from .connection import ENV_URL, SERVICE_RETRIES, check_settings, connect
 from .errors import QcgpjError
 from .keys import check_executor_id
-from .signals import stop_on_signals
+from .resources import Node
+from .signals import can_supervise, stop_on_signals
 
 
 def _freeze() -> None:
@@ -104,18 +106,15 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     except ValueError as exc:
         raise QcgpjError(str(exc)) from None
     in_slurm = bool(os.environ.get("SLURM_JOB_ID")) and not nodes
-    shares = None
-    if processes > 1:
-        from . import workerprocs
-        shares = workerprocs.split(node_list, processes, sorted(os.sched_getaffinity(0)), in_slurm)
-    if shares and eid:
+    shares = _shares(node_list, processes, in_slurm)
+    if processes > 1 and eid:
         check_executor_id(f"{eid}-{processes - 1}")   # the processes' ids: checked once, here
     client = connect(redis_url, wait=connect_wait, retries=SERVICE_RETRIES)
-    check_settings(client)
-    if shares:
+    check_settings(client)   # bad URLs, credentials, ACLs: one line from the command, before any fork
+    if processes > 1 or can_supervise():
         client.close()   # each executor process makes its own connection
-        index, node = workerprocs.fork(shares)
-        node_list, eid = [node], f"{eid}-{index}" if eid else None
+        index, node_list = workerprocs.fork(shares)   # the supervisor never returns from it
+        eid = f"{eid}-{index}" if eid and processes > 1 else eid
         client = connect(redis_url, wait=connect_wait, retries=SERVICE_RETRIES)
     ex = Executor(client, node_list, namespace, eid=eid, root_wd=wd, prefetch=prefetch, heartbeat=heartbeat,
                   ttl=ttl, exit_when_idle=exit_when_idle, slurm=in_slurm, reconcile=reconcile,
@@ -124,6 +123,15 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     stop_on_signals(ex.stop)
     _freeze()
     ex.run()
+
+
+def _shares(node_list: list[Node], processes: int, in_slurm: bool) -> list[workerprocs.Share]:
+    """What each executor process gets: with --processes N, its share of the node's cores and of the CPUs; one
+    process keeps the whole node list and the command's CPU mask."""
+    if processes == 1:
+        return [(node_list, None)]
+    return [([node], cpus) for node, cpus in
+            workerprocs.split(node_list, processes, sorted(os.sched_getaffinity(0)), in_slurm)]
 
 
 main.add_command(worker_main, name="worker")

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Callable, Iterable
 
 log = logging.getLogger("qcgpj")
+
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 2, 36
 
 
 def stop_on_signals(stop: Callable[[], None],
@@ -44,15 +47,44 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM, parent: int | None = N
     must not import anything. None where there is no prctl (not Linux): ordinary exits still stop the child.
     ``parent``: the pid the child's parent has (default: this process); a child whose parent died before it
     could arm the signal gets it at once."""
-    try:
-        import ctypes
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+    prctl = _prctl()
+    if prctl is None:
         return None
     parent = os.getpid() if parent is None else parent
 
     def arm() -> None:
-        prctl(1, sig)   # PR_SET_PDEATHSIG
+        prctl(PR_SET_PDEATHSIG, sig)
         if os.getppid() != parent:   # the parent died between the fork and the prctl: no signal will come
             os.kill(os.getpid(), sig)
     return arm
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, or None where there is none (not Linux)."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def can_supervise() -> bool:
+    """Whether this system has what a worker's supervisor needs (Linux: prctl, /proc)."""
+    return sys.platform.startswith("linux") and _prctl() is not None
+
+
+def become_subreaper() -> bool:
+    """Make this process the one that adopts its descendants' orphans (Linux >= 3.4), instead of init: the tasks
+    of a killed executor become its children, so it can find and end them. False where that cannot be had."""
+    prctl = _prctl()
+    return prctl is not None and prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def parent_death_signal() -> int:
+    """The signal this process gets when its parent dies (set by whoever started it), 0 for none."""
+    prctl = _prctl()
+    if prctl is None:
+        return 0
+    import ctypes
+    sig = ctypes.c_int(0)
+    return sig.value if prctl(PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0) == 0 else 0

@@ -1,4 +1,5 @@
-"""``qcgpj-worker --processes N``: one node's cores served by N executor processes instead of one.
+"""``qcgpj-worker``: the command supervises its executor process(es); ``--processes N``: one node's cores served
+by N executor processes instead of one.
 
 One executor drives all its cores from one interpreter: while one of its threads runs Python (preparing a task,
 a report, a round trip), a thread that must start the next task on another core waits for the interpreter lock,
@@ -6,12 +7,21 @@ and that core idles. With tasks of a few milliseconds this idle grows with the c
 `/bin/true` task against 14 µs with two processes of one core each; README, "Where the time goes"). Each process
 here is an ordinary executor: its share of the cores (original core ids, so reports name the real cores), its
 share of the CPUs this command may run on (set before anything else runs in it), its own Redis connection and id.
-
-The command stays in the foreground as their parent: SIGTERM or SIGINT sent to it reaches every executor (a
-terminal's Ctrl-C reaches them anyway, being one process group); it exits once all have, with the worst code.
-Killed outright (SIGKILL, by a batch system or a test's timeout), it cannot pass anything on: each executor then
-gets SIGTERM through the parent-death signal, drains and leaves, rather than serving on with no command to stop it.
 A job larger than one process's share waits for an executor that has its cores: use it for small tasks.
+
+The supervisor. On Linux the command forks its executor(s), for N=1 too, before any thread or Redis connection
+exists, and stays in the foreground as their parent. It is the subreaper of what they start: a task is a session
+of its own, so when an executor dies abruptly (SIGKILL, the OOM killer, a segfault) its tasks would run on as
+orphans of init while the queue, once the executor's heartbeat expires, starts them again elsewhere: the same task
+twice at once, writing the same files. Re-parented to the supervisor instead, they are killed (with their process
+groups, and whatever they started, which comes to it in turn) as soon as it reaps the executor, and reaped. It
+blocks in wait() otherwise: nothing on the tasks' path. Elsewhere N=1 runs its executor in the command itself.
+
+SIGTERM, SIGINT or SIGHUP sent to the command reach every executor as a drain (SIGHUP as SIGTERM); it exits once
+all have, with the worst code (128+signal for a signal). Killed outright (SIGKILL, by a batch system or a test's
+timeout), it cannot pass anything on: each executor then gets SIGTERM through the parent-death signal, drains
+and leaves, rather than serving on with no command to stop it (or the command's own parent-death signal, where
+whoever started it asked for one: ``qcgpj bench`` kills its worker whole, its Redis being gone with it).
 """
 from __future__ import annotations
 
@@ -19,11 +29,11 @@ import logging
 import os
 import signal
 from dataclasses import replace
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .errors import QcgpjError
 from .resources import Node
-from .signals import die_with_parent
+from .signals import become_subreaper, can_supervise, die_with_parent, parent_death_signal
 
 log = logging.getLogger("qcgpj")
 
@@ -56,52 +66,181 @@ def _shares(items: list[int], n: int) -> list[list[int]]:
     return out
 
 
-def fork(shares: list[tuple[Node, frozenset[int]]]) -> tuple[int, Node]:
-    """Fork one process per share; returns, in each of them, its index and its node, its CPU mask set. The
-    parent never returns: it supervises them (:func:`supervise`) and exits. Called before any thread exists."""
-    pids, parent = [], os.getpid()
-    for i, (node, cpus) in enumerate(shares):
+# Signals passed on to the executors, as what. SIGHUP (a closed terminal) is a drain too: an executor has no
+# handler for it, and would die of it, leaving its tasks to be killed.
+PASSED_ON = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT, signal.SIGHUP: signal.SIGTERM}
+
+Share = tuple[list[Node], frozenset[int] | None]   # an executor's nodes, and its CPUs (None: the command's)
+
+
+def fork(shares: Sequence[Share]) -> tuple[int, list[Node]]:
+    """Fork one executor process per share; returns, in each of them, its index and its nodes, its CPU mask set.
+    The parent never returns: it supervises them (:func:`supervise`) and exits. Called before any thread exists.
+
+    Each executor is a process group of its own, and the supervisor passes the signals sent to it on. In the
+    command's group an executor got a terminal's Ctrl-C (sent to the whole foreground group) or a
+    ``kill -TERM -PGID`` (a script's, a test's stop) twice, directly and passed on; a second signal tells an
+    executor to stop waiting for Redis, so a drain during an outage dropped its reports. The other way, passing
+    a signal on only when it was not sent to the whole group, cannot be told apart: a signal says who sent it,
+    not to whom. What signals every process of a cgroup (Slurm at its time limit, systemd) still reaches an
+    executor twice."""
+    parent, adopt = os.getpid(), become_subreaper()
+    if not adopt and can_supervise():   # Linux, but refused (a kernel before 3.4, a seccomp filter)
+        log.warning("cannot adopt orphaned processes (prctl PR_SET_CHILD_SUBREAPER): the tasks of an executor "
+                    "killed outright will run on")
+    # When the supervisor dies the executors drain (SIGTERM), unless whoever started the command gave it a
+    # parent-death signal of its own: they are part of the command (a killed bench's worker, told to drain, would
+    # wait for the bench's dead Redis for ever).
+    follow = signal.Signals(parent_death_signal() or signal.SIGTERM)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, PASSED_ON)   # until each side has its own handling
+    pids = []
+    for i, (nodes, cpus) in enumerate(shares):
         pid = os.fork()
         if pid == 0:
-            _follow(parent)
-            try:
-                os.sched_setaffinity(0, cpus)
-            except OSError as exc:   # a restricted container: run unbound rather than not at all
-                log.warning("executor process %d: cannot set the CPU mask %s: %s", i, sorted(cpus), exc)
-            return i, node
+            _executor_process(i, parent, follow, cpus, mask)
+            return i, nodes
+        _own_group(pid)
         pids.append(pid)
-    os._exit(supervise(pids))   # the parent's whole life: it never returns to the command
+    os._exit(supervise(pids, adopt, mask))   # the parent's whole life: it never returns to the command
 
 
-def _follow(parent: int) -> None:
-    """In an executor process: SIGTERM (a drain) when the supervising command dies, whatever kills it."""
-    arm = die_with_parent(signal.SIGTERM, parent)
+def _own_group(pid: int) -> None:
+    """Put an executor in a process group of its own (from both sides of the fork: whichever comes first)."""
+    try:
+        os.setpgid(pid, pid)
+    except OSError:   # it has exited already, or did it itself
+        pass
+
+
+def _executor_process(index: int, parent: int, follow: signal.Signals, cpus: frozenset[int] | None,
+                      mask: Iterable[int]) -> None:
+    """An executor process's first steps after the fork."""
+    _own_group(0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _follow(parent, follow)
+    if cpus is None:
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as exc:   # a restricted container: run unbound rather than not at all
+        log.warning("executor process %d: cannot set the CPU mask %s: %s", index, sorted(cpus), exc)
+
+
+def _follow(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
+    """In an executor process: ``sig`` (SIGTERM: a drain) when the supervising command dies, whatever kills it."""
+    arm = die_with_parent(sig, parent)
     if arm is not None:
         arm()
     elif os.getppid() != parent:   # no prctl here, and it died already
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
 
 
-def supervise(pids: list[int]) -> int:
-    """Pass SIGTERM and SIGINT on to the executors and wait for all of them; the exit code is the worst."""
+def supervise(pids: list[int], adopt: bool = False, mask: Iterable[int] | None = None) -> int:
+    """Pass SIGTERM, SIGINT and SIGHUP on to the executors and wait for all of them; the exit code is the worst.
+    ``adopt``: this process is the subreaper of their descendants; it reaps the orphans that end, and ends what
+    an executor leaves behind. ``mask``: the signal mask to restore once the handlers are in place."""
     left = set(pids)
 
     def forward(signum: int, _frame: object) -> None:
-        for pid in left:
+        for pid in list(left):
             try:
-                os.kill(pid, signum)
+                os.kill(pid, PASSED_ON[signal.Signals(signum)])
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in PASSED_ON:
         signal.signal(sig, forward)
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     worst = 0
     while left:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
+        if pid not in left:   # an adopted orphan that ended by itself: reaped, no zombie
+            continue
         left.discard(pid)
         code = os.waitstatus_to_exitcode(status)
         worst = max(worst, code if code >= 0 else 128 - code)
+        if adopt:
+            _ended(pid, code, left)
     return worst
+
+
+def _ended(pid: int, code: int, live: set[int]) -> None:
+    """An executor ended: kill what it left running, and say so in one line (or that it was killed)."""
+    killed = kill_leftovers(live)
+    if not killed and code >= 0:
+        return
+    if code < 0:
+        try:
+            how = f"was killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    what = f"killed {killed} task process(es) it left running" if killed else "it left no task process running"
+    rerun = "; its tasks run again elsewhere once its heartbeat expires" if code != 0 else ""
+    log.warning("executor %d %s: %s%s", pid, how, what, rerun)
+
+
+def kill_leftovers(live: set[int]) -> int:
+    """SIGKILL every child of this process that is not a live executor, with its process group (a task is a
+    session and group of its own), and reap them; again for what their deaths re-parent here, until none is
+    left. Returns how many were running when first found (the orphaned tasks, not what they started)."""
+    count, first = 0, True
+    while strays := [pid for pid in _children() if pid not in live]:
+        for pid in strays:
+            if first and _state(pid) not in (None, "Z"):
+                count += 1
+            _kill(pid)
+        for pid in strays:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        first = False
+    return count
+
+
+def _kill(pid: int) -> None:
+    try:
+        if os.getpgid(pid) == pid:   # a group leader (a task): its background children too
+            os.killpg(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _children() -> list[int]:
+    """This process's children (adopted orphans included), from /proc."""
+    me = os.getpid()
+    try:
+        found = []
+        for tid in os.listdir(f"/proc/{me}/task"):
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                found += [int(pid) for pid in f.read().split()]
+        return found
+    except FileNotFoundError:   # a kernel without CONFIG_PROC_CHILDREN: the whole table, by parent
+        return [int(n) for n in os.listdir("/proc") if n.isdigit() and _ppid(n) == me]
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (state first), or None: it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].decode().split()
+
+
+def _state(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[0] if fields else None
+
+
+def _ppid(pid: str) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None

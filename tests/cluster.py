@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +31,48 @@ def credit(m: Manager, timeout: float = 30) -> dict[str, tuple[int, int]]:
         assert time.monotonic() < deadline, "executors never reported their last tasks"
         last = m.store.wait_event(last, 0.2)
     return {eid: (int(e["free"]), int(e["total"]) + int(e["prefetch"])) for eid, e in m.store.executors().items()}
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def executor_pids(m: Manager, worker: subprocess.Popen) -> list[int]:
+    """The executor processes of a worker command, by the pids they registered: its children (the command
+    supervises them), or the command itself where it runs its executor in-process (not on Linux)."""
+    pids = [int(e["pid"]) for e in m.store.executors().values() if e.get("state") == "ALIVE"]
+    return [pid for pid in pids if pid == worker.pid or _ppid(pid) == worker.pid]
+
+
+def kill_executor(m: Manager, worker: subprocess.Popen, sig: int = signal.SIGKILL) -> int:
+    """Signal a worker's only executor process (SIGKILL: an executor's abrupt death; the command, its supervisor,
+    then ends the tasks it left); returns its pid."""
+    pids = executor_pids(m, worker)
+    assert len(pids) == 1, f"worker {worker.pid}: executor processes {pids}"
+    os.kill(pids[0], sig)
+    return pids[0]
+
+
+def _kill_children(proc: subprocess.Popen) -> None:
+    """SIGKILL a command's children and wait a little for the command to exit on its own."""
+    try:
+        children = [int(c) for t in os.listdir(f"/proc/{proc.pid}/task")
+                    for c in open(f"/proc/{proc.pid}/task/{t}/children").read().split()]
+    except OSError:
+        return
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 class Cluster:
@@ -79,7 +122,18 @@ class Cluster:
             last = m.store.wait_event(last, 0.5)
 
     def stop(self) -> None:
-        stop_processes(self.procs, grace=15)
+        """SIGTERM to each service (a drain). A worker still there after the grace (its tasks never end) has its
+        executors killed first, so that the command, their supervisor, ends their tasks and exits; then SIGKILL
+        to what is left. Nothing the test started is left running."""
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                _kill_children(p)
+                stop_processes([p], grace=0)
 
     def logs(self) -> str:
         return "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}" for f in sorted(self.workdir.glob("*.log")))

@@ -29,7 +29,7 @@ from typing import Callable
 
 from qcgpj import Jobs, Manager
 from qcgpj.store import FINAL_STATES
-from tests.cluster import Cluster
+from tests.cluster import Cluster, kill_executor
 from tests.redisproc import RedisServer
 
 
@@ -126,7 +126,7 @@ def kills(sz: Sizes, wd: Path) -> Result:
             names = submit_marked(m, n)
             deadline = time.monotonic() + sz.deadline
             wait_until(m, names, n // 4, deadline)
-            os.kill(a.pid, signal.SIGKILL)
+            kill_executor(m, a)   # the executor process: its command then kills its tasks
             wait_until(m, names, n // 2, deadline)
             os.kill(iq.pid, signal.SIGKILL)
             c.inputqueue("--max-attempts", "5")

@@ -142,13 +142,14 @@ def _started_by(pid: int, n: int) -> list[int]:
 @pytest.mark.parametrize("series", [False, True])
 def test_a_killed_bench_leaves_nothing_running(tmp_path, series):
     """SIGKILL gives a process no chance to stop what it started: its private redis-server, InputQueue and
-    worker (and, for a series, the run under way) end with it, through the parent-death signal."""
+    worker (and, for a series, the run under way) end with it, through the parent-death signal; the worker's
+    executor process too (it would drain, waiting for the dead Redis for ever)."""
     args = ["bench", "--start-redis", "-w", "chain", "--chain", "1000000"] + (["--runs", "2"] if series else [])
     env = dict(os.environ, PYTHONPATH=str(REPO))
     p = subprocess.Popen(qcgpj_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        started = _started_by(p.pid, 4 if series else 3)
+        started = _started_by(p.pid, 5 if series else 4)   # (the run,) redis-server, InputQueue, worker, executor
     finally:
         p.kill()
         p.wait()

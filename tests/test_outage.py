@@ -14,7 +14,7 @@ from qcgpj.connection import connect
 from qcgpj.inputqueue import InputQueue
 from qcgpj.store import Store
 
-from tests.cluster import Cluster, qcgpj_cmd
+from tests.cluster import Cluster, kill_executor, qcgpj_cmd
 from tests.test_kill import until
 from tests.test_reliability import blockers, wait_for
 
@@ -191,11 +191,11 @@ def test_worker_declared_dead_rejoins_and_never_starts_its_old_claims(redis_url,
             jobs.add(name=f"t{i}", script=f"echo run >> runs.t{i}")
         names = m.submit(jobs)
         wait_for(m, lambda: m.status(["first"])["first"] == "EXECUTING", what="first running")
-        os.kill(a.pid, signal.SIGSTOP)           # its first task ends meanwhile: a core free at SIGCONT
+        frozen = kill_executor(m, a, signal.SIGSTOP)   # its first task ends meanwhile: a core free at SIGCONT
         wait_for(m, lambda: states(m).get("a") == "DEAD", what="a declared dead")
         c.worker(1, *FAST, "--id", "b", name="worker-b")
         wait_for(m, lambda: all(s == "SUCCEED" for s in m.status(names).values()), what="b ran all")
-        os.kill(a.pid, signal.SIGCONT)
+        os.kill(frozen, signal.SIGCONT)
         wait_for(m, lambda: states(m).get("a") == "ALIVE", what="a joined again")
         more = m.submit(Jobs().add(name="later", script="echo run >> runs.later", iteration=4))
         assert set(m.wait4(more, timeout=60).values()) == {"SUCCEED"}

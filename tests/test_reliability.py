@@ -14,7 +14,7 @@ from qcgpj.connection import connect
 from qcgpj.inputqueue import InputQueue
 from qcgpj.store import Report, Store
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, kill_executor
 
 
 def wait_for(m: Manager, predicate, timeout: float = 60, what: str = "condition") -> None:
@@ -46,7 +46,7 @@ def test_dead_executor_work_runs_elsewhere(redis_url, tmp_path):
         m = c.manager()
         names = m.submit(blockers(5))
         wait_for(m, lambda: executing(m, names) == 2, what="2 tasks running on executor a")
-        os.kill(a.pid, signal.SIGKILL)          # the executor dies; its orphaned tasks are not its report
+        kill_executor(m, a)                     # the executor dies; its orphaned tasks are not its report
         (tmp_path / "go").touch()
         c.worker(2, name="worker-b")
         states = m.wait4(names, timeout=90)
@@ -69,7 +69,7 @@ def test_attempts_are_bounded(redis_url, tmp_path):
         m = c.manager()
         m.submit(blockers(1))
         wait_for(m, lambda: executing(m, ["j0"]) == 1, what="j0 running")
-        os.kill(a.pid, signal.SIGKILL)
+        kill_executor(m, a)
         assert m.wait4(["j0"], timeout=60) == {"j0": "FAILED"}
         assert "lost" in m.info("j0")["message"] and "1 attempts" in m.info("j0")["message"]
     finally:
@@ -190,7 +190,7 @@ def test_inputqueue_restart_and_standby(redis_url, tmp_path):
         a = c.worker(1, "--ttl", "2", "--heartbeat", "0.5", name="worker-a")
         names = m.submit(blockers(2))
         wait_for(m, lambda: executing(m, names) == 1, what="one task running")
-        os.kill(a.pid, signal.SIGKILL)           # the new leader must notice the dead executor
+        kill_executor(m, a)                      # the new leader must notice the dead executor
         (tmp_path / "go").touch()
         c.worker(1, name="worker-b")
         assert set(m.wait4(names, timeout=60).values()) == {"SUCCEED"}

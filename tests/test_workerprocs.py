@@ -56,6 +56,9 @@ def test_two_processes_serve_the_queue_each_on_its_own_cpu_and_stop_together(red
         pids = [int(execs[e]["pid"]) for e in ("pw-0", "pw-1")]
         assert len(set(pids) | {parent.pid}) == 3
         assert [_cpus_allowed(p) for p in pids] == [str(cpus[0]), str(cpus[1])]
+        shown = subprocess.run(qcgpj_cmd("resources", "--redis-url", redis_url), capture_output=True, text=True,
+                               env=c.env).stdout
+        assert all(f"\tpid {pid}\t" in shown for pid in pids), shown   # the executors', not the command's
         names = m.submit(Jobs().add(name="sweep", exec="/bin/true", iteration=200))
         assert m.wait4(names, timeout=120) == {"sweep": "SUCCEED"}, c.logs()
         ran_on = {m.info(f"sweep:{i}")["executor"] for i in range(200)}

@@ -15,7 +15,7 @@ import redis
 from qcgpj import Manager
 from qcgpj.errors import LostJobsError, QcgpjError, UnknownJobError
 from qcgpj.store import FINAL_STATES, Report
-from tests.cluster import Cluster, qcgpj_cmd
+from tests.cluster import Cluster, kill_executor, qcgpj_cmd
 from tests.redisproc import RedisServer
 from tests.topology import ClusterSetup, SentinelSetup, wait_replica
 
@@ -130,7 +130,7 @@ def cluster_run(workdir: Path, tasks: int) -> dict:
                       {"name": "sleeper", "execution": {"exec": "/bin/sleep", "args": ["1"]}},
                       *_jobs("t", tasks)])
         for c, (ns, m) in zip(clusters, managers.items()):
-            c.procs[1].kill()   # the victim worker: its tasks go to the other one
+            kill_executor(m, c.procs[1])   # the victim worker's executor: its tasks go to the other one
             assert m.cancel(["long"]) == {"long": "canceled"} or m.status("long")["long"] in FINAL_STATES
         for c, (ns, m) in zip(clusters, managers.items()):
             states = m.wait4([f"t{i}" for i in range(tasks)] + ["sleeper", "long"], timeout=RUN_TIMEOUT)
