@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -224,7 +225,9 @@ def test_progress_is_one_line_in_a_real_terminal(tmp_path, marker, width):
     write(tmp_path / "jobs.json", jobs)
     cmd = f"cd {tmp_path} && PYTHONPATH={REPO} {' '.join(qcgpj_cmd('run', 'jobs.json', '--cores', '2'))}; sleep 60"
     with Terminal(cmd, width=width) as term:
-        until(lambda: any("31/33" in line for line in term.lines()), 60, "the progress line at 31/33")
+        # running: the two sleepers once their starts reached the queue (a line may come between)
+        until(lambda: any("31/33" in line and "2 running" in line for line in term.lines()), 60,
+              "the progress line at 31/33 with the sleepers running")
         lines = term.lines()
         assert len(lines) == 1, lines   # one line: no wrapping, no line per redraw
         line = lines[0]
@@ -232,6 +235,26 @@ def test_progress_is_one_line_in_a_real_terminal(tmp_path, marker, width):
         term.send("C-c")
         until(lambda: any("jobs:" in line for line in term.lines()), 30, "the summary")
         assert any("CANCELED 1" in line for line in term.lines())
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_progress_running_is_what_executes_not_what_is_claimed_ahead(tmp_path, marker):
+    """On a 2-core worker the line said '67 running' for one job of 100,000 iterations: the iterations placed
+    and not ended, the executor's look-ahead included. It says how many execute: here never more than 2."""
+    write(tmp_path / "jobs.json", [{"name": "it", "iteration": {"stop": 200}, "execution": {
+        "exec": "/bin/sh", "args": ["-c", f"while [ ! -e go ]; do sleep 0.05; done; : {marker}"]}}])
+    cmd = f"cd {tmp_path} && PYTHONPATH={REPO} {' '.join(qcgpj_cmd('run', 'jobs.json', '--cores', '2'))}; sleep 60"
+    shown: list[int] = []
+
+    def running_shown() -> bool:   # the figure once it is 2 or more (0 until the starts reach the queue)
+        shown[:] = [int(n) for line in term.lines() for n in re.findall(r"(\d+) running", line)]
+        return any(n >= 2 for n in shown)
+
+    with Terminal(cmd) as term:
+        until(running_shown, 60, "the progress line with tasks running")
+        assert max(shown) == 2, term.lines()   # was 18 and more: the 2 running and the look-ahead claimed
+        (tmp_path / "go").touch()
+        until(lambda: any("jobs:" in line for line in term.lines()), 60, "the summary")
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")

@@ -52,6 +52,7 @@ local function cancel_iterations(name, jk)
       redis.call('HSET', K_its(name), recs[i], record('CANCELED', nil, eid, t0, NOW, att, 'canceled'))
     end
   end
+  redis.call('HDEL', jk, 'n_EXECUTING')
   local left = tonumber(h[1]) - tonumber(h[2] or '0')
   if left > 0 then
     redis.call('HINCRBY', jk, 'n_CANCELED', left)
@@ -87,6 +88,7 @@ for i = FIRST, #ARGV do
       out[#out + 1] = 'final'
     else
       redis.call('HSET', jk, 'icancel', 1)
+      if rs == 'EXECUTING' then redis.call('HINCRBY', jk, 'n_EXECUTING', -1) end
       task_final(name, it, 'CANCELED', nil, eid, t0, NOW, att or 0, 'canceled')
       -- claimed by an executor but not reported started yet: it must hear of it too
       if rs == 'EXECUTING' or st == 'SCHEDULED' or st == 'EXECUTING' then notify(tid) end
