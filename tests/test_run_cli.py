@@ -313,6 +313,47 @@ def test_summary_and_record_tell_what_failed(tmp_path):
     assert missing.returncode == 1 and "no record of a run" in missing.stderr
 
 
+def sweep_with_failures(n: int, every: int) -> list[dict]:
+    """f: n iterations, every ``every``-th fails; g: n iterations, each after f's own (so n / every OMITTED)."""
+    return [{"name": "f", "iteration": {"stop": n}, "execution": {"script": f"[ $(( ${{it}} % {every} )) -ne 0 ]"}},
+            {"name": "g", "iteration": {"stop": n}, "execution": {"exec": "/bin/true"},
+             "dependencies": {"after": ["f:${it}"]}}]
+
+
+def tail(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("  ... ")]
+
+
+def test_the_summary_counts_the_tasks_it_does_not_list_by_state(tmp_path, redis_url):
+    """A 20,000-iteration sweep (every 100th failing, a job after each iteration) ended, after 10 lines about f,
+    with '... and more: 2 job(s) did not succeed': not a word of f's 190 other failures nor g's 200 omitted
+    iterations. The tail counts the tasks the lines did not tell of, by state; in local mode (from the run
+    record) and on a queue (`qcgpj wait`)."""
+    write(tmp_path / "jobs.json", sweep_with_failures(1000, 50))
+    res = qcgpj("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    assert res.returncode == 1
+    assert sum(line.startswith("  f:") for line in res.stdout.splitlines()) == 10, res.stdout
+    assert tail(res.stdout) == ["  ... and 30 more tasks not succeeded: 10 FAILED, 20 OMITTED"], res.stdout
+
+    cluster = Cluster(redis_url, tmp_path)
+    try:
+        assert qcgpj("submit", "jobs.json", "--redis-url", redis_url, cwd=tmp_path).returncode == 0
+        cluster.inputqueue()
+        cluster.worker(2, "--exit-when-idle")
+        res = qcgpj("wait", "--timeout", "120", "--redis-url", redis_url, cwd=tmp_path)
+    finally:
+        cluster.stop()
+    assert res.returncode == 1
+    assert tail(res.stdout) == ["  ... and 30 more tasks not succeeded: 10 FAILED, 20 OMITTED"], res.stdout
+
+    # nothing left out: no tail (g's own line counts its omitted iterations)
+    write(tmp_path / "jobs.json", sweep_with_failures(200, 100))
+    res = qcgpj("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    assert [line.split(":")[0:2] for line in res.stdout.splitlines()[1:]] == [["  f", "0"], ["  f", "100"],
+                                                                              ["  g", " FAILED"]], res.stdout
+    assert tail(res.stdout) == [], res.stdout
+
+
 def test_the_stderr_named_for_a_failure_is_the_file_the_task_wrote(tmp_path):
     """The summary, the record and `info --from` substituted only ${it}, ${root_wd} and ${jname} in the stderr
     path: 'v:0: FAILED exit 3 (stderr: .../v.${itval}.${ncores}.err)' named a file that does not exist (the task
