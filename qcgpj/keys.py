@@ -15,6 +15,7 @@ job:<name>                  hash     spec (JSON), state, req ("cmin|cmax|kmin|km
                                      usage ("user s,system s,max RSS KiB" of a process), alloc (its cores:
                                      "n0:0-3,n1:0-1+4", node:core ranges), icancel (iterations were canceled),
                                      n_SUCCEED/n_FAILED/n_CANCELED/n_OMITTED, done (iterative),
+                                     n_EXECUTING (iterations whose start was reported, not their end),
                                      lost / lost:<it> (executors that died holding the task)
 its:<name>                  hash     iteration -> "STATE|exit|executor|start[@cores]|end|attempt[,usage]|message"
 att:<name>                  hash     iteration -> attempt number (only for retried iterations)

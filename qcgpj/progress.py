@@ -18,7 +18,7 @@ REFRESH = 0.5          # seconds between re-counts (and redraws)
 FRONT = 256            # open jobs re-counted at each refresh, from the oldest on (jobs end mostly in order)
 FULL_SHARE = 20        # a full re-count comes at most once per this many times its own duration
 HINT_AFTER = 10.0      # seconds without any executor before the hint
-FIELDS = ("state", "n", "done", "n_FAILED", "next", "it0")
+FIELDS = ("state", "n", "done", "n_FAILED", "n_EXECUTING")
 WIDE = 80              # columns from which the line has a bar; narrower, only the counts (truncated, not wrapped)
 
 
@@ -31,15 +31,16 @@ class Tally:
 
 
 def _count(h: Sequence[str | None]) -> tuple[int, int, int, int]:
-    """(tasks, done, failed, running) of one job from its hash fields; running counts placed iterations."""
-    state, n, done, failed, nxt, it0 = h
+    """(tasks, done, failed, running) of one job from its hash fields. Running is the same for both kinds: tasks
+    whose start the queue was told of and not their end (EXECUTING), not those placed or claimed ahead, which on
+    a 2-core worker made an iterative job show '67 running'."""
+    state, n, done, failed, executing = h
     if n is None:   # one task
         return 1, int(state in FINAL_STATES), int(state == "FAILED"), int(state == "EXECUTING")
     n_i = int(n)
     if state in FINAL_STATES:
         return n_i, n_i, int(failed or 0), 0
-    placed = int(nxt or it0 or 0) - int(it0 or 0)
-    return n_i, int(done or 0), int(failed or 0), max(placed - int(done or 0), 0)
+    return n_i, int(done or 0), int(failed or 0), max(int(executing or 0), 0)
 
 
 class Tallier:

@@ -236,15 +236,17 @@ def _check_external(job: str, iters: str, parent: str, sel: str, h: list[str | N
         raise _submit_error("iteration", job, f"{parent}:{sel}")
 
 
-def _queue_full(client: redis.Redis, what: str, state: str = "is full") -> QueueFullError:
-    """The one line for a Redis at (or a batch past) its maxmemory; worded like connection.redis_error's."""
+def _queue_full(client: redis.Redis, what: str, state: str = "is full",
+                written: str = "nothing was written") -> QueueFullError:
+    """The one line for a Redis at (or a batch past) its maxmemory; worded like connection.redis_error's.
+    ``written``: what the refused call left done (a cancel in batches may have canceled some)."""
     try:
         mem = client.info("memory")
         detail = f"{mem['used_memory_human']} used of maxmemory {mem['maxmemory_human']}"
     except redis.RedisError:
         detail = "limit unknown"
-    return QueueFullError(f"Redis {state}: out of memory (maxmemory reached), {detail}: {what}; nothing was "
-                          "written; free memory (qcgpj remove --finished) or raise maxmemory, then try again")
+    return QueueFullError(f"Redis {state}: out of memory (maxmemory reached), {detail}: {what}; {written}; "
+                          "free memory (qcgpj remove --finished) or raise maxmemory, then try again")
 
 
 def _submit_error(kind: str, job: str, detail: str) -> QcgpjError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -224,7 +225,9 @@ def test_progress_is_one_line_in_a_real_terminal(tmp_path, marker, width):
     write(tmp_path / "jobs.json", jobs)
     cmd = f"cd {tmp_path} && PYTHONPATH={REPO} {' '.join(qcgpj_cmd('run', 'jobs.json', '--cores', '2'))}; sleep 60"
     with Terminal(cmd, width=width) as term:
-        until(lambda: any("31/33" in line for line in term.lines()), 60, "the progress line at 31/33")
+        # running: the two sleepers once their starts reached the queue (a line may come between)
+        until(lambda: any("31/33" in line and "2 running" in line for line in term.lines()), 60,
+              "the progress line at 31/33 with the sleepers running")
         lines = term.lines()
         assert len(lines) == 1, lines   # one line: no wrapping, no line per redraw
         line = lines[0]
@@ -232,6 +235,26 @@ def test_progress_is_one_line_in_a_real_terminal(tmp_path, marker, width):
         term.send("C-c")
         until(lambda: any("jobs:" in line for line in term.lines()), 30, "the summary")
         assert any("CANCELED 1" in line for line in term.lines())
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_progress_running_is_what_executes_not_what_is_claimed_ahead(tmp_path, marker):
+    """On a 2-core worker the line said '67 running' for one job of 100,000 iterations: the iterations placed
+    and not ended, the executor's look-ahead included. It says how many execute: here never more than 2."""
+    write(tmp_path / "jobs.json", [{"name": "it", "iteration": {"stop": 200}, "execution": {
+        "exec": "/bin/sh", "args": ["-c", f"while [ ! -e go ]; do sleep 0.05; done; : {marker}"]}}])
+    cmd = f"cd {tmp_path} && PYTHONPATH={REPO} {' '.join(qcgpj_cmd('run', 'jobs.json', '--cores', '2'))}; sleep 60"
+    shown: list[int] = []
+
+    def running_shown() -> bool:   # the figure once it is 2 or more (0 until the starts reach the queue)
+        shown[:] = [int(n) for line in term.lines() for n in re.findall(r"(\d+) running", line)]
+        return any(n >= 2 for n in shown)
+
+    with Terminal(cmd) as term:
+        until(running_shown, 60, "the progress line with tasks running")
+        assert max(shown) == 2, term.lines()   # was 18 and more: the 2 running and the look-ahead claimed
+        (tmp_path / "go").touch()
+        until(lambda: any("jobs:" in line for line in term.lines()), 60, "the summary")
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
@@ -288,6 +311,47 @@ def test_summary_and_record_tell_what_failed(tmp_path):
     assert json.loads(info.stdout)["exit_code"] == 4
     missing = qcgpj("info", "--from", str(tmp_path / "nowhere"), "x", cwd=tmp_path)
     assert missing.returncode == 1 and "no record of a run" in missing.stderr
+
+
+def sweep_with_failures(n: int, every: int) -> list[dict]:
+    """f: n iterations, every ``every``-th fails; g: n iterations, each after f's own (so n / every OMITTED)."""
+    return [{"name": "f", "iteration": {"stop": n}, "execution": {"script": f"[ $(( ${{it}} % {every} )) -ne 0 ]"}},
+            {"name": "g", "iteration": {"stop": n}, "execution": {"exec": "/bin/true"},
+             "dependencies": {"after": ["f:${it}"]}}]
+
+
+def tail(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("  ... ")]
+
+
+def test_the_summary_counts_the_tasks_it_does_not_list_by_state(tmp_path, redis_url):
+    """A 20,000-iteration sweep (every 100th failing, a job after each iteration) ended, after 10 lines about f,
+    with '... and more: 2 job(s) did not succeed': not a word of f's 190 other failures nor g's 200 omitted
+    iterations. The tail counts the tasks the lines did not tell of, by state; in local mode (from the run
+    record) and on a queue (`qcgpj wait`)."""
+    write(tmp_path / "jobs.json", sweep_with_failures(1000, 50))
+    res = qcgpj("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    assert res.returncode == 1
+    assert sum(line.startswith("  f:") for line in res.stdout.splitlines()) == 10, res.stdout
+    assert tail(res.stdout) == ["  ... and 30 more tasks not succeeded: 10 FAILED, 20 OMITTED"], res.stdout
+
+    cluster = Cluster(redis_url, tmp_path)
+    try:
+        assert qcgpj("submit", "jobs.json", "--redis-url", redis_url, cwd=tmp_path).returncode == 0
+        cluster.inputqueue()
+        cluster.worker(2, "--exit-when-idle")
+        res = qcgpj("wait", "--timeout", "120", "--redis-url", redis_url, cwd=tmp_path)
+    finally:
+        cluster.stop()
+    assert res.returncode == 1
+    assert tail(res.stdout) == ["  ... and 30 more tasks not succeeded: 10 FAILED, 20 OMITTED"], res.stdout
+
+    # nothing left out: no tail (g's own line counts its omitted iterations)
+    write(tmp_path / "jobs.json", sweep_with_failures(200, 100))
+    res = qcgpj("run", "jobs.json", "--cores", "2", cwd=tmp_path)
+    assert [line.split(":")[0:2] for line in res.stdout.splitlines()[1:]] == [["  f", "0"], ["  f", "100"],
+                                                                              ["  g", " FAILED"]], res.stdout
+    assert tail(res.stdout) == [], res.stdout
 
 
 def test_the_stderr_named_for_a_failure_is_the_file_the_task_wrote(tmp_path):

@@ -1,8 +1,15 @@
--- Cancel jobs or iterations. ARGV: now, then task ids ("name" or "name:it").
--- Returns per id: 'canceled', 'final' (already ended), or 'unknown' / 'skipped' when any id is unknown. Running
--- work is killed by its executor on a "cancel <id>" control message; its late report is then ignored because the
--- state is already final.
+-- Cancel jobs or iterations. ARGV: now, mode, then task ids ("name" or "name:it").
+-- mode 'all': all or none: if any id is unknown, nothing is canceled ('unknown' for those, 'skipped' for the
+--   others); else per id 'canceled' or 'final' (already ended).
+-- mode 'check': cancels nothing, writes nothing: 'known' or 'unknown' per id (the first pass of a cancel too
+--   large for one call, see Store.cancel).
+-- mode 'known': a later batch of such a cancel, whose ids were all known at the check: one gone since then was
+--   removed, which only a final job can be, so it is answered 'final' and the others are canceled.
+-- Running work is killed by its executor on a "cancel <id>" control message; its late report is then ignored
+-- because the state is already final.
 NOW = ARGV[1]
+local MODE = ARGV[2]
+local FIRST = 3
 local out = {}
 local function known(tid)
   local name, it = split_tid(tid)
@@ -12,13 +19,20 @@ local function known(tid)
   local n, it0 = tonumber(h[2] or '0'), tonumber(h[3] or '0')
   return n > 0 and it >= it0 and it < it0 + n
 end
--- All or none: if any id is unknown, nothing is canceled ('unknown' for those, 'skipped' for the others).
-local unknown = false
-for i = 2, #ARGV do if not known(ARGV[i]) then unknown = true end end
-if unknown then
-  for i = 2, #ARGV do out[#out + 1] = known(ARGV[i]) and 'skipped' or 'unknown' end
+if MODE == 'check' then
+  for i = FIRST, #ARGV do out[#out + 1] = known(ARGV[i]) and 'known' or 'unknown' end
   return out
 end
+if MODE == 'all' then
+  local unknown = false
+  for i = FIRST, #ARGV do if not known(ARGV[i]) then unknown = true end end
+  if unknown then
+    for i = FIRST, #ARGV do out[#out + 1] = known(ARGV[i]) and 'skipped' or 'unknown' end
+    return out
+  end
+end
+-- Every id is known here, or was at the check ('known'): one gone since was removed, so it had ended.
+local GONE = 'final'
 -- state, executor, start (with the cores it got) and attempt of an iteration record, kept when it is canceled
 local function running_fields(rec)
   if not rec then return nil end
@@ -38,6 +52,7 @@ local function cancel_iterations(name, jk)
       redis.call('HSET', K_its(name), recs[i], record('CANCELED', nil, eid, t0, NOW, att, 'canceled'))
     end
   end
+  redis.call('HDEL', jk, 'n_EXECUTING')
   local left = tonumber(h[1]) - tonumber(h[2] or '0')
   if left > 0 then
     redis.call('HINCRBY', jk, 'n_CANCELED', left)
@@ -48,13 +63,13 @@ end
 local function notify(tid)
   for _, e in ipairs(redis.call('SMEMBERS', K_live)) do redis.call('RPUSH', K_control(e), 'cancel ' .. tid) end
 end
-for i = 2, #ARGV do
+for i = FIRST, #ARGV do
   local tid = ARGV[i]
   local name, it = split_tid(tid)
   local jk = K_job(name)
   local st = redis.call('HGET', jk, 'state')
   if not st then
-    out[#out + 1] = 'unknown'
+    out[#out + 1] = GONE
   elseif FINAL[st] then
     out[#out + 1] = 'final'
   elseif it == nil then
@@ -68,11 +83,12 @@ for i = 2, #ARGV do
     local n, it0 = tonumber(redis.call('HGET', jk, 'n') or '0'), tonumber(redis.call('HGET', jk, 'it0') or '0')
     local rs, eid, t0, att = running_fields(redis.call('HGET', K_its(name), it))
     if n == 0 or it < it0 or it >= it0 + n then
-      out[#out + 1] = 'unknown'
+      out[#out + 1] = GONE
     elseif rs and FINAL[rs] then
       out[#out + 1] = 'final'
     else
       redis.call('HSET', jk, 'icancel', 1)
+      if rs == 'EXECUTING' then redis.call('HINCRBY', jk, 'n_EXECUTING', -1) end
       task_final(name, it, 'CANCELED', nil, eid, t0, NOW, att or 0, 'canceled')
       -- claimed by an executor but not reported started yet: it must hear of it too
       if rs == 'EXECUTING' or st == 'SCHEDULED' or st == 'EXECUTING' then notify(tid) end
@@ -81,5 +97,5 @@ for i = 2, #ARGV do
   end
 end
 propagate()
-emit('cancel', tostring(#ARGV - 1))
+emit('cancel', tostring(#ARGV - FIRST + 1))
 return out

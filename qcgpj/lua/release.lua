@@ -17,6 +17,7 @@ for i = 3, #ARGV do
       if it == nil then
         redis.call('HSET', K_job(name), 'state', 'READY', 'executor', '')
       else
+        if rs == 'EXECUTING' then redis.call('HINCRBY', K_job(name), 'n_EXECUTING', -1) end
         redis.call('HSET', K_its(name), it, record('READY', nil, nil, nil, nil, att, 'released by ' .. eid))
       end
       redis.call('LPUSH', K_pending, tid)

@@ -33,7 +33,9 @@ local function take_back(entry, claimed)
   local jk = K_job(name)
   local jst = redis.call('HGET', jk, 'state')
   if not jst or FINAL[jst] then return end
-  if it ~= nil and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then return end
+  local rs = it ~= nil and record_state(redis.call('HGET', K_its(name), it)) or nil
+  if FINAL[rs or ''] then return end
+  if rs == 'EXECUTING' then redis.call('HINCRBY', jk, 'n_EXECUTING', -1) end   -- it ends or goes back to READY
   local charged = (claimed and final == 'DEAD') or started_here(name, it, jst)
   local nxt = charged and att + 1 or att
   local lost = charged and final == 'DEAD' and charge(jk, it) or nil

@@ -15,13 +15,14 @@ local ready, running = K_ready(eid), K_running(eid)
 local out, credit, last, finished = {}, 0, nil, 0
 local gcredit = 0  -- GPUs given back (entries 'task|c+g|k|a')
 
--- The job's state, and `field` of its hash read in the same call, while the job (and the iteration) is not
--- final; nil once it is.
+-- The job's state, `field` of its hash read in the same call, and an iteration's record state, while the job
+-- (and the iteration) is not final; nil once it is.
 local function live(name, it, field)
   local h = redis.call('HMGET', K_job(name), 'state', field or 'state')
   if not h[1] or FINAL[h[1]] then return nil end
-  if it ~= nil and FINAL[record_state(redis.call('HGET', K_its(name), it)) or ''] then return nil end
-  return h[1], h[2]
+  local rs = it ~= nil and record_state(redis.call('HGET', K_its(name), it)) or nil
+  if FINAL[rs or ''] then return nil end
+  return h[1], h[2], rs
 end
 
 local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
@@ -59,7 +60,7 @@ for i = 1, n_started do
   if redis.call('LPOS', running, entry) then
     local tid, c, k, att = parse_entry(entry)
     local name, it = split_tid(tid)
-    local st = live(name, it)
+    local st, _, rs = live(name, it)
     if st then
       local jk = K_job(name)
       local t, cores = split_start(t0)
@@ -67,6 +68,7 @@ for i = 1, n_started do
         redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t, 'executor', eid, 'alloc', cores)
       else
         redis.call('HSET', K_its(name), it, record('EXECUTING', nil, eid, t0, nil, att, nil))
+        if rs ~= 'EXECUTING' then redis.call('HINCRBY', jk, 'n_EXECUTING', 1) end
         if st ~= 'EXECUTING' then redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t) end
       end
     end
@@ -81,8 +83,9 @@ for i = 1, n_finished do
     credit = credit + c
     if g > 0 then gcredit = gcredit + entry_gpus(g, k) end
     local name, it = split_tid(tid)
-    local st, kids = live(name, it, 'kids')
+    local st, kids, rs = live(name, it, 'kids')
     if st then
+      if rs == 'EXECUTING' then redis.call('HINCRBY', K_job(name), 'n_EXECUTING', -1) end
       if it ~= nil and st ~= 'EXECUTING' then   -- no start of its reported on its own (short tasks): the job's
         redis.call('HSET', K_job(name), 'state', 'EXECUTING', 'start', (split_start(t0)))   -- start is this one's
       end
