@@ -28,6 +28,13 @@ ACL_HINT = "see 'Minimal ACL' in the README"
 _settings_checked: set[tuple] = set()
 
 
+def child_env(url: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a service process qcgpj starts (a worker, an InputQueue), with the URL in
+    ``QCGPJ_REDIS_URL``: on its command line any password in it would show in ``ps`` to every user of the node,
+    where a process's environment is readable by its owner only."""
+    return {**(os.environ if base is None else base), ENV_URL: url}
+
+
 def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)

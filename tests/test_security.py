@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +103,47 @@ def test_manager_with_tls_url_needs_a_reachable_server():
     from qcgpj import ConnectionError as QConnectionError
     with pytest.raises(QConnectionError, match="cannot reach Redis"):
         Manager(f"rediss://127.0.0.1:{free_port()}/0")
+
+
+SECRET = "pw-Secret-9"
+
+
+def _shown_by_ps(pid: int) -> str:
+    """A process's command line as `ps` shows it to every user of the machine (/proc/PID/cmdline is world-readable,
+    where /proc/PID/environ is its owner's only)."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_processes_qcgpj_starts_do_not_show_the_password(tmp_path):
+    """An allocation's worker (the batch script `qcgpj alloc serve` submits), the bench's services and the scale
+    workload's processes had the Redis URL on their command lines: a password in it showed in `ps` to every user
+    of the (shared) node. They get it by the environment now, and still serve the queue."""
+    from qcgpj.alloc import AllocQueue
+    from qcgpj.bench import BenchConfig, Services, stop_processes
+    from qcgpj.scalebench import ScaleConfig, start_processes
+    from qcgpj.slurm import batch_script
+    from tests.cluster import REPO
+    from tests.redisproc import RedisServer
+
+    env = {k: v for k, v in os.environ.items() if k != "QCGPJ_REDIS_URL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    with RedisServer(password=SECRET) as server:
+        q = AllocQueue(name="cpu", max_allocations=1, nodes=1, time="1h", wd=str(tmp_path), idle_grace=600,
+                       worker_cmd=shlex.join([sys.executable, "-m", "qcgpj", "worker", "--cores", "1"]))
+        script = tmp_path / "alloc.sh"
+        script.write_text(batch_script(q, "alloc", server.url))
+        assert SECRET not in _shown_by_ps(os.getpid()) and SECRET in server.url
+        procs = [subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.DEVNULL,   # as Slurm runs it
+                                  stderr=subprocess.DEVNULL, start_new_session=True)]
+        bench = Services(BenchConfig(url=server.url, cores=1), "bench", str(tmp_path))
+        try:
+            bench.start()
+            procs += start_processes(ScaleConfig(server.url, cores=1), "scale", 1, str(tmp_path))
+            for ns in ("alloc", "bench", "scale"):     # each got the URL: its executor joined the queue
+                Cluster(server.url, tmp_path, namespace=ns).wait_executors(Manager(server.url, namespace=ns))
+            for p in procs + bench.procs:
+                assert p.poll() is None
+                assert SECRET not in _shown_by_ps(p.pid), _shown_by_ps(p.pid)
+        finally:
+            bench.stop()
+            stop_processes(procs)
