@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 ENV_URL = "QCGPJ_REDIS_URL"
 SCHEMES = ("redis", "rediss", "unix")
 DB_PATH = re.compile(r"/?\d*")   # redis-py ignores a path that is not a number: say so instead
-SECRET_PARAM = re.compile(r"([?&]sentinel_password=)[^&#]*")
+# redis-py reads ?password= as it reads user:PASSWORD@ (and ssl_password=, a TLS key's passphrase)
+SECRET_PARAM = re.compile(r"([?&](?:sentinel_|ssl_)?password=)[^&#]*")
 UNKNOWN_OPTION = re.compile(r"unexpected keyword argument '([^']*)'")
 ACL_HINT = "see 'Minimal ACL' in the README"
 _settings_checked: set[tuple] = set()

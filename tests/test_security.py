@@ -147,3 +147,30 @@ def test_processes_qcgpj_starts_do_not_show_the_password(tmp_path):
         finally:
             bench.stop()
             stop_processes(procs)
+
+
+@pytest.mark.parametrize("query", ["?password={pw}", "?password={pw}&foo=1", "?socket_timeout=5&password={pw}"])
+def test_a_password_given_as_a_url_option_is_not_shown(tmp_path, query):
+    """redis-py takes the password from `?password=` too; errors and logs showed such a URL whole, password and
+    all (the refused credentials, an unknown option), where they hide one given as `user:PASSWORD@`."""
+    from tests.cluster import REPO
+    from tests.redisproc import RedisServer
+    env = {k: v for k, v in os.environ.items() if k != "QCGPJ_REDIS_URL"}
+    env["PYTHONPATH"] = str(REPO)
+    with RedisServer(password=SECRET) as server:
+        for pw in ("wrong-" + SECRET, SECRET):
+            url = f"redis://127.0.0.1:{server.port}/0" + query.format(pw=pw)
+            res = subprocess.run([sys.executable, "-m", "qcgpj", "status", "--redis-url", url], cwd=tmp_path,
+                                 env=env, capture_output=True, text=True, timeout=60)
+            assert SECRET not in res.stdout + res.stderr, res.stderr
+            if pw != SECRET or "foo" in query:
+                assert res.returncode == 1 and "password=***" in res.stderr, res.stderr
+            else:
+                assert res.returncode == 0, res.stderr
+
+
+def test_a_tls_keys_passphrase_in_the_url_is_not_shown():
+    from qcgpj import ConnectionError as QConnectionError
+    with pytest.raises(QConnectionError) as err:   # redis-py passes ?ssl_password= to its TLS connection
+        Manager(f"rediss://127.0.0.1:{free_port()}/0?ssl_password={SECRET}")
+    assert SECRET not in str(err.value) and "ssl_password=***" in str(err.value)
