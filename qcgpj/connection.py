@@ -36,6 +36,13 @@ def child_env(url: str, base: dict[str, str] | None = None) -> dict[str, str]:
     return {**(os.environ if base is None else base), ENV_URL: url}
 
 
+def task_environ() -> dict[str, str]:
+    """The environment tasks start from: this process's without ``QCGPJ_REDIS_URL``. A worker given its queue
+    there would pass the queue's password on to every task, and tasks log, dump and pass on their environment;
+    a job that needs the URL names it in its own ``env``."""
+    return {k: v for k, v in os.environ.items() if k != ENV_URL}
+
+
 def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)

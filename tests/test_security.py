@@ -174,3 +174,27 @@ def test_a_tls_keys_passphrase_in_the_url_is_not_shown():
     with pytest.raises(QConnectionError) as err:   # redis-py passes ?ssl_password= to its TLS connection
         Manager(f"rediss://127.0.0.1:{free_port()}/0?ssl_password={SECRET}")
     assert SECRET not in str(err.value) and "ssl_password=***" in str(err.value)
+
+
+def test_tasks_do_not_get_the_queues_password(tmp_path):
+    """A worker given its URL in QCGPJ_REDIS_URL (as the README advises, and as an allocation's worker gets it)
+    passed that variable on to every task, so a task's `env > run.log`, or any tool that reports its environment,
+    gave away the queue's password. Tasks, processes and Python calls alike, now start without it."""
+    import qcgpj
+    from tests.redisproc import RedisServer
+    with RedisServer(password=SECRET) as server:
+        c = Cluster(server.url, tmp_path)
+        c.env["QCGPJ_REDIS_URL"] = server.url
+        try:
+            m = c.serving(1)
+            m.submit(Jobs().add(name="env", script="env > env.out").add(name="own", script="env > own.out",
+                                                                       env={"QCGPJ_REDIS_URL": "mine"}))
+            assert m.wait4(["env", "own"], timeout=60) == {"env": "SUCCEED", "own": "SUCCEED"}
+            with qcgpj.Executor(server.url) as ex:
+                seen = ex.submit(os.getenv, "QCGPJ_REDIS_URL").result(timeout=60)
+        finally:
+            c.stop()
+    env = (tmp_path / "env.out").read_text()
+    assert "QCGPJ_JOB=env" in env and SECRET not in env, env
+    assert seen is None, seen   # a Python call's process (the function model)
+    assert "QCGPJ_REDIS_URL=mine" in (tmp_path / "own.out").read_text()   # a job's own env is its own
