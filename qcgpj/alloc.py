@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import AllocError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+SLURM_NAME_RE = re.compile(r"[^\s\x00-\x1f\x7f]+")   # one #SBATCH line's value: no blank, no line break
 SLURM_TIME_RE = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$")
 UNIT_TIME_RE = re.compile(r"^(\d+)([smhd])$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -64,8 +65,13 @@ class AllocQueue:
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     def __post_init__(self) -> None:
-        if not NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
             raise AllocError(f"--name: {self.name!r}: use 1-32 letters, digits, '_', '.', '-'")
+        for attr in ("partition", "account", "qos"):   # written into the batch script's #SBATCH lines
+            value = getattr(self, attr)
+            if value and not (isinstance(value, str) and SLURM_NAME_RE.fullmatch(value)):
+                raise AllocError(f"--{attr}: {value!r}: a Slurm name holds no blanks, line breaks or control "
+                                 "characters")
         for attr, low in (("max_allocations", 1), ("nodes", 1), ("failure_limit", 1), ("max_files", 2),
                           ("max_bytes", 1024)):
             if getattr(self, attr) < low:

@@ -27,7 +27,7 @@ from typing import IO, Any, Iterator
 import redis
 
 from .benchcpu import CpuMeter
-from .connection import connect
+from .connection import child_env, connect
 from .errors import QcgpjError
 from .jobs import Jobs
 from .keys import rq_results
@@ -76,14 +76,14 @@ class Services:
         if self.cfg.external or self.cfg.url is None:
             return
         base = [sys.executable, "-m", "qcgpj"]
-        common = ["--redis-url", self.cfg.url, "-n", self.namespace]
+        common = ["-n", self.namespace]   # the URL goes by the environment (child_env): not shown by `ps`
         cores = ["--cores", str(self.cfg.cores)] if self.cfg.cores else []
         procs = ["--processes", str(self.cfg.processes)] if self.cfg.processes > 1 else []
         for args in (["inputqueue", *common], ["worker", *common, *cores, *procs, "--wd", self.dir]):
             self.names.append(args[0])
             self.logs.append(tempfile.TemporaryFile())
             self.procs.append(subprocess.Popen(base + args, stdout=subprocess.DEVNULL, stderr=self.logs[-1],
-                                               start_new_session=True,
+                                               env=child_env(self.cfg.url), start_new_session=True,
                                                # SIGKILL: a worker told to stop waits to report to a Redis that
                                                # dies with the bench too; nothing of a bench's queue is kept
                                                preexec_fn=die_with_parent(signal.SIGKILL)))

@@ -22,10 +22,25 @@ log = logging.getLogger(__name__)
 ENV_URL = "QCGPJ_REDIS_URL"
 SCHEMES = ("redis", "rediss", "unix")
 DB_PATH = re.compile(r"/?\d*")   # redis-py ignores a path that is not a number: say so instead
-SECRET_PARAM = re.compile(r"([?&]sentinel_password=)[^&#]*")
+# redis-py reads ?password= as it reads user:PASSWORD@ (and ssl_password=, a TLS key's passphrase)
+SECRET_PARAM = re.compile(r"([?&](?:sentinel_|ssl_)?password=)[^&#]*")
 UNKNOWN_OPTION = re.compile(r"unexpected keyword argument '([^']*)'")
 ACL_HINT = "see 'Minimal ACL' in the README"
 _settings_checked: set[tuple] = set()
+
+
+def child_env(url: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a service process qcgpj starts (a worker, an InputQueue), with the URL in
+    ``QCGPJ_REDIS_URL``: on its command line any password in it would show in ``ps`` to every user of the node,
+    where a process's environment is readable by its owner only."""
+    return {**(os.environ if base is None else base), ENV_URL: url}
+
+
+def task_environ() -> dict[str, str]:
+    """The environment tasks start from: this process's without ``QCGPJ_REDIS_URL``. A worker given its queue
+    there would pass the queue's password on to every task, and tasks log, dump and pass on their environment;
+    a job that needs the URL names it in its own ``env``."""
+    return {k: v for k, v in os.environ.items() if k != ENV_URL}
 
 
 def safe_url(url: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import redis
 
-from .connection import redis_error
+from .connection import redis_error, task_environ
 from .errors import QcgpjError
 from .funcjobs import attach_client, detach_client
 from .jobspec import JobSpec
@@ -145,7 +145,7 @@ class Executor:
     def start(self) -> None:
         """Register and start the helper threads; :meth:`serve` is the dispatcher."""
         sys.setswitchinterval(SWITCH_INTERVAL)
-        self._env = dict(os.environ)   # the tasks' base environment, as it is when the executor starts
+        self._env = task_environ()   # the tasks' base environment, as it is when the executor starts
         while not self._register():   # Redis away: wait for it, but a stop (SIGTERM, Ctrl-C) ends the wait
             if self._stop.wait(max(0.0, self._retry_at - time.monotonic())):
                 raise QcgpjError(f"executor {self.eid}: stopped before it could join (Redis unavailable)")

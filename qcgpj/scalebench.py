@@ -32,7 +32,7 @@ import click
 import redis
 
 from .benchcpu import proc_cpu
-from .connection import connect
+from .connection import ENV_URL, child_env, connect
 from .signals import stop_on_signals
 from .jobs import Jobs
 from .launching import Runner, Slot
@@ -147,7 +147,7 @@ def serve_executors(url: str, namespace: str, first: int, count: int, cores: int
 
 
 @click.command()
-@click.option("--redis-url", required=True)
+@click.option("--redis-url", envvar=ENV_URL, required=True)
 @click.option("--namespace", required=True)
 @click.option("--first", type=int, required=True)
 @click.option("--count", type=int, required=True)
@@ -193,6 +193,20 @@ def _busy(m: Manager, names: list[str], t0: float, t1: float) -> tuple[float, in
     return busy, ended
 
 
+def start_processes(cfg: ScaleConfig, ns: str, n: int, wd: str) -> list[subprocess.Popen]:
+    """The InputQueue, then the simulators of ``n`` executors. The URL goes by the environment: on their
+    command lines a password in it would show in `ps` to every user of the machine."""
+    env = child_env(cfg.url, {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "HOME", "LANG")})
+    procs = [subprocess.Popen([sys.executable, "-m", "qcgpj", "inputqueue", "-n", ns], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    for first in range(0, n, cfg.per_process):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "qcgpj.scalebench", "--namespace", ns, "--first", str(first),
+             "--count", str(min(cfg.per_process, n - first)), "--cores", str(cfg.cores), "--wd", wd],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+    return procs
+
+
 def run_one(cfg: ScaleConfig, n: int) -> dict[str, Any]:
     """One run with ``n`` executors on a fresh namespace (dropped afterwards)."""
     from .bench import stop_processes
@@ -212,15 +226,7 @@ def run_one(cfg: ScaleConfig, n: int) -> dict[str, Any]:
         jobs.add(name=name, exec="sleep", args=[f"{cfg.task_seconds:g}"])
     m.submit(jobs)
     wd = tempfile.mkdtemp(prefix="qcgpj-scale-")
-    base = [sys.executable, "-m", "qcgpj"]
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "HOME", "LANG")}
-    procs = [subprocess.Popen(base + ["inputqueue", "--redis-url", cfg.url, "-n", ns], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
-    for first in range(0, n, cfg.per_process):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "qcgpj.scalebench", "--redis-url", cfg.url, "--namespace", ns,
-             "--first", str(first), "--count", str(min(cfg.per_process, n - first)), "--cores", str(cfg.cores),
-             "--wd", wd], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+    procs = start_processes(cfg, ns, n, wd)
     pids = {"inputqueue": [procs[0].pid], "simulators": [p.pid for p in procs[1:]]}
     try:
         last = m.store.last_event_id()

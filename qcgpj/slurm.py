@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .alloc import TAG_PREFIX, AllocQueue
+from .connection import ENV_URL
 from .errors import AllocError
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,12 @@ def batch_script(q: AllocQueue, namespace: str, redis_url: str) -> str:
               (("partition", q.partition), ("account", q.account), ("qos", q.qos)) if val]
     # Without a core count Slurm gives one CPU per node: ask for all of them, or for the number given.
     lines.append(f"#SBATCH --ntasks-per-node={q.cores_per_node}" if q.cores_per_node else "#SBATCH --exclusive")
-    worker = [*shlex.split(q.worker_cmd), "--redis-url", redis_url, "--namespace", namespace, "--exit-when-idle",
+    worker = [*shlex.split(q.worker_cmd), "--namespace", namespace, "--exit-when-idle",
               "--idle-grace", f"{q.idle_grace:g}", "--wd", q.wd]
-    lines += [f"cd {shlex.quote(q.wd)}", "exec " + shlex.join(worker), ""]
+    # The URL goes by the environment: on the worker's command line a password in it would show in `ps` to
+    # every user of the compute node.
+    lines += [f"export {ENV_URL}={shlex.quote(redis_url)}", f"cd {shlex.quote(q.wd)}", "exec " + shlex.join(worker),
+              ""]
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ STAGE_CHUNK = 2000        # jobs per RPUSH while a batch is staged
 STAGE_TTL = 3600          # seconds a staging list left by a killed client lives
 BATCH_TTL = 7 * 86400     # seconds a committed batch id is remembered, so that its retry is a no-op
 PIPED_BATCH_TTL = 60      # the same for a batch piped with other writes (submit_on), retried only at once
-BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+BATCH_ID_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")   # fullmatch: '$' lets a final newline through
 JOB_OVERHEAD = 200        # bytes of Redis per job beyond its strings (hash, list entries): measured 175
 EDGE_OVERHEAD = 600       # bytes per dependency (an entry in the parent's children set, often a new set)
 
@@ -49,7 +49,7 @@ class Submission:
         or expires by itself.
         """
         batch_id = batch_id or uuid.uuid4().hex
-        if not BATCH_ID_RE.match(batch_id):
+        if not isinstance(batch_id, str) or not BATCH_ID_RE.fullmatch(batch_id):
             raise QcgpjError(f"invalid batch id {batch_id!r}: use up to 128 letters, digits, '_', '.', '-', ':'")
         if self.r.exists(self.keys.batch(batch_id)):
             if durable or self.acks:

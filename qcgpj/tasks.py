@@ -6,6 +6,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .connection import task_environ
 from .jobspec import JobSpec, substitute, task_variables
 from .resources import Allocation
 from .store import Entry
@@ -95,7 +96,7 @@ def build_launch(spec: JobSpec, entry: Entry, alloc: Allocation, root_wd: str, l
             os.makedirs(os.path.dirname(full), exist_ok=True)
         return full
 
-    env = (base_env if base_env is not None else dict(os.environ)).copy()
+    env = (base_env if base_env is not None else task_environ()).copy()
     for key, value in spec.env.items():
         env[key] = sub(value) or ""
     ncores, nnodes, nlist, here, node_cores, per_node, cpu_set = place

@@ -86,6 +86,26 @@ def test_queue_definitions_are_checked():
     assert "#SBATCH --exclusive" in batch_script(queue(), "ns", "redis://h:1")   # whole nodes by default
 
 
+@pytest.mark.parametrize("field, value", [("name", "cpu\n"), ("partition", "batch\ntouch {mark}"),
+                                          ("account", "proj\n#SBATCH --time=99-00:00:00"), ("qos", "a b")])
+def test_a_line_break_cannot_enter_the_batch_script(redis_url, tmp_path, field, value):
+    """A queue's name (checked with ``re.match`` and ``$``, which passes a final newline), partition, account
+    and qos were written into the batch script's #SBATCH lines as given: a newline in one ended Slurm's reading
+    of the directives there (the next ones, --exclusive or --ntasks-per-node, silently dropped; a name's newline
+    also changed the job name the allocator finds its allocations by, so it never saw them and submitted more)
+    and put a line of shell into the script. `alloc add` now refuses them in one line and writes nothing."""
+    mark = tmp_path / "ran"
+    args = add_args(tmp_path, "cpu" if field != "name" else value)
+    if field != "name":
+        args += [f"--{field}", value.format(mark=mark)]
+    bad = cli(redis_url, *args, check=False)
+    assert bad.returncode == 1 and f"--{field}" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, \
+        bad.stderr
+    assert listing(redis_url) == {}
+    with pytest.raises(AllocError, match=f"--{field}"):   # a definition written to Redis by other means
+        AllocQueue.from_json(json.dumps({**json.loads(queue().to_json()), field: value.format(mark=mark)}))
+
+
 def test_rotation_keeps_the_folder_small(tmp_path):
     for i in range(10):
         (tmp_path / f"f{i}").write_text("x" * 1000)

@@ -14,7 +14,7 @@ from redis.retry import Retry
 
 from qcgpj import Jobs, Manager
 from qcgpj.connection import connect
-from qcgpj.errors import DependencyError, DurabilityError, QueueFullError
+from qcgpj.errors import DependencyError, DurabilityError, QcgpjError, QueueFullError
 from qcgpj.keys import Keys
 
 from tests.cluster import Cluster, qcgpj_cmd
@@ -129,6 +129,16 @@ def test_one_job_of_a_million_iterations_stays_small(redis_url):
 
 
 # ---------------------------------------------------------------------- out of memory
+def test_a_batch_id_with_a_line_break_is_refused(redis_url):
+    """The batch id was checked with re.match and a '$', which lets a final newline through: 'run-1\n' was taken
+    as a batch of its own, its key split in two the lines of `redis-cli --scan` (and of any script reading them).
+    Refused now, in one line, with nothing written."""
+    m = Manager(redis_url)
+    with pytest.raises(QcgpjError, match="invalid batch id") as err:
+        m.submit(sweep(2), batch_id="run-1\n")
+    assert "\n" not in str(err.value) and m.list() == {} and m.client.keys("*") == []
+
+
 def test_a_batch_too_large_for_maxmemory_is_refused_whole_and_the_queue_works_after():
     with RedisServer(config=SMALL_REDIS) as server:
         m = manager(server.url)

@@ -26,6 +26,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from qcgpj import funcjobs
+from qcgpj.connection import task_environ
 from qcgpj.keys import rq_job, rq_results
 from qcgpj.launching import CpuMap
 
@@ -119,7 +120,7 @@ class Pool:
 
     def __init__(self) -> None:
         self.cpus = CpuMap()
-        self.env = dict(os.environ)
+        self.env = task_environ()
         self._lock = threading.RLock()   # the executor's threads send calls too
         self._new: deque[Call] = deque()
         self._idle: dict[frozenset[int] | None, list[Proc]] = {}
