@@ -2,12 +2,10 @@
 services (a queue with its processes, local mode with each store)."""
 from __future__ import annotations
 
-import os
-import signal
 
 from qcgpj import Jobs, Manager
 from qcgpj.progress import Tallier
-from tests.cluster import Cluster
+from tests.cluster import Cluster, kill_executor
 from tests.test_behaviour import CORES, env, wait   # noqa: F401  (env is a fixture)
 from tests.test_reliability import wait_for
 
@@ -51,7 +49,7 @@ def test_running_iterations_of_a_dead_executor_are_counted_once_where_they_run_a
         first = set(m.store.executors())
         m.submit(Jobs().add(name="w", script=GATE, iteration=10))
         wait_for(m, lambda: executing_iterations(m, "w") == 2, what="2 iterations executing on worker a")
-        os.kill(a.pid, signal.SIGKILL)           # its tasks run on, orphaned, until 'go'
+        kill_executor(m, a)                      # its tasks are killed with it and go back to READY
         c.worker(2, name="worker-b")
         c.wait_executors(m)
         wait_for(m, lambda: executing_iterations(m, "w", on=set(m.store.executors()) - first) == 2, timeout=90,
