@@ -303,3 +303,24 @@ def test_a_local_script_that_ends_first_still_gets_its_calls_run(tmp_path, how):
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert [(tmp_path / f"out{i}").read_text() for i in range(3)] == ["0", "1", "2"]
+
+
+def test_a_calls_rq_job_expires_with_its_result(redis_url, tmp_path, monkeypatch):
+    """rq's job hash of a call that ran had no TTL (rq's worker gives it the result's, rq.job.Job.cleanup): in a
+    campaign of Python calls every rq:job key (1.3 kB) stayed for ever after its results expired. Now the
+    executor gives it ``result_ttl`` with the outcome, as rq does."""
+    monkeypatch.chdir(tmp_path)
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
+    cluster.serving(2)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        with Executor(redis_url, result_ttl=600) as ex:
+            ok, bad = ex.submit(ff.square, 3), ex.submit(ff.fail, 1)
+            assert list(ex.map(ff.square, range(3))) == [0, 1, 4] and list(ex.map(ff.square, range(4), chunksize=2))
+            assert ok.result(TIMEOUT) == 9 and isinstance(bad.exception(TIMEOUT), ValueError)
+        keys = list(r.scan_iter(match="rq:*"))
+        assert {k.split(b":")[1] for k in keys} == {b"job", b"results"}
+        assert {k: r.ttl(k) for k in keys if not 0 < r.ttl(k) <= 600} == {}
+    finally:
+        cluster.stop()
