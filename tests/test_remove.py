@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 
 import pytest
 
@@ -170,3 +171,29 @@ def test_a_job_canceled_while_ready_removed_and_submitted_again_runs_once(cluste
     (cluster.workdir / "go_a").touch()
     assert m.wait4(["a"], timeout=60) == {"a": "SUCCEED"}
     assert (cluster.workdir / "a.log").read_text() == "run\n"
+
+
+def test_wait4all_is_not_lost_when_final_jobs_are_removed_meanwhile(cluster):
+    """A client waiting for the whole queue got LostJobsError ('Redis lost data') when a final job it had seen was
+    removed during the wait: by the InputQueue's --keep-finished (seen in a soak: the long-lived client died at
+    its 8th batch), or by another user's `remove --finished`. Jobs removed are not lost: the wait now tells them
+    apart by the `removed` counter, and returns the jobs still there."""
+    m = cluster.serving(1)
+    m.submit(Jobs().add(name="old", exec="/bin/true"))
+    assert m.wait4(["old"], timeout=60) == {"old": "SUCCEED"}
+    m.submit(Jobs().add(name="hold", script="while [ ! -e go ]; do sleep 0.05; done"))
+    waiting, out = threading.Event(), {}
+
+    def wait() -> None:
+        try:
+            out["states"] = cluster.manager().wait4all(timeout=120, progress=lambda done, total: waiting.set())
+        except Exception as exc:
+            out["error"] = exc
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert waiting.wait(60)          # the wait has read the queue's jobs
+    assert m.remove(["old"]) == ["old"]
+    (cluster.workdir / "go").touch()
+    t.join(120)
+    assert out == {"states": {"hold": "SUCCEED"}}
