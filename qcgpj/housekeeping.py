@@ -50,9 +50,10 @@ def remove_named(store: Store, names: Sequence[str], stop_wait: float = STOP_WAI
             if exc.why != "stopping" or left <= 0:
                 raise
             last = store.wait_event(last, min(0.5, left))
+    calls: list[str] = []
     for i in range(0, len(names), BATCH):
-        store.remove_jobs(names[i:i + BATCH], "strict")
-    _after(store, names)
+        calls += [detail for _status, detail in store.remove_jobs(names[i:i + BATCH], "strict") if detail]
+    _after(store, names, calls)
     return names
 
 
@@ -63,6 +64,7 @@ def remove_finished(store: Store, older_than: float | None = None) -> tuple[list
     horizon = None if older_than is None else time.time() - older_than
     removed: list[str] = []
     kept: dict[str, str] = {}
+    calls: list[str] = []
     for i in range(0, len(listed), BATCH):
         chunk = listed[i:i + BATCH]
         wanted = [n for n, (st, end) in zip(chunk, store.job_fields(chunk, "state", "end"))
@@ -72,16 +74,19 @@ def remove_finished(store: Store, older_than: float | None = None) -> tuple[list
         for name, (status, detail) in zip(wanted, store.remove_jobs(wanted, "skip")):
             if status == "removed":
                 removed.append(name)
+                if detail:
+                    calls.append(detail)
             elif status == "dependants":
                 kept[name] = detail
-    _after(store, removed)
+    _after(store, removed, calls)
     return removed, kept
 
 
-def _after(store: Store, removed: list[str]) -> None:
+def _after(store: Store, removed: list[str], calls: list[str]) -> None:
     if not removed:
         return
     store.unlist_jobs(removed)
+    store.drop_rq_calls(calls)
     if store.active() <= 0:   # nothing is running: nobody needs the wake-ups and trail of the removed jobs
         store.trim_events(EVENTS_KEPT)
     log.info("removed %d job(s)", len(removed))

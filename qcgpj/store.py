@@ -15,7 +15,7 @@ from .functions import LIBRARY_SCRIPTS, Library
 from .topology import node_client, replica_wait
 from .errors import (RemoveError,
                      UnknownJobError)
-from .keys import EVENTS_GROUP, Keys, lua_prelude
+from .keys import EVENTS_GROUP, Keys, lua_prelude, rq_job, rq_results
 from .resources import parse_compact
 from .submission import Submission, _queue_full
 from .timefmt import now
@@ -298,6 +298,21 @@ class Store(Submission):
         since then comes later). One script call (remove.lua's 'unlist')."""
         if names:
             self._run("remove", ["unlist", now(), *names])
+
+    def drop_rq_calls(self, calls: Sequence[str]) -> None:
+        """Delete the rq keys of removed Python calls (remove.lua's details: an rq id, or 'id|it0|n' for a map's
+        iterations, ids id-<it>): outside the namespace, so not the script's; else they stayed for result_ttl, and
+        for ever those of calls that never ran."""
+        ids: list[str] = []
+        for call in calls:
+            rqid, _, its = call.partition("|")
+            if its:
+                it0, n = map(int, its.split("|"))
+                ids += [f"{rqid}-{it}" for it in range(it0, it0 + n)]
+            else:
+                ids.append(rqid)
+        for i in range(0, len(ids), 500):
+            self.r.delete(*[k for rqid in ids[i:i + 500] for k in (rq_job(rqid), rq_results(rqid))])
 
     def job_fields(self, names: Sequence[str], *fields: str) -> list[list[str | None]]:
         """The given fields of many jobs, one pipeline."""
