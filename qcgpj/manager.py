@@ -506,14 +506,16 @@ class Manager:
         """Wait until every job in the queue is final. Jobs removed meanwhile (``--keep-finished``, another
         user's ``remove``) are not lost: only more names gone than removals counted is Redis losing data."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        removed = self._removed()   # before the names: a removal between the two reads is counted
-        known = self.store.job_names()
+        removed = self._removed()   # before the jobs are read: a removal after it is counted
+        # the jobs there now: a removal in progress (its hashes deleted and counted, the names still listed until
+        # its end) is neither a job nor counted after `removed`
+        known = [n for n, st in self.list().items() if st is not None]
         self._wait_active(deadline, progress, "all jobs")
         states = self.list()
         lost = [n for n in known if states.get(n) is None]
         if len(lost) > self._removed() - removed:   # a Redis that lost its data lost the counter too
             raise LostJobsError(lost)
-        return states
+        return {n: st for n, st in states.items() if st is not None}
 
     def _removed(self) -> int:
         """Jobs removed from this queue, ever (the ``removed`` count of ``stats``)."""
