@@ -349,8 +349,9 @@ class Store(Submission):
             self._conn = None
 
     # ------------------------------------------------------------------ queries
-    def job_names(self) -> list[str]:
-        return self.r.lrange(self.keys.jobs, 0, -1)
+    def job_names(self, start: int = 0, stop: int = -1) -> list[str]:
+        """The job names in submission order (a range of them: LRANGE's indexes)."""
+        return self.r.lrange(self.keys.jobs, start, stop)
 
     def states(self, names: Sequence[str]) -> dict[str, str | None]:
         pipe = self.r.pipeline(transaction=False)
