@@ -228,6 +228,7 @@ def write_success(pipe: Any, conn: redis.Redis, rqid: str, serializer: str, raw:
     job = _job(conn, rqid, serializer)
     job.set_status(JobStatus.FINISHED, pipeline=pipe)
     Result(rqid, Result.Type.SUCCESSFUL, conn, return_value=raw, serializer=RawSerializer).save(ttl, pipeline=pipe)
+    _expire(pipe, job.key, ttl)
 
 
 def write_failure(pipe: Any, conn: redis.Redis, rqid: str, serializer: str, text: str, ttl: int,
@@ -244,6 +245,14 @@ def write_failure(pipe: Any, conn: redis.Redis, rqid: str, serializer: str, text
             meta["exc_args"] = json.loads(args) if serializer == "json" else args
         pipe.hset(job.key, "meta", job.serializer.dumps(meta))
     Result.create_failure(job, ttl, exc_string=text, pipeline=pipe)
+    _expire(pipe, job.key, ttl)
+
+
+def _expire(pipe: Any, key: str, ttl: int) -> None:
+    """The job hash lives as long as its result, as rq's worker makes it (``Job.cleanup``): Job.save gives it no
+    TTL, so without this every call's ``rq:job`` key stayed for ever. A negative TTL keeps it (rq's meaning)."""
+    if ttl > 0:
+        pipe.expire(key, ttl)
 
 
 def read_outcomes(conn: redis.Redis, ids: list[str], serializers: list[str]) -> list[tuple[str, Any]]:

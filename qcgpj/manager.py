@@ -503,15 +503,23 @@ class Manager:
 
     @a.api(timeout=a.timeout, progress=a.callback)
     def wait4all(self, timeout: float | None = None, progress: Progress | None = None) -> dict[str, str | None]:
-        """Wait until every job in the queue is final."""
+        """Wait until every job in the queue is final. Jobs removed meanwhile (``--keep-finished``, another
+        user's ``remove``) are not lost: only more names gone than removals counted is Redis losing data."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        known = self.store.job_names()
+        removed = self._removed()   # before the jobs are read: a removal after it is counted
+        # the jobs there now: a removal in progress (its hashes deleted and counted, the names still listed until
+        # its end) is neither a job nor counted after `removed`
+        known = [n for n, st in self.list().items() if st is not None]
         self._wait_active(deadline, progress, "all jobs")
         states = self.list()
         lost = [n for n in known if states.get(n) is None]
-        if lost:
+        if len(lost) > self._removed() - removed:   # a Redis that lost its data lost the counter too
             raise LostJobsError(lost)
-        return states
+        return {n: st for n, st in states.items() if st is not None}
+
+    def _removed(self) -> int:
+        """Jobs removed from this queue, ever (the ``removed`` count of ``stats``)."""
+        return int(self.store.final_counts()[-1] or 0)
 
     def _wait_event(self, last: str, deadline: float | None, what: str) -> str:
         """The newest event id after waiting up to a second for one past ``last``; past the deadline a

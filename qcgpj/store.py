@@ -15,7 +15,7 @@ from .functions import LIBRARY_SCRIPTS, Library
 from .topology import node_client, replica_wait
 from .errors import (RemoveError,
                      UnknownJobError)
-from .keys import EVENTS_GROUP, Keys, lua_prelude
+from .keys import EVENTS_GROUP, Keys, lua_prelude, rq_job, rq_results
 from .resources import parse_compact
 from .submission import Submission, _queue_full
 from .timefmt import now
@@ -300,6 +300,21 @@ class Store(Submission):
         if names:
             self._run("remove", ["unlist", now(), *names])
 
+    def drop_rq_calls(self, calls: Sequence[str]) -> None:
+        """Delete the rq keys of removed Python calls (remove.lua's details: an rq id, or 'id|it0|n' for a map's
+        iterations, ids id-<it>): outside the namespace, so not the script's; else they stayed for result_ttl, and
+        for ever those of calls that never ran."""
+        ids: list[str] = []
+        for call in calls:
+            rqid, _, its = call.partition("|")
+            if its:
+                it0, n = map(int, its.split("|"))
+                ids += [f"{rqid}-{it}" for it in range(it0, it0 + n)]
+            else:
+                ids.append(rqid)
+        for i in range(0, len(ids), 500):
+            self.r.delete(*[k for rqid in ids[i:i + 500] for k in (rq_job(rqid), rq_results(rqid))])
+
     def job_fields(self, names: Sequence[str], *fields: str) -> list[list[str | None]]:
         """The given fields of many jobs, one pipeline."""
         pipe = self.r.pipeline(transaction=False)
@@ -335,8 +350,9 @@ class Store(Submission):
             self._conn = None
 
     # ------------------------------------------------------------------ queries
-    def job_names(self) -> list[str]:
-        return self.r.lrange(self.keys.jobs, 0, -1)
+    def job_names(self, start: int = 0, stop: int = -1) -> list[str]:
+        """The job names in submission order (a range of them: LRANGE's indexes)."""
+        return self.r.lrange(self.keys.jobs, start, stop)
 
     def states(self, names: Sequence[str]) -> dict[str, str | None]:
         pipe = self.r.pipeline(transaction=False)

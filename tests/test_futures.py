@@ -14,7 +14,7 @@ import redis
 import futures_funcs as ff
 from cluster import Cluster
 from qcgpj import Executor, Jobs
-from qcgpj.funcjobs import FunctionError, SerializationError
+from qcgpj.funcjobs import DependencyFailed, FunctionError, SerializationError
 from test_reliability import wait_for
 
 TESTS = str(Path(__file__).resolve().parent)
@@ -303,3 +303,50 @@ def test_a_local_script_that_ends_first_still_gets_its_calls_run(tmp_path, how):
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert [(tmp_path / f"out{i}").read_text() for i in range(3)] == ["0", "1", "2"]
+
+
+def test_a_calls_rq_job_expires_with_its_result(redis_url, tmp_path, monkeypatch):
+    """rq's job hash of a call that ran had no TTL (rq's worker gives it the result's, rq.job.Job.cleanup): in a
+    campaign of Python calls every rq:job key (1.3 kB) stayed for ever after its results expired. Now the
+    executor gives it ``result_ttl`` with the outcome, as rq does."""
+    monkeypatch.chdir(tmp_path)
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
+    cluster.serving(2)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        with Executor(redis_url, result_ttl=600) as ex:
+            ok, bad = ex.submit(ff.square, 3), ex.submit(ff.fail, 1)
+            assert list(ex.map(ff.square, range(3))) == [0, 1, 4] and list(ex.map(ff.square, range(4), chunksize=2))
+            assert ok.result(TIMEOUT) == 9 and isinstance(bad.exception(TIMEOUT), ValueError)
+        keys = list(r.scan_iter(match="rq:*"))
+        assert {k.split(b":")[1] for k in keys} == {b"job", b"results"}
+        assert {k: r.ttl(k) for k in keys if not 0 < r.ttl(k) <= 600} == {}
+    finally:
+        cluster.stop()
+
+
+def test_remove_takes_the_rq_keys_of_the_calls_it_removes(redis_url, tmp_path, monkeypatch):
+    """`remove --finished` removed a call's qcgpj job but left its rq keys (rq:job 1.3 kB, rq:results 4.8 kB) for
+    result_ttl (a day), and for ever those of calls that never ran (canceled, omitted): removal now takes them."""
+    monkeypatch.chdir(tmp_path)
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
+    m = cluster.serving(2)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        with Executor(redis_url) as ex:
+            m.submit(Jobs().add(name="hold", script="while [ ! -e go ]; do sleep 0.05; done"))
+            waiting = ex.options(after="hold").submit(ff.square, 2)
+            ok, bad = ex.submit(ff.square, 3), ex.submit(ff.fail, 1)
+            omitted = ex.submit(ff.add, bad, 1)
+            assert list(ex.map(ff.square, range(3))) == [0, 1, 4] and list(ex.map(ff.square, range(4), chunksize=2))
+            assert waiting.cancel()
+            (tmp_path / "go").touch()
+            assert ok.result(TIMEOUT) == 9 and isinstance(omitted.exception(TIMEOUT), DependencyFailed)
+        assert m.wait4all(timeout=TIMEOUT)["hold"] == "SUCCEED"
+        assert len(list(r.scan_iter(match="rq:job:*"))) == 4 + 3 + 2   # calls, and a map's iterations
+        m.remove(finished=True)
+        assert m.list() == {} and list(r.scan_iter(match="rq:*")) == []
+    finally:
+        cluster.stop()

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 
 import pytest
 
 from qcgpj import Jobs, Manager
 from qcgpj.errors import RedisMemoryError, RemoveError
+from qcgpj.housekeeping import BATCH, remove_finished
 from qcgpj.keys import JOB_KINDS, TEMPLATES
 from tests.cluster import qcgpj_cmd
 from tests.test_reliability import wait_for
@@ -25,6 +28,13 @@ def job_keys(m: Manager) -> list[str]:
 
 def namespace_bytes(m: Manager) -> int:
     return sum(m.client.memory_usage(k) or 0 for k in namespace_keys(m))
+
+
+def _noop_jobs(names: list[str]) -> Jobs:
+    jobs = Jobs()
+    for name in names:
+        jobs.add(name=name, exec="/bin/true", model="noop")
+    return jobs
 
 
 def test_remove_finished_after_20000_jobs_leaves_a_few_kb(cluster):
@@ -170,3 +180,64 @@ def test_a_job_canceled_while_ready_removed_and_submitted_again_runs_once(cluste
     (cluster.workdir / "go_a").touch()
     assert m.wait4(["a"], timeout=60) == {"a": "SUCCEED"}
     assert (cluster.workdir / "a.log").read_text() == "run\n"
+
+
+def test_wait4all_is_not_lost_when_final_jobs_are_removed_meanwhile(cluster):
+    """A client waiting for the whole queue got LostJobsError ('Redis lost data') when a final job it had seen was
+    removed during the wait: by the InputQueue's --keep-finished (seen in a soak: the long-lived client died at
+    its 8th batch), or by another user's `remove --finished`. Jobs removed are not lost: the wait now tells them
+    apart by the `removed` counter, and returns the jobs still there."""
+    m = cluster.serving(1)
+    m.submit(Jobs().add(name="old", exec="/bin/true").add(name="older", exec="/bin/true"))
+    assert m.wait4(["old", "older"], timeout=60) == {"old": "SUCCEED", "older": "SUCCEED"}
+    m.submit(Jobs().add(name="hold", script="while [ ! -e go ]; do sleep 0.05; done"))
+    # a removal under way as the wait starts: the job's keys gone and counted, its name still listed (a removal
+    # takes the names of its batches off the job list at its end)
+    assert m.store.remove_jobs(["older"], "skip") == [("removed", "")]
+    waiting, out = threading.Event(), {}
+
+    def wait() -> None:
+        try:
+            out["states"] = cluster.manager().wait4all(timeout=120, progress=lambda done, total: waiting.set())
+        except Exception as exc:
+            out["error"] = exc
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert waiting.wait(60)          # the wait has read the queue's jobs
+    assert m.remove(["old"]) == ["old"]
+    m.store.unlist_jobs(["older"])
+    (cluster.workdir / "go").touch()
+    t.join(120)
+    assert out == {"states": {"hold": "SUCCEED"}}
+
+
+def test_a_keep_finished_pass_reads_only_the_jobs_submitted_before_its_horizon(cluster):
+    """`--keep-finished` (remove --finished --older-than) read the state of every job of the queue on every pass: a
+    soak whose window held 263,000 jobs took seconds per pass, in the InputQueue's serving thread ('Redis restarted
+    or out of sight' after each). Jobs end after they are submitted, in list order: the pass now stops at the first
+    batch all submitted after its horizon, so it reads the jobs old enough to go and one batch more."""
+    m = cluster.serving(2)
+    old, new = [f"old{i}" for i in range(1500)], [f"new{i}" for i in range(5000)]
+    m.submit(_noop_jobs(old))
+    m.wait4all(timeout=300)
+    horizon = max(float(end) for (end,) in m.store.job_fields(old, "end"))
+    m.submit(_noop_jobs(new))
+    m.wait4all(timeout=300)
+    cluster.stop()   # only this client talks to Redis from here on
+    job_key = m.store.keys.job("")
+    reads: list[str] = []
+    with m.client.monitor() as mon:
+        def listen() -> None:
+            for cmd in mon.listen():
+                if "qcgpj-test-end" in cmd["command"]:
+                    return
+                if cmd.get("client_type") != "lua" and cmd["command"].startswith(f"HMGET {job_key}"):
+                    reads.append(cmd["command"].split()[1])
+        t = threading.Thread(target=listen)
+        t.start()
+        removed, kept = remove_finished(m.store, older_than=time.time() - horizon)
+        m.client.echo("qcgpj-test-end")
+        t.join(60)
+    assert sorted(removed) == sorted(old) and kept == {} and list(m.list()) == new
+    assert len(old) <= len(reads) <= len(old) + 2 * BATCH, len(reads)

@@ -3,7 +3,8 @@
 --   `stats`. A job that is not final, or on which a job that is not final yet depends, is kept. how: 'check'
 --   (remove nothing), 'strict' (nothing is removed if one name cannot be: {'ERR', why, name, detail} comes
 --   back) or 'skip'. Otherwise one (status, detail) pair per name: status 'removed' (or 'ok' for a check),
---   'unknown', 'notfinal', 'stopping' (canceled, its process not reported ended yet) or 'dependants'. The names
+--   'unknown', 'notfinal', 'stopping' (canceled, its process not reported ended yet) or 'dependants'; a removed
+--   Python call's detail is its rq id(s) (rq_calls), for the caller to delete rq's keys. The names
 --   stay in `jobs`: the caller rewrites that list once for all batches (one LREM per job would scan the list
 --   each time).
 -- 'executors', now, retention: forget executors that left or died at least `retention` seconds ago.
@@ -118,6 +119,17 @@ local function forget_failures()  -- the capped list of recent failures keeps no
   if #kept > 0 then redis.call('RPUSH', K_failures, unpack(kept)) end
 end
 
+-- A Python call's rq job (qcgpj.Executor): its keys are rq's, outside the namespace (not ours to touch in a
+-- script), so the caller deletes them: '' for other jobs, the rq id, or 'id|it0|n' (ids id-<it>) for a map.
+local function rq_calls(spec, it0, n)
+  if not spec or not string.find(spec, '"function"', 1, true) then return '' end
+  local ok, s = pcall(cjson.decode, spec)
+  local ex = ok and type(s) == 'table' and s.execution
+  if type(ex) ~= 'table' or ex.model ~= 'function' or type(ex.exec) ~= 'string' then return '' end
+  if n then return ex.exec .. '|' .. (it0 or '0') .. '|' .. n end
+  return ex.exec
+end
+
 if mode == 'jobs' then
   local strict, only_check = ARGV[3] ~= 'skip', ARGV[3] == 'check'
   local out = {}
@@ -131,8 +143,9 @@ if mode == 'jobs' then
   local removed, killed = 0, {}
   for i = 4, #ARGV do
     if out[2 * (i - 3) - 1] == 'removed' then
-      local h = redis.call('HMGET', K_job(ARGV[i]), 'icancel', 'state')
+      local h = redis.call('HMGET', K_job(ARGV[i]), 'icancel', 'state', 'spec', 'it0', 'n')
       if h[1] or h[2] == 'CANCELED' then killed[ARGV[i]] = true end
+      out[2 * (i - 3)] = rq_calls(h[3], h[4], h[5])
       local n, fin = counted(ARGV[i])
       -- the deletion first: past maxmemory a script may write only once it has deleted (the first write that
       -- may grow memory is refused), and removing is how a full Redis gets back under its limit
