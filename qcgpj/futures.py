@@ -35,7 +35,8 @@ from .errors import ArgumentError, QcgpjError
 from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
 from .jobspec import JobSpec, make_job
 from .keys import rq_job
-from .manager import Manager, at_exit, leave_exit_to, submit_rows
+from .manager import Manager, submit_rows
+from .scriptend import at_exit, leave_exit_to
 from .store import FINAL_STATES
 
 log = logging.getLogger(__name__)
