@@ -551,15 +551,58 @@ def info(name: str, redis_url: str | None, namespace: str, from_dir: str | None,
         click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
+def _with_stdin(names: tuple[str, ...]) -> list[str]:
+    """NAMES with '-' replaced by the names on standard input, one a line (blank lines ignored): a campaign's
+    100,000 names do not fit a command line (ARG_MAX), and Python's start-up slows with the argument count.
+    A line that cannot be a name is refused with its number, before anything is changed."""
+    if names.count("-") > 1:
+        raise click.UsageError("'-' (names from standard input) may be given once")
+    out: list[str] = []
+    for name in names:
+        if name != "-":
+            out.append(name)
+            continue
+        for number, line in enumerate(click.get_text_stream("stdin"), 1):
+            line = line.strip()
+            if not line:
+                continue
+            if arguments.TASK_RE.fullmatch(line) is None:
+                raise QcgpjError(f"standard input, line {number}: {line[:60]!r} is not a job name "
+                                 "(one name a line, as NAME or NAME:IT)")
+            out.append(line)
+    return out
+
+
 @main.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1)
 @url_option
 @ns_option
+@click.option("--all", "all_", is_flag=True,
+              help="Every job not final; jobs submitted after it started are left alone (those that depend on a "
+                   "canceled job are OMITTED).")
 @_errors
-def cancel(names: tuple[str, ...], redis_url: str | None, namespace: str) -> None:
-    """Cancel jobs or iterations (NAME or NAME:IT); their dependents are OMITTED."""
-    for name, res in _remote(redis_url, namespace).cancel(list(names)).items():
-        click.echo(f"{name}\t{res}")
+def cancel(names: tuple[str, ...], redis_url: str | None, namespace: str, all_: bool) -> None:
+    """Cancel jobs or iterations (NAME or NAME:IT; '-': names from standard input, one a line) or --all; their
+    dependents are OMITTED. With a name unknown, nothing is canceled."""
+    if all_ and names:
+        raise click.UsageError("give job NAMES or --all, not both")
+    if not all_ and not names:
+        raise click.UsageError("give job NAMES ('-': from standard input) or --all")
+    m = _remote(redis_url, namespace)
+    if not all_:
+        given = _with_stdin(names)
+        if not given:
+            click.echo("nothing to cancel: no names on standard input")
+            return
+        for name, res in m.cancel(given).items():
+            click.echo(f"{name}\t{res}")
+        return
+    ended = Counter(m.cancel_all().values())
+    if not ended:
+        click.echo("nothing to cancel: no job of the namespace is waiting or running")
+        return
+    click.echo(f"canceled {ended['CANCELED']} job(s)"
+               + (f", {ended['OMITTED']} that waited on them OMITTED" if ended["OMITTED"] else ""))
 
 
 @main.command()
@@ -617,12 +660,17 @@ def resources(redis_url: str | None, namespace: str, departed: bool, as_json: bo
 @_errors
 def remove(names: tuple[str, ...], redis_url: str | None, namespace: str, finished: bool, older_than: float | None,
            all_: bool) -> None:
-    """Remove final jobs NAMES (all or none), --finished ones or --all, with every key they have in Redis."""
+    """Remove final jobs NAMES (all or none; '-': names from standard input, one a line), --finished ones or
+    --all, with every key they have in Redis."""
     if sum((bool(names), finished, all_)) != 1:
         raise click.UsageError("give job NAMES, --finished or --all (one of them)")
     if older_than is not None and not finished:
         raise click.UsageError("--older-than goes with --finished")
     m = _remote(redis_url, namespace)
+    given = _with_stdin(names) if names else []
+    if names and not given:
+        click.echo("nothing to remove: no names on standard input")
+        return
     if finished:
         from .housekeeping import remove_finished
         removed, kept = remove_finished(m.store, older_than)
@@ -630,7 +678,7 @@ def remove(names: tuple[str, ...], redis_url: str | None, namespace: str, finish
         for name, deps in list(kept.items())[:10]:
             click.echo(f"  kept {name}: not final yet, {deps.replace(',', ', ')} depend(s) on it")
         return
-    removed_names = m.remove(m.store.job_names() if all_ else list(names))
+    removed_names = m.remove(m.store.job_names() if all_ else given)
     click.echo(f"removed {len(removed_names)} job(s)")
 
 

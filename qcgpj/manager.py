@@ -321,6 +321,14 @@ class Manager:
             raise UnknownJobError(f"unknown job '{job}'")
         return res
 
+    @a.api()
+    def cancel_all(self) -> dict[str, str]:
+        """Cancel every job of the namespace that is not final, without naming them (a campaign of 100,000 jobs):
+        returns the jobs it ended, 'CANCELED', or 'OMITTED' for those that waited on a canceled one. Jobs
+        submitted after it read the job list (at its start) are left alone unless they depend on a canceled
+        job. Redis is served between its calls of 1,000 names, as for a large :meth:`cancel`."""
+        return self.store.cancel_all()
+
     # ------------------------------------------------------------------ waiting
     @a.api(names=a.names, timeout=a.timeout, progress=a.callback)
     def wait4(self, names: Sequence[str] | str, timeout: float | None = None,

@@ -466,6 +466,48 @@ class Store(Submission):
                 raise _queue_full(self.node, f"cancel of {len(tasks)} name(s)", written=written) from None
         return out
 
+    def cancel_all(self) -> dict[str, str]:
+        """End every job of the namespace that is not final; returns the jobs it ended, each 'CANCELED' or
+        'OMITTED' (a job that waited on one it canceled).
+
+        The job list is read once, at the start: a job submitted after that is left alone, unless it depends on
+        one this cancels (then it is OMITTED, at its submit or when its dependency is canceled). After one read of
+        every state, jobs are canceled by name, CANCEL_BATCH per cancel.lua call (as Store.cancel: Redis serves
+        others between them), in two passes: first the jobs that could run or are running (not QUEUED), whose
+        cancels omit the jobs waiting on them; then the QUEUED jobs still open (their dependencies succeeded
+        since the read). So a job that waited on others ends OMITTED whatever batch it fell in, not CANCELED for
+        sharing a batch with its dependency."""
+        names = list(dict.fromkeys(self.job_names()))
+        ended: dict[str, str] = {}
+
+        def cancel(batch: list[str]) -> None:
+            try:
+                res = self._run("cancel", [now(), "known", *batch])
+            except redis.OutOfMemoryError:   # this batch wrote nothing; the ones before it did
+                written = f"{len(ended)} job(s) were ended" if ended else "nothing was written"
+                raise _queue_full(self.node, "cancel of every job", written=written) from None
+            ended.update((n, "CANCELED") for n, r in zip(batch, res) if r == "canceled")
+
+        waiting: list[str] = []
+        runnable: list[str] = []
+        for i in range(0, len(names), CANCEL_BATCH):   # every state first: those waiting, before any is omitted
+            for n, st in self.states(names[i:i + CANCEL_BATCH]).items():
+                if st == "QUEUED":
+                    waiting.append(n)
+                elif st is not None and st not in FINAL_STATES:
+                    runnable.append(n)
+        for i in range(0, len(runnable), CANCEL_BATCH):
+            cancel(runnable[i:i + CANCEL_BATCH])
+        for i in range(0, len(waiting), CANCEL_BATCH):
+            states = self.states(waiting[i:i + CANCEL_BATCH])
+            ended.update((n, "OMITTED") for n, st in states.items() if st == "OMITTED")
+            still = [n for n, st in states.items() if st is not None and st not in FINAL_STATES]
+            if still:
+                cancel(still)
+        log.info("canceled %d job(s), omitted %d", sum(st == "CANCELED" for st in ended.values()),
+                 sum(st == "OMITTED" for st in ended.values()))
+        return ended
+
     # ------------------------------------------------------------------ events (wake-ups)
     def last_event_id(self) -> str:
         info = self.r.xrevrange(self.keys.events, count=1)

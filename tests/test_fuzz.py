@@ -454,7 +454,7 @@ def test_a_refusing_redis_is_one_line_and_an_error_of_ours(refusing, tmp_path, h
     q = refusing(how)
     path = tmp_path / "jobs.json"
     path.write_text(json.dumps([{"name": "new", "execution": {"exec": "/bin/true"}}]))
-    for argv in (["submit", str(path)], ["cancel", "single"]):
+    for argv in (["submit", str(path)], ["cancel", "single"], ["cancel", "--all"]):
         res = CliRunner().invoke(main, [*argv, "--redis-url", q.url])
         assert res.exit_code == 1, res.output
         one_line(res.stderr)
@@ -462,7 +462,7 @@ def test_a_refusing_redis_is_one_line_and_an_error_of_ours(refusing, tmp_path, h
         q.unchanged()
     m = Manager(q.url)
     for call in (lambda: m.submit([{"name": "new", "execution": {"exec": "/bin/true"}}]),
-                 lambda: m.cancel(["single"])):
+                 lambda: m.cancel(["single"]), m.cancel_all):
         with pytest.raises(RedisError, match=says.split(" (")[0]):
             call()
         q.unchanged()

@@ -241,3 +241,28 @@ def test_a_keep_finished_pass_reads_only_the_jobs_submitted_before_its_horizon(c
         t.join(60)
     assert sorted(removed) == sorted(old) and kept == {} and list(m.list()) == new
     assert len(old) <= len(reads) <= len(old) + 2 * BATCH, len(reads)
+
+
+def test_remove_reads_names_from_stdin_all_or_none(redis_url):
+    """`remove -` takes the names on standard input (a campaign's do not fit a command line), checked as those
+    given as arguments: with one that cannot be removed, nothing is."""
+    m = Manager(redis_url)
+    jobs = Jobs()
+    for i in range(2500):
+        jobs.add(name=f"j{i}", exec="/bin/true")
+    m.submit(jobs.add(name="open", exec="/bin/true"))
+    m.cancel([f"j{i}" for i in range(2500)])   # no executor: canceled at once, final
+
+    def remove(stdin: str) -> subprocess.CompletedProcess:
+        return subprocess.run(qcgpj_cmd("remove", "-", "--redis-url", redis_url), input=stdin, capture_output=True,
+                              text=True, timeout=120)
+
+    refused = remove("\n".join(f"j{i}" for i in range(2500)) + "\nopen\n")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "'open'" in refused.stderr
+    unknown = remove("j1\nnope\n")
+    assert (unknown.returncode, unknown.stderr) == (1, "Error: unknown job 'nope'\n")
+    assert len(m.list()) == 2501
+    res = remove("\n".join(f"j{i}" for i in range(1, 2500)) + "\n\n")
+    assert (res.returncode, res.stdout) == (0, "removed 2499 job(s)\n")
+    assert m.list() == {"j0": "CANCELED", "open": "READY"}
+    assert remove("").stdout == "nothing to remove: no names on standard input\n"
