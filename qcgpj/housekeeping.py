@@ -18,7 +18,7 @@ from .store import FINAL_STATES, Store
 log = logging.getLogger(__name__)
 
 BATCH = 1000                 # names per remove.lua call
-STEP = 2 * BATCH             # names one step of remove_finished reads (so removes) at most: 0.07-0.1 s on the 2-CPU VM
+STEP = 2 * BATCH             # names a step of remove_finished reads (removes) at most: 0.07-0.1 s, 2-CPU VM
 STOP_WAIT = 30.0             # seconds a removal waits for the processes of just-canceled jobs to be reported
 EVENTS_KEPT = 10             # the events stream is trimmed to this once nothing is active
 DAY = 86400.0
@@ -81,17 +81,20 @@ def remove_step(store: Store, horizon: float | None, start: int = 0,
                 limit: int = STEP) -> tuple[list[str], dict[str, str], int | None]:
     """One step of a removal of final jobs (that ended at ``horizon``, an epoch, or earlier): reads at most
     ``limit`` names of the job list from index ``start``, removes the final ones it may and takes them off the
-    list. Returns the removed names, the jobs kept for their dependants, and the index the next step starts at
-    (None: the removal is complete).
+    list, and with them the names whose job is gone already (a removal that died between deleting its jobs and
+    taking them off, the InputQueue killed mid-step, left their names listed for good). Returns the removed
+    names, the jobs kept for their dependants, and the index the next step starts at (None: the removal is
+    complete).
 
     Bounded so that the InputQueue, which calls it between its own duties, is never held up for long: in one go,
-    passes of 30,000-90,000 jobs held it for seconds (2.9 s per 50,000 jobs; its lease lasts 5 s). The job list is in submission order and a job
-    ends after it was submitted, so with a horizon the removal stops at the first batch of jobs all submitted
-    after it: it reads the jobs old enough to go, not every job the queue keeps (a pass over 720,000 jobs every
-    minute for 2h of a sweep of 100 jobs/s)."""
+    passes of 30,000-90,000 jobs held it for seconds (2.9 s per 50,000 jobs; its lease lasts 5 s). The job list
+    is in submission order and a job ends after it was submitted, so with a horizon the removal stops at the
+    first batch of jobs all submitted after it: it reads the jobs old enough to go, not every job the queue keeps
+    (a pass over 720,000 jobs every minute for 2h of a sweep of 100 jobs/s)."""
     removed: list[str] = []
     kept: dict[str, str] = {}
     calls: list[str] = []
+    stranded: list[str] = []   # listed, but their jobs gone: by a removal that stopped before taking them off
     done, read = False, 0
     while read < limit:
         chunk = store.job_names(start, start + min(BATCH, limit - read) - 1)
@@ -101,6 +104,7 @@ def remove_step(store: Store, horizon: float | None, start: int = 0,
         start += len(chunk)
         read += len(chunk)
         rows = store.job_fields(chunk, "state", "end", "created")
+        stranded += [n for n, (st, _e, _c) in zip(chunk, rows) if st is None]
         wanted = [n for n, (st, end, _c) in zip(chunk, rows)
                   if st in FINAL_STATES and (horizon is None or (end and float(end) <= horizon))]
         if wanted:
@@ -108,7 +112,9 @@ def remove_step(store: Store, horizon: float | None, start: int = 0,
         if horizon is not None and all(c and float(c) > horizon for _s, _e, c in rows):
             done = True   # these jobs, and all submitted after them, ended after the horizon
             break
-    dropped = _after(store, removed, calls)
+    dropped = _after(store, removed, calls, stranded)
+    if stranded:
+        log.info("took %d name(s) of jobs removed earlier off the job list", len(stranded))
     # the names taken off were read before `start` (the first entry of each): the next step goes on after the
     # names kept; a removal elsewhere meanwhile may shift the list, which the next pass makes good
     return removed, kept, None if done else max(0, start - dropped)
@@ -125,11 +131,12 @@ def _remove_some(store: Store, wanted: list[str], removed: list[str], kept: dict
             kept[name] = detail
 
 
-def _after(store: Store, removed: list[str], calls: list[str]) -> int:
-    """Take the removed names off the job list (returns how many entries went), delete their rq keys."""
+def _after(store: Store, removed: list[str], calls: list[str], stranded: Sequence[str] = ()) -> int:
+    """Take the removed names (and those ``stranded`` of jobs already gone) off the job list (returns how many
+    entries went), delete their rq keys."""
+    dropped = store.unlist_jobs([*removed, *stranded])
     if not removed:
-        return 0
-    dropped = store.unlist_jobs(removed)
+        return dropped
     store.drop_rq_calls(calls)
     if store.active() <= 0:   # nothing is running: nobody needs the wake-ups and trail of the removed jobs
         store.trim_events(EVENTS_KEPT)

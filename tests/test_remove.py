@@ -320,3 +320,25 @@ def test_unlisting_removed_jobs_reads_the_list_only_up_to_the_last_one(cluster):
         elif words[0] in ("LPUSH", "RPUSH"):
             pushed += len(words) - 2
     assert read <= len(gone) + 2 * BATCH and pushed == 1, touched
+
+
+def test_names_of_jobs_removed_by_a_removal_that_died_are_taken_off_the_list_later(cluster):
+    """A removal deletes a batch of jobs, then takes their names off the job list: one that died in between (the
+    InputQueue killed mid-pass) left the names listed for good (`list` showed them with no state, `remove`
+    answered 'unknown job', only `purge` cleared them). A later pass, or `remove --finished`, takes names whose
+    job is gone off the list; a job submitted again under such a name meanwhile keeps its entry, even when the
+    removal that died is taken up again."""
+    m = cluster.manager()
+    m.cancel(m.submit(_noop_jobs(["a", "b", "c", "d"])))    # no executor: final at once
+    assert m.store.remove_jobs(["a", "c"], "skip") == [("removed", ""), ("removed", "")]   # ... and died
+    assert m.list() == {"a": None, "b": "CANCELED", "c": None, "d": "CANCELED"}
+    assert remove_finished(m.store, older_than=3600) == ([], {})   # nothing old enough: the names go all the same
+    assert m.list() == {"b": "CANCELED", "d": "CANCELED"}
+
+    assert m.store.remove_jobs(["b"], "skip") == [("removed", "")]   # another removal dies half way ...
+    iq = cluster.inputqueue("--keep-finished", "1h")                # ... and a later InputQueue's pass cleans up
+    wait_for(m, lambda: "b" not in m.list(), what="the stranded name taken off")
+    assert m.list() == {"d": "CANCELED"} and iq.poll() is None
+    assert m.submit(_noop_jobs(["b"])) == ["b"]                     # the name is free: submitted again
+    m.store.unlist_jobs(["b"])                                       # the removal that died, taken up again
+    assert m.list() == {"d": "CANCELED", "b": "READY"}

@@ -9,9 +9,9 @@
 --   list each time).
 -- 'executors', now, retention: forget executors that left or died at least `retention` seconds ago.
 -- 'unlist', now, names...: take removed jobs off `jobs`, the first entry of each name (a job of the same name
---   submitted since then comes later); returns how many. Costs the part of the list up to the last entry taken
---   off, not the whole list. In a script, not WATCH/MULTI: the minimal ACL has neither, and past maxmemory the
---   list's LTRIM comes before its LPUSH.
+--   submitted since then comes later), unless it is the only entry of a job that exists; returns how many.
+--   Costs the part of the list up to the last entry taken off, not the whole list. In a script, not
+--   WATCH/MULTI: the minimal ACL has neither, and past maxmemory the list's LTRIM comes before its LPUSH.
 local mode = ARGV[1]
 NOW = ARGV[2]
 local UNLIST_WINDOW = 1000   -- names of the job list 'unlist' reads per LRANGE
@@ -180,6 +180,13 @@ elseif mode == 'unlist' then
   -- it from its head): read it in windows from the head only up to the last entry to take off, and rewrite that
   -- part only (LTRIM it away, push back what it kept), not the whole list (300 ms at 500,000 names, however few
   -- went). LTRIM comes first: past maxmemory a script may push only once it has written.
+  -- A job of that name that exists again keeps its own entry, the last one: the name may have been taken off
+  -- already (a pass takes off names whose job is gone, a removal under way elsewhere among them).
+  local function stale(name, index)
+    if redis.call('EXISTS', K_job(name)) == 0 then return true end
+    local at = redis.call('LPOS', K_jobs, name, 'RANK', -1)
+    return at ~= false and at > index
+  end
   local gone, left = {}, 0
   for i = 3, #ARGV do gone[ARGV[i]] = (gone[ARGV[i]] or 0) + 1; left = left + 1 end
   local kept, last, pos = {}, -1, 0   -- entries kept before the last one taken off (0-based index `last`)
@@ -188,9 +195,14 @@ elseif mode == 'unlist' then
     local win = redis.call('LRANGE', K_jobs, pos, pos + UNLIST_WINDOW - 1)
     for j, name in ipairs(win) do
       if (gone[name] or 0) > 0 then
-        gone[name], left, last = gone[name] - 1, left - 1, pos + j - 1
-        for _, k in ipairs(held) do kept[#kept + 1] = k end
-        held = {}
+        gone[name], left = gone[name] - 1, left - 1
+        if stale(name, pos + j - 1) then
+          last = pos + j - 1
+          for _, k in ipairs(held) do kept[#kept + 1] = k end
+          held = {}
+        else
+          held[#held + 1] = name
+        end
         if left == 0 then break end
       else
         held[#held + 1] = name
