@@ -2,9 +2,10 @@
 
 Dependency counting and promotion happen inside the atomic scripts that report results, so the InputQueue is
 off the per-task path: it wakes on events, makes the deep placement pass (the scripts place only a few tasks
-inline), takes the work of executors whose heartbeat stopped back to the queue, and holds a leader lease so
-that a second InputQueue started by mistake only stands by. It keeps no state: killed and restarted, it
-continues from Redis and re-reads the events it had not acknowledged.
+inline), takes the work of executors whose heartbeat stopped back to the queue, holds a leader lease so
+that a second InputQueue started by mistake only stands by, and does the housekeeping (``Janitor``) one bounded
+step per turn of its loop, so that no clean-up, however large, holds these duties up. It keeps no state:
+killed and restarted, it continues from Redis and re-reads the events it had not acknowledged.
 
 Heartbeats lapse while Redis is away (or paused, or restarted from disk: their keys expire meanwhile), for the
 executors as for us, so an executor is declared dead only once its heartbeat has been missing for its TTL while
@@ -113,22 +114,24 @@ class InputQueue:
                     self.stop_event.wait(self.lease_ttl / 3)
                     continue
                 next_lease = time.monotonic() + self.lease_ttl / 3
-            ids = self._read_events()
+            ids = self._read_events(0.0 if self.janitor.busy else min(0.25, self.lease_ttl / 3))
             checking = time.monotonic() >= next_check
             if checking:
                 self.check_executors()
                 next_check = time.monotonic() + self.check_every
             self.store.place_and_ack(ids, unplaceable=self.unplaceable_timeout if checking else None)
+            self.janitor.tick()   # one bounded step of housekeeping per turn (see Janitor)
             # Coalesce: placement also runs inline in the scripts, so the deep pass need not follow every
             # event; what arrives meanwhile is read in one batch by the next pass.
             self.stop_event.wait(self.min_pass)
 
-    def _read_events(self) -> list[str]:
+    def _read_events(self, timeout: float) -> list[str]:
+        """Waits up to ``timeout`` for events: not while a housekeeping pass is under way, whose next step waits."""
         self._reading = True
         try:
             if self.stop_event.is_set():
                 return []
-            return self.store.read_group(CONSUMER, timeout=min(0.25, self.lease_ttl / 3))
+            return self.store.read_group(CONSUMER, timeout=timeout)
         finally:
             self._reading = False
 
@@ -159,4 +162,3 @@ class InputQueue:
                 continue
             requeued, failed = taken
             log.warning("executor %s lost: %d task(s) requeued, %d failed (attempts spent)", eid, requeued, failed)
-        self.janitor.tick()

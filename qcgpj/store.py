@@ -294,11 +294,10 @@ class Store(Submission):
             raise RemoveError.of(res[2], res[1], res[3])
         return [(res[i], res[i + 1]) for i in range(0, len(res), 2)]
 
-    def unlist_jobs(self, names: Sequence[str]) -> None:
+    def unlist_jobs(self, names: Sequence[str]) -> int:
         """Take removed jobs off the job list: the first entry of each name (a job of the same name submitted
-        since then comes later). One script call (remove.lua's 'unlist')."""
-        if names:
-            self._run("remove", ["unlist", now(), *names])
+        since then comes later); returns how many entries went. One script call (remove.lua's 'unlist')."""
+        return int(self._run("remove", ["unlist", now(), *names])) if names else 0
 
     def drop_rq_calls(self, calls: Sequence[str]) -> None:
         """Delete the rq keys of removed Python calls (remove.lua's details: an rq id, or 'id|it0|n' for a map's
