@@ -30,8 +30,6 @@ if TYPE_CHECKING:   # the client's modules are imported where used: `qcgpj worke
     from .requests import Request
 
 
-
-
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Our errors, and Redis's refusals (ACL, memory, a lost connection after the client's retries), become one
     line on stderr and exit code 1."""
@@ -348,8 +346,13 @@ def _run_wait(m: Manager, names: list[str], timeout: float | None, show: bool, i
     if local:
         meta = {"started": started, "ended": time.time(), "store": m.store_kind, "cores": m.local.total_cores,
                 "nodes": m.local.total_nodes, "executor": m.local.executor.eid, "directory": os.getcwd()}
-        path, entries = record.write(m, names, os.getcwd(), meta)
-        where += f"; record: {os.path.relpath(path)}"
+        try:
+            path, entries = record.write(m, names, os.getcwd(), meta)
+            where += f"; record: {os.path.relpath(path)}"
+        except QcgpjError as exc:   # the queue is still here: the summary is read from it
+            click.echo(f"qcgpj: {exc}", err=True)
+            where += "; no record"
+            code = code or 1
     ok = print_summary(m, states, where, entries)
     return code or (0 if ok else 1)
 
@@ -405,8 +408,8 @@ def status(names: tuple[str, ...], redis_url: str | None, namespace: str, from_d
            as_json: bool) -> None:
     """States of NAMES (default: all jobs) and a count by state."""
     if from_dir is not None:
-        entries = record.load(from_dir)[1]
-        states = {n: record.lookup(from_dir, n)["state"] for n in names} if names else \
+        meta, entries = record.load(from_dir)
+        states = {n: record.find(meta, entries, from_dir, n)["state"] for n in names} if names else \
             {n: e["state"] for n, e in entries.items() if ":" not in n}
     else:
         states = _remote(redis_url, namespace).status(list(names) if names else None)

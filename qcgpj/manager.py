@@ -16,7 +16,8 @@ from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job, size_at_submit
 from .resources import parse_compact
-from .store import FINAL_STATES, Store, parse_record, parse_usage, unrecorded_message, unrecorded_state
+from .store import (FINAL_STATES, Store, parse_record, parse_usage, unrecorded_info, unrecorded_message,
+                    unrecorded_state)
 
 log = logging.getLogger(__name__)
 
@@ -263,13 +264,14 @@ class Manager:
         if rec:
             info = parse_record(rec)
         else:
-            info = {"state": unrecorded_state(h, it), "exit_code": None, "executor": None, "start": None,
-                    "end": None, "attempt": 0, "message": unrecorded_message(h["state"], h.get("message"))}
+            info = unrecorded_info(h, it)
         return {"name": f"{job}:{it}", **info}
 
     @a.api(job=a.job)
     def iterations(self, job: str) -> dict[int, dict[str, Any]]:
-        """Every iteration's details at once (one read of the records)."""
+        """Every iteration's details at once (one read of the records): a dict of the job's size, so not for a job
+        of millions of iterations; the run record and ``report`` read only the records and derive the others from
+        the job (store.unrecorded_runs)."""
         h = self.store.job_hash(job)
         if "n" not in h:
             raise UnknownJobError(f"job '{job}' is not iterative")

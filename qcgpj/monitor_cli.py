@@ -127,15 +127,17 @@ def _usage_lines(s: dict[str, Any], most: int = 10) -> None:
 def report_jobs(redis_url: str | None, namespace: str, from_dir: str | None, state: str | None,
                 executor: str | None, name: str | None, sort: str, limit: int | None, as_json: bool,
                 as_csv: bool) -> None:
-    """Tasks (jobs, and iterations as NAME:IT) with their executor, times and outcome."""
+    """Tasks (jobs, and iterations as NAME:IT) with their executor, times and outcome; more than 1,000 iterations
+    in a row that never started are one row, NAME:FIRST-LAST, with their count."""
     from .report import select_tasks, task_dicts
     from .timefmt import duration, local_time
     rows = task_dicts(select_tasks(_report_source(redis_url, namespace, from_dir), state, executor, name, sort)[:limit])
     if _emit_rows(rows, as_json, as_csv):
         return
     for r in rows:
+        many = f" ({r['count']:,} iterations)" if r["count"] > 1 else ""   # a run of them that never started
         click.echo(f"{r['task']}\t{r['state']}\t{r['executor'] or '-'}\t{local_time(r['start'])}\t"
-                   f"{duration(r['runtime'])}\t{r['message']}".rstrip())
+                   f"{duration(r['runtime'])}\t{r['message']}{many}".rstrip())
 
 
 @report.command(name="gantt")

@@ -8,6 +8,11 @@ What Redis holds decides what can be reported: a task's record has its executor,
 cores it was given (only the job's request: a range counts its minimum) nor when it was claimed or reported, so
 launch overhead is measured as the wait from submission to start, and Gantt lanes are packed per executor from
 the tasks' core counts (not the concrete cores the executor chose).
+
+An iteration that never started has no record of its own: its state and message come from its job (as
+``info`` gives them). A run of more than ``LIST_EACH`` such iterations in a row is one row, ``name:first-last``
+with ``count`` iterations, so that a report of a job of 10^12 iterations canceled after a few ran reads and lists
+a few rows; both sources follow this one rule (:func:`iteration_rows`), so they agree.
 """
 from __future__ import annotations
 
@@ -19,11 +24,12 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, fields
 from statistics import median
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
-from .store import Store, parse_record, parse_usage, unrecorded_message, unrecorded_state
+from .store import Store, parse_record, parse_usage, unrecorded_message, unrecorded_runs
 
 READ_CHUNK = 1000
+LIST_EACH = 1000   # iterations without a record in a row listed one by one; a longer run is one row
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,7 @@ class TaskRow:
     cpu_user: float | None = None     # seconds of CPU, and peak memory, of a task that was a process
     cpu_system: float | None = None
     max_rss_kb: int | None = None
+    count: int = 1                    # tasks the row stands for: a run of iterations that never started, name:a-b
 
     @property
     def runtime(self) -> float | None:
@@ -106,32 +113,53 @@ class RedisSource:
                                   **parse_usage(usage))
                     continue
                 recs = records[name]
-                why = unrecorded_message(state, msg)
-                h = {"state": state, "it0": it0, "next": nxt, "pdeps": pdeps}
-                for it in range(int(it0), int(it0) + int(n)):
-                    rec = recs.get(str(it))
-                    if rec is None:   # not started (or ended with its job): its state as `info` gives it
-                        yield TaskRow(f"{name}:{it}", name, unrecorded_state(h, it), None, cores, _f(created), None,
-                                      None, None, why, state)
-                        continue
+                h = {"state": state, "it0": it0, "next": nxt, "pdeps": pdeps, "message": msg}
+
+                def row(task: str, rec: str, name: str = name, state: str = state, created: str | None = created,
+                        cores: int = cores) -> TaskRow:
                     r = parse_record(rec)
-                    yield TaskRow(f"{name}:{it}", name, r["state"], r["executor"], cores, _f(created), r["start"],
-                                  r["end"], r["exit_code"], r["message"], state, r.get("cpu_user"),
-                                  r.get("cpu_system"), r.get("max_rss_kb"))
+                    return TaskRow(task, name, r["state"], r["executor"], cores, _f(created), r["start"], r["end"],
+                                   r["exit_code"], r["message"], state, r.get("cpu_user"), r.get("cpu_system"),
+                                   r.get("max_rss_kb"))
+                yield from iteration_rows(name, h, int(it0), int(n), {int(k): v for k, v in recs.items()}, row,
+                                          cores, _f(created))
+
+
+def iteration_rows(job: str, h: Mapping[str, Any], it0: int, n: int, recorded: Mapping[int, Any],
+                   row: Callable[[str, Any], TaskRow], cores: int, created: float | None) -> Iterator[TaskRow]:
+    """An iterative job's rows in order: ``row(task, recorded[it])`` for each iteration with a record; those
+    without one (``h``: the job's hash fields) as ``info`` has them, one by one in runs of up to ``LIST_EACH``,
+    a longer run as one row ``job:first-last`` of ``count`` tasks. In steps of the records, not of the iterations
+    (a queue and a run's record share it, so their reports agree)."""
+    why = unrecorded_message(h.get("state"), h.get("message"))
+    done = sorted(it for it in recorded if it0 <= it < it0 + n)
+    k = 0
+    for first, last, st in unrecorded_runs(h, it0, n, done):
+        while k < len(done) and done[k] < first:
+            yield row(f"{job}:{done[k]}", recorded[done[k]])
+            k += 1
+        if last - first + 1 > LIST_EACH:
+            yield TaskRow(f"{job}:{first}-{last}", job, st, None, cores, created, None, None, None, why,
+                          h.get("state") or "", count=last - first + 1)
+            continue
+        for it in range(first, last + 1):
+            yield TaskRow(f"{job}:{it}", job, st, None, cores, created, None, None, None, why, h.get("state") or "")
+    for it in done[k:]:
+        yield row(f"{job}:{it}", recorded[it])
 
 
 class RecordSource:
     """The record a local ``qcgpj run`` left in its directory (:mod:`qcgpj.record`): a finished run, no queue.
 
     The record has each job's spec (cores: the request's minimum, as in Redis) and a line per iteration that
-    has a record or whose job was not final (its state as ``info`` gave it); an iteration without one ended with
-    its job (or the record is older), and takes its job's state as far as the record tells it (READY for one of a
-    running job: the record does not say which were placed).
+    had a record of its own; the others take their state and message from their job's line, as ``info`` gives
+    them on a queue (an older record has a line for each iteration).
     """
 
     def __init__(self, directory: str) -> None:
         from . import record
         self.meta, self.entries = record.load(directory)
+        self.its = record.iterations_by_job(self.entries)
 
     def executors(self) -> list[ExecutorRow]:
         m = self.meta
@@ -142,6 +170,7 @@ class RecordSource:
 
     def tasks(self) -> Iterator[TaskRow]:
         from .jobspec import JobSpec
+        from .record import job_fields
         for name, e in self.entries.items():
             if "spec" not in e:
                 continue   # an iteration's line: read with its job
@@ -150,11 +179,12 @@ class RecordSource:
             if its is None:
                 yield _record_row(name, name, e, cores, e, e["state"])
                 continue
-            for it in range(its["start"], its["start"] + its["total"]):
-                rec = self.entries.get(f"{name}:{it}") or \
-                    {"state": unrecorded_state({"state": e["state"]}, it),
-                     "message": unrecorded_message(e["state"], e.get("message"))}
-                yield _record_row(f"{name}:{it}", name, rec, cores, e, e["state"])
+
+            def row(task: str, rec: dict[str, Any], name: str = name, cores: int = cores,
+                    e: dict[str, Any] = e) -> TaskRow:
+                return _record_row(task, name, rec, cores, e, e["state"])
+            yield from iteration_rows(name, job_fields(e), its["start"], its["total"], self.its.get(name, {}), row,
+                                      cores, e.get("created"))
 
 
 def _record_row(task: str, job: str, rec: dict[str, Any], cores: int, job_entry: dict[str, Any],
@@ -192,8 +222,8 @@ def stats(source: Source, now: float | None = None) -> dict[str, Any]:
     return {
         "jobs": sum(job_states.values()),
         "jobs_by_state": dict(job_states),
-        "tasks": len(tasks),
-        "tasks_by_state": dict(Counter(t.state for t in tasks)),
+        "tasks": sum(t.count for t in tasks),
+        "tasks_by_state": dict(_counts(tasks)),
         "service_span": _span(starts, [e.ended if e.ended is not None else now for e in execs]),
         "task_span": _span([t.start for t in ran], [t.end for t in ran]),
         "core_hours": round(busy / 3600, 4),
@@ -205,6 +235,14 @@ def stats(source: Source, now: float | None = None) -> dict[str, Any]:
         "executors": per_exec,
         **usage_of(ran),
     }
+
+
+def _counts(tasks: Iterable[TaskRow]) -> Counter:
+    """Tasks by state, a row of a run of iterations counting as its ``count``."""
+    out: Counter = Counter()
+    for t in tasks:
+        out[t.state] += t.count
+    return out
 
 
 def usage_of(ran: Sequence[TaskRow]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -108,6 +108,34 @@ def unrecorded_message(job_state: str | None, job_message: str | None) -> str:
     canceled or failed whole says why once, on the job). ``info`` and ``report`` both give it, so they say the
     same."""
     return (job_message or "") if job_state in FINAL_STATES else ""
+
+
+def unrecorded_info(h: Mapping[str, str | None], it: int) -> dict[str, Any]:
+    """``info`` of an iteration that has no record of its own, from its job's hash fields (those of
+    ``unrecorded_state`` and ``message``): one function for a live queue and for a run's record, so both say
+    the same of an iteration that never started."""
+    return {"state": unrecorded_state(h, it), "exit_code": None, "executor": None, "start": None, "end": None,
+            "attempt": 0, "message": unrecorded_message(h.get("state"), h.get("message"))}
+
+
+def unrecorded_runs(h: Mapping[str, str | None], it0: int, n: int,
+                    recorded: Iterable[int]) -> Iterator[tuple[int, int, str]]:
+    """``(first, last, state)`` of each maximal run of iterations ``it0 .. it0+n-1`` without a record of their own
+    (``recorded``: those with one), in order, with the state ``unrecorded_state`` gives each: it changes only at
+    ``next`` (placed before it, waiting from it), so a run is split there. In steps of the records, not of the
+    iterations: a job of 10^12 iterations of which a few ran is a few runs."""
+    end = it0 + n
+    cuts = sorted({i for i in recorded if it0 <= i < end})
+    st = h.get("state") or ""
+    split = None if st in FINAL_STATES or h.get("pdeps") else int(h.get("next") or h.get("it0") or 0)
+    first = it0
+    for cut in cuts + [end]:
+        if first < cut:
+            if split is not None and first < split < cut:
+                yield first, split - 1, unrecorded_state(h, first)
+                first = split
+            yield first, cut - 1, unrecorded_state(h, first)
+        first = cut + 1
 
 
 def parse_record(rec: str) -> dict[str, Any]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 import click
 
@@ -76,17 +77,25 @@ def _failed_tasks(m: Manager | None, bad: list[str], record: dict[str, dict] | N
     From the run record in local mode; otherwise read from the queue, with stderr paths relative to the
     executors' --wd (which the client does not know)."""
     from .jobspec import JobSpec
-    from .record import stderr_path
+    from .record import stderr_path, unrecorded_entry
+    from .store import parse_record, unrecorded_info
     for name in bad[:SHOW_FAILED]:
         info = record[name] if record is not None else m.info(name)
         spec = JobSpec.from_json(json.dumps(info["spec"])) if record is None else None
         failed: list[dict] = []
         if (info.get("iterations") or {}).get("FAILED"):
             if spec is None:
-                failed = [e for k, e in record.items() if k.startswith(name + ":") and e["state"] == "FAILED"]
+                mine = {int(k.rpartition(":")[2]): e for k, e in record.items() if k.startswith(name + ":")}
+                failed = _first_failed(info, mine, {it: e for it, e in mine.items() if e["state"] == "FAILED"},
+                                       lambda it: unrecorded_entry(info, it, os.getcwd()))
             else:
-                failed = [{"name": f"{name}:{it}", **rec, "stderr": stderr_path(spec, None, it, rec.get("nodes"))}
-                          for it, rec in m.iterations(name).items() if rec["state"] == "FAILED"]
+                recs = m.store.iteration_records(name)
+                bad_its = {int(k): {"name": f"{name}:{k}", **parse_record(r)} for k, r in recs.items()
+                           if r.startswith("FAILED|")}
+                failed = _first_failed(info, {int(k) for k in recs}, bad_its,
+                                       lambda it: {"name": f"{name}:{it}", **unrecorded_info(info, it)})
+                for rec in failed:
+                    rec["stderr"] = stderr_path(spec, None, int(rec["name"].rpartition(":")[2]), rec.get("nodes"))
         elif spec is not None:
             info["stderr"] = stderr_path(spec, None, None, info.get("nodes"))
         for rec in failed[:SHOW_FAILED]:
@@ -94,6 +103,23 @@ def _failed_tasks(m: Manager | None, bad: list[str], record: dict[str, dict] | N
         if not failed:
             its = info.get("iterations")
             yield _task_line(info), _iteration_counts(its) if its else Counter({info["state"] or NOT_FINAL: 1})
+
+
+def _first_failed(job: dict, recorded: Collection[int], failed: dict[int, dict],
+                  unrecorded: Callable[[int], dict]) -> list[dict]:
+    """The first failed iterations of an iterative job (its ``info``), in order: those with a record (``failed``,
+    of the iterations ``recorded``) and those failed with their job without one (not placeable), found from the
+    runs of those without a record, not by walking every iteration (a job may have 10^12); ``unrecorded(it)``:
+    the details of such an iteration (of a job FAILED: final, so its state and message are the job's)."""
+    from .store import unrecorded_runs
+    its = job["iterations"]
+    out = sorted(failed.items())[:SHOW_FAILED]
+    if job["state"] == "FAILED":
+        h = {"state": job["state"], "message": job.get("message"), "it0": its["start"]}
+        for first, last, st in unrecorded_runs(h, its["start"], its["total"], recorded):
+            if st == "FAILED":
+                out += [(it, unrecorded(it)) for it in range(first, min(last + 1, first + SHOW_FAILED))]
+    return [e for _, e in sorted(out, key=lambda x: x[0])[:SHOW_FAILED]]
 
 
 def _task_line(info: dict) -> str:

@@ -458,3 +458,92 @@ def test_a_task_waiting_for_cores_on_its_nodes_lets_later_ones_pass(tmp_path):
         {"name": "small", "execution": {"script": "touch gate"}}])
     res = qcgpj("run", "jobs.json", "--nodes", "n1:4,n2:4", "--timeout", "120", cwd=tmp_path)
     assert res.returncode == 0 and "3 jobs: SUCCEED 3" in res.stdout, res.stdout + res.stderr
+
+
+TRILLION = 10**12   # the documented maximum of iterations for a job
+MEMORY_CAP = 2 << 30   # address space for the runs below: a record or summary that walks 10^12 iterations dies
+
+
+def capped(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """qcgpj under an address-space limit (it, and the store and tasks it starts), so that a command that walks
+    every iteration fails with a MemoryError rather than filling the machine."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    return subprocess.run(qcgpj_cmd(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=600,
+                          preexec_fn=cap)
+
+
+def test_a_run_of_a_job_of_10_to_the_12_iterations_leaves_a_record_of_a_few_lines(tmp_path):
+    """A local run wrote a line in its record for every iteration, also those canceled unstarted: a job of 10^12
+    iterations ended with a MemoryError traceback and a qcgpj-run.jsonl.tmp left behind (3,000,000 iterations:
+    26 s and 1.8 GB for a record of 3,000,002 lines). Its record now has the run, the job and the iterations that
+    started (on 2 cores, held by a gate: 2 at most); `info`, `status` and `report` read the others from the job's
+    line."""
+    write(tmp_path / "h.json", [{"name": "huge", "iteration": {"stop": TRILLION},
+                                 "execution": {"script": "while [ ! -e go ]; do sleep 0.05; done"}}])
+    res = capped("run", "h.json", "--cores", "2", "--timeout", "1", cwd=tmp_path)
+    assert res.returncode == 1 and "timed out after 1 s" in res.stderr, res.stderr
+    assert "1 jobs: CANCELED 1" in res.stdout and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "qcgpj-run.jsonl"]   # no .tmp
+    lines = [json.loads(line) for line in (tmp_path / "qcgpj-run.jsonl").read_text().splitlines()]
+    started = [e for e in lines[2:] if e["start"] is not None]
+    assert len(lines) == 2 + len(started) <= 4 and lines[1]["name"] == "huge", lines
+
+    def ask(*args: str) -> str:
+        got = capped(*args, "--from", str(tmp_path), cwd=tmp_path)
+        assert got.returncode == 0, got.stderr
+        return got.stdout
+    last = json.loads(ask("info", f"huge:{TRILLION - 1}", "--json"))
+    assert last == {"name": f"huge:{TRILLION - 1}", "state": "CANCELED", "exit_code": None, "executor": None,
+                    "start": None, "end": None, "attempt": 0, "message": "canceled", "stderr": None}
+    assert json.loads(ask("status", "huge:5", "--json"))["jobs"] == {"huge:5": "CANCELED"}
+    figures = json.loads(ask("report", "stats", "--json"))
+    assert figures["tasks"] == TRILLION and figures["tasks_by_state"] == {"CANCELED": TRILLION}
+    rows = json.loads(ask("report", "jobs", "--json"))
+    assert sum(r["count"] for r in rows) == TRILLION and len(rows) == len(started) + 1
+    assert rows[-1]["task"] == f"huge:{len(started)}-{TRILLION - 1}" and rows[-1]["state"] == "CANCELED"
+    assert ask("report", "jobs", "--state", "CANCELED").splitlines()[-1] == \
+        f"huge:{len(started)}-{TRILLION - 1}\tCANCELED\t-\t-\t-\tcanceled ({TRILLION - len(started):,} iterations)"
+
+
+def test_wait_on_a_job_of_10_to_the_12_iterations_that_failed_unplaceable(tmp_path, redis_url):
+    """On a queue, a job of 10^12 iterations asking for more cores than any executor has fails whole after the
+    InputQueue's --unplaceable-timeout, without a record per iteration. `qcgpj wait` built every iteration's
+    details to list the first failed ones (a MemoryError); `report` listed each one. Now the summary names the
+    first 10 and counts the rest, and `report` counts them as on a run's record."""
+    write(tmp_path / "h.json", [{"name": "huge", "iteration": {"stop": TRILLION}, "resources": {"numCores": 2},
+                                 "execution": {"exec": "/bin/true"}}])
+    cluster = Cluster(redis_url, tmp_path)
+    try:
+        # submitted before any executor joined (a submit checks the cores of those there), then a 1-core one
+        assert qcgpj("submit", "h.json", "--redis-url", redis_url, cwd=tmp_path).returncode == 0
+        cluster.inputqueue("--unplaceable-timeout", "0.5")
+        cluster.worker(1)
+        res = capped("wait", "--timeout", "120", "--redis-url", redis_url, cwd=tmp_path)
+        stats = capped("report", "stats", "--json", "--redis-url", redis_url, cwd=tmp_path)
+        rows = capped("report", "jobs", "--json", "--redis-url", redis_url, cwd=tmp_path)
+        info = capped("info", "huge:5", "--json", "--redis-url", redis_url, cwd=tmp_path)
+    finally:
+        cluster.stop()
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    listed = [line for line in res.stdout.splitlines() if line.startswith("  huge:")]
+    assert [line.split(":")[1] for line in listed] == [str(i) for i in range(10)], res.stdout
+    assert all(": FAILED: no live executor could run it" in line for line in listed), listed
+    assert tail(res.stdout) == [f"  ... and {TRILLION - 10:,} more tasks not succeeded: {TRILLION - 10:,} FAILED"]
+    assert json.loads(stats.stdout)["tasks_by_state"] == {"FAILED": TRILLION}, stats.stderr
+    assert [(r["task"], r["count"]) for r in json.loads(rows.stdout)] == [(f"huge:0-{TRILLION - 1}", TRILLION)]
+    assert json.loads(info.stdout)["state"] == "FAILED"
+
+
+def test_a_record_that_cannot_be_written_is_one_line_and_leaves_nothing_behind(tmp_path):
+    """Writing the record failed with a traceback and left qcgpj-run.jsonl.tmp behind (a full disk, or a
+    MemoryError of a record too large). Now: one line on stderr, the summary from the queue, exit 1, no file."""
+    write(tmp_path / "j.json", [{"name": "a", "iteration": {"stop": 3}, "execution": {"exec": "/bin/true"}}])
+    (tmp_path / "qcgpj-run.jsonl.tmp").symlink_to("/dev/full")   # every write: ENOSPC
+    res = qcgpj("run", "j.json", cwd=tmp_path)
+    assert res.returncode == 1 and "1 jobs: SUCCEED 1" in res.stdout, res.stdout + res.stderr
+    assert res.stderr.strip().splitlines()[-1] == \
+        f"qcgpj: cannot write the record of the run, {tmp_path / 'qcgpj-run.jsonl'}: No space left on device"
+    assert "Traceback" not in res.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["j.json"]
