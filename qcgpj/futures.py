@@ -37,7 +37,7 @@ from .jobspec import JobSpec, make_job
 from .keys import rq_job
 from .manager import Manager, submit_rows
 from .scriptend import at_exit, leave_exit_to
-from .store import FINAL_STATES
+from .taskrecords import FINAL_STATES
 
 log = logging.getLogger(__name__)
 

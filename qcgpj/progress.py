@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .store import FINAL_STATES
+from .taskrecords import FINAL_STATES
 
 REFRESH = 0.5          # seconds between re-counts (and redraws)
 FRONT = 256            # open jobs re-counted at each refresh, from the oldest on (jobs end mostly in order)

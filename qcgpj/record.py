@@ -57,7 +57,7 @@ def write(m: Any, names: Sequence[str], directory: str, meta: dict[str, Any]) ->
 
 def _entries(m: Any, names: Sequence[str], directory: str) -> Iterator[dict[str, Any]]:
     from .jobspec import JobSpec   # here: the CLI imports this module for every command, services included
-    from .store import FINAL_STATES, parse_record
+    from .taskrecords import FINAL_STATES, parse_record
     hashes = m.store.job_hashes(names)
     for name in names:
         h = hashes.get(name)
@@ -88,7 +88,7 @@ def unrecorded_entry(job_entry: Mapping[str, Any], it: int, directory: str | Non
     """Iteration ``it`` of this job, which has no line of its own: what ``info`` gives on a live queue, with the
     stderr file it would have written (in ``directory``, the run's)."""
     from .jobspec import JobSpec
-    from .store import unrecorded_info
+    from .taskrecords import unrecorded_info
     spec = JobSpec.from_json(json.dumps(job_entry["spec"]))
     name = job_entry["name"]
     return {"name": f"{name}:{it}", **unrecorded_info(job_fields(job_entry), it),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .errors import QcgpjError
-from .store import FINAL_STATES
+from .taskrecords import FINAL_STATES
 
 if TYPE_CHECKING:
     from .manager import Manager

@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -16,13 +16,14 @@ from .topology import node_client, replica_wait
 from .errors import (RemoveError,
                      UnknownJobError)
 from .keys import EVENTS_GROUP, Keys, lua_prelude, rq_job, rq_results
-from .resources import parse_compact
 from .submission import Submission, _queue_full
 from .timefmt import now
+# a task's record as the queue keeps it (re-exported: the other modules know them as store's)
+from .taskrecords import (FINAL_STATES, format_usage, parse_record, parse_usage, unrecorded_info,  # noqa: F401
+                          unrecorded_message, unrecorded_runs, unrecorded_state)
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = frozenset({"SUCCEED", "FAILED", "CANCELED", "OMITTED"})
 # A round trip the executor makes while none of its tasks runs (a hop of a dependency chain) watches its
 # connection for the answer this long before it sleeps on it: waking a thread whose CPU has gone idle costs
 # a virtual machine tens of µs, about a tenth of a hop (the answer mostly comes within 0.15 ms).
@@ -88,82 +89,6 @@ class Entry:
             cores, gpus = cores.split("+")
             return cls(raw, task, int(cores), int(nodes), int(attempt), int(gpus))
         return cls(raw, task, int(cores), int(nodes), int(attempt))
-
-
-def unrecorded_state(h: Mapping[str, str | None], it: int) -> str:
-    """The state of an iteration that has no record of its own (it has not started), from its job's hash fields
-    ``state``, ``it0``, ``next`` and ``pdeps``: placed already (SCHEDULED), still waiting for cores (READY), or as
-    its job while the job is QUEUED or final. Not the job's EXECUTING: ``info`` and ``report`` both give this, so
-    they agree on every iteration."""
-    st = h.get("state") or ""
-    if st in FINAL_STATES:
-        return st
-    if it < int(h.get("next") or h.get("it0") or 0) and not h.get("pdeps"):   # placed as a range, in order
-        return "SCHEDULED"
-    return "READY" if st in ("SCHEDULED", "EXECUTING") else st
-
-
-def unrecorded_message(job_state: str | None, job_message: str | None) -> str:
-    """The message of an iteration that has no record of its own: its job's once the job is final (a job omitted,
-    canceled or failed whole says why once, on the job). ``info`` and ``report`` both give it, so they say the
-    same."""
-    return (job_message or "") if job_state in FINAL_STATES else ""
-
-
-def unrecorded_info(h: Mapping[str, str | None], it: int) -> dict[str, Any]:
-    """``info`` of an iteration that has no record of its own, from its job's hash fields (those of
-    ``unrecorded_state`` and ``message``): one function for a live queue and for a run's record, so both say
-    the same of an iteration that never started."""
-    return {"state": unrecorded_state(h, it), "exit_code": None, "executor": None, "start": None, "end": None,
-            "attempt": 0, "message": unrecorded_message(h.get("state"), h.get("message"))}
-
-
-def unrecorded_runs(h: Mapping[str, str | None], it0: int, n: int,
-                    recorded: Iterable[int]) -> Iterator[tuple[int, int, str]]:
-    """``(first, last, state)`` of each maximal run of iterations ``it0 .. it0+n-1`` without a record of their own
-    (``recorded``: those with one), in order, with the state ``unrecorded_state`` gives each: it changes only at
-    ``next`` (placed before it, waiting from it), so a run is split there. In steps of the records, not of the
-    iterations: a job of 10^12 iterations of which a few ran is a few runs."""
-    end = it0 + n
-    cuts = sorted({i for i in recorded if it0 <= i < end})
-    st = h.get("state") or ""
-    split = None if st in FINAL_STATES or h.get("pdeps") else int(h.get("next") or h.get("it0") or 0)
-    first = it0
-    for cut in cuts + [end]:
-        if first < cut:
-            if split is not None and first < split < cut:
-                yield first, split - 1, unrecorded_state(h, first)
-                first = split
-            yield first, cut - 1, unrecorded_state(h, first)
-        first = cut + 1
-
-
-def parse_record(rec: str) -> dict[str, Any]:
-    """An iteration record ``STATE|exit|executor|start[@cores]|end|attempt[,usage]|message`` as a dict (the usage,
-    if the task was a process, rides on the attempt field, the cores it got on the start: the message, last, may
-    hold any character)."""
-    state, exit_code, eid, t0, t1, att, msg = rec.split("|", 6)
-    att, _, usage = att.partition(",")
-    t0, _, cores = t0.partition("@")
-    out = {"state": state, "exit_code": int(exit_code) if exit_code else None, "executor": eid or None,
-           "start": float(t0) if t0 else None, "end": float(t1) if t1 else None,
-           "attempt": int(att or 0), "message": msg, **parse_usage(usage)}
-    if cores:
-        out["nodes"] = parse_compact(cores)
-    return out
-
-
-def format_usage(usage: tuple[float, float, int] | None) -> str:
-    """A reaped process's (user CPU s, system CPU s, max RSS KiB) as reported: a few bytes, ms resolution."""
-    return "" if usage is None else f"{usage[0]:.3f},{usage[1]:.3f},{usage[2]}"
-
-
-def parse_usage(usage: str | None) -> dict[str, Any]:
-    """``cpu_user``, ``cpu_system`` (seconds) and ``max_rss_kb`` from a reported usage; none when there is none."""
-    if not usage:
-        return {}
-    user, system, rss = usage.split(",")
-    return {"cpu_user": float(user), "cpu_system": float(system), "max_rss_kb": int(rss)}
 
 
 def _spin_for_reply(conn: Any, limit: float) -> None:

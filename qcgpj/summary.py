@@ -78,7 +78,7 @@ def _failed_tasks(m: Manager | None, bad: list[str], record: dict[str, dict] | N
     executors' --wd (which the client does not know)."""
     from .jobspec import JobSpec
     from .record import stderr_path, unrecorded_entry
-    from .store import parse_record, unrecorded_info
+    from .taskrecords import parse_record, unrecorded_info
     for name in bad[:SHOW_FAILED]:
         info = record[name] if record is not None else m.info(name)
         spec = JobSpec.from_json(json.dumps(info["spec"])) if record is None else None
@@ -111,7 +111,7 @@ def _first_failed(job: dict, recorded: Collection[int], failed: dict[int, dict],
     of the iterations ``recorded``) and those failed with their job without one (not placeable), found from the
     runs of those without a record, not by walking every iteration (a job may have 10^12); ``unrecorded(it)``:
     the details of such an iteration (of a job FAILED: final, so its state and message are the job's)."""
-    from .store import unrecorded_runs
+    from .taskrecords import unrecorded_runs
     its = job["iterations"]
     out = sorted(failed.items())[:SHOW_FAILED]
     if job["state"] == "FAILED":
