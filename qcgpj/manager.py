@@ -407,7 +407,8 @@ class Manager:
         removed = self._removed()   # before the jobs are read: a removal after it is counted
         # the jobs there now: a removal in progress (its hashes deleted and counted, the names still listed until
         # its end) is neither a job nor counted after `removed`
-        known = [n for n, st in self.list().items() if st is not None]
+        names, gone = self.store.listed_jobs()
+        known = [n for n in names if n not in gone]
         self._wait_active(deadline, progress, "all jobs")
         states = self.list()
         lost = [n for n in known if states.get(n) is None]

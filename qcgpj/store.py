@@ -247,6 +247,19 @@ class Store(Submission):
             raise RemoveError.of(res[2], res[1], res[3])
         return [(res[i], res[i + 1]) for i in range(0, len(res), 2)]
 
+    def listed_jobs(self, window: int = 10_000) -> tuple[list[str], set[str]]:
+        """The job list, and the names on it whose job is gone (a removal under way has deleted them and not yet
+        taken them off): in windows of ``window`` names, each one script call that sees both at one moment, with
+        the existence checked in Redis (not a read per job by the client: 10,000 of them took 0.2 s of its CPU)."""
+        names: list[str] = []
+        gone: set[str] = set()
+        while True:
+            got, missing = self._run("remove", ["listed", now(), len(names), len(names) + window - 1])
+            names += got
+            gone.update(missing)
+            if len(got) < window:
+                return names, gone
+
     def unlist_jobs(self, names: Sequence[str]) -> int:
         """Take removed jobs off the job list: the first entry of each name (a job of the same name submitted
         since then comes later); returns how many entries went. One script call (remove.lua's 'unlist')."""

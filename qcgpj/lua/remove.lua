@@ -12,6 +12,9 @@
 --   submitted since then comes later), unless it is the only entry of a job that exists; returns how many.
 --   Costs the part of the list up to the last entry taken off, not the whole list. In a script, not
 --   WATCH/MULTI: the minimal ACL has neither, and past maxmemory the list's LTRIM comes before its LPUSH.
+-- 'listed', now, start, stop: the job list's names from index start to stop (LRANGE's), and those of them whose
+--   job is gone (a removal under way, between deleting its jobs and taking their names off): {names, gone}.
+--   Read-only; in one call so that both are of the same moment.
 local mode = ARGV[1]
 NOW = ARGV[2]
 local UNLIST_WINDOW = 1000   -- names of the job list 'unlist' reads per LRANGE
@@ -175,6 +178,12 @@ elseif mode == 'executors' then
     end
   end
   return gone
+elseif mode == 'listed' then
+  local names, gone = redis.call('LRANGE', K_jobs, tonumber(ARGV[3]), tonumber(ARGV[4])), {}
+  for _, name in ipairs(names) do
+    if redis.call('EXISTS', K_job(name)) == 0 then gone[#gone + 1] = name end
+  end
+  return {names, gone}
 elseif mode == 'unlist' then
   -- The removed jobs are mostly at the head of the list (it is in submission order, and a removal goes through
   -- it from its head): read it in windows from the head only up to the last entry to take off, and rewrite that
