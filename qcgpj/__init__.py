@@ -23,8 +23,8 @@ if not os.path.isdir(os.path.join(__path__[0], "workers")) and os.path.isfile(
 
 from .errors import (ArgumentError, ConnectionError, DependencyError, DuplicateJobError, DurabilityError,
                      FinishedError, JobSpecError, LostJobsError, QcgpjError, QueueFullError, RedisError,
-                     RedisMemoryError, RedisPermissionError, ResourceError, StoreError, TimeoutError,
-                     UnknownJobError)
+                     RedisMemoryError, RedisPermissionError, RemoveError, ResourceError, StoreError,
+                     TimeoutError, UnknownJobError)
 
 if TYPE_CHECKING:
     from .futures import Executor
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = ["Manager", "Executor", "Jobs", "JobSpec", "QcgpjError", "JobSpecError", "DependencyError", "DuplicateJobError",
            "ResourceError", "ConnectionError", "TimeoutError", "UnknownJobError", "ArgumentError", "RedisError",
-           "RedisPermissionError", "RedisMemoryError", "LostJobsError", "FinishedError", "StoreError",
+           "RedisPermissionError", "RedisMemoryError", "RemoveError", "LostJobsError", "FinishedError", "StoreError",
            "QueueFullError", "DurabilityError", "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -7,11 +7,11 @@ import os
 import click
 
 from .bench import EXTRA_WORKLOADS, WORKLOADS
-from .cli import INT_LIST, _errors, _logging, main, ns_option, url_option, verbose_option
+from .cli import INT_LIST, _errors, _logging, local_url_option, main, ns_option, verbose_option
 
 
 @main.command()
-@url_option
+@local_url_option
 @click.option("--start-redis", is_flag=True, help="Start a private redis-server for the run (needs it on PATH).")
 @click.option("--workload", "-w", "workloads", multiple=True, type=click.Choice(WORKLOADS + EXTRA_WORKLOADS),
               help="Workloads to run (default: all but scale).")

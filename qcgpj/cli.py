@@ -212,8 +212,15 @@ class _IntList(click.ParamType):
 
 
 INT_LIST = _IntList()
+# Only `run` and `bench` have a local mode; every other command reads or changes a queue (status, info and
+# report also a local run's record, --from DIR).
+local_url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
+                                help=f"Redis URL of a queue (env {ENV_URL}); none: local mode, everything in this "
+                                     "process.")
 url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
-                          help=f"Redis URL (env {ENV_URL}); none: local mode, everything in this process.")
+                          help=f"Redis URL of the queue (env {ENV_URL}); required.")
+record_url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
+                                 help=f"Redis URL of the queue (env {ENV_URL}); required unless --from DIR.")
 service_url_option = click.option("--redis-url", envvar=ENV_URL, default=None, metavar="URL",
                                   help=f"Redis URL of the queue to serve (env {ENV_URL}); required.")
 ns_option = click.option("--namespace", "-n", envvar="QCGPJ_NAMESPACE", default="default", show_default=True,
@@ -278,7 +285,7 @@ def _wait_with_progress(m: Manager, names: list[str] | None, timeout: float | No
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@url_option
+@local_url_option
 @ns_option
 @resource_options
 @click.option("--store", type=click.Choice(("fakeredis", "redis-server")), default=None,
@@ -399,7 +406,7 @@ from_option = click.option("--from", "from_dir", type=click.Path(file_okay=False
 
 @main.command()
 @click.argument("names", nargs=-1)
-@url_option
+@record_url_option
 @ns_option
 @from_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -439,7 +446,7 @@ def list_(redis_url: str | None, namespace: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("name")
-@url_option
+@record_url_option
 @ns_option
 @from_option
 @click.option("--json", "as_json", is_flag=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .cli import STATE_ORDER, Seconds, _errors, _remote, from_option, main, ns_option, url_option
+from .cli import STATE_ORDER, Seconds, _errors, _remote, from_option, main, ns_option, record_url_option, url_option
 
 @main.command()
 @url_option
@@ -53,7 +53,7 @@ csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV output (raw
 
 
 @report.command(name="stats")
-@url_option
+@record_url_option
 @ns_option
 @from_option
 @json_option
@@ -112,7 +112,7 @@ def _usage_lines(s: dict[str, Any], most: int = 10) -> None:
 
 
 @report.command(name="jobs")
-@url_option
+@record_url_option
 @ns_option
 @from_option
 @click.option("--state", type=click.Choice(STATE_ORDER, case_sensitive=False), default=None,
@@ -141,7 +141,7 @@ def report_jobs(redis_url: str | None, namespace: str, from_dir: str | None, sta
 
 
 @report.command(name="gantt")
-@url_option
+@record_url_option
 @ns_option
 @from_option
 @click.option("--output", "-o", default=None, metavar="FILE", help="Image to write: .png, .svg or .pdf.")
@@ -165,7 +165,7 @@ def report_gantt(redis_url: str | None, namespace: str, from_dir: str | None, ou
 
 
 @report.command(name="utilisation")
-@url_option
+@record_url_option
 @ns_option
 @from_option
 @click.option("--output", "-o", default=None, metavar="FILE", help="Image to write: .png, .svg or .pdf.")

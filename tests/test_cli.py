@@ -216,6 +216,38 @@ def test_version_and_help(tmp_path):
     assert res.returncode == 0 and "--exit-when-idle" in res.stdout
 
 
+def test_only_the_commands_with_a_local_mode_say_a_url_is_optional(tmp_path):
+    """Every command's --redis-url said 'none: local mode, everything in this process', while only run and bench
+    have a local mode: `qcgpj status` without a URL answered 'this command needs a queue'. Each says what it does."""
+    import click
+
+    from qcgpj.cli import main
+
+    def commands(group: click.Group, path: tuple[str, ...] = ()):
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            cmd = group.get_command(ctx, name)
+            if isinstance(cmd, click.Group):
+                yield from commands(cmd, (*path, name))
+            else:
+                yield (*path, name), cmd
+
+    local = set()
+    for path, cmd in commands(main):
+        opt = next((p for p in cmd.params if "--redis-url" in getattr(p, "opts", ())), None)
+        if opt is None:
+            continue
+        if "local mode" in opt.help:
+            local.add(" ".join(path))
+        else:
+            assert "required" in opt.help, (path, opt.help)
+            assert ("--from" in opt.help) == any(p.name == "from_dir" for p in cmd.params), (path, opt.help)
+    assert local == {"run", "bench"}
+    res = qcgpj("status", cwd=tmp_path)
+    assert (res.returncode, res.stderr.strip()) == (
+        1, "Error: this command needs a queue: give --redis-url or set QCGPJ_REDIS_URL")
+
+
 SMALL = ["--tasks", "40", "--chain", "5", "--submit-jobs", "200", "--submit-iterations", "1000", "--json"]
 
 
