@@ -16,7 +16,10 @@ job:<name>                  hash     spec (JSON), state, req ("cmin|cmax|kmin|km
                                      "n0:0-3,n1:0-1+4", node:core ranges), icancel (iterations were canceled),
                                      n_SUCCEED/n_FAILED/n_CANCELED/n_OMITTED, done (iterative),
                                      n_EXECUTING (iterations whose start was reported, not their end),
-                                     lost / lost:<it> (executors that died holding the task)
+                                     lost / lost:<it> (executors that died holding the task), retried (an
+                                     iteration was requeued: att:<name>), unplaceable (since when no live
+                                     executor fits it), spread (maximum-iters' unequal shares), kids / itch
+                                     (some job depends on it / on its single iterations)
 its:<name>                  hash     iteration -> "STATE|exit|executor|start[@cores]|end|attempt[,usage]|message"
 att:<name>                  hash     iteration -> attempt number (only for retried iterations)
 itwait:<name>               hash     iteration -> count of per-iteration parents that succeeded

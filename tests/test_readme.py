@@ -163,3 +163,16 @@ def test_the_key_table_names_every_key():
             named.add(re.sub(r"<[^>]*>", "{}", key))
             prev = key
     assert sorted(t for t in TEMPLATES.values() if t not in named) == []
+
+
+def test_the_errors_the_python_api_names_can_be_imported_from_qcgpj():
+    """The Python API's list of errors: each is `from qcgpj import ...`, as the others are. RemoveError, which
+    Manager.remove raises, was only in qcgpj.errors (`from qcgpj import RemoveError`: ImportError)."""
+    import qcgpj
+    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    listed = section.split("Errors are subclasses of `qcgpj.QcgpjError`", 1)[1].split("\n\n", 1)[0]
+    names = set(re.findall(r"`([A-Z]\w*Error)`", listed))
+    assert "RemoveError" in names
+    for name in sorted(names):
+        assert name in qcgpj.__all__, name
+        assert issubclass(getattr(qcgpj, name), qcgpj.QcgpjError), name

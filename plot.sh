@@ -1,1 +1,0 @@
-#!/bin/sh\necho plotted > plot.out\n
