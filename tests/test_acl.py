@@ -136,3 +136,27 @@ def test_top_runs_under_the_minimal_acl(server, tmp_path):
         res = qcgpj("top", *args, "--redis-url", url(server, "qcg"), "-n", NS, cwd=tmp_path)
         assert res.returncode == 0 and "denied" not in res.stderr, res.stderr
     assert json.loads(res.stdout)["time"] > 0
+
+
+def test_big_cancels_and_waits_run_under_the_minimal_acl(server, tmp_path):
+    """A cancel of more than one batch (names on stdin), `cancel --all` and wait4all's read of the job list
+    (remove.lua's 'listed') need nothing beyond the minimal ACL."""
+    from qcgpj import Manager
+    m = Manager(url(server, "qcg"), namespace=NS)
+    names = [f"big{i}" for i in range(2500)]
+    jobs = Jobs()
+    for n in names:
+        jobs.add(name=n, exec="/bin/true")
+    m.submit(jobs)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("QCGPJ_REDIS_URL", None)
+    common = ["--redis-url", url(server, "qcg"), "-n", NS]
+    some = subprocess.run(qcgpj_cmd("cancel", "-", *common), input="\n".join(names[:1200]), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert some.returncode == 0, some.stderr
+    rest = qcgpj("cancel", "--all", *common, cwd=tmp_path)   # (and what earlier tests left open)
+    assert rest.returncode == 0 and rest.stdout.startswith("canceled "), rest.stdout + rest.stderr
+    states = m.wait4all(timeout=60)
+    assert {states[n] for n in names} == {"CANCELED"}
+    gone = qcgpj("remove", "--finished", *common, cwd=tmp_path)   # the next tests share the namespace
+    assert gone.returncode == 0, gone.stderr
