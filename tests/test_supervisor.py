@@ -14,7 +14,7 @@ import pytest
 
 from qcgpj import Jobs, Manager
 
-from tests.cluster import Cluster, executor_pids, kill_executor
+from tests.cluster import Cluster, executor_pids, kill_executor, process_ended
 from tests.test_behaviour import wait_state
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux only (pidfds, the supervisor)")
@@ -41,16 +41,6 @@ def read_pid(fifo: Path, timeout: float = 60) -> int:
         os.close(fd)
 
 
-def ended(pid: int, timeout: float = 60) -> bool:
-    """Whether a process (not our child) ended within the timeout, woken by its pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 def killed_lines(log: Path) -> list[str]:
@@ -77,7 +67,7 @@ def test_a_killed_executor_s_task_is_killed_before_it_runs_again(redis_url, tmp_
         m.submit(gated_jobs(tmp_path, "t"))
         first = read_pid(tmp_path / "t.fifo")
         victim = kill_executor(m, a)
-        assert ended(first), "the killed executor's task runs on"
+        assert process_ended(first), "the killed executor's task runs on"
         assert victim != a.pid   # the executor is a process of its own, the command supervises it
         assert a.wait(timeout=60) == 128 + signal.SIGKILL, c.logs()
         assert not os.path.exists(f"/proc/{first}"), "the task was not reaped"
@@ -112,8 +102,8 @@ def test_with_two_processes_one_executor_killed_the_other_serves_on(redis_url, t
         survivor = m.info("y")["executor"]
         assert sorted(executor_pids(m, w)) == sorted(int(e["pid"]) for e in execs.values())
         os.kill(victim, signal.SIGKILL)
-        assert ended(pids["x"]), "the killed executor's task runs on"
-        assert w.poll() is None and not ended(pids["y"], 0), "the other executor or its task went too"
+        assert process_ended(pids["x"]), "the killed executor's task runs on"
+        assert w.poll() is None and not process_ended(pids["y"], 0), "the other executor or its task went too"
         (tmp_path / "go").touch()
         again = read_pid(tmp_path / "x.fifo")   # x again, on the survivor, once y has ended there
         assert m.wait4(["x", "y"], timeout=60) == {"x": "SUCCEED", "y": "SUCCEED"}, c.logs()

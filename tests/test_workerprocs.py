@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 
@@ -13,7 +12,7 @@ from qcgpj.errors import QcgpjError
 from qcgpj.resources import Node
 from qcgpj.workerprocs import split
 
-from tests.cluster import Cluster, qcgpj_cmd
+from tests.cluster import Cluster, process_ended, qcgpj_cmd
 from tests.test_behaviour import wait_state
 
 
@@ -73,16 +72,6 @@ def test_two_processes_serve_the_queue_each_on_its_own_cpu_and_stop_together(red
         c.stop()
 
 
-def _ended(pid: int, timeout: float) -> bool:
-    """Whether a process that is not our child ended within the timeout, woken by its pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not hasattr(os, "pidfd_open"), reason="needs 2 CPUs, pidfds")
@@ -103,7 +92,7 @@ def test_a_killed_command_s_executors_finish_what_runs_and_leave(redis_url, tmp_
         parent.wait(timeout=10)
         gate.touch()
         assert m.wait4(["long"], timeout=60) == {"long": "SUCCEED"}, c.logs()
-        assert all(_ended(pid, 60) for pid in pids), c.logs()
+        assert all(process_ended(pid, 60) for pid in pids), c.logs()
         states = {e: v["state"] for e, v in m.store.executors(departed=True).items()}
         assert states == {"pk-0": "LEFT", "pk-1": "LEFT"}, c.logs()
         assert "Traceback" not in c.logs()
