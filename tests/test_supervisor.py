@@ -41,8 +41,6 @@ def read_pid(fifo: Path, timeout: float = 60) -> int:
         os.close(fd)
 
 
-
-
 def killed_lines(log: Path) -> list[str]:
     return [ln for ln in log.read_text().splitlines() if re.search(r"executor \d+ was killed by signal", ln)]
 

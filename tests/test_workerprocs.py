@@ -72,8 +72,6 @@ def test_two_processes_serve_the_queue_each_on_its_own_cpu_and_stop_together(red
         c.stop()
 
 
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not hasattr(os, "pidfd_open"), reason="needs 2 CPUs, pidfds")
 def test_a_killed_command_s_executors_finish_what_runs_and_leave(redis_url, tmp_path):
     """SIGKILL to the command (a batch system, a timeout) cannot be passed on: each executor gets SIGTERM through
