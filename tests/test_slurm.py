@@ -151,3 +151,8 @@ def test_tasks_killed_by_the_end_of_an_allocation_run_again_elsewhere(slurm, red
         ran = (tmp_path / f"ran.{i}").read_text().split()
         assert len(ran) == 2 and ran[0] == first and ran[1] != first, ran   # once in each allocation
         assert m.info(f"long:{i}")["attempt"] == 1
+    # The executor got SIGTERM twice (Slurm signals its supervisor too, which passes it on): it still handed back
+    # as it left, instead of staying ALIVE until its heartbeat expired and being declared DEAD
+    states = {e["slurm_job"]: e["state"] for e in m.store.executors(departed=True).values()}
+    assert states[first] == "LEFT", states
+    assert "task(s) ended with the allocation; they go back to the queue" in log, log
