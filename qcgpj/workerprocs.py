@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
+import time
 from dataclasses import replace
 from typing import Iterable, Sequence
 
@@ -65,6 +67,8 @@ def _shares(items: list[int], n: int) -> list[list[int]]:
         start = end
     return out
 
+
+STEP_GRACE = 60.0   # seconds an orphaned srun gets to cancel its step (Slurm's KillWait is 30 s by default)
 
 # Signals passed on to the executors, as what. SIGHUP (a closed terminal) is a drain too: an executor has no
 # handler for it, and would die of it, leaving its tasks to be killed.
@@ -188,8 +192,9 @@ def _ended(pid: int, code: int, live: set[int]) -> None:
 def kill_leftovers(live: set[int]) -> int:
     """SIGKILL every child of this process that is not a live executor, with its process group (a task is a
     session and group of its own), and reap them; again for what their deaths re-parent here, until none is
-    left. Returns how many were running when first found (the orphaned tasks, not what they started)."""
-    count, first = 0, True
+    left; an ``srun`` first cancels its step (:func:`cancel_steps`). Returns how many were running when first
+    found (the orphaned tasks, not what they started)."""
+    count, first = cancel_steps(live), True
     while strays := [pid for pid in _children() if pid not in live]:
         for pid in strays:
             if first and _state(pid) not in (None, "Z"):
@@ -202,6 +207,49 @@ def kill_leftovers(live: set[int]) -> int:
                 pass
         first = False
     return count
+
+
+def cancel_steps(live: set[int], grace: float = STEP_GRACE) -> int:
+    """Have every orphaned ``srun`` (a task inside a Slurm allocation) cancel its step, and reap it once it has
+    ended, within ``grace`` seconds; returns how many there were. The task's processes run under slurmstepd, not
+    under us, and a SIGKILLed srun leaves its step running on the node: the task would run on while the queue
+    gives it to another executor. On SIGTERM srun cancels the step (Slurm kills all of it, whatever it ignores)
+    and exits when it is gone."""
+    sruns = {pid: fd for pid in _children() if pid not in live and _comm(pid) == "srun"
+             and (fd := _pidfd(pid)) is not None}
+    for pid in sruns:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline, waiting = time.monotonic() + grace, dict(sruns)
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        for fd in select.select(list(waiting.values()), [], [], left)[0]:
+            pid = next(p for p, f in waiting.items() if f == fd)
+            del waiting[pid]
+            os.waitpid(pid, 0)
+    for fd in sruns.values():
+        os.close(fd)
+    if waiting:
+        log.warning("srun %s did not end its step within %g s: killed, its step may run on",
+                    " ".join(map(str, sorted(waiting))), grace)
+    return len(sruns)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of one of our children (None: it is gone, or the kernel has none: srun is then killed at once)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _kill(pid: int) -> None:
