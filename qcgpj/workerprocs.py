@@ -17,11 +17,12 @@ twice at once, writing the same files. Re-parented to the supervisor instead, th
 groups, and whatever they started, which comes to it in turn) as soon as it reaps the executor, and reaped. It
 blocks in wait() otherwise: nothing on the tasks' path. Elsewhere N=1 runs its executor in the command itself.
 
-SIGTERM, SIGINT or SIGHUP sent to the command reach every executor as a drain (SIGHUP as SIGTERM); it exits once
-all have, with the worst code (128+signal for a signal). Killed outright (SIGKILL, by a batch system or a test's
-timeout), it cannot pass anything on: each executor then gets SIGTERM through the parent-death signal, drains
-and leaves, rather than serving on with no command to stop it (or the command's own parent-death signal, where
-whoever started it asked for one: ``qcgpj bench`` kills its worker whole, its Redis being gone with it).
+SIGTERM, SIGINT or SIGHUP sent to the command reach every executor as a drain (SIGHUP as SIGTERM; not where it was
+ignored when the command started, by nohup); it exits once all have, with the worst code (128+signal for a signal).
+Killed outright (SIGKILL, by a batch system or a test's timeout), it cannot pass anything on: each executor then
+gets SIGTERM through the parent-death signal, drains and leaves, rather than serving on with no command to stop it
+(or the command's own parent-death signal, where whoever started it asked for one: ``qcgpj bench`` kills its worker
+whole, its Redis being gone with it).
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def _shares(items: list[int], n: int) -> list[list[int]]:
 STEP_GRACE = 60.0   # seconds an orphaned srun gets to cancel its step (Slurm's KillWait is 30 s by default)
 
 # Signals passed on to the executors, as what. SIGHUP (a closed terminal) is a drain too: an executor has no
-# handler for it, and would die of it, leaving its tasks to be killed.
+# handler for it, and would die of it, leaving its tasks to be killed; unless the command was started with it
+# ignored (nohup), which it leaves so.
 PASSED_ON = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT, signal.SIGHUP: signal.SIGTERM}
 
 Share = tuple[list[Node], frozenset[int] | None]   # an executor's nodes, and its CPUs (None: the command's)
@@ -153,6 +155,8 @@ def supervise(pids: list[int], adopt: bool = False, mask: Iterable[int] | None =
                 pass
 
     for sig in PASSED_ON:
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+            continue   # nohup: the executors inherit that and outlive the terminal, as a worker did before
         signal.signal(sig, forward)
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
