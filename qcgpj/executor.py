@@ -336,11 +336,15 @@ class Executor:
                      "cores, GPUs or memory); %d job(s) not final", self.eid, self.idle_grace, active)
         return True
 
-    def _read_inbox(self) -> int:
-        """Handle the messages that arrived; returns how many."""
+    def _read_inbox(self, wait: float = 0.0) -> int:
+        """Handle the messages that arrived (``wait``: up to that many seconds for one if none has); returns how
+        many."""
         n = 0
-        while not self._inbox.empty():
-            kind, data = self._inbox.get_nowait()   # only this thread takes from the inbox
+        while (wait and not n) or not self._inbox.empty():
+            try:
+                kind, data = self._inbox.get(timeout=wait or None)   # only this thread takes from the inbox
+            except queue.Empty:
+                return n
             n += 1
             if kind == "ended":
                 slot, code = data
@@ -642,14 +646,21 @@ class Executor:
         # reach our running list after the hand-back.
         self._syncq.put(None)
         self._read_inbox()
+        while self._inflight is not None and not (self._give_up.is_set() and self._outage.down):
+            # The syncer's last round trip (told twice, the dispatcher did not wait for it): the ends it reports
+            # must reach Redis before the hand-back, which would give those tasks to others to run again. Told
+            # twice while Redis does not answer, we do not wait for it (checked again every half second).
+            self._read_inbox(wait=0.5)
         while (self._finished or self._started) and not self._dead and not self._rejoin:
             batch = self._take_batch(0)
             self._apply(batch, self._send(batch))
             # Redis is away: keep the reports and try again, unless told to stop waiting
             if self._retry_at and self._give_up.wait(max(0.0, self._retry_at - time.monotonic())):
                 break
-        while not self._dead and not self._give_up.is_set():
-            # Hand back what is still placed on us or claimed ahead (never started), so it runs elsewhere.
+        while not self._dead and not (self._give_up.is_set() and self._outage.down):
+            # Hand back what is still placed on us or claimed ahead (never started), so it runs elsewhere. Told
+            # twice, we only stop waiting for a Redis that is away: Slurm and systemd signal every process of the
+            # worker, so the executor gets SIGTERM twice (directly and from its supervisor) on a plain stop.
             try:
                 self.store.requeue(self.eid, 1 << 30, "left", final="LEFT")
                 break

@@ -17,17 +17,20 @@ twice at once, writing the same files. Re-parented to the supervisor instead, th
 groups, and whatever they started, which comes to it in turn) as soon as it reaps the executor, and reaped. It
 blocks in wait() otherwise: nothing on the tasks' path. Elsewhere N=1 runs its executor in the command itself.
 
-SIGTERM, SIGINT or SIGHUP sent to the command reach every executor as a drain (SIGHUP as SIGTERM); it exits once
-all have, with the worst code (128+signal for a signal). Killed outright (SIGKILL, by a batch system or a test's
-timeout), it cannot pass anything on: each executor then gets SIGTERM through the parent-death signal, drains
-and leaves, rather than serving on with no command to stop it (or the command's own parent-death signal, where
-whoever started it asked for one: ``qcgpj bench`` kills its worker whole, its Redis being gone with it).
+SIGTERM, SIGINT or SIGHUP sent to the command reach every executor as a drain (SIGHUP as SIGTERM; not where it was
+ignored when the command started, by nohup); it exits once all have, with the worst code (128+signal for a signal).
+Killed outright (SIGKILL, by a batch system or a test's timeout), it cannot pass anything on: each executor then
+gets SIGTERM through the parent-death signal, drains and leaves, rather than serving on with no command to stop it
+(or the command's own parent-death signal, where whoever started it asked for one: ``qcgpj bench`` kills its worker
+whole, its Redis being gone with it).
 """
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
+import time
 from dataclasses import replace
 from typing import Iterable, Sequence
 
@@ -66,8 +69,11 @@ def _shares(items: list[int], n: int) -> list[list[int]]:
     return out
 
 
+STEP_GRACE = 60.0   # seconds an orphaned srun gets to cancel its step (Slurm's KillWait is 30 s by default)
+
 # Signals passed on to the executors, as what. SIGHUP (a closed terminal) is a drain too: an executor has no
-# handler for it, and would die of it, leaving its tasks to be killed.
+# handler for it, and would die of it, leaving its tasks to be killed; unless the command was started with it
+# ignored (nohup), which it leaves so.
 PASSED_ON = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT, signal.SIGHUP: signal.SIGTERM}
 
 Share = tuple[list[Node], frozenset[int] | None]   # an executor's nodes, and its CPUs (None: the command's)
@@ -149,6 +155,8 @@ def supervise(pids: list[int], adopt: bool = False, mask: Iterable[int] | None =
                 pass
 
     for sig in PASSED_ON:
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+            continue   # nohup: the executors inherit that and outlive the terminal, as a worker did before
         signal.signal(sig, forward)
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -188,8 +196,9 @@ def _ended(pid: int, code: int, live: set[int]) -> None:
 def kill_leftovers(live: set[int]) -> int:
     """SIGKILL every child of this process that is not a live executor, with its process group (a task is a
     session and group of its own), and reap them; again for what their deaths re-parent here, until none is
-    left. Returns how many were running when first found (the orphaned tasks, not what they started)."""
-    count, first = 0, True
+    left; an ``srun`` first cancels its step (:func:`cancel_steps`). Returns how many were running when first
+    found (the orphaned tasks, not what they started)."""
+    count, first = cancel_steps(live), True
     while strays := [pid for pid in _children() if pid not in live]:
         for pid in strays:
             if first and _state(pid) not in (None, "Z"):
@@ -202,6 +211,49 @@ def kill_leftovers(live: set[int]) -> int:
                 pass
         first = False
     return count
+
+
+def cancel_steps(live: set[int], grace: float = STEP_GRACE) -> int:
+    """Have every orphaned ``srun`` (a task inside a Slurm allocation) cancel its step, and reap it once it has
+    ended, within ``grace`` seconds; returns how many there were. The task's processes run under slurmstepd, not
+    under us, and a SIGKILLed srun leaves its step running on the node: the task would run on while the queue
+    gives it to another executor. On SIGTERM srun cancels the step (Slurm kills all of it, whatever it ignores)
+    and exits when it is gone."""
+    sruns = {pid: fd for pid in _children() if pid not in live and _comm(pid) == "srun"
+             and (fd := _pidfd(pid)) is not None}
+    for pid in sruns:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline, waiting = time.monotonic() + grace, dict(sruns)
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        for fd in select.select(list(waiting.values()), [], [], left)[0]:
+            pid = next(p for p, f in waiting.items() if f == fd)
+            del waiting[pid]
+            os.waitpid(pid, 0)
+    for fd in sruns.values():
+        os.close(fd)
+    if waiting:
+        log.warning("srun %s did not end its step within %g s: killed, its step may run on",
+                    " ".join(map(str, sorted(waiting))), grace)
+    return len(sruns)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of one of our children (None: it is gone, or the kernel has none: srun is then killed at once)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _kill(pid: int) -> None:

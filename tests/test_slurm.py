@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,40 @@ def test_tasks_killed_by_the_end_of_an_allocation_run_again_elsewhere(slurm, red
         ran = (tmp_path / f"ran.{i}").read_text().split()
         assert len(ran) == 2 and ran[0] == first and ran[1] != first, ran   # once in each allocation
         assert m.info(f"long:{i}")["attempt"] == 1
+    # The executor got SIGTERM twice (Slurm signals its supervisor too, which passes it on): it still handed back
+    # as it left, instead of staying ALIVE until its heartbeat expired and being declared DEAD
+    states = {e["slurm_job"]: e["state"] for e in m.store.executors(departed=True).values()}
+    assert states[first] == "LEFT", states
+    assert "task(s) ended with the allocation; they go back to the queue" in log, log
+
+
+def test_the_steps_of_a_killed_executor_end_with_it(slurm, redis_url, tmp_path):
+    """SIGKILL to the executor inside an allocation that goes on (other workers' srun tasks, a script with more to
+    do): its supervisor SIGKILLed the orphaned srun processes, but a SIGKILLed srun leaves its step running on
+    the node, so the task ran on while the queue, once the heartbeat expired, gave it to another executor. The
+    supervisor now has each srun cancel its step (SIGTERM) and waits for it before killing what is left."""
+    from tests.cluster import process_ended
+    from tests.test_supervisor import gated_jobs, killed_lines, read_pid
+    m = Manager(redis_url)
+    m.submit(gated_jobs(tmp_path, "t"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    worker = [sys.executable, "-m", "qcgpj", "worker", "--redis-url", redis_url, "--wd", str(tmp_path),
+              "--ttl", "2", "--heartbeat", "0.5"]
+    job = subprocess.run(["sbatch", "--parsable", "-t", "5", "-N1", "--nodelist=node1", "--ntasks-per-node=2",
+                          "-o", str(tmp_path / "worker.out"), "--wrap", " ".join(worker) + "; exec sleep 300"],
+                         cwd=tmp_path, env=env(), capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        task = read_pid(tmp_path / "t.fifo", timeout=120)
+        (executor,) = m.store.executors().values()
+        os.kill(int(executor["pid"]), signal.SIGKILL)
+        assert process_ended(task), "the killed executor's task runs on in its step"
+        until(lambda: killed_lines(tmp_path / "worker.out"), 60, "the supervisor's line")
+        (line,) = killed_lines(tmp_path / "worker.out")
+        assert "killed 1 task process(es) it left running" in line, line
+        steps = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"], capture_output=True, text=True)
+        assert steps.stdout.split() == [f"{job}.batch"], steps.stdout   # the allocation goes on, the step is gone
+    finally:
+        (tmp_path / "go").touch()
+        subprocess.run(["scancel", job])
+        cluster.stop()

@@ -7,6 +7,7 @@ import os
 import re
 import select
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from qcgpj import Jobs, Manager
 
-from tests.cluster import Cluster, executor_pids, kill_executor, process_ended
+from tests.cluster import Cluster, executor_pids, kill_executor, process_ended, qcgpj_cmd
 from tests.test_behaviour import wait_state
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux only (pidfds, the supervisor)")
@@ -181,3 +182,66 @@ def test_a_worker_that_cannot_join_is_one_line_from_the_command(tmp_path):
         assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
         assert "refused the credentials" in res.stderr.strip().splitlines()[-1]
         assert Manager(server.url).store.executors(departed=True) == {}
+
+
+def test_a_signal_to_every_process_of_the_worker_still_hands_back(redis_url, tmp_path):
+    """Slurm (scancel, the time limit) and systemd signal every process of the worker: the executor gets SIGTERM
+    directly and again from the command, which passes it on. A second SIGTERM only ends a wait for a Redis that
+    is away; it made the executor skip its hand-back with Redis there, so it left as if killed: ALIVE until its
+    heartbeat expired, then DEAD, and the task it had claimed ahead (never started) charged an attempt."""
+    from tests.test_outage import wait_for_log
+    from tests.test_kill import until
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue()
+        w = c.worker(1, "--prefetch", "1", *FAST)
+        m = c.manager()
+        c.wait_executors(m)
+        m.submit(gated_jobs(tmp_path, "t").add(name="u", exec="/bin/true"))
+        read_pid(tmp_path / "t.fifo")
+        (eid, _), = m.store.executors().items()
+        until(lambda: m.store.executors()[eid]["running"] == "2", 30, "u claimed ahead")
+        victim = kill_executor(m, w, signal.SIGTERM)   # directly, as Slurm signals every process of the step...
+        wait_for_log(tmp_path / "worker.log", "signal 15: stopping")
+        w.send_signal(signal.SIGTERM)                  # ... and the command, which passes it on
+        until(lambda: (tmp_path / "worker.log").read_text().count("signal 15: stopping") == 2, 30, "second stop")
+        (tmp_path / "go").touch()
+        assert w.wait(timeout=60) == 0, c.logs()
+        assert m.store.executors(departed=True)[eid]["state"] == "LEFT", c.logs()
+        assert m.status(["t"]) == {"t": "SUCCEED"}, c.logs()
+        assert m.info("u")["attempts"] == 0 and m.status(["u"])["u"] in ("READY", "QUEUED"), m.info("u")
+        assert victim != w.pid
+    finally:
+        (tmp_path / "go").touch()
+        c.stop()
+
+
+def test_a_worker_started_under_nohup_ignores_sighup(redis_url, tmp_path):
+    """nohup (SIGHUP ignored) keeps a worker running when its terminal closes, as it did before the command was a
+    supervisor: its handler, which passes SIGHUP on as a drain, replaced the ignored disposition, so `nohup
+    qcgpj-worker &` drained and left when the terminal closed. The SIGHUP goes to the command's process group,
+    as a shell sends it to its jobs; the SIGINT after it shows which signals reached the executor."""
+    from tests.test_kill import until
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue()
+        with open(tmp_path / "worker.log", "ab") as log:
+            w = subprocess.Popen(["nohup", *qcgpj_cmd("worker", "--redis-url", redis_url, "--cores", "1", "--wd",
+                                                      str(tmp_path))],
+                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=c.env,
+                                 start_new_session=True)
+        c.procs.append(w)
+        m = c.manager()
+        c.wait_executors(m)
+        m.submit(gated_jobs(tmp_path, "t"))
+        read_pid(tmp_path / "t.fifo")
+        os.killpg(w.pid, signal.SIGHUP)   # the terminal closed: nothing to do
+        os.killpg(w.pid, signal.SIGINT)   # then a Ctrl-C: a drain
+        until(lambda: "signal 2: stopping" in (tmp_path / "worker.log").read_text(), 30, "the drain")
+        (tmp_path / "go").touch()
+        assert w.wait(timeout=60) == 0, c.logs()
+        assert m.status(["t"]) == {"t": "SUCCEED"}
+        assert "signal 15: stopping" not in (tmp_path / "worker.log").read_text(), c.logs()
+    finally:
+        (tmp_path / "go").touch()
+        c.stop()
