@@ -57,6 +57,7 @@ ADAPT_EVERY = 0.1        # seconds of work between adaptations...
 ADAPT_ENDS = 4           # ... or fewer, once this many look-aheads' worth of tasks ended (short tasks, at start)
 BACKFILL_WINDOW = 64     # claimed tasks looked at past one that waits for cores where it needs them...
 BACKFILL_PATIENCE = 60.0   # ... which they may pass for this many seconds of its wait; then it has the cores as they free
+GIVE_UP_WAIT = 5.0        # seconds a worker told twice to leave still waits for its round trip in flight
 LEASE_SHARE = 0.75       # claimed tasks start only this share of the TTL after a heartbeat found us ALIVE
 
 
@@ -432,11 +433,9 @@ class Executor:
             if n and len(self._local) < low and self._inflight is None and not self._ready_empty:
                 break   # below the low-water mark: let the dispatcher send the next claim first
             entry = self._local[i]
-            free = self.allocator.free
-            alloc = self.allocator.allocate(entry.cores, entry.nodes or None, entry.gpus) if entry.cores <= free \
-                else None
+            alloc = self.allocator.allocate(entry.cores, entry.nodes or None, entry.gpus)
             if alloc is None:
-                if not free or not self._may_pass(entry, i):   # (no core free: none can start, the usual case)
+                if not self.allocator.free or not self._may_pass(entry, i):   # (no core free: none can start)
                     break
                 i += 1
                 continue
@@ -646,10 +645,16 @@ class Executor:
         # reach our running list after the hand-back.
         self._syncq.put(None)
         self._read_inbox()
+        told_twice_at: float | None = None
         while self._inflight is not None and not (self._give_up.is_set() and self._outage.down):
             # The syncer's last round trip (told twice, the dispatcher did not wait for it): the ends it reports
             # must reach Redis before the hand-back, which would give those tasks to others to run again. Told
-            # twice while Redis does not answer, we do not wait for it (checked again every half second).
+            # twice, we wait for it GIVE_UP_WAIT seconds at most: the kept connection has no socket timeout, so a
+            # Redis cut off without a reset never fails the call (and never marks the outage).
+            if self._give_up.is_set():
+                told_twice_at = told_twice_at or time.monotonic()
+                if time.monotonic() - told_twice_at >= GIVE_UP_WAIT:
+                    break
             self._read_inbox(wait=0.5)
         while (self._finished or self._started) and not self._dead and not self._rejoin:
             batch = self._take_batch(0)

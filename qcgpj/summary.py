@@ -2,6 +2,7 @@
 succeed with their exit code, message and stderr file, and one line counting what those lines left out."""
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -77,23 +78,24 @@ def _failed_tasks(m: Manager | None, bad: list[str], record: dict[str, dict] | N
     From the run record in local mode; otherwise read from the queue, with stderr paths relative to the
     executors' --wd (which the client does not know)."""
     from .jobspec import JobSpec
-    from .record import stderr_path, unrecorded_entry
-    from .taskrecords import parse_record, unrecorded_info
+    from .record import iterations_by_job, stderr_path, unrecorded_entry
+    from .taskrecords import parse_record
+    by_job = iterations_by_job(record) if record is not None else {}   # one pass over the record, not one per job
     for name in bad[:SHOW_FAILED]:
         info = record[name] if record is not None else m.info(name)
         spec = JobSpec.from_json(json.dumps(info["spec"])) if record is None else None
         failed: list[dict] = []
+        unrecorded = functools.partial(unrecorded_entry, info, directory=None if record is None else os.getcwd())
         if (info.get("iterations") or {}).get("FAILED"):
-            if spec is None:
-                mine = {int(k.rpartition(":")[2]): e for k, e in record.items() if k.startswith(name + ":")}
+            if record is not None:
+                mine = by_job.get(name, {})
                 failed = _first_failed(info, mine, {it: e for it, e in mine.items() if e["state"] == "FAILED"},
-                                       lambda it: unrecorded_entry(info, it, os.getcwd()))
+                                       unrecorded)
             else:
                 recs = m.store.iteration_records(name)
                 bad_its = {int(k): {"name": f"{name}:{k}", **parse_record(r)} for k, r in recs.items()
                            if r.startswith("FAILED|")}
-                failed = _first_failed(info, {int(k) for k in recs}, bad_its,
-                                       lambda it: {"name": f"{name}:{it}", **unrecorded_info(info, it)})
+                failed = _first_failed(info, {int(k) for k in recs}, bad_its, unrecorded)
                 for rec in failed:
                     rec["stderr"] = stderr_path(spec, None, int(rec["name"].rpartition(":")[2]), rec.get("nodes"))
         elif spec is not None:
@@ -111,14 +113,19 @@ def _first_failed(job: dict, recorded: Collection[int], failed: dict[int, dict],
     of the iterations ``recorded``) and those failed with their job without one (not placeable), found from the
     runs of those without a record, not by walking every iteration (a job may have 10^12); ``unrecorded(it)``:
     the details of such an iteration (of a job FAILED: final, so its state and message are the job's)."""
+    from .record import job_fields
     from .taskrecords import unrecorded_runs
     its = job["iterations"]
     out = sorted(failed.items())[:SHOW_FAILED]
     if job["state"] == "FAILED":
-        h = {"state": job["state"], "message": job.get("message"), "it0": its["start"]}
-        for first, last, st in unrecorded_runs(h, its["start"], its["total"], recorded):
+        taken = 0   # the runs come in order: SHOW_FAILED of them at most are looked at, however many gaps
+        for first, last, st in unrecorded_runs(job_fields(job), its["start"], its["total"], recorded):
             if st == "FAILED":
-                out += [(it, unrecorded(it)) for it in range(first, min(last + 1, first + SHOW_FAILED))]
+                take = range(first, min(last + 1, first + SHOW_FAILED - taken))
+                out += [(it, unrecorded(it)) for it in take]
+                taken += len(take)
+                if taken >= SHOW_FAILED:
+                    break
     return [e for _, e in sorted(out, key=lambda x: x[0])[:SHOW_FAILED]]
 
 

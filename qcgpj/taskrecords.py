@@ -19,9 +19,18 @@ def unrecorded_state(h: Mapping[str, str | None], it: int) -> str:
     st = h.get("state") or ""
     if st in FINAL_STATES:
         return st
-    if it < int(h.get("next") or h.get("it0") or 0) and not h.get("pdeps"):   # placed as a range, in order
+    upto = _placed_upto(h)
+    if upto is not None and it < upto:
         return "SCHEDULED"
     return "READY" if st in ("SCHEDULED", "EXECUTING") else st
+
+
+def _placed_upto(h: Mapping[str, str | None]) -> int | None:
+    """Iterations before this one were placed (a range is placed in order, from ``it0`` to ``next``); None where
+    that does not tell an iteration's state: a final job, or one with per-iteration parents (placed one by one)."""
+    if (h.get("state") or "") in FINAL_STATES or h.get("pdeps"):
+        return None
+    return int(h.get("next") or h.get("it0") or 0)
 
 
 def unrecorded_message(job_state: str | None, job_message: str | None) -> str:
@@ -47,8 +56,7 @@ def unrecorded_runs(h: Mapping[str, str | None], it0: int, n: int,
     iterations: a job of 10^12 iterations of which a few ran is a few runs."""
     end = it0 + n
     cuts = sorted({i for i in recorded if it0 <= i < end})
-    st = h.get("state") or ""
-    split = None if st in FINAL_STATES or h.get("pdeps") else int(h.get("next") or h.get("it0") or 0)
+    split = _placed_upto(h)
     first = it0
     for cut in cuts + [end]:
         if first < cut:

@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 
 from .errors import QcgpjError
 from .resources import Node
+from .workers import sweep
 from .signals import become_subreaper, can_supervise, die_with_parent, parent_death_signal
 
 log = logging.getLogger("qcgpj")
@@ -177,8 +178,10 @@ def supervise(pids: list[int], adopt: bool = False, mask: Iterable[int] | None =
 
 
 def _ended(pid: int, code: int, live: set[int]) -> None:
-    """An executor ended: kill what it left running, and say so in one line (or that it was killed)."""
-    killed = kill_leftovers(live)
+    """An executor ended: kill what it left running, and say so in one line (or that it was killed). Orphans
+    cannot be told apart by executor (all come to this subreaper), so one that left cleanly while others serve
+    (``--processes``) kills nothing: a process a live executor's task put in the background may be among them."""
+    killed = kill_leftovers(live) if code != 0 or not live else 0
     if not killed and code >= 0:
         return
     if code < 0:
@@ -257,12 +260,9 @@ def _comm(pid: int) -> str:
 
 
 def _kill(pid: int) -> None:
-    try:
-        if os.getpgid(pid) == pid:   # a group leader (a task): its background children too
-            os.killpg(pid, signal.SIGKILL)
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """SIGKILL a stray, and its process group when it leads one (a task: its background children too)."""
+    sweep.killpg(pid, signal.SIGKILL)   # not a group leader: no group has its id, nothing happens
+    sweep.signal_all((pid,), signal.SIGKILL)
 
 
 def _children() -> list[int]:
@@ -278,21 +278,11 @@ def _children() -> list[int]:
         return [int(n) for n in os.listdir("/proc") if n.isdigit() and _ppid(n) == me]
 
 
-def _stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command's name (state first), or None: it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2:].decode().split()
-
-
 def _state(pid: int) -> str | None:
-    fields = _stat(pid)
+    fields = sweep._stat(str(pid))
     return fields[0] if fields else None
 
 
 def _ppid(pid: str) -> int | None:
-    fields = _stat(pid)
-    return int(fields[1]) if fields else None
+    fields = sweep._stat(pid)
+    return fields[1] if fields else None

@@ -79,6 +79,13 @@ class Call(Running):
     def kill(self) -> None:
         self.pool.kill(self)
 
+    def terminate(self) -> None:
+        """SIGTERM to the call's process, from a signal handler (local mode ending on a signal): no lock and no
+        timer, which Pool.kill takes and starts; the caller kills what is left after the grace."""
+        proc = self.proc
+        if proc is not None:
+            proc.signal(signal.SIGTERM)
+
 
 class Proc:
     """A warm process, with the pipes to and from it."""
