@@ -519,7 +519,7 @@ def cancel(names: tuple[str, ...], redis_url: str | None, namespace: str, all_: 
         click.echo("nothing to cancel: no job of the namespace is waiting or running")
         return
     click.echo(f"canceled {ended['CANCELED']} job(s)"
-               + (f", {ended['OMITTED']} that waited on them OMITTED" if ended["OMITTED"] else ""))
+               + (f", {ended['OMITTED']} OMITTED (they waited on one that did not succeed)" if ended["OMITTED"] else ""))
 
 
 @main.command()

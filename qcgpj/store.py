@@ -433,7 +433,8 @@ class Store(Submission):
 
     def cancel_all(self) -> dict[str, str]:
         """End every job of the namespace that is not final; returns the jobs it ended, each 'CANCELED' or
-        'OMITTED' (a job that waited on one it canceled).
+        'OMITTED' (a job that waited on one that did not succeed: mostly one it canceled, or one that failed
+        while it ran).
 
         The job list is read once, at the start: a job submitted after that is left alone, unless it depends on
         one this cancels (then it is OMITTED, at its submit or when its dependency is canceled). After one read of
