@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -58,6 +59,8 @@ ADAPT_ENDS = 4           # ... or fewer, once this many look-aheads' worth of ta
 BACKFILL_WINDOW = 64     # claimed tasks looked at past one that waits for cores where it needs them...
 BACKFILL_PATIENCE = 60.0   # ... which they may pass for this many seconds of its wait; then it has the cores as they free
 GIVE_UP_WAIT = 5.0        # seconds a worker told twice to leave still waits for its round trip in flight
+HOLD_KILLED = 5.0         # seconds the end of a task killed by a signal inside Slurm waits for our own stop
+ALLOCATION_ENDS = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP}   # how Slurm ends a step
 LEASE_SHARE = 0.75       # claimed tasks start only this share of the TTL after a heartbeat found us ALIVE
 
 
@@ -137,6 +140,7 @@ class Executor:
         self._rejoin = False           # declared dead while alive: join again once no round trip is in flight
         self._void: set[int] = set()   # ids of the slots of tasks killed on a rejoin: their reports are dropped
         self._handback: set[str] = set()   # entries of tasks killed with the allocation: requeued as we leave
+        self._held: list[tuple[float, Slot, int]] = []   # (until, slot, code): see _finish
         self._halted = False           # halt(): the process is ending on a signal, nothing more starts
         self._outage = Outage(f"executor {self.eid}", log)
         # a hop's round trip watches for the answer (Store.sync) where another CPU can make it meanwhile
@@ -219,7 +223,7 @@ class Executor:
                 self._join_again()
             # Local progress (results in, tasks started) first, so that one round trip reports it all; but
             # the next claim goes out as soon as the claimed work runs low, before it runs out.
-            moved = self._read_inbox() + self._start_local()
+            moved = self._read_inbox() + self._release_held() + self._start_local()
             want = self._want()
             if self._sync_due(want):
                 batch = self._take_batch(want)
@@ -253,6 +257,8 @@ class Executor:
         deadline = self._runner.next_deadline()
         if deadline is not None:
             t = min(t, deadline - time.monotonic())
+        if self._held:
+            t = min(t, self._held[0][0] - time.monotonic())
         return max(t, 0.0005)
 
     def _sync_due(self, want: int) -> bool:
@@ -296,6 +302,7 @@ class Executor:
             return
         known = {e.raw for e in self._local} | {slot.entry.raw for slot in self._running.values()}
         known |= {r.entry for r in self._finished} | set(self._started) | set(self._adopt) | self._handback
+        known |= {slot.entry.raw for _, slot, _ in self._held}
         unknown = {e for e in listed if e not in known}
         orphans, self._suspects = unknown & self._suspects, unknown - self._suspects
         if orphans:
@@ -313,7 +320,7 @@ class Executor:
         return max(0, self.allocator.free + self.prefetch - len(self._local) - len(self._adopt))
 
     def _busy(self) -> bool:
-        return bool(self._running or self._finished or self._started) or self._inflight is not None
+        return bool(self._running or self._finished or self._started or self._held) or self._inflight is not None
 
     def _idle(self) -> bool:
         return not (self._busy() or self._local or self._adopt)
@@ -481,6 +488,24 @@ class Executor:
         if id(slot) in self._void:   # killed on a rejoin: it was given to others, its report is not ours to make
             self._void.discard(id(slot))
             return
+        if code and self.slurm and not slot.canceled and not slot.message and not self._stops and _killed(code):
+            # Slurm signals the steps' processes and us at once (scancel, time limit), and the task's end may
+            # reach us before our own signal does: its report waits for that signal a moment.
+            self._held.append((time.monotonic() + HOLD_KILLED, slot, code))
+            return
+        self._end(slot, code)
+
+    def _release_held(self, now_: bool = False) -> int:
+        """Decide on the held ends that are due (``now_``: all of them): see _finish."""
+        n = 0
+        while self._held and (now_ or self._stops or self._held[0][0] <= time.monotonic()):
+            _, slot, code = self._held.pop(0)
+            self._end(slot, code)
+            n += 1
+        return n
+
+    def _end(self, slot: Slot, code: int | None) -> None:
+        entry = slot.entry
         if code and self.slurm and self._stops and not slot.canceled and not slot.message:
             # Signaled inside Slurm, the allocation is ending (scancel, time limit): Slurm kills its steps with
             # us, so this end is not the task's own. It stays in our running list (its start reported, which
@@ -656,6 +681,7 @@ class Executor:
                 if time.monotonic() - told_twice_at >= GIVE_UP_WAIT:
                     break
             self._read_inbox(wait=0.5)
+        self._release_held(now_=True)
         while (self._finished or self._started) and not self._dead and not self._rejoin:
             batch = self._take_batch(0)
             self._apply(batch, self._send(batch))
@@ -682,3 +708,8 @@ class Executor:
         log.info("executor %s: stopped after %d task(s)", self.eid, self.tasks_done)
         self._runner.close()
         detach_client(self.store.keys.namespace, self.store.r)
+
+
+def _killed(code: int) -> bool:
+    """Whether an exit code says the task was killed the way Slurm ends a step (directly, or its shell's child)."""
+    return -code in ALLOCATION_ENDS or code - 128 in ALLOCATION_ENDS

@@ -126,10 +126,13 @@ def test_steps_are_bound_to_the_cores_qcgpj_chose(slurm, redis_url, tmp_path):
 
 def test_tasks_killed_by_the_end_of_an_allocation_run_again_elsewhere(slurm, redis_url, tmp_path):
     """scancel (or the time limit) kills the allocation's steps with the worker: the tasks it ran were not failures
-    of their own, so they go back to the queue and finish in the next allocation, instead of ending FAILED."""
+    of their own, so they go back to the queue and finish in the next allocation, instead of ending FAILED.
+    Slurm signals the tasks and the worker at once, and a task's end may reach the executor before its own signal
+    does: here one task is killed a moment before the scancel, and it is given back all the same."""
+    from tests.cluster import process_ended
     m = Manager(redis_url)
-    m.submit(Jobs().add(name="long", script="echo $SLURM_JOB_ID >> ran.${it}; [ -e go ] || exec sleep 600",
-                        iteration=2, stdout="long.${it}"))
+    m.submit(Jobs().add(name="long", script="echo $$ > pid.${it}; echo $SLURM_JOB_ID >> ran.${it}; "
+                        "[ -e go ] || exec sleep 600", iteration=2, stdout="long.${it}"))
     cluster = Cluster(redis_url, tmp_path)
     cluster.inputqueue()
     worker = [sys.executable, "-m", "qcgpj", "worker", "--redis-url", redis_url, "--wd", str(tmp_path),
@@ -140,6 +143,10 @@ def test_tasks_killed_by_the_end_of_an_allocation_run_again_elsewhere(slurm, red
     try:
         until(lambda: all((tmp_path / f"ran.{i}").exists() for i in range(2)), 120, "both tasks running")
         (tmp_path / "go").touch()
+        first_pid = int((tmp_path / "pid.0").read_text())
+        os.kill(first_pid, signal.SIGTERM)
+        assert process_ended(first_pid)
+        until(lambda: not Path(f"/proc/{first_pid}").exists(), 60, "the executor reaped the task")
         subprocess.run(["scancel", first], check=True)
         res = salloc("-N1", "--nodelist=node2", "--ntasks-per-node=2", *worker, cwd=tmp_path)
         assert res.returncode == 0, res.stderr + cluster.logs()
