@@ -50,6 +50,8 @@ failures                    list     the latest failed tasks (capped): "task|end
 stage:<batch>:<attempt>     list     a submit being written: name, spec, req, iter, deps per job; read only by
                                      the commit that makes it visible; a TTL drops one a killed client left
 batch:<id>                  string   a committed batch's job count, with a TTL: a retried submit is a no-op
+omitting                    list     per-iteration omissions left to do, a step per InputQueue pass:
+                                     "child|parent|parent's state|child's created|from|last" (iterations)
 
 Python calls (``qcgpj.Executor``) are rq jobs under rq's own global keys, outside the prefix and not touched by
 any script (only ``qcgpj.funcjobs`` and ``workers/function.py`` use them, through rq's API):
@@ -100,6 +102,7 @@ TEMPLATES: dict[str, str] = {
     "failures": "failures",
     "stage": "stage:{}",
     "batch": "batch:{}",
+    "omitting": "omitting",
     "alloc_queues": "alloc:queues",
     "alloc_status": "alloc:status:{}",
     "alloc_jobs": "alloc:jobs:{}",
@@ -219,6 +222,10 @@ class Keys:
 
     def batch(self, batch_id: str) -> str:
         return self._k("batch", batch_id)
+
+    @property
+    def omitting(self) -> str:
+        return self._k("omitting")
 
 
 def check_executor_id(eid: Any) -> str:

@@ -509,16 +509,17 @@ class Store(Submission):
                 break
         return ids
 
-    def place_and_ack(self, ids: Sequence[str], unplaceable: float | None = None) -> None:
+    def place_and_ack(self, ids: Sequence[str], unplaceable: float | None = None) -> int:
         """The deep pass and the acknowledgement of the events that asked for it, in one round trip; with
         ``unplaceable`` (a timeout in seconds, 0: none) it also flags, and past the timeout fails, the ready jobs
-        that no live executor could ever fit."""
+        that no live executor could ever fit. The pass first makes one step of the per-iteration omissions
+        left to do (keys: omitting); returns how many are left."""
         pipe = self.node.pipeline(transaction=False)   # a cluster's pipelines take no scripts: the shard's does
         self._scripts["place"](keys=[self.keys.jobs], client=pipe,
                                args=[now(), 1000, 100000, "" if unplaceable is None else unplaceable])
         if ids:
             pipe.xack(self.keys.events, EVENTS_GROUP, *ids)
-        pipe.execute()
+        return int(pipe.execute()[0][1])
 
     def lease(self, candidate: str, ttl_ms: int, role: str = "inputqueue") -> bool:
         """The leader lease of a service: ``role`` 'inputqueue' or 'alloc' (the allocator)."""

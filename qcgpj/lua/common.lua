@@ -224,6 +224,23 @@ local function omit_iteration(name, it, why)
   task_final(name, it, 'OMITTED', nil, nil, nil, NOW, 0, why)
 end
 
+-- Iterations from..last of a job (child) that waits per iteration on parent, which ended pstate: each whose parent
+-- iteration did not succeed is omitted. OMIT_STEP of them per call: the rest goes on K_omitting, for the
+-- InputQueue's next pass (place.lua), so that a job of a million iterations does not hold Redis for seconds
+-- (100,000 took 2.1 s in one call). Meanwhile the child is not final, as while its iterations run.
+local OMIT_STEP = 1000
+local function omit_iterations(child, parent, pstate, from, last)
+  local upto = math.min(last, from + OMIT_STEP - 1)
+  for it = from, upto do
+    local rs = iteration_end(parent, it, pstate)
+    if rs ~= 'SUCCEED' then omit_iteration(child, it, omitted_why(parent .. ':' .. it, rs)) end
+  end
+  if upto < last then
+    redis.call('RPUSH', K_omitting, table.concat({child, parent, pstate,
+      redis.call('HGET', K_job(child), 'created') or '', string.format('%d', upto + 1), string.format('%d', last)}, '|'))
+  end
+end
+
 -- childless: true, false (it has children) or nil (not known yet: read it)
 local function on_job_final(name, state, childless)
   ended = ended + 1
@@ -238,10 +255,7 @@ local function on_job_final(name, state, childless)
       if state ~= 'SUCCEED' then
         local h = redis.call('HMGET', K_job(name), 'n', 'it0')
         local n, it0 = tonumber(h[1] or '0'), tonumber(h[2] or '0')
-        for it = it0, it0 + n - 1 do
-          local rs = iteration_end(name, it, state)
-          if rs ~= 'SUCCEED' then omit_iteration(child, it, omitted_why(name .. ':' .. it, rs)) end
-        end
+        omit_iterations(child, name, state, it0, it0 + n - 1)
       end
     else
       local k = string.sub(rel, 2)

@@ -102,6 +102,22 @@ local function check_unplaceable(scan, timeout)
   end
 end
 
+-- One step of the per-iteration omissions left to do (common.lua's omit_iterations): how many are left after it.
+-- A child that ended meanwhile (canceled), or was removed and submitted again (another 'created'), is skipped.
+local function omit_step()
+  local entry = redis.call('LPOP', K_omitting)
+  if not entry then return 0 end
+  local child, parent, pstate, created, from, last =
+    string.match(entry, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(-?%d+)|(-?%d+)$')
+  local h = redis.call('HMGET', K_job(child or ''), 'state', 'created')
+  if h[1] and not FINAL[h[1]] and (h[2] or '') == created then
+    omit_iterations(child, parent, pstate, tonumber(from), tonumber(last))
+    propagate()
+  end
+  return redis.call('LLEN', K_omitting)
+end
+
+local omitting = omit_step()
 local placed = place(tonumber(ARGV[2]), tonumber(ARGV[3]))
 if ARGV[4] and ARGV[4] ~= '' then check_unplaceable(tonumber(ARGV[2]), tonumber(ARGV[4])) end
-return placed
+return {placed, omitting}

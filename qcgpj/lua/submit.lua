@@ -153,10 +153,7 @@ for _, o in ipairs(omit) do
   if o[2] == 'p' then
     -- a per-iteration parent that already ended badly: omit the iterations whose parent iteration did not succeed
     local it0, n = iter_of(o[1])
-    for it = it0, it0 + n - 1 do
-      local rs = iteration_end(o[3], it, o[4])
-      if rs ~= 'SUCCEED' then omit_iteration(o[1], it, omitted_why(o[3] .. ':' .. it, rs)) end
-    end
+    omit_iterations(o[1], o[3], o[4], it0, it0 + n - 1)
   else
     omit_job(o[1], omitted_why(o[3], o[4]))
   end
