@@ -112,7 +112,7 @@ def remove_step(store: Store, horizon: float | None, start: int = 0,
         if horizon is not None and all(c and float(c) > horizon for _s, _e, c in rows):
             done = True   # these jobs, and all submitted after them, ended after the horizon
             break
-    dropped = _after(store, removed, calls, stranded)
+    dropped = _after(store, removed, calls, stranded, within=start)
     if stranded:
         log.info("took %d name(s) of jobs removed earlier off the job list", len(stranded))
     # the names taken off were read before `start` (the first entry of each): the next step goes on after the
@@ -131,10 +131,11 @@ def _remove_some(store: Store, wanted: list[str], removed: list[str], kept: dict
             kept[name] = detail
 
 
-def _after(store: Store, removed: list[str], calls: list[str], stranded: Sequence[str] = ()) -> int:
+def _after(store: Store, removed: list[str], calls: list[str], stranded: Sequence[str] = (),
+           within: int | None = None) -> int:
     """Take the removed names (and those ``stranded`` of jobs already gone) off the job list (returns how many
-    entries went), delete their rq keys."""
-    dropped = store.unlist_jobs([*removed, *stranded])
+    entries went; ``within``: they were read before that index), delete their rq keys."""
+    dropped = store.unlist_jobs([*removed, *stranded], within)
     if not removed:
         return dropped
     store.drop_rq_calls(calls)

@@ -260,10 +260,14 @@ class Store(Submission):
             if len(got) < window:
                 return names, gone
 
-    def unlist_jobs(self, names: Sequence[str]) -> int:
+    def unlist_jobs(self, names: Sequence[str], within: int | None = None) -> int:
         """Take removed jobs off the job list: the first entry of each name (a job of the same name submitted
-        since then comes later); returns how many entries went. One script call (remove.lua's 'unlist')."""
-        return int(self._run("remove", ["unlist", now(), *names])) if names else 0
+        since then comes later); returns how many entries went. ``within``: the names were read before that
+        index (entries only move towards the head), which bounds the search. One script call (remove.lua's
+        'unlist')."""
+        if not names:
+            return 0
+        return int(self._run("remove", ["unlist", now(), "" if within is None else within, *names]))
 
     def drop_rq_calls(self, calls: Sequence[str]) -> None:
         """Delete the rq keys of removed Python calls (remove.lua's details: an rq id, or 'id|it0|n' for a map's

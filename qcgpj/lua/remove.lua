@@ -8,9 +8,11 @@
 --   stay in `jobs`: the caller takes those of its batches off with 'unlist' (one LREM per job would scan the
 --   list each time).
 -- 'executors', now, retention: forget executors that left or died at least `retention` seconds ago.
--- 'unlist', now, names...: take removed jobs off `jobs`, the first entry of each name (a job of the same name
---   submitted since then comes later), unless it is the only entry of a job that exists; returns how many.
---   Costs the part of the list up to the last entry taken off, not the whole list. In a script, not
+-- 'unlist', now, within, names...: take removed jobs off `jobs`, the first entry of each name (a job of the same
+--   name submitted since then comes later), unless it is the only entry of a job that exists; returns how many.
+--   Costs the part of the list up to the last entry taken off, not the whole list; no further than index
+--   `within` ('': the whole list), where the caller read the names (a name taken off meanwhile by another
+--   removal is then not looked for to the end of the list). In a script, not
 --   WATCH/MULTI: the minimal ACL has neither, and past maxmemory the list's LTRIM comes before its LPUSH.
 -- 'listed', now, start, stop: the job list's names from index start to stop (LRANGE's), and those of them whose
 --   job is gone (a removal under way, between deleting its jobs and taking their names off): {names, gone}.
@@ -197,11 +199,14 @@ elseif mode == 'unlist' then
     return at ~= false and at > index
   end
   local gone, left = {}, 0
-  for i = 3, #ARGV do gone[ARGV[i]] = (gone[ARGV[i]] or 0) + 1; left = left + 1 end
+  local within = tonumber(ARGV[3])
+  for i = 4, #ARGV do gone[ARGV[i]] = (gone[ARGV[i]] or 0) + 1; left = left + 1 end
   local kept, last, pos = {}, -1, 0   -- entries kept before the last one taken off (0-based index `last`)
   local held = {}                     -- entries read since the last one taken off
-  while left > 0 do
-    local win = redis.call('LRANGE', K_jobs, pos, pos + UNLIST_WINDOW - 1)
+  while left > 0 and (not within or pos < within) do
+    local upto = pos + UNLIST_WINDOW - 1
+    if within then upto = math.min(upto, within - 1) end
+    local win = redis.call('LRANGE', K_jobs, pos, upto)
     for j, name in ipairs(win) do
       if (gone[name] or 0) > 0 then
         gone[name], left = gone[name] - 1, left - 1
@@ -217,7 +222,7 @@ elseif mode == 'unlist' then
         held[#held + 1] = name
       end
     end
-    if #win < UNLIST_WINDOW then break end
+    if #win < upto - pos + 1 then break end
     pos = pos + #win
   end
   if last < 0 then return 0 end
