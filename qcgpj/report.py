@@ -20,9 +20,10 @@ import csv
 import fnmatch
 import io
 import json
+import re
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from statistics import median
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
@@ -30,6 +31,8 @@ from .store import Store, parse_record, parse_usage, unrecorded_message, unrecor
 
 READ_CHUNK = 1000
 LIST_EACH = 1000   # iterations without a record in a row listed one by one; a longer run is one row
+ITERATION_PATTERN = re.compile(r"(.*):(-?\d+)")    # a name pattern for one iteration: job pattern, iteration
+RUN_ROW = re.compile(r".*:(-?\d+)-(-?\d+)")         # the task of a run's row: job:first-last
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,13 +301,25 @@ def select_tasks(source: Source, state: str | None = None, executor: str | None 
                  sort: str = "start") -> list[TaskRow]:
     """Tasks filtered by state, executor and name pattern (shell-style), sorted; those without the sort field
     (not started yet) come last."""
-    rows = [t for t in source.tasks()
-            if (state is None or t.state == state.upper()) and (executor is None or t.executor == executor)
-            and (name is None or fnmatch.fnmatchcase(t.task, name))]
+    rows = [t for t in (_named(source.tasks(), name) if name is not None else source.tasks())
+            if (state is None or t.state == state.upper()) and (executor is None or t.executor == executor)]
     if sort == "name":
         return sorted(rows, key=lambda t: t.task)
     value = {"start": lambda t: t.start, "end": lambda t: t.end, "runtime": lambda t: t.runtime}[sort]
     return sorted(rows, key=lambda t: (value(t) is None, value(t) or 0.0))
+
+
+def _named(rows: Iterable[TaskRow], pattern: str) -> Iterator[TaskRow]:
+    """The rows whose task matches a shell-style pattern. A pattern naming one iteration (``job:7``) finds it in a
+    row of a run of iterations (``job:5-1000``) too: that iteration's row comes out of it."""
+    one = ITERATION_PATTERN.fullmatch(pattern)
+    for t in rows:
+        if fnmatch.fnmatchcase(t.task, pattern):
+            yield t
+        elif one and t.count > 1 and fnmatch.fnmatchcase(t.job, one.group(1)):
+            run = RUN_ROW.fullmatch(t.task)
+            if run and int(run.group(1)) <= int(one.group(2)) <= int(run.group(2)):
+                yield replace(t, task=f"{t.job}:{int(one.group(2))}", count=1)
 
 
 def task_dicts(rows: Iterable[TaskRow]) -> list[dict[str, Any]]:

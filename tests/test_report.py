@@ -403,8 +403,12 @@ def test_a_run_record_has_a_line_per_iteration_that_ran_and_answers_as_the_queue
         first = max(ran, default=-1) + 1   # the iterations after the last that started: one row
         assert {r["task"]: r["count"] for r in rows if r["count"] > 1} == \
             {f"huge:{first}-{n - 1}": n - first, f"after:0-{k - 1}": k}
-        from qcgpj.report import LIST_EACH
+        from qcgpj.report import LIST_EACH, task_dicts
         assert all(r["count"] > LIST_EACH and r["executor"] is None for r in rows if r["count"] > 1)
+        # --name of one iteration inside a run's row: that iteration comes out of it (it matched nothing)
+        for source in (live, rec):
+            one = task_dicts(select_tasks(source, name=f"hu*:{n - 2}"))
+            assert [(r["task"], r["state"], r["count"]) for r in one] == [(f"huge:{n - 2}", "CANCELED", 1)]
         for figures in (stats(live), stats(rec)):
             assert figures["tasks"] == n + k and figures["jobs_by_state"] == {"CANCELED": 1, "OMITTED": 1}
             assert figures["tasks_by_state"] == {"CANCELED": n, "OMITTED": k}
