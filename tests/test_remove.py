@@ -395,3 +395,24 @@ def test_wait4all_reads_each_job_once(redis_url):
         assert len(reads) == 300, len(reads)
     finally:
         m.store.drop_namespace()
+
+
+def test_removed_omitted_job_is_no_longer_its_running_parents_child(cluster):
+    """A fan-in job OMITTED by one failed parent may be removed while another parent still runs; that parent's end
+    must not reach the removed job (its hash came back as a bare `deps` counter) nor a new job of the same name
+    (which then ran before its own dependency)."""
+    m = cluster.serving(2)
+    m.submit(Jobs().add(name="a", script="while [ ! -e go_a ]; do sleep 0.05; done")
+             .add(name="b", exec="/bin/false")
+             .add(name="c", exec="/bin/true", after=["a", "b"]))
+    assert m.wait4(["c"], timeout=60) == {"c": "OMITTED"}
+    assert m.remove(["c"]) == ["c"]
+    m.submit(Jobs().add(name="hold", script="while [ ! -e go ]; do sleep 0.05; done")
+             .add(name="c", exec="/bin/true", after=["hold"]))
+    (cluster.workdir / "go_a").touch()
+    assert m.wait4(["a"], timeout=60) == {"a": "SUCCEED"}
+    assert m.status(["c"]) == {"c": "QUEUED"}   # still waits for 'hold', not released by the old c's parent
+    (cluster.workdir / "go").touch()
+    assert m.wait4(["c"], timeout=60) == {"c": "SUCCEED"}
+    assert sorted(m.remove(["a", "b", "c", "hold"])) == ["a", "b", "c", "hold"]
+    assert job_keys(m) == [] and m.list() == {}

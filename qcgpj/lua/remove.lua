@@ -137,6 +137,21 @@ local function rq_calls(spec, it0, n)
   return ex.exec
 end
 
+-- A job may be removed while a parent of it has not ended (it was OMITTED when another one failed): take it out of
+-- its parents' children sets, else that parent's end would reach it still (bringing its hash back as a bare
+-- `deps` counter), or a new job of the same name, released before its own dependencies.
+local function unlink_parents(name, spec)
+  if not spec or not string.find(spec, '"after"', 1, true) then return end
+  local ok, s = pcall(cjson.decode, spec)
+  local deps = ok and type(s) == 'table' and type(s.dependencies) == 'table' and s.dependencies.after
+  if type(deps) ~= 'table' then return end
+  for _, d in ipairs(deps) do
+    local dn, sel = string.match(d, '^(.-):(.+)$')
+    local rel = (not sel and 'w') or (sel == '${it}' and 'p') or ('i' .. sel)
+    redis.call('SREM', K_children(dn or d), rel .. '|' .. name)
+  end
+end
+
 if mode == 'jobs' then
   local strict, only_check = ARGV[3] ~= 'skip', ARGV[3] == 'check'
   local out = {}
@@ -157,6 +172,7 @@ if mode == 'jobs' then
       -- the deletion first: past maxmemory a script may write only once it has deleted (the first write that
       -- may grow memory is refused), and removing is how a full Redis gets back under its limit
       unlink(K_job(ARGV[i]), K_its(ARGV[i]), K_att(ARGV[i]), K_itwait(ARGV[i]), K_children(ARGV[i]))
+      unlink_parents(ARGV[i], h[3])
       uncount(n, fin)
       removed = removed + 1
     end
