@@ -190,3 +190,17 @@ def test_leaving_the_with_block_on_a_queue_cancels_what_it_submitted(tmp_path, c
     assert m.status(["other"]) == {"other": "EXECUTING"}
     m.cancel(["other"])
     assert m.wait4(["other"], timeout=60) == {"other": "CANCELED"}
+
+
+def test_easyvvuqs_calls_on_a_queue_of_another_namespace(tmp_path, redis_url):
+    """A Redis that holds several campaigns keeps each in a namespace (the workers' -n): the executor named
+    none, so its runs went to 'default', where no worker serves, and the campaign waited for ever."""
+    from tests.cluster import Cluster
+    cluster = Cluster(redis_url, tmp_path, namespace="sweep")
+    try:
+        m = cluster.serving(2)
+        ex = QCGPJExecutor(redis_url=redis_url, namespace="sweep")
+        assert replay_pool(tmp_path, ex, 2) == {i: {"x2": i * i} for i in (1, 2)}
+        assert m.list() == {f"{ex.prefix}{i}": "SUCCEED" for i in (1, 2)}
+    finally:
+        cluster.stop()

@@ -61,7 +61,8 @@ class QCGPJFuture:
 class QCGPJExecutor(concurrent.futures.Executor):
     """Local mode on ``resources`` (QCG-PilotJob's ``--nodes``, e.g. "n0:4") under ``wd``; with ``redis_url``,
     the jobs go to that queue's executors instead. ``reserve_core``, ``enable_rt_stats``, ``wrapper_rt_stats``
-    and ``log_level`` are accepted for compatibility: qcgpj's executor needs no core of its own.
+    and ``log_level`` are accepted for compatibility: qcgpj's executor needs no core of its own. ``namespace``: the
+    queue's namespace (its workers' ``-n``), on a Redis that holds several campaigns.
 
     ``prefix`` goes before every job name (and ``after`` name) submitted. A queue outlives one client, and
     EasyVVUQ names its runs 1, 2, 3... in every campaign, so on a queue the default is a prefix of this executor's
@@ -73,9 +74,10 @@ class QCGPJExecutor(concurrent.futures.Executor):
 
     def __init__(self, wd: str = ".", resources: str | None = None, reserve_core: bool = False,
                  enable_rt_stats: bool = False, wrapper_rt_stats: str | None = None, log_level: str = "info",
-                 *other_args: str, redis_url: str | None = None, prefix: str | None = None) -> None:
+                 *other_args: str, redis_url: str | None = None, prefix: str | None = None,
+                 namespace: str = "default") -> None:
         if redis_url is not None:
-            self._qcgpjm: Manager = Manager(redis_url)
+            self._qcgpjm: Manager = Manager(redis_url, namespace=namespace)
             self.prefix = f"{uuid.uuid4().hex[:8]}-" if prefix is None else prefix
         else:
             self.prefix = prefix or ""
