@@ -240,6 +240,16 @@ def test_executor_submit_fills_the_template(tmp_path, monkeypatch):
 
 
 
+def test_local_mode_with_a_queue_url_set_contacts_no_queue(tmp_path, monkeypatch):
+    """QCGPJ_REDIS_URL exported for the qcgpj commands: QCGPJExecutor(resources=...) connected to that queue (and
+    read its jobs) before refusing, so a stale URL said 'cannot reach Redis' for a run that needs none."""
+    monkeypatch.setenv("QCGPJ_REDIS_URL", "redis://127.0.0.1:1/0")      # nothing listens on port 1
+    with pytest.raises(ArgumentError, match="QCGPJ_REDIS_URL is set: unset it, or give the queue's URL"):
+        QCGPJExecutor(wd=str(tmp_path), resources="1")
+    with pytest.raises(ArgumentError, match="QCGPJ_REDIS_URL is set"):
+        LocalManager(["--nodes", "1"])
+
+
 def test_a_template_value_missing_is_also_a_key_error(tmp_path, monkeypatch):
     """QCG-PilotJob raises KeyError (its own tests expect it); here it was a JobSpecError only."""
     monkeypatch.delenv("QCGPJ_REDIS_URL", raising=False)

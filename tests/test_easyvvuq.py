@@ -168,3 +168,40 @@ def test_a_futures_timeout_is_concurrent_futures_timeout(tmp_path, monkeypatch):
         assert isinstance(caught.value, QcgpjError) and not f.done()
         f.cancel()
         assert f.result(timeout=60) == {"long": "CANCELED"}
+
+
+def test_leaving_the_with_block_on_a_queue_cancels_what_it_submitted(tmp_path, cluster):
+    """As QCG-PilotJob's shutdown ends its tasks (and local mode's does): a campaign that stopped early (a run
+    FAILED, so EasyVVUQ's collate raised; Ctrl-C) left its runs on the queue's workers, where nothing could
+    collect them. Another client's job on the same queue runs on."""
+    from qcgpj import Jobs
+    m = cluster.serving(2)
+    m.submit(Jobs().add(name="other", exec="/bin/sleep", args=["300"]))
+    with pytest.raises(RuntimeError, match="collate"):
+        with QCGPJExecutor(redis_url=cluster.url) as ex:
+            for i in (1, 2):    # r2 waits for a core
+                ex.submit(BasicTemplate.template, name=f"r{i}", exec="/bin/sleep", args=["300"])
+            deadline, last = time.monotonic() + 60, m.store.last_event_id()
+            while m.status([f"{ex.prefix}r1", "other"]) != {f"{ex.prefix}r1": "EXECUTING", "other": "EXECUTING"}:
+                assert time.monotonic() < deadline, "r1 and other never both ran"
+                last = m.store.wait_event(last, 0.5)     # woken by the queue's events
+            raise RuntimeError("collate: QCG-PilotJob task 1 finished with the status: FAILED")
+    names = [f"{ex.prefix}r1", f"{ex.prefix}r2"]
+    assert m.wait4(names, timeout=60) == {n: "CANCELED" for n in names}
+    assert m.status(["other"]) == {"other": "EXECUTING"}
+    m.cancel(["other"])
+    assert m.wait4(["other"], timeout=60) == {"other": "CANCELED"}
+
+
+def test_easyvvuqs_calls_on_a_queue_of_another_namespace(tmp_path, redis_url):
+    """A Redis that holds several campaigns keeps each in a namespace (the workers' -n): the executor named
+    none, so its runs went to 'default', where no worker serves, and the campaign waited for ever."""
+    from tests.cluster import Cluster
+    cluster = Cluster(redis_url, tmp_path, namespace="sweep")
+    try:
+        m = cluster.serving(2)
+        ex = QCGPJExecutor(redis_url=redis_url, namespace="sweep")
+        assert replay_pool(tmp_path, ex, 2) == {i: {"x2": i * i} for i in (1, 2)}
+        assert m.list() == {f"{ex.prefix}{i}": "SUCCEED" for i in (1, 2)}
+    finally:
+        cluster.stop()

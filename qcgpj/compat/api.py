@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from .. import arguments as a
 from .. import jobs as _jobs
 from .. import manager as _manager
+from ..connection import url_from_env
 from ..errors import ArgumentError, TimeoutError
 from ..jobspec import JobSpec, placement_of, resolved, task_variables
 from ..requests import SUBMIT_RE, substitute_submit
@@ -325,9 +326,11 @@ class LocalManager(Manager):
                 if not eq and args and not args[0].startswith("--"):
                     args.pop(0)
                 log.info("LocalManager: service option %s has no meaning in qcgpj and is skipped", key)
+        if url_from_env(None) is not None:   # before Manager() takes it: a local run must not contact that queue
+            raise ArgumentError("local mode (LocalManager, QCGPJExecutor without redis_url) was asked for, but "
+                                "QCGPJ_REDIS_URL is set: unset it, or give the queue's URL (Manager(url), "
+                                "QCGPJExecutor(redis_url=url))")
         super().__init__(None, cfg, **opts)
-        if self.m.local is None:
-            raise ArgumentError("LocalManager runs in local mode: unset QCGPJ_REDIS_URL, or use Manager(url)")
 
     def kill_manager_process(self) -> None:
         self.m.abort()

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+import logging
 import string
 import textwrap
 import uuid
 from typing import Any, Callable
 
-from ..errors import JobSpecError, TemplateKeyError
+import redis
+
+from ..errors import JobSpecError, QcgpjError, TemplateKeyError
 from ..errors import TimeoutError as QcgpjTimeout
 from .api import FINAL, Jobs, LocalManager, Manager, qcg_nodes
 from .templates import BasicTemplate, QCGPJTemplate
 
 __all__ = ["QCGPJExecutor", "QCGPJFuture", "QCGPJTemplate", "BasicTemplate", "FutureTimeout"]
+
+log = logging.getLogger(__name__)
 
 
 class FutureTimeout(QcgpjTimeout, concurrent.futures.TimeoutError):
@@ -56,23 +61,30 @@ class QCGPJFuture:
 class QCGPJExecutor(concurrent.futures.Executor):
     """Local mode on ``resources`` (QCG-PilotJob's ``--nodes``, e.g. "n0:4") under ``wd``; with ``redis_url``,
     the jobs go to that queue's executors instead. ``reserve_core``, ``enable_rt_stats``, ``wrapper_rt_stats``
-    and ``log_level`` are accepted for compatibility: qcgpj's executor needs no core of its own.
+    and ``log_level`` are accepted for compatibility: qcgpj's executor needs no core of its own. ``namespace``: the
+    queue's namespace (its workers' ``-n``), on a Redis that holds several campaigns.
 
     ``prefix`` goes before every job name (and ``after`` name) submitted. A queue outlives one client, and
     EasyVVUQ names its runs 1, 2, 3... in every campaign, so on a queue the default is a prefix of this executor's
     own (8 hex digits and '-'); the futures' names and ``QCG_PM_EXEC_API_JOB_ID`` carry it. Local mode has a
-    private queue: no prefix, the names as given."""
+    private queue: no prefix, the names as given.
+
+    ``shutdown()`` (also the end of a ``with`` block) ends what this executor submitted and is not final, as
+    QCG-PilotJob's does: in local mode with its services, on a queue by canceling those jobs (others' stay)."""
 
     def __init__(self, wd: str = ".", resources: str | None = None, reserve_core: bool = False,
                  enable_rt_stats: bool = False, wrapper_rt_stats: str | None = None, log_level: str = "info",
-                 *other_args: str, redis_url: str | None = None, prefix: str | None = None) -> None:
+                 *other_args: str, redis_url: str | None = None, prefix: str | None = None,
+                 namespace: str = "default") -> None:
         if redis_url is not None:
-            self._qcgpjm: Manager = Manager(redis_url)
+            self._qcgpjm: Manager = Manager(redis_url, namespace=namespace)
             self.prefix = f"{uuid.uuid4().hex[:8]}-" if prefix is None else prefix
         else:
             self.prefix = prefix or ""
             args = ["--wd", wd] + (["--nodes", qcg_nodes(str(resources))] if resources else []) + list(other_args)
             self._qcgpjm = LocalManager(args)
+        self._remote = redis_url is not None
+        self._submitted: list[str] = []   # on a queue, what shutdown() cancels if not final
         self.finished = False
 
     def __enter__(self) -> QCGPJExecutor:
@@ -83,8 +95,25 @@ class QCGPJExecutor(concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, **_kw: Any) -> None:
         if not self.finished:
+            if self._remote:
+                self._cancel_open()
             self._qcgpjm.finish()
             self.finished = True
+
+    def _cancel_open(self) -> None:
+        """On a queue, cancel this executor's jobs not final yet: nothing else can collect them once it is gone
+        (its futures and prefix are), so a campaign that ended early (an error, Ctrl-C) would leave them to run on
+        the queue's workers. A failure is logged, not raised: shutdown often runs while an error is on its way."""
+        if not self._submitted:
+            return
+        try:
+            states = self._qcgpjm.m.store.states(self._submitted)   # None: removed since (it was final)
+            open_ = [n for n, st in states.items() if st is not None and st not in FINAL]
+            if open_:
+                self._qcgpjm.m.cancel(open_)
+                log.info("QCGPJExecutor: shutdown canceled %d job(s) not final", len(open_))
+        except (QcgpjError, redis.RedisError) as exc:
+            log.warning("QCGPJExecutor: shutdown could not cancel its jobs not final: %s", exc)
 
     def submit(self, fn: Callable[[], Any], *args: dict | None, **kwargs: Any) -> QCGPJFuture:  # type: ignore[override]
         """``fn()`` gives the template (and defaults); ``args`` (dicts) override the defaults and ``kwargs``
@@ -116,7 +145,10 @@ class QCGPJExecutor(concurrent.futures.Executor):
             after = (desc.get("dependencies") or {}).get("after")
             if isinstance(after, list):
                 desc["dependencies"]["after"] = [f"{self.prefix}{n}" for n in after]
-        return QCGPJFuture(self._qcgpjm.submit(Jobs().add_std(desc)), self._qcgpjm)
+        ids = self._qcgpjm.submit(Jobs().add_std(desc))
+        if self._remote:
+            self._submitted += ids
+        return QCGPJFuture(ids, self._qcgpjm)
 
     @property
     def qcgpj_manager(self) -> Manager:
