@@ -13,7 +13,7 @@ import redis
 
 import futures_funcs as ff
 from cluster import Cluster
-from qcgpj import Executor, Jobs
+from qcgpj import Executor, Jobs, QueueFullError
 from qcgpj.funcjobs import DependencyFailed, FunctionError, SerializationError
 from test_outage import wait_for_log
 from test_reliability import wait_for
@@ -225,6 +225,23 @@ def test_a_result_written_past_maxmemory_waits_for_memory(remote, redis_url, tmp
     assert f.result(TIMEOUT) == 7
     log = (tmp_path / "worker.log").read_text()
     assert "Traceback" not in log and log.count("function pool: writing outcomes: Redis unavailable") == 1, log
+
+
+def test_a_call_submitted_past_maxmemory_is_refused_as_queue_full(remote, redis_url):
+    """Past maxmemory a call's submit said 'the staged batch ... was incomplete (it expired, or Redis lost it)'
+    (the staging list was refused, the commit found it empty): it is QueueFullError, as Manager.submit's, with
+    nothing written; once memory is freed the same call goes through."""
+    r = redis.Redis.from_url(redis_url)
+    before = r.keys("*")
+    try:
+        r.config_set("maxmemory", "1")
+        for submit in (lambda: remote.submit(ff.square, 3), lambda: remote.map(ff.square, range(10), chunksize=5)):
+            with pytest.raises(QueueFullError, match="out of memory.*nothing was written"):
+                submit()
+        assert sorted(r.keys("*")) == sorted(before)
+    finally:
+        r.config_set("maxmemory", "0")
+    assert remote.submit(ff.square, 3).result(TIMEOUT) == 9
 
 
 def test_cloudpickle_runs_closures(ex):
