@@ -204,9 +204,15 @@ class Submission:
             self._submit_loaded = True
         pipe.evalsha(script.sha, 1, self.keys.jobs, now(), attempt, attempt, len(rows), PIPED_BATCH_TTL)
 
-    def submitted(self, reply: Any) -> int:
-        """The reply of a piped submit: how many jobs were queued, or the error naming the job and field. After
-        a Redis restart (scripts flushed) it raises NoScriptError: the caller writes again."""
+    def submitted(self, replies: list[Any], jobs: int) -> int:
+        """The replies of the pipeline a batch of ``jobs`` jobs was queued on (``execute(raise_on_error=False)``):
+        how many were queued, or the error naming the job and field. After a Redis restart (scripts flushed) it
+        raises NoScriptError: the caller writes again. Past maxmemory the staging list was refused and the commit
+        found it empty: that is QueueFullError, not a staging list that expired."""
+        reply = replies[-1]
+        queued = isinstance(reply, list) and reply[0] != "ERR"
+        if not queued and any(isinstance(r, redis.OutOfMemoryError) for r in replies):
+            raise _queue_full(self.node, f"a batch of {jobs} job(s)")
         if isinstance(reply, redis.exceptions.NoScriptError):
             self._submit_loaded = False
             raise reply

@@ -82,3 +82,10 @@ def write_later(path, text):
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+def when_file(path, value):
+    """Returns value once the file exists: the test decides when the call ends."""
+    while not os.path.exists(path):
+        time.sleep(0.05)
+    return value

@@ -13,8 +13,9 @@ import redis
 
 import futures_funcs as ff
 from cluster import Cluster
-from qcgpj import Executor, Jobs
+from qcgpj import Executor, Jobs, QueueFullError
 from qcgpj.funcjobs import DependencyFailed, FunctionError, SerializationError
+from test_outage import wait_for_log
 from test_reliability import wait_for
 
 TESTS = str(Path(__file__).resolve().parent)
@@ -205,6 +206,42 @@ def test_results_readable_with_rq(remote, redis_url):
     job = Job.fetch(f.rq_id, connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
     assert job.get_status() == "finished" and job.return_value() == 121
     assert job.func_name == "futures_funcs.square" and job.args == [11]
+
+
+def test_a_result_written_past_maxmemory_waits_for_memory(remote, redis_url, tmp_path):
+    """Redis reached maxmemory while a call ran: its result could not be written. The call used to end anyway
+    (a traceback in the worker's log, the task SUCCEEDED) and its future raised 'failed' with no result; now the
+    pool waits for memory (one line) and the future gets the value."""
+    f = remote.submit(ff.when_file, str(tmp_path / "go"), 7)
+    m = remote.manager
+    wait_for(m, lambda: m.status(f.job)[f.job] == "EXECUTING", timeout=TIMEOUT, what="the call running")
+    r = redis.Redis.from_url(redis_url)
+    try:
+        r.config_set("maxmemory", "1")
+        (tmp_path / "go").touch()
+        wait_for_log(tmp_path / "worker.log", "function pool")
+    finally:
+        r.config_set("maxmemory", "0")
+    assert f.result(TIMEOUT) == 7
+    log = (tmp_path / "worker.log").read_text()
+    assert "Traceback" not in log and log.count("function pool: writing outcomes: Redis unavailable") == 1, log
+
+
+def test_a_call_submitted_past_maxmemory_is_refused_as_queue_full(remote, redis_url):
+    """Past maxmemory a call's submit said 'the staged batch ... was incomplete (it expired, or Redis lost it)'
+    (the staging list was refused, the commit found it empty): it is QueueFullError, as Manager.submit's, with
+    nothing written; once memory is freed the same call goes through."""
+    r = redis.Redis.from_url(redis_url)
+    before = r.keys("*")
+    try:
+        r.config_set("maxmemory", "1")
+        for submit in (lambda: remote.submit(ff.square, 3), lambda: remote.map(ff.square, range(10), chunksize=5)):
+            with pytest.raises(QueueFullError, match="out of memory.*nothing was written"):
+                submit()
+        assert sorted(r.keys("*")) == sorted(before)
+    finally:
+        r.config_set("maxmemory", "0")
+    assert remote.submit(ff.square, 3).result(TIMEOUT) == 9
 
 
 def test_cloudpickle_runs_closures(ex):

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections import OrderedDict, deque
 from typing import Any
@@ -29,6 +30,7 @@ from qcgpj import funcjobs
 from qcgpj.connection import task_environ
 from qcgpj.keys import rq_job, rq_results
 from qcgpj.launching import CpuMap
+from qcgpj.outage import Outage, transient
 
 from .base import KILL_GRACE, Running, TaskContext, Worker
 from .fnproc import read_msg, write_msg
@@ -328,13 +330,7 @@ class Pool:
                 continue
             by_conn.setdefault(id(conn), (conn, []))[1].append((call, outcome))
         for conn, group in by_conn.values():
-            try:
-                pipe = conn.pipeline(transaction=False)
-                for call, outcome in group:
-                    _record(pipe, conn, call, outcome)
-                pipe.execute()
-            except Exception:
-                log.exception("function pool: cannot write the outcome of %d call(s)", len(group))
+            self._store(conn, group)
             for call, outcome in group:
                 if outcome[0] == "ok" and len(outcome[1]) <= CACHED_SIZE:
                     with self._lock:
@@ -343,6 +339,27 @@ class Pool:
                             self._results.popitem(last=False)
                 call.code = _code(outcome)
                 call.done.set()
+
+    @staticmethod
+    def _store(conn: Any, group: list[tuple[Call, tuple]]) -> None:
+        """Write the outcomes, waiting out an outage (maxmemory reached, Redis restarting): a call that ended
+        before its outcome was in Redis was reported SUCCEEDED while its future found no result. Written again
+        whole after a refusal (the pipeline is not a transaction: what went through is written the same)."""
+        outage = Outage("function pool: writing outcomes", log)
+        while True:
+            try:
+                pipe = conn.pipeline(transaction=False)
+                for call, outcome in group:
+                    _record(pipe, conn, call, outcome)
+                pipe.execute()
+            except Exception as exc:
+                if not transient(exc):
+                    log.exception("function pool: cannot write the outcome of %d call(s)", len(group))
+                    return
+                time.sleep(outage.failed(exc))
+                continue
+            outage.ok()
+            return
 
 
 def _decompress(data: bytes) -> bytes:
