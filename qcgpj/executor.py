@@ -619,6 +619,8 @@ class Executor:
             try:
                 entry = self.store.wait_ready(self.eid, 1.0)
             except redis.RedisError as exc:
+                if self._stop.is_set():   # left meanwhile: local mode shut its server down, nothing to say
+                    return
                 self._stop.wait(outage.failed(exc))
                 continue
             outage.ok()
@@ -656,6 +658,8 @@ class Executor:
             try:
                 cmd = self.store.control(self.eid, 1.0)
             except redis.RedisError as exc:
+                if self._stop.is_set() and not self._running:   # left meanwhile (as the waiter)
+                    return
                 time.sleep(outage.failed(exc))
                 continue
             outage.ok()
