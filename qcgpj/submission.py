@@ -149,9 +149,12 @@ class Submission:
         confirm.check(acks, batch_id)
 
     def _drop_stage(self, attempt: str) -> None:
+        key = self.keys.stage(attempt)
         try:
-            self.r.delete(self.keys.stage(attempt))
+            self.r.delete(key)
         except redis.RedisError as exc:   # Redis gone: the staging list expires by itself
+            if _surely_absent(self.r, key):   # an ACL that denied the RPUSH too: nothing to warn about
+                return
             log.warning("staging list of batch %s not deleted (%s); it expires in %d s", attempt, exc, STAGE_TTL)
 
     def _precheck(self, rows: list[Row]) -> None:
@@ -234,6 +237,14 @@ def _check_external(job: str, iters: str, parent: str, sel: str, h: list[str | N
             raise _submit_error("periteration", job, parent)
     elif span is None or not span[0] <= int(sel) < span[0] + span[1]:
         raise _submit_error("iteration", job, f"{parent}:{sel}")
+
+
+def _surely_absent(r: redis.Redis, key: str) -> bool:
+    """Whether ``key`` is known not to exist (False when Redis cannot tell us)."""
+    try:
+        return not r.exists(key)
+    except redis.RedisError:
+        return False
 
 
 def _queue_full(client: redis.Redis, what: str, state: str = "is full",

@@ -2,9 +2,11 @@
 QcgpjError, and writes nothing."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from qcgpj import connection
+from qcgpj import Jobs, Manager, RedisPermissionError, connection
 from qcgpj.errors import ConnectionError
 
 
@@ -14,3 +16,15 @@ def test_unclosed_ipv6_bracket_in_url_is_a_bad_url_without_the_password(url):
     with pytest.raises(ConnectionError, match=r"^bad Redis URL .*Invalid IPv6 URL$") as exc:
         connection.connect(url)
     assert "secret" not in str(exc.value)
+
+
+def test_submit_by_a_read_only_user_is_one_line_without_a_stage_warning(redis_server, redis_url, caplog):
+    # RPUSH denied: the cleanup's DEL was denied too and warned of a staging list that was never written
+    c = redis_server.client()
+    c.execute_command("ACL", "SETUSER", "ro", "reset", "on", ">pw", "~*", "+@read", "+@connection", "+info")
+    ro_url = redis_url.replace("redis://", "redis://ro:pw@")
+    with caplog.at_level(logging.WARNING, logger="qcgpj.submission"):
+        with pytest.raises(RedisPermissionError, match="'rpush'"):
+            Manager(ro_url).submit(Jobs().add(name="a", exec="/bin/true"))
+    assert not [r for r in caplog.records if r.name == "qcgpj.submission"], caplog.text
+    assert c.keys("*") == []
