@@ -125,6 +125,9 @@ class Manager:
         if (gpus is not None or mem is not None) and (url is not None or client is not None):
             raise QcgpjError("GPUs and memory are declared by the workers (qcgpj-worker --gpus/--mem), here only "
                              "in local mode (no Redis URL)")
+        if (cores is not None or nodes is not None) and (url is not None or client is not None):
+            raise ArgumentError("cores and nodes are declared by the workers (qcgpj-worker --cores/--nodes), here "
+                                "only in local mode (no Redis URL): they would be ignored")
         if client is not None:
             self.client = client
         elif url is None:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from qcgpj import Jobs, Manager, RedisPermissionError, connection
-from qcgpj.errors import ConnectionError
+from qcgpj.errors import ArgumentError, ConnectionError
 
 
 @pytest.mark.parametrize("url", ["redis://[::1/0", "redis://u:secret@[::1/0", "redis+cluster://[::1"])
@@ -28,3 +28,10 @@ def test_submit_by_a_read_only_user_is_one_line_without_a_stage_warning(redis_se
             Manager(ro_url).submit(Jobs().add(name="a", exec="/bin/true"))
     assert not [r for r in caplog.records if r.name == "qcgpj.submission"], caplog.text
     assert c.keys("*") == []
+
+
+@pytest.mark.parametrize("kw", [{"cores": 4}, {"nodes": "n0:4"}])
+def test_local_mode_cores_or_nodes_with_a_queue_are_refused(redis_url, kw):
+    # Manager(url, cores=4), and so 'qcgpj run f --redis-url U --cores 4', ignored them without a word
+    with pytest.raises(ArgumentError, match="only in local mode"):
+        Manager(redis_url, **kw)
