@@ -18,7 +18,7 @@ from typing import Any, Callable
 import redis
 
 from .connection import redis_error
-from .errors import ArgumentError, FinishedError, UnknownJobError
+from .errors import ArgumentError, FinishedError, UnknownJobError, clip
 from .fieldcheck import NAME_RE, _show
 from .keys import Keys
 
@@ -87,7 +87,7 @@ def task(v: Any) -> str:
     if not isinstance(v, str):
         raise ArgumentError(f"must be a job name or 'name:iteration', got {_show(v)}")
     if TASK_RE.fullmatch(v) is None:
-        raise UnknownJobError(f"unknown job '{v}': expected a job name or 'name:iteration' (a whole number)")
+        raise UnknownJobError(f"unknown job '{clip(v)}': expected a job name or 'name:iteration' (a whole number)")
     return v
 
 

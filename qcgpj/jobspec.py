@@ -16,7 +16,7 @@ from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
-from .errors import DependencyError, JobSpecError, ResourceError
+from .errors import DependencyError, JobSpecError, ResourceError, clip
 from .fieldcheck import (NAME_RE, _check_name, _count, _dict, _env, _known,
                          _os_strings, _plain_dict, _positive, _show, _str, _strlist, _warn_once, format_walltime,
                          parse_walltime)
@@ -83,14 +83,14 @@ class Dependency:
             raise DependencyError(owner, AFTER, f"must be a job name, got {_show(text)}")
         job, sep, it = text.partition(":")
         if NAME_RE.fullmatch(job) is None:
-            raise DependencyError(owner, AFTER, f"'{text}': {job!r} is not a valid job name")
+            raise DependencyError(owner, AFTER, f"'{clip(text)}': {clip(job)!r} is not a valid job name")
         if not sep:
             return cls(job)
         if it == "${it}":
             return cls(job, None, True)
         if it.isascii() and it.isdigit():
             return cls(job, int(it))
-        raise DependencyError(owner, AFTER, f"'{text}': expected 'job', 'job:N' or 'job:${{it}}'")
+        raise DependencyError(owner, AFTER, f"'{clip(text)}': expected 'job', 'job:N' or 'job:${{it}}'")
 
     def __str__(self) -> str:
         if self.per_iteration:

@@ -11,7 +11,8 @@ from typing import Any, Callable
 import redis
 
 from .durability import Durability, durability_plan
-from .errors import DependencyError, DuplicateJobError, JobSpecError, QcgpjError, QueueFullError
+from .errors import ArgumentError, DependencyError, DuplicateJobError, JobSpecError, QcgpjError, QueueFullError
+from .fieldcheck import _show
 from .keys import Keys
 from .timefmt import now
 
@@ -50,7 +51,8 @@ class Submission:
         """
         batch_id = batch_id or uuid.uuid4().hex
         if not isinstance(batch_id, str) or not BATCH_ID_RE.fullmatch(batch_id):
-            raise QcgpjError(f"invalid batch id {batch_id!r}: use up to 128 letters, digits, '_', '.', '-', ':'")
+            raise ArgumentError("invalid batch id: use up to 128 letters, digits, '_', '.', '-', ':', "
+                                f"got {_show(batch_id)}")
         if self.r.exists(self.keys.batch(batch_id)):
             if durable or self.acks:
                 self._confirm_again(batch_id, durable)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from qcgpj import Jobs, Manager, RedisPermissionError, connection
+from qcgpj import Jobs, Manager, QcgpjError, RedisPermissionError, connection
 from qcgpj.errors import ArgumentError, ConnectionError
 
 
@@ -35,3 +35,16 @@ def test_local_mode_cores_or_nodes_with_a_queue_are_refused(redis_url, kw):
     # Manager(url, cores=4), and so 'qcgpj run f --redis-url U --cores 4', ignored them without a word
     with pytest.raises(ArgumentError, match="only in local mode"):
         Manager(redis_url, **kw)
+
+
+def test_a_megabyte_name_is_clipped_in_the_one_line_error(redis_url):
+    # each message quoted the whole name (twice for a JobSpecError): a 1 MB line
+    huge, m = "x" * 10**6, Manager(redis_url)
+    for call in (lambda: m.status([huge]), lambda: m.info(huge + ":x"), lambda: m.cancel([huge]),
+                 lambda: m.remove([huge]), lambda: Jobs().add(name=huge, exec="/bin/true"),
+                 lambda: Jobs().add(name="a", exec="/bin/true", after=[huge]),
+                 lambda: m.submit(Jobs().add(name="a", exec="/bin/true"), batch_id=huge)):
+        with pytest.raises(QcgpjError) as exc:
+            call()
+        assert len(str(exc.value)) < 1000 and "\n" not in str(exc.value), str(exc.value)[:300]
+    assert m.client.keys("*") == []
