@@ -48,3 +48,13 @@ def test_a_megabyte_name_is_clipped_in_the_one_line_error(redis_url):
             call()
         assert len(str(exc.value)) < 1000 and "\n" not in str(exc.value), str(exc.value)[:300]
     assert m.client.keys("*") == []
+
+
+def test_a_local_working_directory_that_cannot_be_made_is_an_argument_error(tmp_path):
+    # Manager(root_wd=<a file>), LocalManager(['--wd', <a file>]): FileExistsError from inside the executor
+    (tmp_path / "f").write_text("")
+    from qcgpj.compat.api import LocalManager
+    for make in (lambda: Manager(root_wd=str(tmp_path / "f"), store="fakeredis"),
+                 lambda: LocalManager(["--wd", str(tmp_path / "f" / "x")], {})):
+        with pytest.raises(ArgumentError, match="cannot make the working directory"):
+            make()
