@@ -448,7 +448,11 @@ def _resolve(t: _Task, i: int, state: str, kind: str, value: Any, message: str) 
             exc = value
         else:
             text = getattr(value, "remote_traceback", "")
-            exc = FunctionError(f"job {t.name}: {message or 'failed'}" + (f" ({text.strip()})" if text else ""), text)
+            # the rebuilt error's one line ('mymod.MyErr: x'), not the traceback it carries: that is a note
+            why = str(value).strip() if isinstance(value, BaseException) else text.strip()
+            exc = FunctionError(f"job {t.name}: {message or 'failed'}" + (f" ({why})" if why else ""), text)
+            if "\n" in text.strip() and hasattr(exc, "add_note"):   # 3.11+
+                exc.add_note("remote traceback:\n" + text.rstrip())
         outcomes = [(False, exc)] * len(futs)
     for f, (ok, v) in zip(futs, outcomes):
         if not f.set_running_or_notify_cancel():
