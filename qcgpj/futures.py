@@ -135,6 +135,10 @@ class Executor(_StdExecutor):
                  result_ttl: int = 86400, cores: int | None = None,
                  max_attempts: int = 3, root_wd: str | None = None, client: redis.Redis | None = None) -> None:
         funcjobs.serializer_for(serializer)
+        if type(result_ttl) is not int or not (result_ttl >= 1 or result_ttl == -1):
+            # rq's own check says nothing of the argument; 0 drops a result before its future can read it
+            raise ArgumentError(f"Executor: 'result_ttl' must be seconds >= 1, or -1 (kept for ever), "
+                                f"got {_show(result_ttl)}")
         self.serializer, self.result_ttl = serializer, result_ttl
         self.manager = Manager(redis_url, namespace, cores=cores, root_wd=root_wd, max_attempts=max_attempts,
                                client=client)

@@ -58,3 +58,11 @@ def test_a_local_working_directory_that_cannot_be_made_is_an_argument_error(tmp_
                  lambda: LocalManager(["--wd", str(tmp_path / "f" / "x")], {})):
         with pytest.raises(ArgumentError, match="cannot make the working directory"):
             make()
+
+
+@pytest.mark.parametrize("ttl", ["x", 0, -5, True])
+def test_a_bad_result_ttl_is_refused_before_anything_starts(ttl):
+    # 'x' failed each submit with rq's TimeoutFormatError; 0 made every call 'failed' (its result was gone)
+    from qcgpj import Executor
+    with pytest.raises(ArgumentError, match="result_ttl"):
+        Executor(result_ttl=ttl)
