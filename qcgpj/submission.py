@@ -49,7 +49,7 @@ class Submission:
         (a full Redis, a lost connection, a killed client) leaves only the staging list, which is deleted here
         or expires by itself.
         """
-        batch_id = batch_id or uuid.uuid4().hex
+        batch_id = uuid.uuid4().hex if batch_id is None else batch_id   # not "": an unset $ID is a mistake
         if not isinstance(batch_id, str) or not BATCH_ID_RE.fullmatch(batch_id):
             raise ArgumentError("invalid batch id: use up to 128 letters, digits, '_', '.', '-', ':', "
                                 f"got {_show(batch_id)}")

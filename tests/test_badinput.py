@@ -66,3 +66,11 @@ def test_a_bad_result_ttl_is_refused_before_anything_starts(ttl):
     from qcgpj import Executor
     with pytest.raises(ArgumentError, match="result_ttl"):
         Executor(result_ttl=ttl)
+
+
+def test_an_empty_batch_id_is_refused_not_taken_for_none(redis_url):
+    # 'qcgpj submit f --batch-id "$ID"' with ID unset submitted without a batch id: the retry was not safe
+    m = Manager(redis_url)
+    with pytest.raises(ArgumentError, match="invalid batch id"):
+        m.submit(Jobs().add(name="a", exec="/bin/true"), batch_id="")
+    assert m.client.keys("*") == []
