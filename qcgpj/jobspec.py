@@ -19,7 +19,7 @@ from typing import Any
 from .errors import DependencyError, JobSpecError, ResourceError, clip
 from .fieldcheck import (NAME_RE, _check_name, _count, _dict, _env, _known,
                          _os_strings, _plain_dict, _positive, _show, _str, _strlist, _warn_once, format_walltime,
-                         parse_walltime)
+                         _unprintable, parse_walltime)
 from .gpus import crs_json, node_crs
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class Dependency:
         if it == "${it}":
             return cls(job, None, True)
         if it.isascii() and it.isdigit():
+            if len(it) > 13:   # iterations stop at 10^12; int() of thousands of digits would raise
+                raise DependencyError(owner, AFTER, f"'{clip(text)}' names no iteration (at most 10^12 of a job)")
             return cls(job, int(it))
         raise DependencyError(owner, AFTER, f"'{clip(text)}': expected 'job', 'job:N' or 'job:${{it}}'")
 
@@ -460,8 +462,8 @@ def _iteration(job: str, v: Any) -> Iteration:
         if not isinstance(values, (list, tuple)) or not values:
             raise JobSpecError(job, "iteration.values", f"must be a non-empty list, got {_show(values)}")
         for i, x in enumerate(values):
-            if not isinstance(x, (str, int, float)) or isinstance(x, bool) or (type(x) is float and
-                                                                             not math.isfinite(x)):
+            if not isinstance(x, (str, int, float)) or isinstance(x, bool) or _unprintable(x) or (
+                    type(x) is float and not math.isfinite(x)):
                 raise JobSpecError(job, f"iteration.values[{i}]", f"must be a string or a number, got {_show(x)}")
         return Iteration(0, len(values), tuple(values))
     if v.get("stop") is None:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from qcgpj import Jobs, Manager, QcgpjError, RedisPermissionError, connection
-from qcgpj.errors import ArgumentError, ConnectionError
+from qcgpj.errors import ArgumentError, ConnectionError, JobSpecError, UnknownJobError
 
 
 @pytest.mark.parametrize("url", ["redis://[::1/0", "redis://u:secret@[::1/0", "redis+cluster://[::1"])
@@ -74,3 +74,30 @@ def test_an_empty_batch_id_is_refused_not_taken_for_none(redis_url):
     with pytest.raises(ArgumentError, match="invalid batch id"):
         m.submit(Jobs().add(name="a", exec="/bin/true"), batch_id="")
     assert m.client.keys("*") == []
+
+
+HUGE = 10**5000   # more digits than Python prints: str() and repr() raise ValueError
+
+
+@pytest.mark.parametrize("field", [dict(numCores=HUGE), dict(iteration=HUGE), dict(args=[HUGE]), dict(wt=HUGE),
+                                   dict(attributes={"x": HUGE}), dict(iteration=[HUGE]), dict(nodeCrs={"gpu": HUGE}),
+                                   dict(nodeCrs={"mem": HUGE}), dict(after=["b:" + "9" * 5000])])
+def test_an_integer_too_long_to_print_is_a_one_line_field_error(field):
+    # ValueError('Exceeds the limit (4300 digits) for integer string conversion') from the check's own message,
+    # from str() of an argument, or at submit from json.dumps
+    with pytest.raises(JobSpecError) as exc:
+        Jobs().add(name="a", exec="/bin/true", **field)
+    assert exc.value.job == "a" and len(str(exc.value)) < 500, str(exc.value)
+
+
+def test_huge_numbers_given_to_the_manager_are_argument_errors(redis_url):
+    # Manager(cores=10**9) built a list of a billion cores (MemoryError, or the machine's memory);
+    # info('a:<5000 digits>') and wait4(timeout=10**5000) raised ValueError / OverflowError
+    for kw in (dict(cores=10**9), dict(cores=HUGE), dict(nodes="n0:1000000000"), dict(gpus=10**9)):
+        with pytest.raises(ArgumentError, match="cores|gpus"):
+            Manager(**kw)
+    m = Manager(redis_url)
+    with pytest.raises(UnknownJobError, match="unknown iteration"):
+        m.info("a:" + "9" * 5000)
+    with pytest.raises(UnknownJobError, match="unknown job 'nope'"):
+        m.wait4(["nope"], timeout=HUGE)
