@@ -101,3 +101,12 @@ def test_huge_numbers_given_to_the_manager_are_argument_errors(redis_url):
         m.info("a:" + "9" * 5000)
     with pytest.raises(UnknownJobError, match="unknown job 'nope'"):
         m.wait4(["nope"], timeout=HUGE)
+
+
+@pytest.mark.parametrize("text", ['[1, 2]\n', '{"run": {}}\n{"name": 5}\n', '{"run": 5}\n'])
+def test_a_record_of_json_that_is_not_ours_is_a_one_line_error(tmp_path, text):
+    # 'qcgpj status --from DIR' on such a file: AttributeError / TypeError tracebacks from the readers
+    from qcgpj import record
+    (tmp_path / record.RECORD_FILE).write_text(text)
+    with pytest.raises(QcgpjError, match=r"cannot read .*: line \d is not a line of a qcgpj run's record$"):
+        record.load(str(tmp_path))
