@@ -110,3 +110,21 @@ def test_a_record_of_json_that_is_not_ours_is_a_one_line_error(tmp_path, text):
     (tmp_path / record.RECORD_FILE).write_text(text)
     with pytest.raises(QcgpjError, match=r"cannot read .*: line \d is not a line of a qcgpj run's record$"):
         record.load(str(tmp_path))
+
+
+def test_alloc_add_refuses_a_worker_command_or_folder_the_allocator_could_not_use(tmp_path):
+    # accepted at 'qcgpj alloc add slurm', then every allocation failed ('--worker-cmd ""') or 'alloc serve'
+    # died of the OSError (a --dir that is a file) or of shlex's ValueError (an unclosed quote)
+    from qcgpj import slurm
+    from qcgpj.alloc import AllocQueue
+    from qcgpj.alloc_cli import _check_new
+    from qcgpj.errors import AllocError
+    (tmp_path / "file").write_text("")
+    for cmd, folder, words in (("", str(tmp_path), "give the command"), ("python3 'x", str(tmp_path), "No closing"),
+                               ("qcgpj-worker", str(tmp_path / "file"), "is not a folder")):
+        with pytest.raises(AllocError, match=words):
+            _check_new(cmd, folder)
+    q = AllocQueue(name="q", max_allocations=1, nodes=1, time="1h", wd=str(tmp_path),
+                   dir=str(tmp_path / "file" / "sub"))   # under a file made since
+    with pytest.raises(AllocError, match="cannot write the batch script of 'q'"):
+        slurm.submit(q, "default", "redis://127.0.0.1:1/0")
