@@ -128,3 +128,13 @@ def test_alloc_add_refuses_a_worker_command_or_folder_the_allocator_could_not_us
                    dir=str(tmp_path / "file" / "sub"))   # under a file made since
     with pytest.raises(AllocError, match="cannot write the batch script of 'q'"):
         slurm.submit(q, "default", "redis://127.0.0.1:1/0")
+
+
+def test_compat_queries_without_arguments_refuse_one_as_an_argument_error(redis_url):
+    # m.list(5), m.resources(5), m.system_status(5): a TypeError, where every other method says ArgumentError
+    from qcgpj.compat.api import Manager as CompatManager
+    m = CompatManager(redis_url)
+    for call in (m.list, m.resources, m.system_status):
+        with pytest.raises(ArgumentError, match="too many positional arguments"):
+            call(5)
+    assert m.list() == {} and m.resources()["total_cores"] == 0
