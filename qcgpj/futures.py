@@ -318,7 +318,7 @@ class Executor(_StdExecutor):
         for job in jobs:
             job.save(pipeline=pipe)
         self._store.submit_on(pipe, submit_rows([spec]))
-        self._store.submitted(pipe.execute(raise_on_error=False)[-1])
+        self._store.submitted(pipe.execute(raise_on_error=False))
 
     def _validate(self, spec: JobSpec) -> None:
         """What Manager.submit checks, with the executors' sizes read at most every LIMITS_AGE seconds: the

@@ -197,7 +197,7 @@ class Submission:
     def submit_on(self, pipe: Any, rows: list[Row]) -> None:
         """Queue a small validated batch on ``pipe``, staged and committed in the same round trip as the caller's
         own keys (qcgpj.Executor: a call's rq job and its qcgpj job). The commit checks names and dependencies
-        itself; pass its reply (the pipeline's last) to :meth:`submitted`. Its batch id is remembered only
+        itself; pass the pipeline's replies to :meth:`submitted`. Its batch id is remembered only
         briefly (PIPED_BATCH_TTL): nothing retries such a batch later than the caller does at once."""
         attempt = uuid.uuid4().hex
         key = self.keys.stage(attempt)
@@ -209,9 +209,13 @@ class Submission:
             self._submit_loaded = True
         pipe.evalsha(script.sha, 1, self.keys.jobs, now(), attempt, attempt, len(rows), PIPED_BATCH_TTL)
 
-    def submitted(self, reply: Any) -> int:
-        """The reply of a piped submit: how many jobs were queued, or the error naming the job and field. After
-        a Redis restart (scripts flushed) it raises NoScriptError: the caller writes again."""
+    def submitted(self, replies: list) -> int:
+        """The replies of a piped submit (its commit's the last): how many jobs were queued, or the error naming
+        the job and field. After a Redis restart (scripts flushed) it raises NoScriptError: the caller writes
+        again. Past maxmemory the staging was refused and the commit then found it incomplete: said as full."""
+        reply = replies[-1]
+        if any(isinstance(r, redis.exceptions.OutOfMemoryError) for r in replies):
+            raise _queue_full(self.node, "a call's job")
         if isinstance(reply, redis.exceptions.NoScriptError):
             self._submit_loaded = False
             raise reply

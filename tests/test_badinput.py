@@ -138,3 +138,19 @@ def test_compat_queries_without_arguments_refuse_one_as_an_argument_error(redis_
         with pytest.raises(ArgumentError, match="too many positional arguments"):
             call(5)
     assert m.list() == {} and m.resources()["total_cores"] == 0
+
+
+def test_a_call_submitted_past_maxmemory_says_redis_is_full(redis_server, redis_url):
+    # the staging RPUSH was refused, and the commit then said 'the staged batch ... was incomplete (it expired,
+    # or Redis lost it)': the wrong cause, and not a QueueFullError
+    from qcgpj import Executor, QueueFullError
+    c = redis_server.client()
+    ex = Executor(redis_url)
+    c.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(QueueFullError, match="Redis is full.*nothing was written"):
+            ex.submit(len, [1])
+    finally:
+        c.config_set("maxmemory", "0")
+    ex.shutdown(wait=False)
+    assert [k for k in c.keys("*") if ":job:" in k or k.startswith("rq:")] == []
