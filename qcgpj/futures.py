@@ -30,6 +30,7 @@ import redis
 
 from . import funcjobs
 from .batch import check_batch
+from .connection import redis_error
 from .fieldcheck import _show
 from .errors import ArgumentError, QcgpjError
 from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
@@ -306,10 +307,15 @@ class Executor(_StdExecutor):
                 self._write_once(jobs, spec)
             except redis.exceptions.NoScriptError:   # Redis restarted meanwhile: the script is loaded again
                 self._write_once(jobs, spec)
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
                 self._open.pop(name, None)
-            self._conn.delete(*[rq_job(j) for j in ids])
+            try:
+                self._conn.delete(*[rq_job(j) for j in ids])
+            except redis.RedisError:   # an ACL without DEL, a Redis gone: exc is what to say
+                pass
+            if isinstance(exc, redis.RedisError):   # an ACL, a lost connection: one line, as Manager.submit
+                raise redis_error(exc) from None
             raise
 
     def _write_once(self, jobs: list, spec: JobSpec) -> None:
@@ -317,8 +323,8 @@ class Executor(_StdExecutor):
         pipe = self.manager.client.pipeline(transaction=False)
         for job in jobs:
             job.save(pipeline=pipe)
-        self._store.submit_on(pipe, submit_rows([spec]))
-        self._store.submitted(pipe.execute(raise_on_error=False))
+        attempt = self._store.submit_on(pipe, submit_rows([spec]))
+        self._store.submitted(pipe.execute(raise_on_error=False), attempt)
 
     def _validate(self, spec: JobSpec) -> None:
         """What Manager.submit checks, with the executors' sizes read at most every LIMITS_AGE seconds: the

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import redis
 
+from .connection import redis_error
 from .durability import Durability, durability_plan
 from .errors import ArgumentError, DependencyError, DuplicateJobError, JobSpecError, QcgpjError, QueueFullError
 from .fieldcheck import _show
@@ -194,10 +195,10 @@ class Submission:
         return out
 
     # ------------------------------------------------------------------ submit beside other writes
-    def submit_on(self, pipe: Any, rows: list[Row]) -> None:
+    def submit_on(self, pipe: Any, rows: list[Row]) -> str:
         """Queue a small validated batch on ``pipe``, staged and committed in the same round trip as the caller's
         own keys (qcgpj.Executor: a call's rq job and its qcgpj job). The commit checks names and dependencies
-        itself; pass the pipeline's replies to :meth:`submitted`. Its batch id is remembered only
+        itself; pass the pipeline's replies and the attempt this returns to :meth:`submitted`. Its batch id is remembered only
         briefly (PIPED_BATCH_TTL): nothing retries such a batch later than the caller does at once."""
         attempt = uuid.uuid4().hex
         key = self.keys.stage(attempt)
@@ -208,19 +209,26 @@ class Submission:
             self.r.script_load(script.script)
             self._submit_loaded = True
         pipe.evalsha(script.sha, 1, self.keys.jobs, now(), attempt, attempt, len(rows), PIPED_BATCH_TTL)
+        return attempt
 
-    def submitted(self, replies: list) -> int:
+    def submitted(self, replies: list, attempt: str) -> int:
         """The replies of a piped submit (its commit's the last): how many jobs were queued, or the error naming
         the job and field. After a Redis restart (scripts flushed) it raises NoScriptError: the caller writes
-        again. Past maxmemory the staging was refused and the commit then found it incomplete: said as full."""
+        again. A refused staging (maxmemory, an ACL) is said as such, not as the incomplete batch the commit then
+        found; whatever failed, the staging list goes."""
         reply = replies[-1]
-        if any(isinstance(r, redis.exceptions.OutOfMemoryError) for r in replies):
-            raise _queue_full(self.node, "a call's job")
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None or reply[0] == "ERR":
+            self._drop_stage(attempt)
         if isinstance(reply, redis.exceptions.NoScriptError):
             self._submit_loaded = False
             raise reply
-        if isinstance(reply, Exception):
-            raise reply
+        if isinstance(failed, redis.exceptions.OutOfMemoryError):
+            raise _queue_full(self.node, "a call's job")
+        if isinstance(failed, redis.RedisError):
+            raise redis_error(failed) from None
+        if failed is not None:
+            raise failed
         if reply[0] == "ERR":
             raise _submit_error(reply[1], reply[2], reply[3])
         return int(reply[1])

@@ -154,3 +154,17 @@ def test_a_call_submitted_past_maxmemory_says_redis_is_full(redis_server, redis_
         c.config_set("maxmemory", "0")
     ex.shutdown(wait=False)
     assert [k for k in c.keys("*") if ":job:" in k or k.startswith("rq:")] == []
+
+
+@pytest.mark.parametrize("denied", ["rpush", "evalsha", "script"])
+def test_a_call_submitted_by_a_denied_user_is_one_line_and_leaves_no_key(redis_server, redis_url, denied):
+    # -rpush: 'the staged batch ... was incomplete'; -evalsha: redis-py's NoPermissionError, and the staging
+    # list left for an hour; -script: NoPermissionError
+    from qcgpj import Executor
+    c = redis_server.client()
+    c.execute_command("ACL", "SETUSER", "fn", "reset", "on", ">pw", "~*", "&*", "+@all", f"-{denied}")
+    ex = Executor(redis_url.replace("redis://", "redis://fn:pw@"))
+    with pytest.raises(RedisPermissionError, match=f"'{denied}"):
+        ex.submit(len, [1])
+    ex.shutdown(wait=False)
+    assert [k for k in c.keys("*") if ":job:" in k or ":stage:" in k or k.startswith("rq:")] == []
