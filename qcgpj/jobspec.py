@@ -417,8 +417,10 @@ def _model(job: str, model: Any, exec: Any) -> str:
                            f"must be a model name like 'default' or 'openmpi', got {_show(model)}")
     if model.lower() in KNOWN_MODELS:   # QCG-PilotJob ignores the case of its models; plugins keep theirs
         model = model.lower()
-    if model == "python" and (exec is None or ":" not in exec):
-        raise JobSpecError(job, "execution.exec", "the python model runs 'package.module:function' given as 'exec'")
+    module, _, function = (exec or "").partition(":")
+    if model == "python" and not (module.strip() and function.strip()):   # ':f', 'os:' failed only at launch
+        raise JobSpecError(job, "execution.exec", "the python model runs 'package.module:function' given as 'exec', "
+                                                  f"got {_show(exec)}")
     return model
 
 

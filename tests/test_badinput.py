@@ -168,3 +168,11 @@ def test_a_call_submitted_by_a_denied_user_is_one_line_and_leaves_no_key(redis_s
         ex.submit(len, [1])
     ex.shutdown(wait=False)
     assert [k for k in c.keys("*") if ":job:" in k or ":stage:" in k or k.startswith("rq:")] == []
+
+
+@pytest.mark.parametrize("exec_", [":f", "os:", " : "])
+def test_a_python_model_exec_without_module_or_function_is_refused_at_submit(exec_):
+    # accepted, then each task FAILED at launch ('Empty module name', "has no attribute ''")
+    with pytest.raises(JobSpecError, match="package.module:function") as exc:
+        Jobs().add(name="p", exec=exec_, model="python")
+    assert exc.value.field == "execution.exec"
