@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from typing import Any
 
 import click
@@ -65,6 +66,7 @@ def slurm(name: str, max_allocations: int, nodes: int, time_limit: str, partitio
           max_bytes: int, extra: tuple[str, ...], redis_url: str | None, namespace: str) -> None:
     """A queue of Slurm allocations; arguments after -- go to sbatch as they are."""
     folder = folder or os.path.join(os.path.expanduser("~"), ".qcgpj", "alloc", namespace, name)
+    _check_new(worker_cmd, folder)
     q = AllocQueue(name=name, max_allocations=max_allocations, nodes=nodes, time=time_limit, partition=partition,
                    account=account, qos=qos, cores_per_node=cores_per_node, extra=list(extra), worker_cmd=worker_cmd,
                    wd=os.path.abspath(wd or os.getcwd()), dir=os.path.abspath(folder), idle_grace=idle_grace,
@@ -73,6 +75,19 @@ def slurm(name: str, max_allocations: int, nodes: int, time_limit: str, partitio
     _store(redis_url, namespace).add(q)
     click.echo(f"allocation queue '{name}' added: up to {max_allocations} x {nodes} node(s), {q.time}; "
                f"scripts and output in {q.dir}")
+
+
+def _check_new(worker_cmd: str, folder: str) -> None:
+    """What the allocator finds wrong only when it submits (every allocation failing, or its own end), said at
+    once. Not in AllocQueue: a stored queue is read again and must not fail on a folder changed since."""
+    try:
+        words = shlex.split(worker_cmd)
+    except ValueError as exc:
+        raise AllocError(f"--worker-cmd: {worker_cmd!r}: {exc}") from None
+    if not words:
+        raise AllocError("--worker-cmd: give the command that starts the worker, e.g. qcgpj-worker")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise AllocError(f"--dir: {folder} is not a folder")
 
 
 def _listing(store: AllocStore) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import redis
 
 from .connection import redis_error
-from .errors import ArgumentError, FinishedError, UnknownJobError
+from .errors import ArgumentError, FinishedError, UnknownJobError, clip
 from .fieldcheck import NAME_RE, _show
 from .keys import Keys
 
@@ -86,8 +86,11 @@ def task(v: Any) -> str:
     """``name`` or ``name:it``; a malformed one names no job of the queue."""
     if not isinstance(v, str):
         raise ArgumentError(f"must be a job name or 'name:iteration', got {_show(v)}")
-    if TASK_RE.fullmatch(v) is None:
-        raise UnknownJobError(f"unknown job '{v}': expected a job name or 'name:iteration' (a whole number)")
+    match = TASK_RE.fullmatch(v)
+    if match is None:
+        raise UnknownJobError(f"unknown job '{clip(v)}': expected a job name or 'name:iteration' (a whole number)")
+    if match.group(1) is not None and len(match.group(1)) > 13:   # beyond 10^12: int() of it may raise
+        raise UnknownJobError(f"unknown iteration '{clip(v)}'")
     return v
 
 
@@ -100,9 +103,9 @@ def job(v: Any) -> str:
 def timeout(v: Any) -> float | None:
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (isinstance(v, float) and math.isnan(v)):
         raise ArgumentError(f"must be a number of seconds >= 0 or None, got {_show(v)}")
-    return v
+    return min(v, float("inf")) if isinstance(v, float) else min(v, 10**12)   # an int past a float: no limit
 
 
 def callback(v: Any) -> Callable | None:

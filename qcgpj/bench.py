@@ -131,7 +131,7 @@ def session(cfg: BenchConfig, executors: bool = True) -> Iterator[tuple[Manager,
         services.start()
     # A server started for the run keeps nothing on disk on purpose: no warning about that.
     client = connect(cfg.url) if cfg.private and cfg.url is not None else None
-    m = Manager(cfg.url, namespace=ns, cores=cfg.cores, root_wd=wd, client=client)
+    m = Manager(cfg.url, namespace=ns, cores=None if cfg.url else cfg.cores, root_wd=wd, client=client)
     prefix = f"b{tag}-" if shared else ""
     pids = dict(zip(("inputqueue", "executor"), (p.pid for p in services.procs)))
     meter = CpuMeter(m.client, pids, here=not shared, executors=cfg.processes if services.procs else 1)
@@ -337,7 +337,7 @@ def bench_functions(cfg: BenchConfig, chunksize: int = 100) -> list[Result]:
             m.finish()
         else:   # a worker that cannot start ends the bench here, with its reason (futures would wait for ever)
             _wait_executor(m, meter)
-        ex = Executor(cfg.url, namespace=m.store.keys.namespace, cores=cfg.cores,
+        ex = Executor(cfg.url, namespace=m.store.keys.namespace, cores=None if cfg.url else cfg.cores,
                       client=m.client if cfg.url else None)
         t1 = time.perf_counter()
         values = list(ex.map(square, range(cfg.tasks), chunksize=chunksize))

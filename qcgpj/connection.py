@@ -24,6 +24,7 @@ SCHEMES = ("redis", "rediss", "unix")
 DB_PATH = re.compile(r"/?\d*")   # redis-py ignores a path that is not a number: say so instead
 # redis-py reads ?password= as it reads user:PASSWORD@ (and ssl_password=, a TLS key's passphrase)
 SECRET_PARAM = re.compile(r"([?&](?:sentinel_|ssl_)?password=)[^&#]*")
+USERINFO = re.compile(r"^([^:/]*://[^:@/]*:)[^@/]*@")
 UNKNOWN_OPTION = re.compile(r"unexpected keyword argument '([^']*)'")
 ACL_HINT = "see 'Minimal ACL' in the README"
 _settings_checked: set[tuple] = set()
@@ -45,7 +46,10 @@ def task_environ() -> dict[str, str]:
 
 def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:   # unparsable ('redis://[::1/0'): mask whatever stands before an '@'
+        return SECRET_PARAM.sub(r"\1***", USERINFO.sub(r"\1***@", url))
     if parts.password:
         url = url.replace(f":{parts.password}@", ":***@", 1)
     return SECRET_PARAM.sub(r"\1***", url)
@@ -69,7 +73,10 @@ def connect(url: str, check: bool = True, wait: float = 0.0, retries: int = RETR
     safe = safe_url(url)
     plain, own = topology.split_own(url)
     acks = topology.replica_wait_of(own, safe)
-    parts = urlsplit(plain)
+    try:
+        parts = urlsplit(plain)
+    except ValueError as exc:   # an unclosed '[' of an IPv6 address
+        raise ConnectionError(f"bad Redis URL '{safe}': {exc}") from None
     if parts.scheme not in SCHEMES + topology.SENTINEL_SCHEMES + topology.CLUSTER_SCHEMES:
         raise ConnectionError(f"bad Redis URL '{safe}': it must start with redis://, rediss://, unix://, "
                               "redis+sentinel:// or redis+cluster:// (rediss+ for TLS)")

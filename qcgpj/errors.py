@@ -6,6 +6,12 @@ class QcgpjError(Exception):
     """Base class of every error qcgpj raises on purpose."""
 
 
+def clip(name: str, limit: int = 256) -> str:
+    """A name as an error message shows it: a wrong one may be megabytes long, and the message is one line to
+    read. Names up to 200 characters are valid: shown whole."""
+    return name if len(name) <= limit else f"{name[:limit - 15]}...({len(name):,} chars)"
+
+
 class JobSpecError(QcgpjError):
     """A job description is invalid; names the job and the field so the user can fix the file."""
 
@@ -15,7 +21,7 @@ class JobSpecError(QcgpjError):
         self.message = message
         where = []
         if job is not None:
-            where.append(f"job '{job}'")
+            where.append(f"job '{clip(job)}'")
         if field is not None:
             where.append(f"field '{field}'")
         prefix = ", ".join(where)
@@ -67,7 +73,7 @@ class RemoveError(QcgpjError):
     def of(cls, job: str, why: str, detail: str) -> "RemoveError":
         """The error for remove.lua's answer ``why`` (unknown, notfinal, dependants) about ``job``."""
         if why == "unknown":
-            return cls(job, why, f"unknown job '{job}'")   # as every other command words it
+            return cls(job, why, f"unknown job '{clip(job)}'")   # as every other command words it
         if why == "notfinal":
             return cls(job, why, f"is {detail}: only final jobs can be removed (cancel it first)")
         if why == "stopping":

@@ -10,6 +10,7 @@ import math
 import operator
 import re
 import reprlib
+import sys
 from functools import lru_cache
 from typing import Any
 
@@ -37,8 +38,14 @@ def _show(v: Any) -> str:
     """A value for an error message: its JSON type and a short repr."""
     kind = {dict: "object", list: "array", tuple: "array", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(v), type(v).__name__)
-    text = _repr(v)   # bounded in depth and length: the value may be huge or nested thousands deep
+    text = _repr(v) if not _unprintable(v) else f"of {v.bit_length():,} bits"   # bounded in depth and length
     return f"{kind} {text[:60] + '...' if len(text) > 63 else text}"
+
+
+def _unprintable(v: Any) -> bool:
+    """An int of more digits than Python prints (str() and repr() raise ValueError)."""
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 0)()   # 3.11+; 0: no limit
+    return isinstance(v, int) and bool(limit) and v.bit_length() > math.log2(10) * limit
 
 
 def _check_name(name: Any) -> str:
@@ -80,7 +87,7 @@ def _strlist(job: str, v: Any, fld: str, numbers: bool) -> tuple[str, ...]:
     elif not isinstance(v, (list, tuple)):
         raise JobSpecError(job, fld, f"must be a list, got {_show(v)}")
     if numbers:
-        out = [x if type(x) is str else str(x) if type(x) in _NUMBER else _arg(x) for x in v]
+        out = [x if type(x) is str else str(x) if type(x) in _NUMBER and not _unprintable(x) else _arg(x) for x in v]
     else:
         out = [x if type(x) is str and x else None for x in v]
     if None in out:
@@ -94,7 +101,7 @@ def _arg(v: Any) -> str | None:
     """The rare cases: str and number subclasses (numpy's) are welcome, booleans and the rest are not."""
     if isinstance(v, str):
         return v
-    return str(v) if isinstance(v, _NUMBER) and not isinstance(v, bool) else None
+    return str(v) if isinstance(v, _NUMBER) and not isinstance(v, bool) and not _unprintable(v) else None
 
 
 def _env(job: str, v: Any) -> dict[str, str]:
@@ -155,7 +162,7 @@ def _warn_once(message: str) -> None:
 
 def _plain(job: str, v: Any, fld: str, depth: int = 0) -> None:
     """Free-form values (attributes, model_opts) must survive JSON unchanged."""
-    if v is None or isinstance(v, (str, bool, int)):
+    if v is None or isinstance(v, (str, bool)) or (isinstance(v, int) and not _unprintable(v)):
         return
     if depth >= MAX_DEPTH:
         raise JobSpecError(job, fld, f"nested more than {MAX_DEPTH} levels deep")
@@ -181,7 +188,8 @@ def parse_walltime(s: Any) -> float:
     if not isinstance(s, (int, float)) or isinstance(s, bool):
         raise TypeError(f"expected a duration like '1h30m' or a number of seconds, got {_show(s)}")
     if not 0.001 <= s <= MAX_WALLTIME:
-        raise ValueError(f"must be a positive duration between 1ms and 366 days, got {s!r}")
+        shown = _show(s) if _unprintable(s) else repr(s)
+        raise ValueError(f"must be a positive duration between 1ms and 366 days, got {shown}")
     return float(s)
 
 

@@ -30,6 +30,7 @@ import redis
 
 from . import funcjobs
 from .batch import check_batch
+from .connection import redis_error
 from .fieldcheck import _show
 from .errors import ArgumentError, QcgpjError
 from .funcjobs import FUTURE_KEY, DependencyFailed, FunctionError
@@ -135,6 +136,10 @@ class Executor(_StdExecutor):
                  result_ttl: int = 86400, cores: int | None = None,
                  max_attempts: int = 3, root_wd: str | None = None, client: redis.Redis | None = None) -> None:
         funcjobs.serializer_for(serializer)
+        if type(result_ttl) is not int or not (result_ttl >= 1 or result_ttl == -1):
+            # rq's own check says nothing of the argument; 0 drops a result before its future can read it
+            raise ArgumentError(f"Executor: 'result_ttl' must be seconds >= 1, or -1 (kept for ever), "
+                                f"got {_show(result_ttl)}")
         self.serializer, self.result_ttl = serializer, result_ttl
         self.manager = Manager(redis_url, namespace, cores=cores, root_wd=root_wd, max_attempts=max_attempts,
                                client=client)
@@ -302,10 +307,15 @@ class Executor(_StdExecutor):
                 self._write_once(jobs, spec)
             except redis.exceptions.NoScriptError:   # Redis restarted meanwhile: the script is loaded again
                 self._write_once(jobs, spec)
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
                 self._open.pop(name, None)
-            self._conn.delete(*[rq_job(j) for j in ids])
+            try:
+                self._conn.delete(*[rq_job(j) for j in ids])
+            except redis.RedisError:   # an ACL without DEL, a Redis gone: exc is what to say
+                pass
+            if isinstance(exc, redis.RedisError):   # an ACL, a lost connection: one line, as Manager.submit
+                raise redis_error(exc) from None
             raise
 
     def _write_once(self, jobs: list, spec: JobSpec) -> None:
@@ -313,8 +323,8 @@ class Executor(_StdExecutor):
         pipe = self.manager.client.pipeline(transaction=False)
         for job in jobs:
             job.save(pipeline=pipe)
-        self._store.submit_on(pipe, submit_rows([spec]))
-        self._store.submitted(pipe.execute(raise_on_error=False), 1)
+        attempt = self._store.submit_on(pipe, submit_rows([spec]))
+        self._store.submitted(pipe.execute(raise_on_error=False), attempt)
 
     def _validate(self, spec: JobSpec) -> None:
         """What Manager.submit checks, with the executors' sizes read at most every LIMITS_AGE seconds: the
@@ -448,7 +458,11 @@ def _resolve(t: _Task, i: int, state: str, kind: str, value: Any, message: str) 
             exc = value
         else:
             text = getattr(value, "remote_traceback", "")
-            exc = FunctionError(f"job {t.name}: {message or 'failed'}" + (f" ({text.strip()})" if text else ""), text)
+            # the rebuilt error's one line ('mymod.MyErr: x'), not the traceback it carries: that is a note
+            why = str(value).strip() if isinstance(value, BaseException) else text.strip()
+            exc = FunctionError(f"job {t.name}: {message or 'failed'}" + (f" ({why})" if why else ""), text)
+            if "\n" in text.strip() and hasattr(exc, "add_note"):   # 3.11+
+                exc.add_note("remote traceback:\n" + text.rstrip())
         outcomes = [(False, exc)] * len(futs)
     for f, (ok, v) in zip(futs, outcomes):
         if not f.set_running_or_notify_cancel():

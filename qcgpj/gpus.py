@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import JobSpecError
+from .fieldcheck import _show, _unprintable
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,8 @@ def detect_mem(environ: Mapping[str, str]) -> int:
 
 def declared_gpus(n: int) -> tuple[str, ...]:
     """``--gpus N``: ids 0..N-1."""
-    if n < 0:
-        raise ValueError(f"--gpus must be a non-negative integer, got {n}")
+    if not 0 <= n <= MAX_GPUS:   # a typo's extra zeros must not build a billion ids (nor a huge message)
+        raise ValueError(f"--gpus must be an integer from 0 to {MAX_GPUS}, got {n if n < 0 else 'more'}")
     return tuple(str(i) for i in range(n))
 
 
@@ -135,10 +136,12 @@ def node_crs(job: str, v: Any) -> tuple[int, int]:
             if gpus:
                 raise JobSpecError(job, fld, "GPUs are given twice ('gpu' and 'gpus' are the same resource)")
             if type(x) is not int or not 0 <= x <= MAX_GPUS:
-                raise JobSpecError(job, fld, f"must be an integer from 0 to {MAX_GPUS}, got {x!r}"[:200])
+                raise JobSpecError(job, fld, f"must be an integer from 0 to {MAX_GPUS}, got {_show(x)}")
             gpus = x
         else:
             try:
+                if _unprintable(x):
+                    raise ValueError(f"must be at most {MAX_MEM} MiB, got {_show(x)}")
                 mem = parse_mem(x)
             except ValueError as exc:
                 raise JobSpecError(job, fld, str(exc)[:200]) from None

@@ -16,10 +16,10 @@ from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
-from .errors import DependencyError, JobSpecError, ResourceError
+from .errors import DependencyError, JobSpecError, ResourceError, clip
 from .fieldcheck import (NAME_RE, _check_name, _count, _dict, _env, _known,
                          _os_strings, _plain_dict, _positive, _show, _str, _strlist, _warn_once, format_walltime,
-                         parse_walltime)
+                         _unprintable, parse_walltime)
 from .gpus import crs_json, node_crs
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,16 @@ class Dependency:
             raise DependencyError(owner, AFTER, f"must be a job name, got {_show(text)}")
         job, sep, it = text.partition(":")
         if NAME_RE.fullmatch(job) is None:
-            raise DependencyError(owner, AFTER, f"'{text}': {job!r} is not a valid job name")
+            raise DependencyError(owner, AFTER, f"'{clip(text)}': {clip(job)!r} is not a valid job name")
         if not sep:
             return cls(job)
         if it == "${it}":
             return cls(job, None, True)
         if it.isascii() and it.isdigit():
+            if len(it) > 13:   # iterations stop at 10^12; int() of thousands of digits would raise
+                raise DependencyError(owner, AFTER, f"'{clip(text)}' names no iteration (at most 10^12 of a job)")
             return cls(job, int(it))
-        raise DependencyError(owner, AFTER, f"'{text}': expected 'job', 'job:N' or 'job:${{it}}'")
+        raise DependencyError(owner, AFTER, f"'{clip(text)}': expected 'job', 'job:N' or 'job:${{it}}'")
 
     def __str__(self) -> str:
         if self.per_iteration:
@@ -415,8 +417,10 @@ def _model(job: str, model: Any, exec: Any) -> str:
                            f"must be a model name like 'default' or 'openmpi', got {_show(model)}")
     if model.lower() in KNOWN_MODELS:   # QCG-PilotJob ignores the case of its models; plugins keep theirs
         model = model.lower()
-    if model == "python" and (exec is None or ":" not in exec):
-        raise JobSpecError(job, "execution.exec", "the python model runs 'package.module:function' given as 'exec'")
+    module, _, function = (exec or "").partition(":")
+    if model == "python" and not (module.strip() and function.strip()):   # ':f', 'os:' failed only at launch
+        raise JobSpecError(job, "execution.exec", "the python model runs 'package.module:function' given as 'exec', "
+                                                  f"got {_show(exec)}")
     return model
 
 
@@ -460,8 +464,8 @@ def _iteration(job: str, v: Any) -> Iteration:
         if not isinstance(values, (list, tuple)) or not values:
             raise JobSpecError(job, "iteration.values", f"must be a non-empty list, got {_show(values)}")
         for i, x in enumerate(values):
-            if not isinstance(x, (str, int, float)) or isinstance(x, bool) or (type(x) is float and
-                                                                             not math.isfinite(x)):
+            if not isinstance(x, (str, int, float)) or isinstance(x, bool) or _unprintable(x) or (
+                    type(x) is float and not math.isfinite(x)):
                 raise JobSpecError(job, f"iteration.values[{i}]", f"must be a string or a number, got {_show(x)}")
         return Iteration(0, len(values), tuple(values))
     if v.get("stop") is None:

@@ -140,6 +140,11 @@ class LocalServices:
             node_list = discover(cores=cores, nodes=nodes, environ=visible, gpus=gpus, mem=mem)
         except ValueError as exc:
             raise ArgumentError(str(exc)) from None
+        if root_wd is not None:   # made now, before a store is started, as the worker's --wd is
+            try:
+                os.makedirs(root_wd, exist_ok=True)
+            except OSError as exc:
+                raise ArgumentError(f"cannot make the working directory {root_wd}: {exc.strerror}") from None
         self.total_cores = sum(len(n.cores) for n in node_list)
         self.total_nodes = len(node_list)
         self.max_per_node = max(len(n.cores) for n in node_list)

@@ -11,7 +11,7 @@ from . import arguments as a
 from . import scriptend
 from .connection import check_settings, connect, url_from_env
 from .errors import (ArgumentError, FinishedError, JobSpecError, LostJobsError, QcgpjError, ResourceError,
-                     TimeoutError, UnknownJobError)
+                     TimeoutError, UnknownJobError, clip)
 from .jobs import Jobs
 from .batch import check_batch
 from .jobspec import JobSpec, parse_job, size_at_submit
@@ -125,6 +125,9 @@ class Manager:
         if (gpus is not None or mem is not None) and (url is not None or client is not None):
             raise QcgpjError("GPUs and memory are declared by the workers (qcgpj-worker --gpus/--mem), here only "
                              "in local mode (no Redis URL)")
+        if (cores is not None or nodes is not None) and (url is not None or client is not None):
+            raise ArgumentError("cores and nodes are declared by the workers (qcgpj-worker --cores/--nodes), here "
+                                "only in local mode (no Redis URL): they would be ignored")
         if client is not None:
             self.client = client
         elif url is None:
@@ -225,7 +228,7 @@ class Manager:
                 out[n] = self.info(n)["state"]
         missing = [n for n, st in out.items() if st is None]
         if missing:
-            raise UnknownJobError(f"unknown job '{missing[0]}'")
+            raise UnknownJobError(f"unknown job '{clip(missing[0])}'")
         return {n: out[n] for n in names}
 
     @a.api(name=a.task)
@@ -319,8 +322,8 @@ class Manager:
         if unknown:   # worded as info words it: an iteration out of range of a job that exists, else the job
             job, colon, _ = unknown[0].partition(":")
             if colon and self.store.states([job])[job] is not None:
-                raise UnknownJobError(f"unknown iteration '{unknown[0]}'")
-            raise UnknownJobError(f"unknown job '{job}'")
+                raise UnknownJobError(f"unknown iteration '{clip(unknown[0])}'")
+            raise UnknownJobError(f"unknown job '{clip(job)}'")
         return res
 
     @a.api()

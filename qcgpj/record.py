@@ -143,6 +143,11 @@ def load(directory: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
                          "writes one") from None
     except (OSError, ValueError) as exc:
         raise QcgpjError(f"cannot read {path}: {exc}") from None
+    # JSON, but not our lines (another tool's file, an edit): said here, not as a TypeError of a reader
+    bad = next((i for i, e in enumerate(lines) if not isinstance(e, dict) or not isinstance(e.get("run", {}), dict)
+                or not isinstance(e.get("name", ""), str)), None)
+    if bad is not None:
+        raise QcgpjError(f"cannot read {path}: line {bad + 1} is not a line of a qcgpj run's record")
     meta = lines[0].get("run", {}) if lines else {}
     return meta, {e["name"]: e for e in lines[1:] if "name" in e}
 

@@ -146,6 +146,16 @@ def parse_cpus_per_node(text: str, n_nodes: int) -> list[int]:
     return out
 
 
+# Cores of one node, as declared (--cores, --nodes): beyond any machine, and a typo's extra zeros
+# (--cores 1000000000) must not build a list of a billion cores.
+MAX_NODE_CORES = 65536
+
+
+def _check_node_cores(cores: int, what: str) -> None:
+    if cores > MAX_NODE_CORES:
+        raise ValueError(f"{what}: more than {MAX_NODE_CORES} cores on one node, more than any machine has")
+
+
 def parse_nodes_option(text: str) -> list[Node]:
     """``--nodes n1:4,n2:4``, or with GPUs ``n1:32:4`` (NAME:CORES:GPUS); a bare ``4`` is node ``n<position>``
     with 4 cores, as QCG-PilotJob's ``--nodes 4`` or ``--nodes 2,2``."""
@@ -155,6 +165,7 @@ def parse_nodes_option(text: str) -> list[Node]:
         if len(fields) not in (2, 3) or not fields[0] or not fields[1].isdigit() or int(fields[1]) < 1:
             raise ValueError(f"--nodes: expected NAME:CORES or NAME:CORES:GPUS, got {part!r}")
         name, cores, *rest = fields
+        _check_node_cores(int(cores), f"--nodes {name}")
         if rest and not rest[0].isdigit():
             raise ValueError(f"--nodes: the GPUs of {name!r} must be a non-negative integer, got {rest[0]!r}")
         nodes.append(Node(name, tuple(range(int(cores))), declared_gpus(int(rest[0])) if rest else ()))
@@ -222,6 +233,7 @@ def _discover_cores(cores: int | None, nodes: str | None, env: Mapping[str, str]
     if cores is not None:
         if cores < 1:
             raise ValueError("--cores must be at least 1")
+        _check_node_cores(cores, "--cores")
         if cores > len(mine):
             log.warning("%d cores asked, %d available: tasks will share cores", cores, len(mine))
             mine = list(range(cores))

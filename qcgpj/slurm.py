@@ -101,13 +101,16 @@ def rotate(folder: Path, max_files: int, max_bytes: int) -> None:
 def submit(q: AllocQueue, namespace: str, redis_url: str) -> str:
     """sbatch one allocation; returns its job id. AllocError with sbatch's own message when Slurm refuses."""
     folder = Path(q.dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    rotate(folder, q.max_files, q.max_bytes)
     script = folder / f"alloc-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}.sh"
-    # The script holds the Redis URL (and any password in it): readable by the owner only.
-    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(batch_script(q, namespace, redis_url))
+    try:   # a folder that cannot be written is this queue's failure, not the allocator's end
+        folder.mkdir(parents=True, exist_ok=True)
+        rotate(folder, q.max_files, q.max_bytes)
+        # The script holds the Redis URL (and any password in it): readable by the owner only.
+        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(batch_script(q, namespace, redis_url))
+    except OSError as exc:
+        raise AllocError(f"cannot write the batch script of '{q.name}' in {folder}: {exc.strerror or exc}") from None
     res = _run(["sbatch", "--parsable", f"--output={folder / 'alloc-%j.out'}", *q.extra, str(script)])
     if res.returncode != 0:
         raise AllocError(f"sbatch refused an allocation of '{q.name}': {_last_line(res.stderr)}")

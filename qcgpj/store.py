@@ -13,8 +13,7 @@ from redis.retry import Retry
 
 from .functions import LIBRARY_SCRIPTS, Library
 from .topology import node_client, replica_wait
-from .errors import (RemoveError,
-                     UnknownJobError)
+from .errors import RemoveError, UnknownJobError, clip
 from .keys import EVENTS_GROUP, Keys, lua_prelude, rq_job, rq_results
 from .submission import Submission, _queue_full
 from .timefmt import now
@@ -346,7 +345,7 @@ class Store(Submission):
     def job_hash(self, name: str) -> dict[str, str]:
         h = self.r.hgetall(self.keys.job(name))
         if not h:
-            raise UnknownJobError(f"unknown job '{name}'")
+            raise UnknownJobError(f"unknown job '{clip(name)}'")
         return h
 
     def job_hashes(self, names: Sequence[str]) -> dict[str, dict[str, str]]:

@@ -10,8 +10,10 @@ from typing import Any, Callable
 
 import redis
 
+from .connection import redis_error
 from .durability import Durability, durability_plan
-from .errors import DependencyError, DuplicateJobError, JobSpecError, QcgpjError, QueueFullError
+from .errors import ArgumentError, DependencyError, DuplicateJobError, JobSpecError, QcgpjError, QueueFullError
+from .fieldcheck import _show
 from .keys import Keys
 from .timefmt import now
 
@@ -48,9 +50,10 @@ class Submission:
         (a full Redis, a lost connection, a killed client) leaves only the staging list, which is deleted here
         or expires by itself.
         """
-        batch_id = batch_id or uuid.uuid4().hex
+        batch_id = uuid.uuid4().hex if batch_id is None else batch_id   # not "": an unset $ID is a mistake
         if not isinstance(batch_id, str) or not BATCH_ID_RE.fullmatch(batch_id):
-            raise QcgpjError(f"invalid batch id {batch_id!r}: use up to 128 letters, digits, '_', '.', '-', ':'")
+            raise ArgumentError("invalid batch id: use up to 128 letters, digits, '_', '.', '-', ':', "
+                                f"got {_show(batch_id)}")
         if self.r.exists(self.keys.batch(batch_id)):
             if durable or self.acks:
                 self._confirm_again(batch_id, durable)
@@ -149,9 +152,12 @@ class Submission:
         confirm.check(acks, batch_id)
 
     def _drop_stage(self, attempt: str) -> None:
+        key = self.keys.stage(attempt)
         try:
-            self.r.delete(self.keys.stage(attempt))
+            self.r.delete(key)
         except redis.RedisError as exc:   # Redis gone: the staging list expires by itself
+            if _surely_absent(self.r, key):   # an ACL that denied the RPUSH too: nothing to warn about
+                return
             log.warning("staging list of batch %s not deleted (%s); it expires in %d s", attempt, exc, STAGE_TTL)
 
     def _precheck(self, rows: list[Row]) -> None:
@@ -189,10 +195,10 @@ class Submission:
         return out
 
     # ------------------------------------------------------------------ submit beside other writes
-    def submit_on(self, pipe: Any, rows: list[Row]) -> None:
+    def submit_on(self, pipe: Any, rows: list[Row]) -> str:
         """Queue a small validated batch on ``pipe``, staged and committed in the same round trip as the caller's
         own keys (qcgpj.Executor: a call's rq job and its qcgpj job). The commit checks names and dependencies
-        itself; pass its reply (the pipeline's last) to :meth:`submitted`. Its batch id is remembered only
+        itself; pass the pipeline's replies and the attempt this returns to :meth:`submitted`. Its batch id is remembered only
         briefly (PIPED_BATCH_TTL): nothing retries such a batch later than the caller does at once."""
         attempt = uuid.uuid4().hex
         key = self.keys.stage(attempt)
@@ -203,21 +209,26 @@ class Submission:
             self.r.script_load(script.script)
             self._submit_loaded = True
         pipe.evalsha(script.sha, 1, self.keys.jobs, now(), attempt, attempt, len(rows), PIPED_BATCH_TTL)
+        return attempt
 
-    def submitted(self, replies: list[Any], jobs: int) -> int:
-        """The replies of the pipeline a batch of ``jobs`` jobs was queued on (``execute(raise_on_error=False)``):
-        how many were queued, or the error naming the job and field. After a Redis restart (scripts flushed) it
-        raises NoScriptError: the caller writes again. Past maxmemory the staging list was refused and the commit
-        found it empty: that is QueueFullError, not a staging list that expired."""
+    def submitted(self, replies: list, attempt: str) -> int:
+        """The replies of a piped submit (its commit's the last): how many jobs were queued, or the error naming
+        the job and field. After a Redis restart (scripts flushed) it raises NoScriptError: the caller writes
+        again. A refused staging (maxmemory, an ACL) is said as such, not as the incomplete batch the commit then
+        found; whatever failed, the staging list goes."""
         reply = replies[-1]
-        queued = isinstance(reply, list) and reply[0] != "ERR"
-        if not queued and any(isinstance(r, redis.OutOfMemoryError) for r in replies):
-            raise _queue_full(self.node, f"a batch of {jobs} job(s)")
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None or reply[0] == "ERR":
+            self._drop_stage(attempt)
         if isinstance(reply, redis.exceptions.NoScriptError):
             self._submit_loaded = False
             raise reply
-        if isinstance(reply, Exception):
-            raise reply
+        if isinstance(failed, redis.exceptions.OutOfMemoryError):
+            raise _queue_full(self.node, "a call's job")
+        if isinstance(failed, redis.RedisError):
+            raise redis_error(failed) from None
+        if failed is not None:
+            raise failed
         if reply[0] == "ERR":
             raise _submit_error(reply[1], reply[2], reply[3])
         return int(reply[1])
@@ -240,6 +251,14 @@ def _check_external(job: str, iters: str, parent: str, sel: str, h: list[str | N
             raise _submit_error("periteration", job, parent)
     elif span is None or not span[0] <= int(sel) < span[0] + span[1]:
         raise _submit_error("iteration", job, f"{parent}:{sel}")
+
+
+def _surely_absent(r: redis.Redis, key: str) -> bool:
+    """Whether ``key`` is known not to exist (False when Redis cannot tell us)."""
+    try:
+        return not r.exists(key)
+    except redis.RedisError:
+        return False
 
 
 def _queue_full(client: redis.Redis, what: str, state: str = "is full",

@@ -27,6 +27,18 @@ class OutOfRange(Exception):
         self.value, self.limit = value, limit
 
 
+class Unbuildable(Exception):
+    """Built from two arguments but holding one: neither pickle nor qcgpj can build it again."""
+
+    def __init__(self, message, extra):
+        super().__init__(message)
+        self.extra = extra
+
+
+def unbuildable():
+    raise Unbuildable("no good", object())
+
+
 def out_of_range(x):
     raise OutOfRange(x, 10)
 

@@ -101,6 +101,13 @@ def test_exception_keeps_its_arguments(ex, serializer):
     assert type(exc) is SystemExit and exc.code == 4
 
 
+def test_an_exception_that_cannot_be_built_again_is_one_line(ex):
+    """Its FunctionError held the whole remote traceback in its message (many lines), not its one line."""
+    exc = ex.submit(ff.unbuildable).exception(TIMEOUT)
+    assert isinstance(exc, FunctionError) and "\n" not in str(exc), str(exc)
+    assert str(exc).endswith("(futures_funcs.Unbuildable: no good)") and "in unbuildable" in exc.remote_traceback
+
+
 def test_futures_as_arguments_are_dependencies(ex):
     a = ex.submit(ff.square, 3)
     b = ex.submit(ff.add, a, 1)                      # 10

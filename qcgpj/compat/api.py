@@ -84,10 +84,12 @@ class Manager:
         self.rcnt += 1
         return self.m.submit(_submit_variables(list(jobs) if isinstance(jobs, _jobs.Jobs) else jobs, self.rcnt))
 
+    @a.api()   # a wrong argument is an ArgumentError, as for the methods that take some
     def resources(self) -> dict[str, int]:
         res = self.m.resources()
         return {k: res[k] for k in ("total_nodes", "total_cores", "used_cores", "free_cores")}
 
+    @a.api()
     def list(self) -> dict[str, dict[str, Any]]:
         """``inQueue``: a job's place among those ready to run and not started yet (dependencies met, waiting for
         cores or just handed to an executor), in submission order; only such jobs have one. (QCG-PilotJob keeps
@@ -151,6 +153,7 @@ class Manager:
     def info_parsed(self, names: Sequence[str] | str, withChilds: bool = False, **kw: Any) -> dict[str, JobInfo]:
         return {n: JobInfo.from_data(d["data"]) for n, d in self.info(names, withChilds, **kw)["jobs"].items()}
 
+    @a.api()
     def system_status(self) -> dict[str, Any]:
         res, states = self.m.resources(), self.m.list()
         count = sum(1 for st in states.values() if st in FINAL)
