@@ -82,3 +82,12 @@ def write_later(path, text):
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+def when_told(started, go, value):
+    """Says it started, then returns ``value`` once the file ``go`` exists (the test decides when it ends)."""
+    with open(started, "w") as f:
+        f.write(str(os.getpid()))
+    while not os.path.exists(go):
+        time.sleep(0.02)
+    return value

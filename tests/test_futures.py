@@ -6,6 +6,7 @@ import functools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -284,6 +285,7 @@ def test_options_mistakes_are_argument_errors(redis_url, tmp_path, monkeypatch):
 
 EXIT_SCRIPT = """
 import sys
+import time
 from qcgpj import Executor
 import futures_funcs as ff
 ex = Executor(cores=1)
@@ -349,4 +351,32 @@ def test_remove_takes_the_rq_keys_of_the_calls_it_removes(redis_url, tmp_path, m
         m.remove(finished=True)
         assert m.list() == {} and list(r.scan_iter(match="rq:*")) == []
     finally:
+        cluster.stop()
+
+
+def test_a_call_that_ends_while_redis_is_away_gets_its_result(fresh_redis, tmp_path, monkeypatch):
+    """A call that returned while Redis restarted lost its outcome (one ERROR in the worker's log) and its task was
+    still reported SUCCEED: the future raised FunctionError('job ...: failed') and a call given it as an argument
+    failed, though nothing had failed. The warm process's outcome now waits for Redis, as the executor's reports do."""
+    monkeypatch.chdir(tmp_path)
+    cluster = Cluster(fresh_redis.url, tmp_path)
+    cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
+    m = cluster.serving(2)
+    ex = Executor(fresh_redis.url)
+    try:
+        started, go, log = tmp_path / "started", tmp_path / "go", tmp_path / "worker.log"
+        f = ex.submit(ff.when_told, str(started), str(go), 7)
+        wait_for(m, started.exists, timeout=TIMEOUT, what="the call to start")
+        fresh_redis.kill()
+        go.touch()
+        deadline = time.monotonic() + TIMEOUT   # Redis is away: no event to wait on, the worker's log says it tried
+        while "function pool: " not in log.read_text():
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.02)
+        fresh_redis.restart()
+        assert f.result(TIMEOUT) == 7
+        assert ex.submit(ff.add, f, 1).result(TIMEOUT) == 8
+        assert m.status(f.job)[f.job] == "SUCCEED"
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
         cluster.stop()

@@ -29,6 +29,7 @@ from qcgpj import funcjobs
 from qcgpj.connection import task_environ
 from qcgpj.keys import rq_job, rq_results
 from qcgpj.launching import CpuMap
+from qcgpj.outage import Outage, transient
 
 from .base import KILL_GRACE, Running, TaskContext, Worker
 from .fnproc import read_msg, write_msg
@@ -135,6 +136,9 @@ class Pool:
         self._procs: dict[int, Proc] = {}    # every live process, by the descriptor it answers on
         self._retired: list[Proc] = []
         self._results: OrderedDict[str, bytes] = OrderedDict()   # rq id -> serialized result, written here
+        self._unwritten: list[tuple[Call, tuple]] = []   # outcomes Redis was away for: written once it is back
+        self._unread: list[Call] = []                     # calls whose data Redis was away for
+        self._outage = Outage("function pool", log)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._epoll = select.epoll()
@@ -177,8 +181,9 @@ class Pool:
                 log.exception("function pool: unexpected error")
 
     def _round(self) -> None:
-        ended: list[tuple[Call, tuple]] = []
-        for fd, _ev in self._epoll.poll(1.0):
+        ended, self._unwritten = self._unwritten, []
+        retry, self._unread = self._unread, []
+        for fd, _ev in self._epoll.poll(self._outage.delay if ended or retry else 1.0):
             if fd == self._wake_r:
                 try:
                     os.read(self._wake_r, 4096)
@@ -192,7 +197,7 @@ class Pool:
                 elif fd in self._procs:   # an idle process died (killed from outside): forget it
                     self._drop(self._procs[fd])
         with self._lock:
-            new = list(self._new)
+            new = retry + list(self._new)
             self._new.clear()
         if new:
             ended.extend(self._dispatch(new))
@@ -204,7 +209,7 @@ class Pool:
     def _reply(self, proc: Proc) -> tuple[Call, tuple]:
         call = proc.call
         assert call is not None
-        proc.call = None
+        proc.call = call.proc = None   # a kill while its outcome waits for Redis must spare the process's next call
         try:
             msg = read_msg(proc.from_child)
         except OSError:
@@ -264,8 +269,13 @@ class Pool:
                         pipe.xrevrange(rq_results(parent), count=1)
                 raw = iter(pipe.execute())
             except Exception as exc:
-                failed.extend((call, _error(f"cannot read the call from Redis: {exc}")) for call in group)
+                if transient(exc):   # Redis restarting: read again once it is back, as the executor waits too
+                    self._outage.failed(exc)
+                    self._unread.extend(group)
+                else:
+                    failed.extend((call, _error(f"cannot read the call from Redis: {exc}")) for call in group)
                 continue
+            self._outage.ok()
             for call in group:
                 data = next(raw)
                 parents = {p: funcjobs.b64_result(next(raw)) for p in call.parents}
@@ -333,8 +343,17 @@ class Pool:
                 for call, outcome in group:
                     _record(pipe, conn, call, outcome)
                 pipe.execute()
-            except Exception:
+            except Exception as exc:
+                if transient(exc):   # a call ends once its outcome is in Redis (else: SUCCEED, no result)
+                    self._outage.failed(exc)
+                    self._unwritten.extend(group)
+                    continue
                 log.exception("function pool: cannot write the outcome of %d call(s)", len(group))
+                for call, _outcome in group:   # not SUCCEED without a result
+                    call.code = 1
+                    call.done.set()
+                continue
+            self._outage.ok()
             for call, outcome in group:
                 if outcome[0] == "ok" and len(outcome[1]) <= CACHED_SIZE:
                     with self._lock:
