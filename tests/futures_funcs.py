@@ -91,3 +91,14 @@ def when_told(started, go, value):
     while not os.path.exists(go):
         time.sleep(0.02)
     return value
+
+
+class Unprintable(Exception):
+    """An exception whose ``__str__`` fails (a message built from an attribute that is not there, say)."""
+
+    def __str__(self):
+        raise AttributeError("no message")
+
+
+def unprintable():
+    raise Unprintable()

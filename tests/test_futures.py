@@ -101,6 +101,16 @@ def test_exception_keeps_its_arguments(ex, serializer):
     assert type(exc) is SystemExit and exc.code == 4
 
 
+def test_an_exception_whose_str_fails_is_still_the_functions_own(tmp_path, monkeypatch):
+    """Its warm process died sending it (str() raised there): the future had FunctionError('... the process running
+    the call exited with code 1 before returning') instead of the function's exception."""
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(tmp_path)
+    with Executor(cores=1) as ex:
+        exc = ex.submit(ff.unprintable).exception(TIMEOUT)
+        assert type(exc) is ff.Unprintable and "in unprintable" in exc.remote_traceback
+
+
 def test_futures_as_arguments_are_dependencies(ex):
     a = ex.submit(ff.square, 3)
     b = ex.submit(ff.add, a, 1)                      # 10
