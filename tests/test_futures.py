@@ -234,6 +234,22 @@ def test_shutdown_cancel_futures(remote, tmp_path):
         remote.submit(ff.square, 1)
 
 
+def test_a_call_canceled_in_the_queue_is_a_cancelled_future(tmp_path, monkeypatch):
+    """A call canceled by name (``qcgpj cancel``, or a sibling in a map chunk) left its future not cancelled(), and
+    exception() returned a CancelledError where the standard library's raises it."""
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(tmp_path)
+    with Executor(cores=1) as ex:
+        ex.manager.submit(Jobs().add(name="hold", script="while [ ! -e go ]; do sleep 0.05; done"))
+        f = ex.options(after="hold").submit(ff.square, 2)
+        ex.manager.cancel([f.job])
+        assert cf.wait([f], timeout=TIMEOUT).done == {f}
+        assert f.cancelled()
+        with pytest.raises(cf.CancelledError):
+            f.exception()
+        (tmp_path / "go").touch()
+
+
 def test_two_local_executors_at_once(tmp_path, monkeypatch):
     """Each local Executor has its own in-process Redis: a call's result goes to the one that holds it."""
     monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
