@@ -446,14 +446,17 @@ def _rqid(t: _Task, i: int) -> str:
 
 def _resolve(t: _Task, i: int, state: str, kind: str, value: Any, message: str) -> None:
     futs = t.futures[i]
+    if state == "CANCELED":   # canceled in the queue (``qcgpj cancel``, a sibling of a map chunk): cancelled(),
+        for f in futs:        # and result()/exception() raise CancelledError, as the standard library's
+            Future.cancel(f)  # (not FunctionFuture.cancel: the job is canceled already)
+            f.set_running_or_notify_cancel()   # wakes wait() and as_completed(), as a pool's worker does
+        return
     if state == "SUCCEED" and kind == "ok":
         values = value if t.chunked else [value]
         outcomes: list[tuple[bool, Any]] = [(True, v) for v in values]
     else:
-        if state == "CANCELED":
-            exc: BaseException = CancelledError(f"job {t.name} was canceled")
-        elif state == "OMITTED":
-            exc = DependencyFailed(f"job {t.name} was not run: a job it depends on did not succeed")
+        if state == "OMITTED":
+            exc: BaseException = DependencyFailed(f"job {t.name} was not run: a job it depends on did not succeed")
         elif kind == "error" and not (isinstance(value, FunctionError) and message):
             exc = value
         else:

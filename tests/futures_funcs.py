@@ -101,3 +101,23 @@ def when_file(path, value):
     while not os.path.exists(path):
         time.sleep(0.05)
     return value
+
+
+def when_told(started, go, value):
+    """Says it started, then returns ``value`` once the file ``go`` exists (the test decides when it ends)."""
+    with open(started, "w") as f:
+        f.write(str(os.getpid()))
+    while not os.path.exists(go):
+        time.sleep(0.02)
+    return value
+
+
+class Unprintable(Exception):
+    """An exception whose ``__str__`` fails (a message built from an attribute that is not there, say)."""
+
+    def __str__(self):
+        raise AttributeError("no message")
+
+
+def unprintable():
+    raise Unprintable()

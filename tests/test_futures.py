@@ -6,6 +6,7 @@ import functools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,16 @@ def test_an_exception_that_cannot_be_built_again_is_one_line(ex):
     exc = ex.submit(ff.unbuildable).exception(TIMEOUT)
     assert isinstance(exc, FunctionError) and "\n" not in str(exc), str(exc)
     assert str(exc).endswith("(futures_funcs.Unbuildable: no good)") and "in unbuildable" in exc.remote_traceback
+
+
+def test_an_exception_whose_str_fails_is_still_the_functions_own(tmp_path, monkeypatch):
+    """Its warm process died sending it (str() raised there): the future had FunctionError('... the process running
+    the call exited with code 1 before returning') instead of the function's exception."""
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(tmp_path)
+    with Executor(cores=1) as ex:
+        exc = ex.submit(ff.unprintable).exception(TIMEOUT)
+        assert type(exc) is ff.Unprintable and "in unprintable" in exc.remote_traceback
 
 
 def test_futures_as_arguments_are_dependencies(ex):
@@ -267,6 +278,22 @@ def test_shutdown_cancel_futures(remote, tmp_path):
         remote.submit(ff.square, 1)
 
 
+def test_a_call_canceled_in_the_queue_is_a_cancelled_future(tmp_path, monkeypatch):
+    """A call canceled by name (``qcgpj cancel``, or a sibling in a map chunk) left its future not cancelled(), and
+    exception() returned a CancelledError where the standard library's raises it."""
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(tmp_path)
+    with Executor(cores=1) as ex:
+        ex.manager.submit(Jobs().add(name="hold", script="while [ ! -e go ]; do sleep 0.05; done"))
+        f = ex.options(after="hold").submit(ff.square, 2)
+        ex.manager.cancel([f.job])
+        assert cf.wait([f], timeout=TIMEOUT).done == {f}
+        assert f.cancelled()
+        with pytest.raises(cf.CancelledError):
+            f.exception()
+        (tmp_path / "go").touch()
+
+
 def test_two_local_executors_at_once(tmp_path, monkeypatch):
     """Each local Executor has its own in-process Redis: a call's result goes to the one that holds it."""
     monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -328,6 +355,7 @@ def test_options_mistakes_are_argument_errors(redis_url, tmp_path, monkeypatch):
 
 EXIT_SCRIPT = """
 import sys
+import time
 from qcgpj import Executor
 import futures_funcs as ff
 ex = Executor(cores=1)
@@ -393,4 +421,32 @@ def test_remove_takes_the_rq_keys_of_the_calls_it_removes(redis_url, tmp_path, m
         m.remove(finished=True)
         assert m.list() == {} and list(r.scan_iter(match="rq:*")) == []
     finally:
+        cluster.stop()
+
+
+def test_a_call_that_ends_while_redis_is_away_gets_its_result(fresh_redis, tmp_path, monkeypatch):
+    """A call that returned while Redis restarted lost its outcome (one ERROR in the worker's log) and its task was
+    still reported SUCCEED: the future raised FunctionError('job ...: failed') and a call given it as an argument
+    failed, though nothing had failed. The warm process's outcome now waits for Redis, as the executor's reports do."""
+    monkeypatch.chdir(tmp_path)
+    cluster = Cluster(fresh_redis.url, tmp_path)
+    cluster.env["PYTHONPATH"] = TESTS + os.pathsep + cluster.env["PYTHONPATH"]
+    m = cluster.serving(2)
+    ex = Executor(fresh_redis.url)
+    try:
+        started, go, log = tmp_path / "started", tmp_path / "go", tmp_path / "worker.log"
+        f = ex.submit(ff.when_told, str(started), str(go), 7)
+        wait_for(m, started.exists, timeout=TIMEOUT, what="the call to start")
+        fresh_redis.kill()
+        go.touch()
+        deadline = time.monotonic() + TIMEOUT   # Redis is away: no event to wait on, the worker's log says it tried
+        while "function pool: " not in log.read_text():
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.02)
+        fresh_redis.restart()
+        assert f.result(TIMEOUT) == 7
+        assert ex.submit(ff.add, f, 1).result(TIMEOUT) == 8
+        assert m.status(f.job)[f.job] == "SUCCEED"
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
         cluster.stop()

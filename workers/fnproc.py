@@ -150,6 +150,15 @@ def _exc_args(ser: str, exc: BaseException) -> bytes | None:
     return None
 
 
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or what traceback prints when it fails: an exception whose ``__str__`` raised ended this
+    process, and its call failed as a process that exited before returning."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
+
+
 def run_call(msg: dict[str, Any]) -> tuple:
     """``("ok", result bytes)`` or ``("error", "module.Type", message, traceback text, arguments)`` (arguments:
     ``_exc_args``)."""
@@ -174,7 +183,7 @@ def run_call(msg: dict[str, Any]) -> tuple:
                 text = traceback.format_exc()
                 sys.stderr.write(text)
                 kind = type(exc)
-                return ("error", f"{kind.__module__}.{kind.__qualname__}", str(exc), text, _exc_args(ser, exc))
+                return ("error", f"{kind.__module__}.{kind.__qualname__}", _message(exc), text, _exc_args(ser, exc))
     finally:
         for k, v in saved_env.items():
             if v is None:

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from collections import OrderedDict, deque
 from typing import Any
@@ -137,6 +136,9 @@ class Pool:
         self._procs: dict[int, Proc] = {}    # every live process, by the descriptor it answers on
         self._retired: list[Proc] = []
         self._results: OrderedDict[str, bytes] = OrderedDict()   # rq id -> serialized result, written here
+        self._unwritten: list[tuple[Call, tuple]] = []   # outcomes Redis was away for: written once it is back
+        self._unread: list[Call] = []                     # calls whose data Redis was away for
+        self._outage = Outage("function pool", log)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._epoll = select.epoll()
@@ -179,8 +181,9 @@ class Pool:
                 log.exception("function pool: unexpected error")
 
     def _round(self) -> None:
-        ended: list[tuple[Call, tuple]] = []
-        for fd, _ev in self._epoll.poll(1.0):
+        ended, self._unwritten = self._unwritten, []
+        retry, self._unread = self._unread, []
+        for fd, _ev in self._epoll.poll(self._outage.delay if ended or retry else 1.0):
             if fd == self._wake_r:
                 try:
                     os.read(self._wake_r, 4096)
@@ -194,7 +197,7 @@ class Pool:
                 elif fd in self._procs:   # an idle process died (killed from outside): forget it
                     self._drop(self._procs[fd])
         with self._lock:
-            new = list(self._new)
+            new = retry + list(self._new)
             self._new.clear()
         if new:
             ended.extend(self._dispatch(new))
@@ -206,7 +209,7 @@ class Pool:
     def _reply(self, proc: Proc) -> tuple[Call, tuple]:
         call = proc.call
         assert call is not None
-        proc.call = None
+        proc.call = call.proc = None   # a kill while its outcome waits for Redis must spare the process's next call
         try:
             msg = read_msg(proc.from_child)
         except OSError:
@@ -266,8 +269,13 @@ class Pool:
                         pipe.xrevrange(rq_results(parent), count=1)
                 raw = iter(pipe.execute())
             except Exception as exc:
-                failed.extend((call, _error(f"cannot read the call from Redis: {exc}")) for call in group)
+                if transient(exc):   # Redis restarting: read again once it is back, as the executor waits too
+                    self._outage.failed(exc)
+                    self._unread.extend(group)
+                else:
+                    failed.extend((call, _error(f"cannot read the call from Redis: {exc}")) for call in group)
                 continue
+            self._outage.ok()
             for call in group:
                 data = next(raw)
                 parents = {p: funcjobs.b64_result(next(raw)) for p in call.parents}
@@ -330,7 +338,22 @@ class Pool:
                 continue
             by_conn.setdefault(id(conn), (conn, []))[1].append((call, outcome))
         for conn, group in by_conn.values():
-            self._store(conn, group)
+            try:
+                pipe = conn.pipeline(transaction=False)
+                for call, outcome in group:
+                    _record(pipe, conn, call, outcome)
+                pipe.execute()
+            except Exception as exc:
+                if transient(exc):   # a call ends once its outcome is in Redis (else: SUCCEED, no result)
+                    self._outage.failed(exc)
+                    self._unwritten.extend(group)
+                    continue
+                log.exception("function pool: cannot write the outcome of %d call(s)", len(group))
+                for call, _outcome in group:   # not SUCCEED without a result
+                    call.code = 1
+                    call.done.set()
+                continue
+            self._outage.ok()
             for call, outcome in group:
                 if outcome[0] == "ok" and len(outcome[1]) <= CACHED_SIZE:
                     with self._lock:
@@ -339,27 +362,6 @@ class Pool:
                             self._results.popitem(last=False)
                 call.code = _code(outcome)
                 call.done.set()
-
-    @staticmethod
-    def _store(conn: Any, group: list[tuple[Call, tuple]]) -> None:
-        """Write the outcomes, waiting out an outage (maxmemory reached, Redis restarting): a call that ended
-        before its outcome was in Redis was reported SUCCEEDED while its future found no result. Written again
-        whole after a refusal (the pipeline is not a transaction: what went through is written the same)."""
-        outage = Outage("function pool: writing outcomes", log)
-        while True:
-            try:
-                pipe = conn.pipeline(transaction=False)
-                for call, outcome in group:
-                    _record(pipe, conn, call, outcome)
-                pipe.execute()
-            except Exception as exc:
-                if not transient(exc):
-                    log.exception("function pool: cannot write the outcome of %d call(s)", len(group))
-                    return
-                time.sleep(outage.failed(exc))
-                continue
-            outage.ok()
-            return
 
 
 def _decompress(data: bytes) -> bytes:
