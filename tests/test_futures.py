@@ -242,7 +242,7 @@ def test_a_result_written_past_maxmemory_waits_for_memory(remote, redis_url, tmp
         r.config_set("maxmemory", "0")
     assert f.result(TIMEOUT) == 7
     log = (tmp_path / "worker.log").read_text()
-    assert "Traceback" not in log and log.count("function pool: writing outcomes: Redis unavailable") == 1, log
+    assert "Traceback" not in log and log.count("function pool: Redis unavailable") == 1, log
 
 
 def test_a_call_submitted_past_maxmemory_is_refused_as_queue_full(remote, redis_url):
