@@ -142,6 +142,7 @@ class Executor:
         self._handback: set[str] = set()   # entries of tasks killed with the allocation: requeued as we leave
         self._held: list[tuple[float, Slot, int]] = []   # (until, slot, code): see _finish
         self._halted = False           # halt(): the process is ending on a signal, nothing more starts
+        self._in_use_since: float | None = None   # since when our id was found registered as live (start)
         self._outage = Outage(f"executor {self.eid}", log)
         # a hop's round trip watches for the answer (Store.sync) where another CPU can make it meanwhile
         self._spin = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
@@ -151,9 +152,10 @@ class Executor:
         """Register and start the helper threads; :meth:`serve` is the dispatcher."""
         sys.setswitchinterval(SWITCH_INTERVAL)
         self._env = task_environ()   # the tasks' base environment, as it is when the executor starts
-        while not self._register():   # Redis away: wait for it, but a stop (SIGTERM, Ctrl-C) ends the wait
+        while not self._register():   # Redis away, or our id in use: wait, but a stop (SIGTERM, Ctrl-C) ends it
             if self._stop.wait(max(0.0, self._retry_at - time.monotonic())):
-                raise QcgpjError(f"executor {self.eid}: stopped before it could join (Redis unavailable)")
+                raise QcgpjError(f"executor {self.eid}: stopped before it could join"
+                                 f" ({'its id is in use' if self._in_use_since else 'Redis unavailable'})")
         log.info("executor %s: %d cores, %d GPU(s) on %d node(s)", self.eid, self.allocator.total,
                  self.allocator.gpus_total, len(self.nodes))
         for target in (self._wait_loop, self._heartbeat_loop, self._control_loop, self._sync_loop):
@@ -167,19 +169,36 @@ class Executor:
         nodes_text = ";".join(f"{n.name}={len(n.cores)}" for n in self.nodes)
         sent = time.monotonic()
         try:
-            self.store.register(self.eid, self.ttl, socket.gethostname(), nodes_text, self.allocator.total,
-                                maxnode, len(self.nodes), self.prefetch, os.getpid(),
-                                os.environ.get("SLURM_JOB_ID", ""), self.allocator.gpus_total,
-                                self.allocator.gpus_per_node, self.allocator.mem_per_node)
+            in_use = self.store.register(self.eid, self.ttl, socket.gethostname(), nodes_text, self.allocator.total,
+                                         maxnode, len(self.nodes), self.prefetch, os.getpid(),
+                                         os.environ.get("SLURM_JOB_ID", ""), self.allocator.gpus_total,
+                                         self.allocator.gpus_per_node, self.allocator.mem_per_node)
         except redis.RedisError as exc:
             if refused(exc) and self._gen == 0:   # never joined: the user's ACL or password, said in one line
                 raise redis_error(exc) from None
             self._retry_at = time.monotonic() + self._outage.failed(exc)
             return False
         self._outage.ok()
+        if in_use is not None:
+            self._wait_in_use(*in_use)
+            return False
         self._gen += 1
         self._renew(sent)
         return True
+
+    def _wait_in_use(self, fresh: bool, host: str, pid: str) -> None:
+        """Our id is registered as live. An executor of that id that died (a worker restarted at once with the
+        same --id): its heartbeat expires within its TTL and the InputQueue gives its work back, then we join.
+        One that keeps its heartbeat fresh for two of our TTLs is alive: another worker with our id, an error."""
+        now_ = time.monotonic()
+        if self._in_use_since is None:
+            self._in_use_since = now_
+            log.warning("executor %s: this id is registered as live (host %s, pid %s): waiting until it leaves, or "
+                        "its heartbeat expires and the InputQueue gives its work back", self.eid, host, pid)
+        elif fresh and now_ - self._in_use_since > 2 * self.ttl:
+            raise QcgpjError(f"executor {self.eid}: another live executor has this id (host {host}, pid {pid}); "
+                             "give each worker its own --id")
+        self._retry_at = now_ + min(1.0, self.ttl / 4)
 
     def _renew(self, sent: float) -> None:
         """Redis found us ALIVE at a call sent at ``sent``: claimed tasks may start for a while."""

@@ -562,9 +562,11 @@ class Store(Submission):
     # ------------------------------------------------------------------ executor side
     def register(self, eid: str, ttl: int, host: str, nodes: str, total: int, maxnode: int, nnodes: int,
                  prefetch: int, pid: int, slurm_job: str = "", gpus: int = 0, gpus_per_node: int = 0,
-                 mem_per_node: int = 0) -> None:
-        self._run("register", [eid, now(), ttl, host, nodes, total, maxnode, nnodes, prefetch, pid, slurm_job,
-                               gpus, gpus_per_node, mem_per_node])
+                 mem_per_node: int = 0) -> tuple[bool, str, str] | None:
+        """Join; None, or (its heartbeat is fresh, host, pid) of the live registration of that id (register.lua)."""
+        res = self._run("register", [eid, now(), ttl, host, nodes, total, maxnode, nnodes, prefetch, pid, slurm_job,
+                                     gpus, gpus_per_node, mem_per_node])
+        return (bool(res[1]), res[2], res[3]) if res[0] == "INUSE" else None
 
     def heartbeat(self, eid: str, ttl: int) -> str:
         return self._run("heartbeat", [eid, now(), ttl])

@@ -61,6 +61,45 @@ def test_dead_executor_work_runs_elsewhere(redis_url, tmp_path):
         c.stop()
 
 
+def test_a_worker_restarted_with_the_same_id_waits_for_the_old_ones_work_to_go_back(redis_url, tmp_path):
+    """A worker restarted at once with the same --id (a node's service manager, a script) joined over the dead
+    one's registration, whose heartbeat had not expired: that dropped its running list, and its tasks stayed
+    EXECUTING for ever. It now waits until the InputQueue has given that work back, then joins and runs it."""
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue()
+        opts = ("--id", "node1", "--ttl", "2", "--heartbeat", "0.5")
+        a = c.worker(2, *opts, name="worker-a")
+        m = c.manager()
+        names = m.submit(blockers(2))
+        wait_for(m, lambda: executing(m, names) == 2, what="2 tasks running")
+        kill_executor(m, a)
+        (tmp_path / "go").touch()
+        c.worker(2, *opts, name="worker-b")
+        assert m.wait4(names, timeout=60) == {n: "SUCCEED" for n in names}, c.logs()
+        assert "this id is registered as live" in (tmp_path / "worker-b.log").read_text()
+    finally:
+        c.stop()
+
+
+def test_a_second_live_worker_with_the_same_id_is_refused(redis_url, tmp_path):
+    """Two live workers given the same --id: the second took the first's registration over (the first was then
+    told to leave when the second left). The second now says so and exits."""
+    c = Cluster(redis_url, tmp_path)
+    try:
+        c.inputqueue()
+        c.worker(1, "--id", "twin", "--ttl", "1", "--heartbeat", "0.25", name="worker-a")
+        m = c.manager()
+        c.wait_executors(m)
+        b = c.worker(1, "--id", "twin", "--ttl", "1", "--heartbeat", "0.25", name="worker-b")
+        assert b.wait(timeout=60) != 0
+        out = (tmp_path / "worker-b.log").read_text()
+        assert "another live executor has this id" in out and "Traceback" not in out, out
+        assert [e["state"] for e in m.store.executors().values()] == ["ALIVE"]
+    finally:
+        c.stop()
+
+
 def test_attempts_are_bounded(redis_url, tmp_path):
     c = Cluster(redis_url, tmp_path)
     try:
