@@ -17,7 +17,7 @@ from .taskrecords import FINAL_STATES
 REFRESH = 0.5          # seconds between re-counts (and redraws)
 FRONT = 256            # open jobs re-counted at each refresh, from the oldest on (jobs end mostly in order)
 FULL_SHARE = 20        # a full re-count comes at most once per this many times its own duration
-HINT_AFTER = 10.0      # seconds without any executor before the hint
+HINT_AFTER = 10.0      # seconds without any executor before the hint (QCGPJ_HINT_AFTER in the environment)
 FIELDS = ("state", "n", "done", "n_FAILED", "n_EXECUTING")
 WIDE = 80              # columns from which the line has a bar; narrower, only the counts (truncated, not wrapped)
 
@@ -205,7 +205,7 @@ class Watch:
         self.m, self.display, self.interrupts, self.hint = m, display, interrupts, hint
         self.tallier = Tallier(m.store, names)
         self.counted_at = 0.0
-        self.hint_at = time.monotonic() + HINT_AFTER
+        self.hint_at = time.monotonic() + hint_after()
         self.last = Tally()
 
     def __call__(self, _done: int, _asked: int) -> None:
@@ -221,3 +221,12 @@ class Watch:
         self.counted_at = now
         self.last = self.tallier.tally()
         self.display.update(self.last)
+
+
+def hint_after() -> float:
+    """Seconds a run on a queue waits without any executor before it says so: HINT_AFTER, or QCGPJ_HINT_AFTER
+    (a site whose workers take longer to start, a test); a value that is not a number is ignored."""
+    try:
+        return max(0.0, float(os.environ.get("QCGPJ_HINT_AFTER", HINT_AFTER)))
+    except ValueError:
+        return HINT_AFTER
