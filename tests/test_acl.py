@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from qcgpj import Jobs, RedisPermissionError
+from qcgpj import Jobs, Manager, RedisPermissionError
 from tests.cluster import REPO, Cluster, qcgpj_cmd
 from tests.test_reliability import wait_for
 from tests.redisproc import RedisServer
@@ -83,6 +83,11 @@ def test_without_the_acl_one_clear_line(server, tmp_path, user, args):
              if "could not check Redis's persistence" not in ln and " INFO " not in ln]
     assert res.returncode == 1 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert "denied a command to this user (ACL)" in lines[0] and "Minimal ACL" in lines[0], lines[0]
+    # a refused worker left no registration behind: it stayed ALIVE, and jobs placed on it waited its TTL
+    live = [e for e, h in Manager(url(server, "qcg"), namespace=NS).store.executors().items()
+            if h.get("state") == "ALIVE"]
+    assert live == [], live
+    assert "x" not in Manager(url(server, "qcg"), namespace=NS).list()   # a refused submit wrote nothing
 
 
 def test_api_raises_a_permission_error(server):

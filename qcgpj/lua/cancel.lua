@@ -32,6 +32,8 @@ if MODE == 'all' then
   end
 end
 -- Every id is known here, or was at the check ('known'): one gone since was removed, so it had ended.
+-- The event before the first write, as submit's: an ACL that denies streams then refuses the cancel whole.
+emit('cancel', tostring(#ARGV - FIRST + 1))
 local GONE = 'final'
 -- state, executor, start (with the cores it got) and attempt of an iteration record, kept when it is canceled
 local function running_fields(rec)
@@ -97,5 +99,4 @@ for i = FIRST, #ARGV do
   end
 end
 propagate()
-emit('cancel', tostring(#ARGV - FIRST + 1))
 return out

@@ -12,6 +12,10 @@ local was = redis.call('HMGET', K_exec(eid), 'state', 'host', 'pid')
 if was[1] == 'ALIVE' or was[1] == 'DRAINING' then
   return {'INUSE', redis.call('EXISTS', K_alive(eid)), was[2] or '', was[3] or ''}
 end
+-- The event first: a user whose ACL denies streams is refused here, before anything is written (a script's
+-- writes stay when a later command fails, and left a registration ALIVE that placement fed until it was declared
+-- dead).
+emit('executor', eid .. ' joined')
 redis.call('SADD', K_executors, eid)
 redis.call('SADD', K_live, eid)
 redis.call('DEL', K_ready(eid), K_running(eid), K_control(eid))
@@ -23,6 +27,5 @@ redis.call('HSET', K_exec(eid), 'state', 'ALIVE', 'started', NOW, 'host', ARGV[4
 index_executor(eid)
 count_shape(eid, 1)
 redis.call('SET', K_alive(eid), NOW, 'EX', ARGV[3])
-emit('executor', eid .. ' joined')
 place(1000, 100000)
 return {'OK'}

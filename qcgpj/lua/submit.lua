@@ -79,6 +79,9 @@ if bad then
   return bad
 end
 
+-- The event before the first write: a user whose ACL denies streams is refused here, with nothing written (a
+-- script's writes stay when a later command fails: the batch was queued while its submit said 'denied').
+emit('submit', tostring(count))
 local omit, ready_now, late, names, tasks = {}, {}, {}, {}, 0
 each_row(function(name, spec, req, iter, depstr)
   local jk = K_job(name)
@@ -164,5 +167,4 @@ end
 propagate()
 redis.call('DEL', stage)
 redis.call('SET', K_batch(bid), count, 'EX', ttl)
-emit('submit', tostring(count))
 return {'OK', place(200, 100000)}
