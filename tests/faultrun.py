@@ -44,7 +44,7 @@ class Sizes:
 
 
 FULL = Sizes(False, 2000, 30.0, 20, "10", 600.0)
-SHORT = Sizes(True, 150, 6.0, 4, "3", 120.0)
+SHORT = Sizes(True, 150, 4.5, 3, "3", 120.0)   # the outage still past the TTL
 
 
 @dataclass
