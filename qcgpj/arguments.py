@@ -19,7 +19,7 @@ import redis
 
 from .connection import redis_error
 from .errors import ArgumentError, FinishedError, UnknownJobError, clip
-from .fieldcheck import NAME_RE, _show
+from .fieldcheck import MAX_ITERATION_DIGITS, NAME_RE, _show
 from .keys import Keys
 
 Check = Callable[[Any], Any]
@@ -89,7 +89,7 @@ def task(v: Any) -> str:
     match = TASK_RE.fullmatch(v)
     if match is None:
         raise UnknownJobError(f"unknown job '{clip(v)}': expected a job name or 'name:iteration' (a whole number)")
-    if match.group(1) is not None and len(match.group(1)) > 13:   # beyond 10^12: int() of it may raise
+    if match.group(1) is not None and len(match.group(1)) > MAX_ITERATION_DIGITS:
         raise UnknownJobError(f"unknown iteration '{clip(v)}'")
     return v
 

@@ -42,6 +42,9 @@ def _show(v: Any) -> str:
     return f"{kind} {text[:60] + '...' if len(text) > 63 else text}"
 
 
+MAX_ITERATION_DIGITS = 13   # iterations stop at 10^12: a longer number names none (and int() of thousands raises)
+
+
 def _unprintable(v: Any) -> bool:
     """An int of more digits than Python prints (str() and repr() raise ValueError)."""
     limit = getattr(sys, "get_int_max_str_digits", lambda: 0)()   # 3.11+; 0: no limit

@@ -17,7 +17,7 @@ from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
 from .errors import DependencyError, JobSpecError, ResourceError, clip
-from .fieldcheck import (NAME_RE, _check_name, _count, _dict, _env, _known,
+from .fieldcheck import (MAX_ITERATION_DIGITS, NAME_RE, _check_name, _count, _dict, _env, _known,
                          _os_strings, _plain_dict, _positive, _show, _str, _strlist, _warn_once, format_walltime,
                          _unprintable, parse_walltime)
 from .gpus import crs_json, node_crs
@@ -89,7 +89,7 @@ class Dependency:
         if it == "${it}":
             return cls(job, None, True)
         if it.isascii() and it.isdigit():
-            if len(it) > 13:   # iterations stop at 10^12; int() of thousands of digits would raise
+            if len(it) > MAX_ITERATION_DIGITS:
                 raise DependencyError(owner, AFTER, f"'{clip(text)}' names no iteration (at most 10^12 of a job)")
             return cls(job, int(it))
         raise DependencyError(owner, AFTER, f"'{clip(text)}': expected 'job', 'job:N' or 'job:${{it}}'")

@@ -120,14 +120,8 @@ class Manager:
         self._last_check = 0.0
         self._finished = False
         url = url_from_env(redis_url)
-        if store is not None and (url is not None or client is not None):
-            raise QcgpjError("a store is chosen only in local mode (no Redis URL)")
-        if (gpus is not None or mem is not None) and (url is not None or client is not None):
-            raise QcgpjError("GPUs and memory are declared by the workers (qcgpj-worker --gpus/--mem), here only "
-                             "in local mode (no Redis URL)")
-        if (cores is not None or nodes is not None) and (url is not None or client is not None):
-            raise ArgumentError("cores and nodes are declared by the workers (qcgpj-worker --cores/--nodes), here "
-                                "only in local mode (no Redis URL): they would be ignored")
+        if url is not None or client is not None:
+            _local_only(store=store, cores=cores, nodes=nodes, gpus=gpus, mem=mem)
         if client is not None:
             self.client = client
         elif url is None:
@@ -475,3 +469,14 @@ def _f(v: str | None) -> float | None:
 def _i(v: str | None) -> int | None:
     return int(v) if v not in (None, "") else None
 
+
+def _local_only(**given: Any) -> None:
+    """Sizes and a store are chosen in local mode only: on a queue the workers declare them (qcgpj-worker
+    --cores/--nodes/--gpus/--mem), and these would be ignored without a word."""
+    if given.pop("store") is not None:
+        raise ArgumentError("a store is chosen only in local mode (no Redis URL)")
+    named = [k for k, v in given.items() if v is not None]
+    if named:
+        raise ArgumentError(f"{'/'.join(named)}: declared by the workers (qcgpj-worker "
+                            f"{' '.join('--' + k for k in named)}), here only in local mode (no Redis URL): "
+                            "they would be ignored")
