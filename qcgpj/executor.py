@@ -42,7 +42,7 @@ from .launching import Runner, Slot
 from .outage import Outage, refused
 from .resources import CoreAllocator, Node
 from .keys import check_executor_id
-from .store import Entry, Report, Store, format_usage, now
+from .store import Entry, Report, Store, Synced, format_usage, now
 from .tasks import SLURM_MODELS, SpecCache, build_launch
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,8 @@ class Executor:
         self._rejoin = False           # declared dead while alive: join again once no round trip is in flight
         self._void: set[int] = set()   # ids of the slots of tasks killed on a rejoin: their reports are dropped
         self._handback: set[str] = set()   # entries of tasks killed with the allocation: requeued as we leave
+        self._followers: dict[str, tuple[Entry, str]] = {}   # task -> its follower (entry, spec JSON): see sync.lua
+        self._urgent = False           # a follower started: its start must be taken (or refused) at once
         self._held: list[tuple[float, Slot, int]] = []   # (until, slot, code): see _finish
         self._halted = False           # halt(): the process is ending on a signal, nothing more starts
         self._in_use_since: float | None = None   # since when our id was found registered as live (start)
@@ -285,7 +287,7 @@ class Executor:
         report at once when nothing runs (a dependent job may be waiting for exactly this report)."""
         if self._inflight is not None or self._rejoin or time.monotonic() < self._retry_at:
             return False
-        if self._adopt:
+        if self._adopt or self._urgent:
             return True
         unreported = len(self._finished) + len(self._started)
         if unreported and (not self._running or unreported >= REPORT_BATCH or self._report_wait() == 0):
@@ -391,7 +393,7 @@ class Executor:
     def _take_batch(self, want: int) -> Batch:
         batch = Batch(want, self._adopt, list(self._started.items()), self._finished[:MAX_BATCH], self._adapt())
         self._finished = self._finished[MAX_BATCH:]
-        self._adopt, self._started = [], {}
+        self._adopt, self._started, self._urgent = [], {}, False
         self._oldest = time.monotonic() if self._finished else None
         return batch
 
@@ -406,7 +408,7 @@ class Executor:
         target = min(PREFETCH_MAX, max(self._prefetch_min, int(rate * PREFETCH_WINDOW), self.prefetch // 2))
         return target if abs(target - self.prefetch) * 4 > self.prefetch else None
 
-    def _send(self, batch: Batch, spin: bool = False) -> list[tuple[Entry, str]] | None:
+    def _send(self, batch: Batch, spin: bool = False) -> Synced | None:
         """The round trip (in the dispatcher or the syncer thread); None when Redis could not be reached."""
         try:
             got = self.store.sync(self.eid, batch.want, batch.adopt, batch.started, batch.finished,
@@ -418,7 +420,7 @@ class Executor:
             self._outage.ok()
         return got
 
-    def _apply(self, batch: Batch, got: list[tuple[Entry, str]] | None) -> int:
+    def _apply(self, batch: Batch, got: Synced | None) -> int:
         """Take in what a round trip returned; returns the number of entries received."""
         if self._rejoin:   # sent before we learned we were declared dead: what it reports or got is void
             return 0
@@ -426,6 +428,7 @@ class Executor:
             self._finished[:0] = batch.finished
             self._started = {**dict(batch.started), **self._started}
             self._adopt[:0] = batch.adopt
+            self._urgent = self._urgent or any(rep.follower for rep in batch.finished)
             return 0
         self._retry_at = 0.0
         self.tasks_done += len(batch.finished)
@@ -436,6 +439,13 @@ class Executor:
             if spec_json:
                 self._specs.get(entry.job, spec_json)
             self._local.append(entry)
+        for raw in got.stopped:
+            self._stop_follower(raw)
+        if got.followers:   # of work claimed, running or named to follow (not of one that ended meanwhile)
+            ours = {entry.task for entry, _ in got} | {f[0].task for f in got.followers.values()}
+            ours |= {f[0].task for f in self._followers.values()}
+            self._followers.update((task, f) for task, f in got.followers.items()
+                                   if task in ours or task in self._running)
         self._ready_empty = batch.want > 0 and len(got) < batch.want
         return len(got)
 
@@ -539,9 +549,53 @@ class Executor:
         else:
             state, message = "FAILED", slot.message or f"exit code {code}"
         usage = format_usage(slot.running.usage) if slot.running is not None else ""
-        self._finished.append(Report(entry.raw, state, code, slot.start, now(), message, usage))
+        end, follower = now(), self._followers.pop(entry.task, None)
+        child = self._follow(*follower) if follower is not None and state == "SUCCEED" else None
+        if follower is not None and child is None:
+            self._unfollow(follower[0].task)
+        self._finished.append(Report(entry.raw, state, code, slot.start, end, message, usage,
+                                     child.entry.raw if child else "", child.start if child else ""))
         self._ended_since += 1
         self._unreported()
+        if child is not None:
+            self._launch(child)   # after its parent's report: an end of its own (a launch that failed) comes later
+
+    def _follow(self, entry: Entry, spec_json: str) -> Slot | None:
+        """The slot of a task's follower, to start on the cores the task just gave back (sync.lua): unless work
+        claimed before waits for cores, or nothing may start now."""
+        if (self._local or self._stop.is_set() or self._halted or self._rejoin
+                or time.monotonic() >= self._lease_until):
+            return None
+        alloc = self.allocator.allocate(entry.cores, entry.nodes or None, entry.gpus)
+        if alloc is None:
+            return None
+        self._specs.get(entry.job, spec_json)
+        slot = Slot(entry, alloc, f"{now()}@{alloc.compact()}")
+        self._running[entry.task] = slot
+        self._urgent = True
+        return slot
+
+    def _unfollow(self, task: str) -> None:
+        """A follower that will not start here: the followers named after it will not either."""
+        while (f := self._followers.pop(task, None)) is not None:
+            task = f[0].task
+
+    def _stop_follower(self, raw: str) -> None:
+        """A follower started here may not run (its job was canceled, or its parent's end did not count): Redis
+        never saw it start, so it is stopped and nothing of it is reported."""
+        self._unfollow(Entry.parse(raw).task)
+        for rep in [r for r in self._finished if r.entry == raw]:
+            self._finished.remove(rep)
+            if rep.follower:
+                self._stop_follower(rep.follower)
+        self._held = [h for h in self._held if h[1].entry.raw != raw]
+        slot = self._running.get(Entry.parse(raw).task)
+        if slot is not None and slot.entry.raw == raw:
+            log.info("executor %s: %s may not run after all: stopping it", self.eid, slot.entry.task)
+            self._void.add(id(slot))
+            slot.canceled = True   # a launcher thread that has not started it yet kills it at once
+            if slot.running is not None:
+                slot.running.kill()
 
     def _spec(self, job: str) -> JobSpec:
         try:
@@ -559,8 +613,11 @@ class Executor:
             self._cancel(lambda task: task == arg or task.startswith(arg + ":"))
 
     def _cancel(self, match: Callable[[str], bool]) -> None:
+        for task in [t for t, f in self._followers.items() if match(f[0].task)]:
+            self._unfollow(task)
         for entry in [e for e in self._local if match(e.task)]:   # claimed, not started: just give back
             self._local.remove(entry)
+            self._unfollow(entry.task)
             self._finished.append(Report(entry.raw, "CANCELED", None, now(), now(), "canceled"))
             self._unreported()
         for task, slot in self._running.items():
@@ -620,7 +677,8 @@ class Executor:
         """Drop what we hold from the registration that was declared dead: it went back to the queue."""
         self._local.clear()
         self._finished, self._started, self._adopt, self._oldest = [], {}, [], None
-        self._ready_empty = False
+        self._ready_empty, self._urgent = False, False
+        self._followers.clear()
 
     def _join_again(self) -> None:
         self._forget()

@@ -59,6 +59,8 @@ class Report:
     end: str
     message: str = ""
     usage: str = ""     # "user CPU s,system CPU s,max RSS KiB" of a process (format_usage); '' when unknown
+    follower: str = ""  # the entry of its follower, started on its cores as it succeeded (sync.lua), if any
+    follower_start: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,16 @@ class Entry:
             cores, gpus = cores.split("+")
             return cls(raw, task, int(cores), int(nodes), int(attempt), int(gpus))
         return cls(raw, task, int(cores), int(nodes), int(attempt))
+
+
+class Synced(list):
+    """What a round trip gave the executor (sync.lua): the claimed work as (entry, spec JSON or '' when the same
+    job as the entry before) pairs; and followers named to it, and those started here that may not run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.followers: dict[str, tuple[Entry, str]] = {}   # task -> (its follower's entry, spec JSON)
+        self.stopped: list[str] = []                        # entries of followers started here that may not run
 
 
 def _spin_for_reply(conn: Any, limit: float) -> None:
@@ -572,23 +584,34 @@ class Store(Submission):
         return self._run("heartbeat", [eid, now(), ttl])
 
     def sync(self, eid: str, want: int, adopt: Sequence[str] = (), started: Sequence[tuple[str, str]] = (),
-             finished: Sequence[Report] = (), prefetch: int | None = None,
-             spin: bool = False) -> list[tuple[Entry, str]]:
-        """One executor round trip: report started and finished tasks, claim up to ``want`` more, and change
-        the executor's prefetch (its placement credit beyond its cores) if ``prefetch`` is given. ``spin``: none
-        of the executor's tasks runs, so it watches for the answer instead of sleeping (SPIN_FOR_REPLY).
-
-        Returns [(entry, spec JSON or '' when the same job as the entry before)] for adopted and claimed work.
-        """
+             finished: Sequence[Report] = (), prefetch: int | None = None, spin: bool = False) -> Synced:
+        """One executor round trip: report started and finished tasks (with the followers started as they
+        succeeded), claim up to ``want`` more, and change the executor's prefetch (its placement credit beyond its
+        cores) if ``prefetch`` is given. ``spin``: none of the executor's tasks runs, so it watches for the answer
+        instead of sleeping (SPIN_FOR_REPLY)."""
+        follows: list[Any] = []
         args: list[Any] = [eid, now(), want, len(adopt), len(started), len(finished),
-                           "" if prefetch is None else prefetch, *adopt]
+                           "" if prefetch is None else prefetch, 0, *adopt]
         for entry, t0 in started:
             args += [entry, t0]
-        for rep in finished:
+        for i, rep in enumerate(finished, 1):
             args += [rep.entry, rep.state, "" if rep.exit_code is None else rep.exit_code, rep.start, rep.end,
                      rep.message, rep.usage]
-        res = self._run_direct("sync", args, spin=spin)
-        return [(Entry.parse(res[i]), res[i + 1]) for i in range(0, len(res), 2)]
+            if rep.follower:
+                follows += [i, rep.follower, rep.follower_start]
+        args[7] = len(follows) // 3
+        res = self._run_direct("sync", args + follows, spin=spin)
+        got = Synced()
+        for i in range(0, len(res), 2):
+            raw = res[i]
+            if raw[0] == "?":
+                task, entry = raw[1:].split(" ", 1)
+                got.followers[task] = (Entry.parse(entry), res[i + 1])
+            elif raw[0] == "!":
+                got.stopped.append(raw[1:])
+            else:
+                got.append((Entry.parse(raw), res[i + 1]))
+        return got
 
     def running_entries(self, eid: str) -> list[str]:
         """The executor's running list, read by its dispatcher: on the kept connection (_kept)."""

@@ -79,7 +79,8 @@ for i = FIRST, #ARGV do
     count_whole(jk, 'CANCELED')
     cancel_iterations(name, jk)
     work[#work + 1] = {'job_final', name, nil, 'CANCELED'}
-    if st == 'SCHEDULED' or st == 'EXECUTING' then notify(name) end
+    -- (a follower named to an executor, see sync.lua, may be started there the moment its dependency ends)
+    if st == 'SCHEDULED' or st == 'EXECUTING' or redis.call('HGET', jk, 'hint') then notify(name) end
     out[#out + 1] = 'canceled'
   else
     local n, it0 = tonumber(redis.call('HGET', jk, 'n') or '0'), tonumber(redis.call('HGET', jk, 'it0') or '0')

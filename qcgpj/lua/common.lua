@@ -77,11 +77,13 @@ end
 local work = {}
 
 -- A function library (FUNCTION LOAD) keeps its chunk's locals from one call to the next: each call starts clean.
--- entry -> its job's spec and name, for the entries place() put on an executor in this call
-local placed_specs, placed_names = {}, {}
+-- entry -> its job's spec and name (and whether jobs depend on it), for the entries place() put on an executor in
+-- this call
+local placed_specs, placed_names, placed_kids = {}, {}, {}
 
 local function begin_call()
-  tally, ran, failed_now, ended, work, placed_specs, placed_names = {}, 0, 0, 0, {}, {}, {}
+  tally, ran, failed_now, ended, work = {}, 0, 0, 0, {}
+  placed_specs, placed_names, placed_kids = {}, {}, {}
 end
 
 local function make_ready(name, pdeps)  -- pdeps: its per-iteration parent count, if already read
@@ -477,6 +479,7 @@ local function assign(ex, e, tid, c, k, att, g, name, spec)
   if e.free <= 0 then
     for i, x in ipairs(ex.list) do if x == e then table.remove(ex.list, i) break end end
   end
+  return entry
 end
 
 local function has_room(ex)  -- some executor, loaded or not, still has credit
@@ -530,7 +533,7 @@ local function place_entry(ex, entry, pos, budget, placed, drop)
   local name, it = split_tid(entry)
   local jk = K_job(name)
   local h = redis.call('HMGET', jk, 'state', 'req', 'n', 'it0', 'next', 'attempts', 'retried', 'icancel',
-    'unplaceable', 'spec', 'spread')
+    'unplaceable', 'spec', 'spread', 'kids')
   local cmin, cmax, kmin, kmax, g, m = parse_req(h[2])
   if not h[1] or FINAL[h[1]] then
     drop[#drop + 1] = {pos, entry}
@@ -570,7 +573,8 @@ local function place_entry(ex, entry, pos, budget, placed, drop)
   else
     local e, c, k = pick(ex, cmin, cmax, kmin, kmax, g, m)
     if e then
-      assign(ex, e, name, c, k, tonumber(h[6] or '0'), g, name, h[10]); placed = placed + 1
+      local placed_entry = assign(ex, e, name, c, k, tonumber(h[6] or '0'), g, name, h[10]); placed = placed + 1
+      if h[12] then placed_kids[placed_entry] = true end
       drop[#drop + 1] = {pos, entry}
       redis.call('HSET', jk, 'state', 'SCHEDULED', 'executor', e.id)
       if h[9] then placeable_again(jk) end

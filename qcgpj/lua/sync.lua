@@ -1,55 +1,119 @@
 -- One round trip of an executor: what started, what finished, and more work.
--- ARGV: executor id, now, want, n_adopt, n_started, n_finished, new prefetch ('' to keep it), then
+-- ARGV: executor id, now, want, n_adopt, n_started, n_finished, new prefetch ('' to keep it), n_followed, then
 --   adopt entries (moved to running by BLMOVE; to check and describe), started (entry, start time) pairs,
 --   finished (entry, state, exit, start, end, message, usage) 7-tuples; usage is 'user s,system s,max RSS KiB'
 --   of a process, or ''. A start may be 'time@cores' (the task's nodes and cores, 'n0:0-3,n1:0-3'): a job keeps
---   them in its hash field 'alloc', an iteration in its record's start field, as they came.
+--   them in its hash field 'alloc', an iteration in its record's start field, as they came. Then followed
+--   (i, entry, start) triples: the follower of the i-th finished task (1-based) started on its cores.
 -- Returns {entry, spec, entry, spec...} for the adopted and newly claimed entries that are still wanted; spec
 -- is '' when the previous entry was of the same job. Claimed entries stay SCHEDULED until reported started.
+-- Among them, '?TASK ENTRY', spec: the follower of TASK (handed out or started here), and '!ENTRY', '': a
+-- follower started here that may not run (its job was canceled meanwhile, or its parent's end was not taken).
+--
+-- Followers: a job (of one task, exact cores, no nodes, GPUs or memory asked) whose last dependency is a job
+-- this executor runs is named to it with that job, and the executor may start it on the same cores the moment
+-- the dependency succeeds, reporting both in the next call: a chain of dependent jobs then never waits for a
+-- round trip between two of its jobs. The follower's start is taken here only after its dependency's end, in
+-- the same call, as if placed then: Redis never shows it running before its dependency succeeded.
 -- A report about an entry no longer in our running list (we were declared dead and it was requeued) is ignored:
 -- that is the fencing that keeps a task from completing twice.
 local eid, want = ARGV[1], tonumber(ARGV[3])
 NOW = ARGV[2]
 local n_adopt, n_started, n_finished = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local n_followed = tonumber(ARGV[8])
 local ready, running = K_ready(eid), K_running(eid)
 local out, credit, last, finished = {}, 0, nil, 0
 local gcredit = 0  -- GPUs given back (entries 'task|c+g|k|a')
 
 -- The job's state, `field` of its hash read in the same call, and an iteration's record state, while the job
 -- (and the iteration) is not final; nil once it is.
+-- Also whether jobs depend on it ('kids').
 local function live(name, it, field)
-  local h = redis.call('HMGET', K_job(name), 'state', field or 'state')
+  local h = redis.call('HMGET', K_job(name), 'state', field or 'state', 'kids')
   if not h[1] or FINAL[h[1]] then return nil end
   local rs = it ~= nil and record_state(redis.call('HGET', K_its(name), it)) or nil
   if FINAL[rs or ''] then return nil end
-  return h[1], h[2], rs
+  return h[1], h[2], rs, h[3]
+end
+
+-- The follower of job `name` about to run here on c cores (see the top), named to the executor: '?name entry'
+-- and its spec go out; and, depth 2, the follower's own, so that a chain need not wait for the answer to the
+-- report of a follower's start before the next can follow it. The child's 'hint' field names the executor, so
+-- that a cancel of it reaches us.
+local function name_follower(name, c, depth)
+  for _, m in ipairs(redis.call('SMEMBERS', K_children(name))) do
+    local rel, child = string.match(m, '^([^|]*)|(.*)$')
+    if rel == 'w' then
+      local h = redis.call('HMGET', K_job(child), 'state', 'deps', 'pdeps', 'n', 'req', 'attempts', 'spec', 'kids')
+      if h[1] == 'QUEUED' and h[2] == '1' and (h[3] or '0') == '0' and not h[4] then
+        local cmin, cmax, kmin, _, g, mem = parse_req(h[5])
+        if cmin == cmax and cmin <= c and kmin == 0 and g == 0 and mem == 0 then
+          redis.call('HSET', K_job(child), 'hint', eid)
+          out[#out + 1] = '?' .. name .. ' ' .. child .. '|' .. str(cmin) .. '|0|' .. (h[6] or '0')
+          out[#out + 1] = h[7]
+          if depth > 1 and h[8] then name_follower(child, cmin, depth - 1) end
+          return
+        end
+      end
+    end
+  end
 end
 
 local function offer(entry)  -- a claimed entry: hand it out, or drop it if its job ended meanwhile
   local spec, name = placed_specs[entry], placed_names[entry]   -- placed by this very call: live, spec read
+  local kids = placed_kids[entry]
   if not spec then
     local tid, c, k, _, g = parse_entry(entry)
-    local it
+    local it, st
     name, it = split_tid(tid)
-    local st
-    st, spec = live(name, it, name ~= last and 'spec' or nil)
+    st, spec, _, kids = live(name, it, name ~= last and 'spec' or nil)
     if not st then
       redis.call('LREM', running, 1, entry)
       credit = credit + c
       if g > 0 then gcredit = gcredit + entry_gpus(g, k) end
       return
     end
+    if it ~= nil then kids = nil end
   end
   out[#out + 1] = entry
   out[#out + 1] = name ~= last and spec or ''   -- the spec goes out once per run of entries of one job
   last = name
+  if kids then
+    local _, c, k, _, g = parse_entry(entry)
+    if k == 0 and g == 0 then name_follower(name, c, 2) end
+  end
 end
 
 -- Fencing: an executor declared dead (or forgotten by a Redis that lost its data) gets nothing, and an adopted
 -- entry counts only while it is still in our running list (a death may have taken it back after BLMOVE).
 local est = redis.call('HGET', K_exec(eid), 'state')
 local alive = est ~= false and est ~= 'DEAD' and est ~= 'LEFT'
-local b = 8
+
+-- A follower the executor started as its dependency (the finished entry just taken, `ok` if it counted) ended:
+-- its start counts only if that end made it ready (and nothing else ended it): then it runs here, as if placed
+-- and started now. Else the executor is told to stop it ('!entry'): Redis never saw it run.
+local function followed(entry, t0, ok)
+  local tid, c = parse_entry(entry)
+  local jk = K_job(tid)
+  if ok and alive and redis.call('HGET', jk, 'state') == 'READY' and redis.call('LREM', K_pending, -1, tid) == 1 then
+    local t, cores = split_start(t0)
+    redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t, 'executor', eid, 'alloc', cores)
+    redis.call('RPUSH', running, entry)
+    credit = credit - c
+    if redis.call('HGET', jk, 'kids') then name_follower(tid, c, 2) end
+  else
+    out[#out + 1] = '!' .. entry
+    out[#out + 1] = ''
+  end
+end
+
+local b = 9
+local follows = {}   -- finished index -> {entry, start} of the follower started on its cores
+local fb = b + n_adopt + 2 * n_started + 7 * n_finished
+for i = 1, n_followed do
+  follows[tonumber(ARGV[fb])] = {ARGV[fb + 1], ARGV[fb + 2]}
+  fb = fb + 3
+end
 for i = 1, n_adopt do
   if alive and redis.call('LPOS', running, ARGV[b]) then offer(ARGV[b]) end
   b = b + 1
@@ -78,6 +142,7 @@ for i = 1, n_finished do
   local entry, state, exit, t0, t1, msg = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
   local usage = ARGV[b + 6]
   b = b + 7
+  local ok = false
   if redis.call('LREM', running, 1, entry) == 1 then
     local tid, c, k, att, g = parse_entry(entry)
     credit = credit + c
@@ -91,7 +156,14 @@ for i = 1, n_finished do
       end
       task_final(name, it, state, exit, eid, t0, t1, att, msg, not kids, usage)
       finished = finished + 1
+      ok = true
     end
+  end
+  local f = follows[i]
+  if f then
+    propagate()   -- the end reaches the follower first
+    followed(f[1], f[2], ok)
+    n_started = n_started + 1
   end
 end
 propagate()
