@@ -258,6 +258,20 @@ def test_a_template_value_missing_is_also_a_key_error(tmp_path, monkeypatch):
             ex.submit(BasicTemplate.template, name="tj")
     assert isinstance(got.value, JobSpecError) and (got.value.job, got.value.field) == ("tj", None)
 
+@pytest.mark.parametrize("call, wrong", [((5,), r"first argument must be a template function .*got integer 5$"),
+                                         ((BasicTemplate,), r"BasicTemplate' must return the template text"),
+                                         ((BasicTemplate.template, [1]), r"argument 1 after the template must be a dict")],
+                         ids=["not-callable", "class", "values-not-dict"])
+def test_executor_submit_of_a_wrong_argument_says_which(redis_url, call, wrong):
+    """``submit(5)`` (EasyVVUQ users can mistype) was a TypeError traceback from inside submit: now qcgpj's
+    ArgumentError in one line naming the argument, with nothing written to the queue."""
+    with QCGPJExecutor(redis_url=redis_url) as ex:
+        with pytest.raises(ArgumentError, match=wrong) as got:
+            ex.submit(*call)
+        assert "\n" not in str(got.value)
+        assert ex.qcgpj_manager.list() == {} and ex.qcgpj_manager.m.store.job_names() == []
+
+
 # ---------------------------------------------------------------------- a real queue
 def test_manager_on_a_queue(tmp_path, redis_url):
     cluster = Cluster(redis_url, tmp_path)
