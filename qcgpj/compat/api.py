@@ -67,10 +67,17 @@ class Manager:
     """QCG-PilotJob's client API. ``address``: a Redis URL (its ZMQ address has no meaning here); None: the
     ``QCGPJ_REDIS_URL`` variable, else local mode."""
 
-    def __init__(self, address: str | None = None, cfg: dict | None = None, **local: Any) -> None:
+    def __init__(self, address: str | None = None, cfg: dict | None = None, *, ends_of: str = "queue",
+                 **local: Any) -> None:
+        """``ends_of``: whose ends ``wait4_any_job_finish`` tells: "queue", every job's (as QCG-PilotJob's manager
+        tells those of its service), or "own", only those submitted through this Manager (QCGPJExecutor's on a
+        shared queue), which needs no read of the queue's other jobs when made."""
+        if ends_of not in ("queue", "own"):
+            raise ArgumentError(f"Manager: 'ends_of' must be 'queue' or 'own', got {ends_of!r}")
         self.m = _manager.Manager(address, **local)
         self.rcnt = 0   # submits so far: ${rcnt}
-        self._finishes = _Finishes(self.m.store)   # from now on, as QCG-PilotJob's subscription to its manager
+        # from now on, as QCG-PilotJob's subscription to its manager
+        self._finishes = _Finishes(self.m.store, own=ends_of == "own")
 
     @property
     def _finished(self) -> bool:
@@ -83,7 +90,9 @@ class Manager:
         ``${uniq}``, ``${sname}``, ``${date}``, ``${time}``, ``${dateTime}``, ``$$``: see the README's Job
         description); ``${rcnt}`` counts this Manager's submits, from 1 (there: its service's)."""
         self.rcnt += 1
-        return self.m.submit(_submit_variables(list(jobs) if isinstance(jobs, _jobs.Jobs) else jobs, self.rcnt))
+        ids = self.m.submit(_submit_variables(list(jobs) if isinstance(jobs, _jobs.Jobs) else jobs, self.rcnt))
+        self._finishes.submitted(ids)
+        return ids
 
     @a.api()   # a wrong argument is an ArgumentError, as for the methods that take some
     def resources(self) -> dict[str, int]:
@@ -214,10 +223,13 @@ class _Finishes:
     """The ends of jobs and iterations since it was made, for ``wait4_any_job_finish``: a record of those reported
     (with those before it, never reported) and a queue of those found and not reported yet. The queue's jobs are
     read only when its counts of final tasks moved, and an iterative job's records only when its finished count
-    did (or it ended), so a 10,000-job sweep is not read whole on every wake-up."""
+    did (or it ended), so a 10,000-job sweep is not read whole on every wake-up. ``own``: only the jobs submitted
+    through its Manager, none of which existed when it was made: nothing to read then (the queue's other jobs, a
+    shared queue's thousands, are not its concern)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, own: bool = False) -> None:
         self.store = store
+        self.own: list[str] | None = [] if own else None   # own: the names submitted, in order
         self.ready: deque[tuple[str, str]] = deque()   # found, not reported yet, oldest end first
         self.final: set[str] = set()                   # jobs whose end is reported, queued, or came before
         self.done: dict[str, int] = {}                 # an iterative job not final: its finished count, as last read
@@ -225,7 +237,13 @@ class _Finishes:
         self.ran: dict[str, int] = {}                  # ... and how many of those ended not CANCELED (see RAN)
         self.created: dict[str, str] = {}              # submission time of each of those: which job of the name
         self.counts = store.final_counts()             # read before the jobs: an end after it moves them
-        self._scan(report=False)
+        if self.own is None:
+            self._scan(report=False)
+
+    def submitted(self, names: list[str]) -> None:
+        """Jobs its Manager submitted: with ``own``, those whose ends it tells."""
+        if self.own is not None:
+            self.own += names
 
     def next(self) -> tuple[str, str] | None:
         if not self.ready:
@@ -241,7 +259,8 @@ class _Finishes:
             self._scan(report=True, removed=removed)
 
     def _scan(self, report: bool, removed: bool = False) -> None:
-        listed = list(dict.fromkeys(self.store.job_names()))   # a name removed and submitted again: listed twice
+        # a name removed and submitted again: listed twice
+        listed = list(dict.fromkeys(self.store.job_names() if self.own is None else self.own))
         if removed:
             self._forget_removed(listed)
         names = [n for n in listed if n not in self.final]

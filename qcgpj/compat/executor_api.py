@@ -78,7 +78,8 @@ class QCGPJExecutor(concurrent.futures.Executor):
                  *other_args: str, redis_url: str | None = None, prefix: str | None = None,
                  namespace: str = "default") -> None:
         if redis_url is not None:
-            self._qcgpjm: Manager = Manager(redis_url, namespace=namespace)
+            # its jobs' ends only: telling the others' (other campaigns') would read them all when made
+            self._qcgpjm: Manager = Manager(redis_url, namespace=namespace, ends_of="own")
             self.prefix = f"{uuid.uuid4().hex[:8]}-" if prefix is None else prefix
         else:
             self.prefix = prefix or ""
