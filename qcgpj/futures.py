@@ -95,6 +95,14 @@ class FunctionFuture(Future):
         super().__init__()
         self._owner = executor
 
+    def running(self) -> bool:
+        """Whether the call's task runs now: the state its executor reported to the queue (one read while not
+        done). The Future's own state stays PENDING until the result, so that ``cancel`` still kills a running call
+        (a standard RUNNING future cannot be canceled)."""
+        if self.done():
+            return False
+        return self._owner._executing(self.job)
+
     def cancel(self) -> bool:
         if not super().cancel():
             return False
@@ -333,6 +341,18 @@ class Executor(_StdExecutor):
         if now >= self._limits_at:
             self._limits, self._limits_at = self.manager.limits(), now + LIMITS_AGE
         check_batch([spec], max_cores=self._limits[0], max_nodes=self._limits[1])
+
+    def _executing(self, job: str) -> bool:
+        """Whether a call's job (``name``) or map chunk (``name:it``) was reported started and has not ended."""
+        name, _, it = job.partition(":")   # (a job name holds no ':')
+        try:
+            if not it:
+                state = self._store.states([name]).get(name)
+            else:
+                state = (self._store.iteration_record(name, int(it)) or "").partition("|")[0]
+        except redis.RedisError as exc:   # an ACL, a lost connection: one line, as Manager's queries
+            raise redis_error(exc) from None
+        return state == "EXECUTING"
 
     def _cancel_job(self, job: str) -> None:
         try:

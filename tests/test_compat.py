@@ -258,6 +258,20 @@ def test_a_template_value_missing_is_also_a_key_error(tmp_path, monkeypatch):
             ex.submit(BasicTemplate.template, name="tj")
     assert isinstance(got.value, JobSpecError) and (got.value.job, got.value.field) == ("tj", None)
 
+@pytest.mark.parametrize("call, wrong", [((5,), r"first argument must be a template function .*got integer 5$"),
+                                         ((BasicTemplate,), r"BasicTemplate' must return the template text"),
+                                         ((BasicTemplate.template, [1]), r"argument 1 after the template must be a dict")],
+                         ids=["not-callable", "class", "values-not-dict"])
+def test_executor_submit_of_a_wrong_argument_says_which(redis_url, call, wrong):
+    """``submit(5)`` (EasyVVUQ users can mistype) was a TypeError traceback from inside submit: now qcgpj's
+    ArgumentError in one line naming the argument, with nothing written to the queue."""
+    with QCGPJExecutor(redis_url=redis_url) as ex:
+        with pytest.raises(ArgumentError, match=wrong) as got:
+            ex.submit(*call)
+        assert "\n" not in str(got.value)
+        assert ex.qcgpj_manager.list() == {} and ex.qcgpj_manager.m.store.job_names() == []
+
+
 # ---------------------------------------------------------------------- a real queue
 def test_manager_on_a_queue(tmp_path, redis_url):
     cluster = Cluster(redis_url, tmp_path)
@@ -281,3 +295,30 @@ def test_manager_on_a_queue(tmp_path, redis_url):
                 del os.environ["QCGPJ_REDIS_URL"]
     finally:
         cluster.stop()
+
+
+def test_an_executor_made_on_a_full_queue_reads_none_of_its_jobs(redis_url):
+    """QCGPJExecutor(redis_url=...) on a queue of 20,000 jobs took 0.45 s: its Manager read every job, to know
+    which had ended before it (wait4_any_job_finish tells later ends only). It tells its own jobs' ends: nothing
+    to read when made, so making one costs the same Redis commands whatever the queue holds."""
+    other = Manager(redis_url)
+    server = other.m.client
+
+    def commands_to_make() -> tuple[int, QCGPJExecutor]:
+        before = server.info("stats")["total_commands_processed"]
+        made = QCGPJExecutor(redis_url=redis_url)
+        return server.info("stats")["total_commands_processed"] - before, made
+
+    other.submit(Jobs().add(name="o0", exec="/bin/true"))
+    few, first = commands_to_make()
+    other.submit([{"name": f"o{i}", "execution": {"exec": "/bin/true"}} for i in range(1, 3000)])
+    many, ex = commands_to_make()
+    assert many == few
+    f = ex.submit(BasicTemplate.template, name="mine", exec="/bin/true")   # no executor: canceled before it runs
+    assert f.cancel() and f.result(60) == {f"{ex.prefix}mine": "CANCELED"}
+    other.cancel(["o1"])
+    assert ex.qcgpj_manager.wait4_any_job_finish(60) == (f"{ex.prefix}mine", "CANCELED")
+    with pytest.raises(TimeoutElapsed):   # the queue's other jobs are not this executor's to tell
+        ex.qcgpj_manager.wait4_any_job_finish(0)
+    for e in (first, ex):
+        e.shutdown()

@@ -76,9 +76,33 @@ def test_a_job_canceled_whole_is_canceled_with_all_its_iterations(open_queue):
     info = m.info_parsed("w", withChilds=True)["w"]
     assert info.iterations == {"start": 2, "stop": 12, "total": 10, "finished": 10, "failed": 10}
     assert [(c.name, c.status) for c in info.childs] == [(f"w:{i}", "CANCELED") for i in range(2, 12)]
-    # QCG-PilotJob cancels each iteration, so each one's end is reported, then the job's
-    assert [m.wait4_any_job_finish(60) for _ in range(11)] == \
-        [(f"w:{i}", "CANCELED") for i in range(2, 12)] + [("w", "CANCELED")]
+    # told once, as itself (QCG-PilotJob tells each iteration it cancels, then the job)
+    assert m.wait4_any_job_finish(60) == ("w", "CANCELED")
+    with pytest.raises(TimeoutElapsed):
+        m.wait4_any_job_finish(0)
+
+
+def test_an_iteration_that_ended_unseen_before_its_job_was_canceled_is_told(open_queue, tmp_path):
+    m = open_queue(2)
+    m.submit(Jobs().add(name="w", script=GATE_IT, iteration=6))
+    (tmp_path / "go_0").touch()
+    wait_state(m, "w:0", "SUCCEED")
+    wait_state(m, "w:2", "EXECUTING")   # on the core w:0 left
+    m.cancel("w")   # no wait4_any_job_finish came between: w:0's end is found with the job's
+    assert [m.wait4_any_job_finish(60) for _ in range(2)] == [("w:0", "SUCCEED"), ("w", "CANCELED")]
+    with pytest.raises(TimeoutElapsed):
+        m.wait4_any_job_finish(0)
+
+
+def test_a_large_job_canceled_whole_is_told_once_without_its_iterations(redis_url):
+    """wait4_any_job_finish read every iteration of a canceled job and told each (10,000 calls before the job's
+    own end); now the job once, as itself."""
+    m = Manager(redis_url)
+    m.submit(Jobs().add(name="big", exec="/bin/true", iteration=10_000))   # no executor: none starts
+    m.cancel("big")
+    assert m.wait4_any_job_finish(60) == ("big", "CANCELED")
+    with pytest.raises(TimeoutElapsed):
+        m.wait4_any_job_finish(0)
 
 
 def test_cancel_omits_what_depends_on_it(open_queue, tmp_path):

@@ -192,6 +192,18 @@ def test_cancel_kills_the_running_call(remote, tmp_path):
     assert remote.submit(ff.square, 5).result(TIMEOUT) == 25
 
 
+def test_running_is_true_while_the_call_runs(ex, tmp_path):
+    """running() stayed False all through a call (the resolver marks no future running): now it is the state the
+    call's executor reported to the queue, and a call waiting for another is not running."""
+    g = ex.submit(ff.when_told, str(tmp_path / "started"), str(tmp_path / "go"), 7)
+    f = ex.options(after=[g]).submit(ff.square, 3)
+    wait_for(ex.manager, g.running, timeout=30, what="running() of the call started")
+    assert not g.done() and not f.running()
+    (tmp_path / "go").touch()
+    assert (g.result(TIMEOUT), f.result(TIMEOUT)) == (7, 9)
+    assert not g.running() and not f.running()
+
+
 def test_walltime_kills_the_call(remote, tmp_path):
     pidfile = tmp_path / "pid"
     f = remote.options(wt="2s").submit(ff.hang, str(pidfile))

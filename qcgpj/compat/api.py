@@ -26,6 +26,7 @@ from ..store import Store, parse_record
 log = logging.getLogger(__name__)
 
 FINAL = ("SUCCEED", "FAILED", "CANCELED", "OMITTED")
+RAN = ("n_SUCCEED", "n_FAILED", "n_OMITTED")   # an iterative job's counts of iterations that ended not canceled
 SERVICE_OPTIONS = {"--nodes": "nodes", "--wd": "root_wd"}   # the service options that mean something here
 
 
@@ -66,10 +67,17 @@ class Manager:
     """QCG-PilotJob's client API. ``address``: a Redis URL (its ZMQ address has no meaning here); None: the
     ``QCGPJ_REDIS_URL`` variable, else local mode."""
 
-    def __init__(self, address: str | None = None, cfg: dict | None = None, **local: Any) -> None:
+    def __init__(self, address: str | None = None, cfg: dict | None = None, *, ends_of: str = "queue",
+                 **local: Any) -> None:
+        """``ends_of``: whose ends ``wait4_any_job_finish`` tells: "queue", every job's (as QCG-PilotJob's manager
+        tells those of its service), or "own", only those submitted through this Manager (QCGPJExecutor's on a
+        shared queue), which needs no read of the queue's other jobs when made."""
+        if ends_of not in ("queue", "own"):
+            raise ArgumentError(f"Manager: 'ends_of' must be 'queue' or 'own', got {ends_of!r}")
         self.m = _manager.Manager(address, **local)
         self.rcnt = 0   # submits so far: ${rcnt}
-        self._finishes = _Finishes(self.m.store)   # from now on, as QCG-PilotJob's subscription to its manager
+        # from now on, as QCG-PilotJob's subscription to its manager
+        self._finishes = _Finishes(self.m.store, own=ends_of == "own")
 
     @property
     def _finished(self) -> bool:
@@ -82,7 +90,9 @@ class Manager:
         ``${uniq}``, ``${sname}``, ``${date}``, ``${time}``, ``${dateTime}``, ``$$``: see the README's Job
         description); ``${rcnt}`` counts this Manager's submits, from 1 (there: its service's)."""
         self.rcnt += 1
-        return self.m.submit(_submit_variables(list(jobs) if isinstance(jobs, _jobs.Jobs) else jobs, self.rcnt))
+        ids = self.m.submit(_submit_variables(list(jobs) if isinstance(jobs, _jobs.Jobs) else jobs, self.rcnt))
+        self._finishes.submitted(ids)
+        return ids
 
     @a.api()   # a wrong argument is an ArgumentError, as for the methods that take some
     def resources(self) -> dict[str, int]:
@@ -213,17 +223,27 @@ class _Finishes:
     """The ends of jobs and iterations since it was made, for ``wait4_any_job_finish``: a record of those reported
     (with those before it, never reported) and a queue of those found and not reported yet. The queue's jobs are
     read only when its counts of final tasks moved, and an iterative job's records only when its finished count
-    did (or it ended), so a 10,000-job sweep is not read whole on every wake-up."""
+    did (or it ended), so a 10,000-job sweep is not read whole on every wake-up. ``own``: only the jobs submitted
+    through its Manager, none of which existed when it was made: nothing to read then (the queue's other jobs, a
+    shared queue's thousands, are not its concern)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, own: bool = False) -> None:
         self.store = store
+        self.own: list[str] | None = [] if own else None   # own: the names submitted, in order
         self.ready: deque[tuple[str, str]] = deque()   # found, not reported yet, oldest end first
         self.final: set[str] = set()                   # jobs whose end is reported, queued, or came before
         self.done: dict[str, int] = {}                 # an iterative job not final: its finished count, as last read
         self.its: dict[str, set[int]] = {}             # ... and its iterations reported, queued, or ended before
+        self.ran: dict[str, int] = {}                  # ... and how many of those ended not CANCELED (see RAN)
         self.created: dict[str, str] = {}              # submission time of each of those: which job of the name
         self.counts = store.final_counts()             # read before the jobs: an end after it moves them
-        self._scan(report=False)
+        if self.own is None:
+            self._scan(report=False)
+
+    def submitted(self, names: list[str]) -> None:
+        """Jobs its Manager submitted: with ``own``, those whose ends it tells."""
+        if self.own is not None:
+            self.own += names
 
     def next(self) -> tuple[str, str] | None:
         if not self.ready:
@@ -239,13 +259,14 @@ class _Finishes:
             self._scan(report=True, removed=removed)
 
     def _scan(self, report: bool, removed: bool = False) -> None:
-        listed = list(dict.fromkeys(self.store.job_names()))   # a name removed and submitted again: listed twice
+        # a name removed and submitted again: listed twice
+        listed = list(dict.fromkeys(self.store.job_names() if self.own is None else self.own))
         if removed:
             self._forget_removed(listed)
         names = [n for n in listed if n not in self.final]
         found: list[tuple[float, int, str, str]] = []   # (end, order found, name, state)
-        for name, (state, n, it0, done, end, created) in zip(names, self.store.job_fields(
-                names, "state", "n", "it0", "done", "end", "created")):
+        for name, (state, n, it0, done, end, created, *ran) in zip(names, self.store.job_fields(
+                names, "state", "n", "it0", "done", "end", "created", *RAN)):
             if state is None:   # removed since the names were read
                 continue
             final = state in FINAL
@@ -255,7 +276,7 @@ class _Finishes:
                 continue
             job_end = float(end) if final and end else math.inf
             last = -math.inf
-            if n is not None and (final or int(done or 0) != self.done.get(name, 0)):
+            if n is not None and self._read_iterations(name, state, int(done or 0), ran):
                 self.done[name] = int(done or 0)
                 self.created[name] = created
                 for t, task, st in self._iterations(name, state if final else None, int(it0), int(n), job_end):
@@ -265,10 +286,18 @@ class _Finishes:
                 found.append((max(job_end, last), len(found), name, state))
                 self.final.add(name)
                 self.created[name] = created
-                self.done.pop(name, None)
-                self.its.pop(name, None)
+                for d in (self.done, self.its, self.ran):
+                    d.pop(name, None)
         if report:
             self.ready.extend((task, st) for _, _, task, st in sorted(found))
+
+    def _read_iterations(self, name: str, state: str, done: int, ran: list[str | None]) -> bool:
+        """Whether an iterative job's records may hold ends not seen: its finished count moved, or it ended; but a
+        job canceled whole counts all its iterations finished at the cancel, so for it only a move of the counts
+        of iterations that ran (or were omitted) says that one ended before the cancel unseen."""
+        if state == "CANCELED":
+            return sum(int(x or 0) for x in ran) != self.ran.get(name, 0)
+        return state in FINAL or done != self.done.get(name, 0)
 
     def _forget_removed(self, listed: list[str]) -> None:
         """After removals: drop what is known of the jobs gone, so that a job submitted again under one of their
@@ -283,8 +312,10 @@ class _Finishes:
     def _iterations(self, name: str, final: str | None, it0: int, n: int,
                     job_end: float) -> list[tuple[float, str, str]]:
         """Its iterations ended and not seen yet, with their ends; once the job is ``final``, also those that ended
-        with it without a record (canceled whole: QCG-PilotJob cancels each; omitted whole: it reports the job
-        only, as here)."""
+        with it without a record (failed unplaceable: counted at once). A job canceled whole, or omitted whole,
+        is reported once as itself, not each iteration it ended: QCG-PilotJob tells each iteration it cancels,
+        but a sweep of a million iterations would then take a million calls (and this a list as long) before its
+        own end; the iterations that ended before the cancel are told, as their ends came."""
         seen = self.its.setdefault(name, set())
         recs = self.store.iteration_records(name)
         out = []
@@ -292,8 +323,13 @@ class _Finishes:
             it, st = int(k), rec.partition("|")[0]
             if st in FINAL and it not in seen:
                 seen.add(it)
-                out.append((parse_record(rec)["end"] or job_end, f"{name}:{it}", st))
-        if final is not None and final != "OMITTED":
+                t = parse_record(rec)["end"] or job_end
+                if st != "CANCELED":
+                    self.ran[name] = self.ran.get(name, 0) + 1
+                elif final == "CANCELED" and t >= job_end:   # ended by the cancel of the whole job
+                    continue
+                out.append((t, f"{name}:{it}", st))
+        if final is not None and final not in ("OMITTED", "CANCELED"):
             out += [(job_end, f"{name}:{it}", final) for it in range(it0, it0 + n)
                     if it not in seen and str(it) not in recs]
         return sorted(out, key=lambda e: (e[0], int(e[1].rpartition(":")[2])))   # oldest end, then lowest index

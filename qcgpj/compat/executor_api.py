@@ -12,8 +12,9 @@ from typing import Any, Callable
 
 import redis
 
-from ..errors import JobSpecError, QcgpjError, TemplateKeyError
+from ..errors import ArgumentError, JobSpecError, QcgpjError, TemplateKeyError
 from ..errors import TimeoutError as QcgpjTimeout
+from ..fieldcheck import _show
 from .api import FINAL, Jobs, LocalManager, Manager, qcg_nodes
 from .templates import BasicTemplate, QCGPJTemplate
 
@@ -77,7 +78,8 @@ class QCGPJExecutor(concurrent.futures.Executor):
                  *other_args: str, redis_url: str | None = None, prefix: str | None = None,
                  namespace: str = "default") -> None:
         if redis_url is not None:
-            self._qcgpjm: Manager = Manager(redis_url, namespace=namespace)
+            # its jobs' ends only: telling the others' (other campaigns') would read them all when made
+            self._qcgpjm: Manager = Manager(redis_url, namespace=namespace, ends_of="own")
             self.prefix = f"{uuid.uuid4().hex[:8]}-" if prefix is None else prefix
         else:
             self.prefix = prefix or ""
@@ -118,10 +120,12 @@ class QCGPJExecutor(concurrent.futures.Executor):
     def submit(self, fn: Callable[[], Any], *args: dict | None, **kwargs: Any) -> QCGPJFuture:  # type: ignore[override]
         """``fn()`` gives the template (and defaults); ``args`` (dicts) override the defaults and ``kwargs``
         override both. The filled template is a Python literal of one job description."""
-        template = fn()
-        text, defaults = template if isinstance(template, tuple) else (template, {})
+        text, defaults = _template(fn)
         values = dict(defaults)
-        for a in args:
+        for i, a in enumerate(args):
+            if a is not None and not isinstance(a, dict):   # else dict.update's TypeError, or a silent misuse
+                raise ArgumentError(f"QCGPJExecutor.submit: argument {i + 1} after the template must be a dict of "
+                                    f"its values (or None), got {_show(a)}")
             if a is not None:
                 values.update(a)
         values.update(kwargs)
@@ -153,3 +157,17 @@ class QCGPJExecutor(concurrent.futures.Executor):
     @property
     def qcgpj_manager(self) -> Manager:
         return self._qcgpjm
+
+
+def _template(fn: Any) -> tuple[str, dict[str, Any]]:
+    """The text and defaults ``fn()`` gives, checked first: a mistyped argument (``submit(5)``, a template class
+    instead of its ``template``) was a TypeError from deep inside ``submit``, not saying which argument."""
+    if not callable(fn):
+        raise ArgumentError(f"QCGPJExecutor.submit: the first argument must be a template function (such as "
+                            f"BasicTemplate.template) returning the template text and its defaults, got {_show(fn)}")
+    template = fn()
+    text, defaults = template if isinstance(template, tuple) and len(template) == 2 else (template, {})
+    if not isinstance(text, str) or not isinstance(defaults, dict):
+        raise ArgumentError(f"QCGPJExecutor.submit: the template function {getattr(fn, '__qualname__', fn)!r} must "
+                            f"return the template text, or (text, dict of defaults), got {_show(template)}")
+    return text, defaults
