@@ -40,7 +40,7 @@ from .funcjobs import attach_client, detach_client
 from .jobspec import JobSpec
 from .launching import Runner, Slot
 from .outage import Outage, refused
-from .resources import CoreAllocator, Node
+from .resources import Allocation, CoreAllocator, Node
 from .keys import check_executor_id
 from .store import Entry, Report, Store, Synced, format_usage, now
 from .tasks import SLURM_MODELS, SpecCache, build_launch
@@ -471,6 +471,11 @@ class Executor:
             entry = self._local[i]
             alloc = self.allocator.allocate(entry.cores, entry.nodes or None, entry.gpus)
             if alloc is None:
+                why = self.allocator.unfit(entry.cores, entry.nodes or None, entry.gpus)
+                if why:   # it would wait here for ever: it ends FAILED now, saying why
+                    del self._local[i]
+                    self._finish(Slot(entry, Allocation(()), now(), message=f"executor {self.eid}: {why}"), None)
+                    continue
                 if not self.allocator.free or not self._may_pass(entry, i):   # (no core free: none can start)
                     break
                 i += 1

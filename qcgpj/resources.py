@@ -256,6 +256,7 @@ class CoreAllocator:
         self.gpus_per_node = max(len(n.gpus) for n in nodes)
         self.mem_per_node = max(n.mem for n in nodes)
         self._gpu_order = {n.name: {g: i for i, g in enumerate(n.gpus)} for n in nodes}
+        self._unfit: dict[tuple[int, int | None, int], str] = {}
 
     @property
     def total(self) -> int:
@@ -291,6 +292,21 @@ class CoreAllocator:
         if plan is None:
             return None
         return self._take(plan, cores)
+
+    def unfit(self, cores: int, nodes: int | None = None, gpus: int = 0) -> str:
+        """Why a request could not be placed here even with every core free ('' when it could). The queue's
+        placement knows an executor's node count and largest node only: on nodes of unequal sizes (``salloc -N2
+        -n4`` gives 3 cores and 1) it may send a task of 2 cores on each of 2 nodes, which would wait for ever."""
+        key = (cores, nodes, gpus)
+        why = self._unfit.get(key)
+        if why is None:
+            need = f"{nodes} node(s) of {-(-cores // nodes)} core(s)" if nodes else f"{cores} core(s)"
+            why = "" if CoreAllocator(self.nodes).allocate(cores, nodes, gpus) is not None else (
+                f"needs {need}" + (f" with {gpus} GPU(s) each" if gpus else "") + "; its nodes have "
+                + ", ".join(f"{n.name} {len(n.cores)} core(s)" + (f" {len(n.gpus)} GPU(s)" if gpus else "")
+                            for n in self.nodes) + ": it can never run there")
+            self._unfit[key] = why
+        return why
 
     def _take(self, plan: list[tuple[str, int]], cores: int, gpus: int = 0) -> Allocation:
         parts = []

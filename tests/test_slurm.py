@@ -196,3 +196,29 @@ def test_the_steps_of_a_killed_executor_end_with_it(slurm, redis_url, tmp_path):
         (tmp_path / "go").touch()
         subprocess.run(["scancel", job])
         cluster.stop()
+
+
+def test_a_task_that_needs_more_of_a_node_than_uneven_nodes_have_fails_saying_why(slurm, redis_url, tmp_path):
+    """`salloc -N2 -n4` gives 3 cores on node1 and 1 on node2. Placement knows an executor's node count and
+    largest node only, so a part of 2 cores on each of 2 nodes went to this executor, which held it SCHEDULED for
+    ever, with no message, and its --exit-when-idle worker never left (the allocation was held to its time limit).
+    It now ends FAILED at once with a message giving the nodes, and the other parts run."""
+    m = Manager(redis_url)
+    m.submit(Jobs()
+             .add(name="wide", script="true", model="srunmpi", numNodes=2, numCores=2)
+             .add(name="small", script="true", iteration=3))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    worker = [sys.executable, "-m", "qcgpj", "worker", "--redis-url", redis_url, "--wd", str(tmp_path),
+              "--exit-when-idle"]
+    job = subprocess.run(["sbatch", "--parsable", "-t", "5", "-N2", "-n4", "-o", str(tmp_path / "worker.out"),
+                          "--wrap", " ".join(worker)], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                         check=True).stdout.strip()
+    try:
+        m.wait4(["wide", "small"], timeout=60)
+    finally:
+        subprocess.run(["scancel", job])
+        cluster.stop()
+    assert m.status(["wide", "small"]) == {"wide": "FAILED", "small": "SUCCEED"}
+    message = m.info("wide")["message"]
+    assert "needs 2 node(s) of 2 core(s)" in message and "node1 3 core(s), node2 1 core(s)" in message, message
