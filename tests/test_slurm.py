@@ -222,3 +222,32 @@ def test_a_task_that_needs_more_of_a_node_than_uneven_nodes_have_fails_saying_wh
     assert m.status(["wide", "small"]) == {"wide": "FAILED", "small": "SUCCEED"}
     message = m.info("wide")["message"]
     assert "needs 2 node(s) of 2 core(s)" in message and "node1 3 core(s), node2 1 core(s)" in message, message
+
+
+def test_steps_do_not_take_the_allocations_layout_as_their_own(slurm, redis_url, tmp_path):
+    """`salloc --ntasks-per-node=2 -c 2` puts SLURM_NTASKS_PER_NODE and SLURM_CPUS_PER_TASK in the worker's
+    environment: every srun step took the first as an option (a task of 3 ranks on a node had `srun: Warning:
+    can't honor --ntasks-per-node set to 2` in its stderr) and every task saw the second as its own (2 for a part of
+    3 cores, 2 for each single-core rank: `OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK` oversubscribed the rank's core).
+    A step now gets neither from the allocation, and SLURM_CPUS_PER_TASK is each rank's cores."""
+    show = "echo ${SLURM_CPUS_PER_TASK:-unset} ${SLURM_NTASKS_PER_NODE:-unset}"
+    m = Manager(redis_url)
+    m.submit(Jobs()
+             .add(name="ranks", script=show, model="srunmpi", numNodes=2, numCores=3, stdout="ranks.out",
+                  stderr="ranks.err")
+             .add(name="one", script=show, numCores=3, stdout="one.out", stderr="one.err")
+             .add(name="omp", script=show, model="threads", numCores=4, stdout="omp.out", stderr="omp.err"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    try:
+        res = salloc("-N2", "--ntasks-per-node=2", "-c2", sys.executable, "-m", "qcgpj", "worker", "--redis-url",
+                     redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+    finally:
+        cluster.stop()
+    assert m.status(["ranks", "one", "omp"]) == {"ranks": "SUCCEED", "one": "SUCCEED", "omp": "SUCCEED"}
+    assert (tmp_path / "ranks.out").read_text().splitlines() == ["1 unset"] * 6
+    assert (tmp_path / "one.out").read_text() == "3 unset\n"
+    assert (tmp_path / "omp.out").read_text() == "4 unset\n"
+    for name in ("ranks", "one", "omp"):
+        assert (tmp_path / f"{name}.err").read_text() == "", name

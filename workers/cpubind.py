@@ -8,7 +8,8 @@ has there, which only that node knows (on a shared node it may be CPU 40, not 0)
 Started as ``python -I -S cpubind.py SPEC PER_RANK -- argv...``, importing only the standard library: SPEC is
 the task's allocation (``node1=0,1;node2=0``), PER_RANK the cores of each rank (0: all of the node's). The node
 comes from SLURMD_NODENAME, the rank on it from SLURM_LOCALID. QCGPJ_CORES is set to the CPUs the task is bound
-to. What cannot be bound (a node not in SPEC, a refused mask) runs unbound rather than not at all.
+to, and SLURM_CPUS_PER_TASK to its rank's number of cores (its step asks Slurm for none: see ``slurm.py``). What
+cannot be bound (a node not in SPEC, a refused mask) runs unbound rather than not at all.
 ``node_cores`` and ``rank_cpus`` repeat ``Allocation.cores_on`` and ``CpuMap.binding`` on purpose: with ``-S``
 qcgpj is not importable here, and importing it would cost the step the redis client's start-up.
 """
@@ -44,7 +45,9 @@ def main(args: list[str]) -> int:
     node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename.split(".")[0]
     rank = int(os.environ.get("SLURM_LOCALID", "0"))
     available = sorted(os.sched_getaffinity(0))
-    cpus = rank_cpus(node_cores(spec, node), per_rank, rank, available)
+    cores = node_cores(spec, node)
+    cpus = rank_cpus(cores, per_rank, rank, available)
+    os.environ["SLURM_CPUS_PER_TASK"] = str(per_rank or len(cores) or 1)
     if cpus and cpus != set(available):
         try:
             os.sched_setaffinity(0, cpus)

@@ -22,6 +22,11 @@ from .base import ProcessWorker, TaskContext
 log = logging.getLogger(__name__)
 
 CPUBIND = str(Path(__file__).with_name("cpubind.py"))
+#: srun options read from the environment that the allocation's own (``salloc -c 8 --ntasks-per-node=4``, a worker
+#: started by ``srun -n2 -c4``) would set for every step: each task's step says its own layout on the command line
+LAYOUT_VARS = ("SLURM_CPUS_PER_TASK", "SRUN_CPUS_PER_TASK", "SLURM_NTASKS_PER_NODE", "SLURM_NTASKS_PER_CORE",
+               "SLURM_NTASKS_PER_SOCKET", "SLURM_NTASKS_PER_GPU", "SLURM_DISTRIBUTION", "SLURM_EXACT",
+               "SLURM_EXCLUSIVE")
 
 
 @functools.cache
@@ -62,6 +67,16 @@ class SrunWorker(ProcessWorker):
             argv += [sys.executable, "-I", "-S", CPUBIND, ctx.allocation.to_text(), str(per_rank), "--"]
         return argv
 
+    def environment(self, ctx: TaskContext) -> dict[str, str]:
+        """The task's environment without the allocation's layout variables: srun took them as options (a
+        warning in the stderr of every task of several ranks, ``can't honor --ntasks-per-node``; on Slurm 23.11
+        ``-c`` again) and the task read them as its own (``SLURM_CPUS_PER_TASK=8`` for a task of 2 cores, whose
+        ``OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK`` oversubscribed them). The binder sets SLURM_CPUS_PER_TASK to
+        each rank's cores."""
+        if not any(k in ctx.env for k in LAYOUT_VARS):
+            return ctx.env
+        return {k: v for k, v in ctx.env.items() if k not in LAYOUT_VARS}
+
     def command(self, ctx: TaskContext) -> list[str]:
         node, _cores = ctx.allocation.parts[0]
         return self.srun_prefix(ctx, [node], 0) + self.wrap_argv(ctx, ctx.argv)
@@ -73,7 +88,7 @@ class SrunThreadsWorker(SrunWorker):
     name = "srunthreads"
 
     def environment(self, ctx: TaskContext) -> dict[str, str]:
-        env = dict(ctx.env)
+        env = dict(super().environment(ctx))
         env["OMP_NUM_THREADS"] = str(len(ctx.allocation.parts[0][1]))
         return env
 
