@@ -251,3 +251,31 @@ def test_steps_do_not_take_the_allocations_layout_as_their_own(slurm, redis_url,
     assert (tmp_path / "omp.out").read_text() == "4 unset\n"
     for name in ("ranks", "one", "omp"):
         assert (tmp_path / f"{name}.err").read_text() == "", name
+
+
+def test_tasks_may_start_steps_of_their_own_side_by_side(slurm, redis_url, tmp_path):
+    """A part that starts its own srun step (a script's `srun app`; mpirun of openmpi and intelmpi starts its
+    daemons so) asked Slurm for the CPUs of its nodes without --overlap: two such parts on a node ran one after
+    the other, the second's srun waiting ('step creation temporarily disabled') for the first's step to end, here
+    until both were killed at their walltime. Tasks inside an allocation now get SLURM_OVERLAP=1."""
+    both = ("touch ${jname}.${it}; "   # all four at once, or none ends
+            "until [ -e inner.0 ] && [ -e inner.1 ] && [ -e mpi.0 ] && [ -e mpi.1 ]; do sleep 0.05; done")
+    mpirun = tmp_path / "mpirun"   # as Open MPI's: its daemons are one srun step on the task's nodes
+    mpirun.write_text('#!/bin/sh\nshift 4\nexec srun -n1 "$@"\n')   # (drops --host H -np N)
+    mpirun.chmod(0o755)
+    m = Manager(redis_url)
+    m.submit(Jobs()
+             .add(name="inner", exec="srun", args=["-n1", "/bin/sh", "-c", both], iteration=2, wt="20s",
+                  stderr="inner.${it}.err")
+             .add(name="mpi", exec="/bin/sh", args=["-c", both], model="openmpi", model_opts={"mpirun": str(mpirun)},
+                  iteration=2, wt="20s", stderr="mpi.${it}.err"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    try:
+        res = salloc("-N1", "--nodelist=node1", "--ntasks-per-node=4", sys.executable, "-m", "qcgpj", "worker",
+                     "--redis-url", redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+    finally:
+        cluster.stop()
+    errors = [(tmp_path / f"{job}.{i}.err").read_text() for job in ("inner", "mpi") for i in range(2)]
+    assert m.status(["inner", "mpi"]) == {"inner": "SUCCEED", "mpi": "SUCCEED"}, errors

@@ -7,10 +7,14 @@ from __future__ import annotations
 import os
 
 from .base import ProcessWorker, TaskContext
+from .slurm import overlap_env
 
 
 class _MpiWorker(ProcessWorker):
     bind_cpus = False
+
+    def environment(self, ctx: TaskContext) -> dict[str, str]:
+        return overlap_env(ctx.env)   # inside Slurm mpirun starts its daemons as a step of the allocation
 
     def launcher(self, ctx: TaskContext) -> list[str]:
         return [str(ctx.model_opts.get("mpirun", "mpirun")), *map(str, ctx.model_opts.get("mpirun_args", []))]

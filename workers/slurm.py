@@ -29,6 +29,14 @@ LAYOUT_VARS = ("SLURM_CPUS_PER_TASK", "SRUN_CPUS_PER_TASK", "SLURM_NTASKS_PER_NO
                "SLURM_EXCLUSIVE")
 
 
+def overlap_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a task inside an allocation, with ``SLURM_OVERLAP=1``: a step the task starts itself (a
+    script's ``srun app``, the daemons ``mpirun`` starts through srun) asked Slurm for its nodes' CPUs without
+    ``--overlap``, so it waited ('step creation temporarily disabled') for another task's own step on those nodes
+    to end: two such parts on a node ran one after the other, or, waiting for each other, not at all."""
+    return {**env, "SLURM_OVERLAP": "1"} if env.get("SLURM_JOB_ID") else env
+
+
 @functools.cache
 def slurm_binds_cpus() -> bool:
     """Whether the cluster's task plugin binds CPUs; where it does not (task/none), ``--cpu-bind`` only draws
@@ -72,10 +80,9 @@ class SrunWorker(ProcessWorker):
         warning in the stderr of every task of several ranks, ``can't honor --ntasks-per-node``; on Slurm 23.11
         ``-c`` again) and the task read them as its own (``SLURM_CPUS_PER_TASK=8`` for a task of 2 cores, whose
         ``OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK`` oversubscribed them). The binder sets SLURM_CPUS_PER_TASK to
-        each rank's cores."""
-        if not any(k in ctx.env for k in LAYOUT_VARS):
-            return ctx.env
-        return {k: v for k, v in ctx.env.items() if k not in LAYOUT_VARS}
+        each rank's cores. With SLURM_OVERLAP=1 (``overlap_env``)."""
+        env = {k: v for k, v in ctx.env.items() if k not in LAYOUT_VARS}
+        return overlap_env(env)
 
     def command(self, ctx: TaskContext) -> list[str]:
         node, _cores = ctx.allocation.parts[0]
