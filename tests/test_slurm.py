@@ -279,3 +279,23 @@ def test_tasks_may_start_steps_of_their_own_side_by_side(slurm, redis_url, tmp_p
         cluster.stop()
     errors = [(tmp_path / f"{job}.{i}.err").read_text() for job in ("inner", "mpi") for i in range(2)]
     assert m.status(["inner", "mpi"]) == {"inner": "SUCCEED", "mpi": "SUCCEED"}, errors
+
+
+def test_a_range_of_cores_is_not_spread_over_nodes_its_process_cannot_use(slurm, redis_url, tmp_path):
+    """numCores {min: 2, max: 6} on nodes of 4 cores: placement gave the part 6 cores, 2 on node1 and 4 on node2;
+    its one process ran on node1, bound to 2 CPUs and told QCGPJ_NCORES=6 (3 threads a CPU), while 4 cores of node2
+    stood idle, held. A range whose min fits one node now gets at most one node's cores."""
+    m = Manager(redis_url)
+    m.submit(Jobs().add(name="range", script="echo $QCGPJ_NCORES $QCGPJ_NODES", numCores={"min": 2, "max": 6},
+                        stdout="range.out"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    try:
+        res = salloc("-N2", "--ntasks-per-node=4", sys.executable, "-m", "qcgpj", "worker", "--redis-url",
+                     redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+    finally:
+        cluster.stop()
+    assert m.status(["range"]) == {"range": "SUCCEED"}
+    ncores, nodes = (tmp_path / "range.out").read_text().split()
+    assert (ncores, nodes.count(",")) == ("4", 0), (ncores, nodes)

@@ -414,7 +414,8 @@ local function pick_loaded(ex, cmin, cmax, kmin, kmax, g, m)
         end
       end
     else
-      local cap = math.min(e.free, crs and e.maxnode or e.total)  -- nodeCrs without nodes: one node
+      -- a range without nodes stays on one node when its min fits one: its process runs on one node
+      local cap = math.min(e.free, (crs or cmin <= e.maxnode) and e.maxnode or e.total)
       c = cmax > 0 and math.min(cmax, cap) or cap
       if c < cmin then c = 0 end
     end
