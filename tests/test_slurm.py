@@ -58,7 +58,8 @@ def test_worker_in_salloc_uses_both_nodes(slurm, redis_url, tmp_path):
                   stdout="spread.${it}")
              .add(name="wide", script="echo $SLURMD_NODENAME ${nlist}", model="srunmpi", numNodes=2, numCores=1,
                   stdout="wide.out")
-             .add(name="omp", exec="/bin/sh", args=["-c", "echo $OMP_NUM_THREADS"], model="threads", numCores=2,
+             .add(name="omp", exec="/bin/sh", args=["-c", "echo $OMP_NUM_THREADS $OMP_PROC_BIND"], model="threads",
+                  numCores=2,
                   stdout="omp.out"))
     cluster = Cluster(redis_url, tmp_path)
     cluster.inputqueue()
@@ -74,7 +75,7 @@ def test_worker_in_salloc_uses_both_nodes(slurm, redis_url, tmp_path):
     ranks = sorted(line.split()[0] for line in (tmp_path / "wide.out").read_text().splitlines())
     assert ranks == ["node1", "node2"]                      # the 2-node job saw both nodes
     assert (tmp_path / "wide.out").read_text().split()[1] == "node1,node2"
-    assert (tmp_path / "omp.out").read_text().strip() == "2"
+    assert (tmp_path / "omp.out").read_text().strip() == "2 true"   # OpenMP's threads bound, as outside Slurm
     executor = next(iter(m.resources(departed=True)["executors"].values()))
     assert executor["nodes"] == "node1=2;node2=2" and executor["state"] == "LEFT"
 

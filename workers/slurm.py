@@ -97,6 +97,7 @@ class SrunThreadsWorker(SrunWorker):
     def environment(self, ctx: TaskContext) -> dict[str, str]:
         env = dict(super().environment(ctx))
         env["OMP_NUM_THREADS"] = str(len(ctx.allocation.parts[0][1]))
+        env.setdefault("OMP_PROC_BIND", "true")   # as outside Slurm (threads.py): threads stay on their cores
         return env
 
 
