@@ -300,3 +300,26 @@ def test_a_range_of_cores_is_not_spread_over_nodes_its_process_cannot_use(slurm,
     assert m.status(["range"]) == {"range": "SUCCEED"}
     ncores, nodes = (tmp_path / "range.out").read_text().split()
     assert (ncores, nodes.count(",")) == ("4", 0), (ncores, nodes)
+
+
+def test_a_one_process_part_larger_than_a_node_runs_where_most_of_its_cores_are(slurm, redis_url, tmp_path):
+    """6 cores on nodes of 4 while node1 has 2 free: the part got 2 cores on node1 and 4 on node2, and its one
+    process ran on node1 (the first in node order), bound to 2 CPUs with OMP_NUM_THREADS=2, 4 cores idle. It now
+    runs on the node with the most of its cores."""
+    m = Manager(redis_url)
+    m.submit(Jobs()
+             .add(name="hold", script="until [ -e go ]; do sleep 0.05; done", numCores=2)
+             .add(name="omp", script="echo $SLURMD_NODENAME $OMP_NUM_THREADS; touch go", model="threads",
+                  numCores=6, stdout="omp.out"))
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    try:
+        res = salloc("-N2", "--ntasks-per-node=4", sys.executable, "-m", "qcgpj", "worker", "--redis-url",
+                     redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+    finally:
+        (tmp_path / "go").touch()
+        cluster.stop()
+    assert m.status(["hold", "omp"]) == {"hold": "SUCCEED", "omp": "SUCCEED"}
+    node, threads = (tmp_path / "omp.out").read_text().split()
+    assert (node, threads) == ("node2", "4"), m.info("omp")["nodes"]

@@ -37,6 +37,13 @@ def overlap_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "SLURM_OVERLAP": "1"} if env.get("SLURM_JOB_ID") else env
 
 
+def main_part(ctx: TaskContext) -> tuple[str, tuple[int, ...]]:
+    """The node (and its cores) where a one-process task runs: the one with the most of its cores. A task larger
+    than any node spreads over several, in node order: the first (``parts[0]``) may hold the fewest (6 cores as 2
+    on node1 and 4 on node2 ran the process bound to 2 CPUs, and OMP_NUM_THREADS=2)."""
+    return max(ctx.allocation.parts, key=lambda part: len(part[1]))
+
+
 @functools.cache
 def slurm_binds_cpus() -> bool:
     """Whether the cluster's task plugin binds CPUs; where it does not (task/none), ``--cpu-bind`` only draws
@@ -85,7 +92,7 @@ class SrunWorker(ProcessWorker):
         return overlap_env(env)
 
     def command(self, ctx: TaskContext) -> list[str]:
-        node, _cores = ctx.allocation.parts[0]
+        node, _cores = main_part(ctx)
         return self.srun_prefix(ctx, [node], 0) + self.wrap_argv(ctx, ctx.argv)
 
 
@@ -96,7 +103,7 @@ class SrunThreadsWorker(SrunWorker):
 
     def environment(self, ctx: TaskContext) -> dict[str, str]:
         env = dict(super().environment(ctx))
-        env["OMP_NUM_THREADS"] = str(len(ctx.allocation.parts[0][1]))
+        env["OMP_NUM_THREADS"] = str(len(main_part(ctx)[1]))
         env.setdefault("OMP_PROC_BIND", "true")   # as outside Slurm (threads.py): threads stay on their cores
         return env
 
