@@ -40,7 +40,9 @@ end
 -- and its spec go out; and, depth 2, the follower's own, so that a chain need not wait for the answer to the
 -- report of a follower's start before the next can follow it. The child's 'hint' field names the executor, so
 -- that a cancel of it reaches us.
+local FAN_OUT = 64   -- a job with more dependents is a fan-out, not a chain: not worth reading them all here
 local function name_follower(name, c, depth)
+  if redis.call('SCARD', K_children(name)) > FAN_OUT then return end
   for _, m in ipairs(redis.call('SMEMBERS', K_children(name))) do
     local rel, child = string.match(m, '^([^|]*)|(.*)$')
     if rel == 'w' then
