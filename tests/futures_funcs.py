@@ -121,3 +121,8 @@ class Unprintable(Exception):
 
 def unprintable():
     raise Unprintable()
+
+
+def blob(n):
+    """A result of n bytes (as JSON, plus its quotes)."""
+    return "x" * n

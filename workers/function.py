@@ -40,7 +40,8 @@ MAX_CALLS = 2000              # a warm process is replaced after this many calls
 MAX_RSS_KB = 2 * 1024 * 1024  # ... or once it has grown beyond this resident size
 RESULT_TTL = 86400
 CACHED_RESULTS = 4096         # recent results kept for the calls that take them as arguments ...
-CACHED_SIZE = 65536           # ... when no larger than this (bytes)
+CACHED_SIZE = 65536           # ... when no larger than this (bytes) ...
+CACHED_BYTES = 8 * 1024 * 1024   # ... and no more than this in all: 4096 results of 64 kB held 256 MB for good
 KILLED = "killed by qcgpj (canceled, or at its walltime)"
 
 
@@ -136,6 +137,7 @@ class Pool:
         self._procs: dict[int, Proc] = {}    # every live process, by the descriptor it answers on
         self._retired: list[Proc] = []
         self._results: OrderedDict[str, bytes] = OrderedDict()   # rq id -> serialized result, written here
+        self._cached = 0                                          # bytes in _results
         self._unwritten: list[tuple[Call, tuple]] = []   # outcomes Redis was away for: written once it is back
         self._unread: list[Call] = []                     # calls whose data Redis was away for
         self._outage = Outage("function pool", log)
@@ -293,6 +295,17 @@ class Pool:
         except OSError as exc:
             failed.append((call, _error(f"cannot start the call: {exc}")))
 
+    def _cache(self, rqid: str, result: bytes) -> None:
+        """Keep a result for the calls that take it as an argument (a chain's next hop starts without reading
+        Redis), the oldest going first beyond CACHED_RESULTS or CACHED_BYTES: the cache is a shortcut, not a
+        store, and a long-lived executor must not keep its share of every campaign's results."""
+        with self._lock:
+            old = self._results.pop(rqid, None)
+            self._cached += len(result) - (len(old) if old is not None else 0)
+            self._results[rqid] = result
+            while len(self._results) > CACHED_RESULTS or self._cached > CACHED_BYTES:
+                self._cached -= len(self._results.popitem(last=False)[1])
+
     @staticmethod
     def _conn(call: Call) -> Any:
         if call.conn is None:
@@ -356,10 +369,7 @@ class Pool:
             self._outage.ok()
             for call, outcome in group:
                 if outcome[0] == "ok" and len(outcome[1]) <= CACHED_SIZE:
-                    with self._lock:
-                        self._results[call.rqid] = outcome[1]
-                        if len(self._results) > CACHED_RESULTS:
-                            self._results.popitem(last=False)
+                    self._cache(call.rqid, outcome[1])
                 call.code = _code(outcome)
                 call.done.set()
 
