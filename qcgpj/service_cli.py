@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 
 import click
 
@@ -123,6 +124,9 @@ def worker_main(redis_url: str | None, namespace: str, cores: int | None, nodes:
     stop_on_signals(ex.stop)
     _freeze()
     ex.run()
+    function_model = sys.modules.get(f"{__package__}.workers.function")   # loaded once a Python call ran here
+    if function_model is not None:
+        function_model.FunctionWorker.close()
 
 
 def _shares(node_list: list[Node], processes: int, in_slurm: bool) -> list[workerprocs.Share]:

@@ -222,6 +222,27 @@ def test_a_long_lived_executor_keeps_few_results(remote):
     assert grown < 24 * 1024, f"the executor grew by {grown} kB over 800 results of 64 kB (51 MB)"
 
 
+def test_a_worker_stopped_after_calls_leaves_nothing_to_kill(redis_url, tmp_path, monkeypatch):
+    """A drained worker's warm processes end with it: its supervisor used to find them and kill them, with
+    "executor N exited with code 0: killed 2 task process(es) it left running" at every restart."""
+    monkeypatch.chdir(tmp_path)
+    cluster, executor = serving(redis_url, tmp_path)
+    try:
+        assert list(executor.map(ff.square, range(4), chunksize=1)) == [0, 1, 4, 9]
+        m = executor.manager
+        pid = next(int(e["pid"]) for e in m.store.executors().values() if e.get("state") == "ALIVE")
+        warm = [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+        assert warm, "no warm process"
+    finally:
+        executor.shutdown()
+        cluster.stop()
+    assert [p.returncode for p in cluster.procs] == [0, 0]
+    log = (tmp_path / "worker.log").read_text()
+    assert "left running" not in log, log
+    assert not [p for p in warm if os.path.exists(f"/proc/{p}")]
+
+
 def test_walltime_kills_the_call(remote, tmp_path):
     pidfile = tmp_path / "pid"
     f = remote.options(wt="2s").submit(ff.hang, str(pidfile))

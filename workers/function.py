@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections import OrderedDict, deque
 from typing import Any
@@ -295,6 +296,28 @@ class Pool:
         except OSError as exc:
             failed.append((call, _error(f"cannot start the call: {exc}")))
 
+    def close(self, grace: float = KILL_GRACE) -> int:
+        """The executor process leaves: close the pipes of the idle (and retired) warm processes, which then end,
+        and reap them (up to ``grace`` seconds), so that they are not taken for tasks it left running (its
+        supervisor killed them, with a warning, at every stop of a worker that had run a call). A process still
+        running a call (the executor was told to leave at once) is left to the supervisor. Returns how many
+        ended."""
+        with self._lock:
+            idle = [p for procs in self._idle.values() for p in procs]
+            self._idle.clear()
+            for proc in idle:
+                self._forget(proc)
+            ending, self._retired = idle + self._retired, []
+        deadline = time.monotonic() + grace
+        ended = 0
+        for proc in ending:
+            try:
+                proc.popen.wait(max(0.0, deadline - time.monotonic()))
+                ended += 1
+            except subprocess.TimeoutExpired:
+                log.warning("function process %d did not end with its pipe closed", proc.popen.pid)
+        return ended
+
     def _cache(self, rqid: str, result: bytes) -> None:
         """Keep a result for the calls that take it as an argument (a chain's next hop starts without reading
         Redis), the oldest going first beyond CACHED_RESULTS or CACHED_BYTES: the cache is a shortcut, not a
@@ -426,3 +449,11 @@ class FunctionWorker(Worker):
         call = Call(ctx, pool)
         pool.submit(call)
         return call
+
+    @classmethod
+    def close(cls) -> None:
+        """End this process's warm processes (a worker's executor leaves): see :meth:`Pool.close`."""
+        with cls._pool_lock:
+            pool, cls._pool = cls._pool, None
+        if pool is not None:
+            log.debug("function pool: %d warm process(es) ended", pool.close())
