@@ -37,6 +37,7 @@ from .workers.base import task_failure
 log = logging.getLogger(__name__)
 
 PIDFD = hasattr(os, "pidfd_open")
+DEADLINES_MIN = 64     # walltime entries before the heap is first cleared of the tasks that ended
 
 
 @dataclass(slots=True, eq=False)
@@ -200,6 +201,7 @@ class Runner:
         self._by_fd: dict[int, Slot] = {}
         self._deadlines: list[tuple[float, int, Slot]] = []   # (walltime end, seq, slot): a heap
         self._seq = 0
+        self._compact_at = DEADLINES_MIN   # heap size at which ended tasks' entries are dropped
 
     # ------------------------------------------------------------------ the dispatcher's side
     def pin_home(self, core: int | None) -> None:
@@ -214,6 +216,8 @@ class Runner:
             self._seq += 1
             slot.seq = self._seq
             heapq.heappush(self._deadlines, (time.monotonic() + launch.walltime, slot.seq, slot))
+            if len(self._deadlines) >= self._compact_at:
+                self._drop_ended_deadlines()
         cpus = self.cpus.binding(launch.ctx.local_cores()) if getattr(launch.worker, "bind_cpus", False) else None
         if cpus is not None and min(cpus) != self.home:
             self._launchers.submit(cpus, slot)   # bound to another CPU (or this thread is not pinned)
@@ -321,6 +325,15 @@ class Runner:
         slot.fd = None
         code = slot.running.poll()   # kills what the task left behind, then reaps it
         self._ended(slot, code if code is not None else slot.running.wait(None))
+
+    def _drop_ended_deadlines(self) -> None:
+        """A task that ends leaves its entry, and with it its slot, in the heap until its deadline: with a
+        walltime of a day an executor held every task of the day (3.5 kB each: 20,000 tasks took it from 31 to
+        100 MB). Dropped here once the heap has doubled since the last time: amortized O(1) per start. A waiter
+        thread enforces its task's walltime itself."""
+        self._deadlines = [d for d in self._deadlines if not (d[2].ended or d[2].waiter)]
+        heapq.heapify(self._deadlines)
+        self._compact_at = max(DEADLINES_MIN, 2 * len(self._deadlines))
 
     def _check_deadlines(self) -> None:
         """Walltimes of tasks watched through pidfds (a waiter thread enforces its own)."""
