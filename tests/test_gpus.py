@@ -249,7 +249,8 @@ def test_the_gpu_tasks_of_a_lost_executor_run_elsewhere_with_gpus_of_their_own(c
     script = ('if [ -e first ]; then echo "$QCGPJ_GPUS" > second; else echo $$ > first; exec sleep 600; fi')
     m.submit(Jobs().add(name="held", script=script, nodeCrs={"gpu": 1}, model_opts={"cpu_bind": False})
              .add(name="queued", script="echo $QCGPJ_GPUS > queued.out", nodeCrs={"gpu": 1}))
-    wait_for(m, lambda: m.status("held")["held"] == "EXECUTING", what="held running")
+    first = tmp_path / "first"   # its first attempt wrote its pid (EXECUTING may be reported before that)
+    wait_for(m, lambda: first.exists() and first.read_text().strip() != "", what="held running")
     kill_executor(m, lost)
     try:
         cluster.worker(2, "--gpus", "1", "--id", "heir", name="heir")
