@@ -149,3 +149,26 @@ def test_a_follower_canceled_just_before_its_parent_ends_never_starts(cluster):
         assert m.wait4([f"p{i}"], timeout=60) == {f"p{i}": "SUCCEED"}
         assert not Path(cluster.workdir, f"f{i}.out").exists(), f"trial {i}: the canceled follower ran"
     assert m.status([f"f{i}" for i in range(30)]) == {f"f{i}": "CANCELED" for i in range(30)}
+
+
+def test_a_report_sent_again_after_its_answer_was_lost_keeps_its_follower_running(redis_url):
+    """The executor sends a report again when the call failed, which may be after Redis took it (a connection cut
+    after the script ran, Redis killed after writing it). The second call found the parent's end taken, so it
+    refused the follower ('!b'): the executor killed b, which Redis showed EXECUTING on it, with no process, until
+    its reconcile gave it back to run again. The start taken by the first call now stands."""
+    m = _chain(redis_url, "fol4", "a", "b", "c")
+    store, client = _store(redis_url, "fol4")
+    got = store.sync("e", 1)
+    (a, _), = got
+    b, _ = got.followers["a"]
+    report = [_succeeded(a, b)]
+    store.sync("e", 0, finished=report)   # taken; its answer never reached the executor
+    got = store.sync("e", 0, finished=report)
+    assert got.stopped == [] and got.followers["b"][0].task == "c"
+    assert m.status(["a", "b", "c"]) == {"a": "SUCCEED", "b": "EXECUTING", "c": "QUEUED"}
+    assert client.lrange(store.keys.running("e"), 0, -1) == [b.raw]
+    assert client.hget(store.keys.exec("e"), "free") == "0"
+    store.sync("e", 0, finished=[_succeeded(b)])
+    assert m.status(["b"]) == {"b": "SUCCEED"} and client.llen(store.keys.running("e")) == 0
+    store.close()
+    client.close()
