@@ -614,8 +614,13 @@ class Executor:
         if verb == "drain":
             log.info("executor %s: drain requested", self.eid)
             self._stop.set()
-        elif verb == "cancel":
+        elif verb in ("cancel", "cancelack"):
             self._cancel(lambda task: task == arg or task.startswith(arg + ":"))
+            if verb == "cancelack":   # a follower named to us: the canceling client waits until it is dropped
+                try:
+                    self.store.cancel_acked(self.eid, arg)
+                except redis.RedisError:   # it stops waiting once our heartbeat expires (or a while passed)
+                    pass
 
     def _cancel(self, match: Callable[[str], bool]) -> None:
         for task in [t for t, f in self._followers.items() if match(f[0].task)]:

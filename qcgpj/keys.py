@@ -40,7 +40,9 @@ exec:<id>:alive             string   heartbeat, with a TTL
 exec:<id>:ready             list     tasks placed on the executor: "task|cores|nodes|attempt" ("cores+gpus" for a
                                      task with GPUs: that many on each of its nodes)
 exec:<id>:running           list     tasks it claimed (the reliable-queue processing list)
-exec:<id>:control           list     "cancel <task>" / "drain" commands
+exec:<id>:control           list     "cancel <task>" / "cancelack <job>" / "drain" commands
+cancel_ack:<name>           list     executors that dropped a canceled follower ("cancelack"), with a TTL: the
+                                     canceling client waits for its executor's word
 events                      stream   wake-ups and audit: submit, finish, executor joined/lost, stop
 inputqueue:leader           string   the acting InputQueue's id, with a TTL (leader lease)
 stats                       hash     O(1) counters for `top`: tasks (submitted), SUCCEED/FAILED/CANCELED/OMITTED
@@ -95,6 +97,7 @@ TEMPLATES: dict[str, str] = {
     "ready": "exec:{}:ready",
     "running": "exec:{}:running",
     "control": "exec:{}:control",
+    "cancel_ack": "cancel_ack:{}",
     "events": "events",
     "leader": "inputqueue:leader",
     "stats": "stats",
@@ -216,6 +219,10 @@ class Keys:
 
     def control(self, eid: str) -> str:
         return self._k("control", eid)
+
+    def cancel_ack(self, job: str) -> str:
+        """Where the executor a canceled follower was named to says it dropped it (cancel.lua)."""
+        return self._k("cancel_ack", job)
 
     def stage(self, attempt: str) -> str:
         return self._k("stage", attempt)

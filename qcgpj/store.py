@@ -30,6 +30,7 @@ SPIN_FOR_REPLY = 0.0003
 SCRIPTS = ("submit", "place", "sync", "release", "register", "heartbeat", "requeue", "cancel", "lease", "remove",
            "idle")
 CANCEL_BATCH = 1000   # names per cancel.lua call, as remove's: 3-14 ms of Redis each on the 2-core test VM
+CANCEL_ACK_WAIT = 10.0   # seconds a cancel waits at most for the executor a follower was named to (_cancel_run)
 IDLE_SCAN = 1000   # ready entries an idle executor looks at for work it could run (idle.lua)
 
 
@@ -431,7 +432,7 @@ class Store(Submission):
         tasks = list(tasks)
         if len(tasks) <= CANCEL_BATCH:
             try:
-                return dict(zip(tasks, self._run("cancel", [now(), "all", *tasks])))
+                return dict(zip(tasks, self._cancel_run([now(), "all", *tasks])))
             except redis.OutOfMemoryError:   # the script's first write was refused: nothing changed
                 raise _queue_full(self.node, f"cancel of {len(tasks)} name(s)") from None
         batches = [tasks[i:i + CANCEL_BATCH] for i in range(0, len(tasks), CANCEL_BATCH)]
@@ -441,13 +442,34 @@ class Store(Submission):
         out: dict[str, str] = {}
         for batch in batches:
             try:
-                out.update(zip(batch, self._run("cancel", [now(), "known", *batch])))
+                out.update(zip(batch, self._cancel_run([now(), "known", *batch])))
             except redis.OutOfMemoryError:   # this batch wrote nothing; the ones before it did
                 done = sum(res == "canceled" for res in out.values())
                 written = (f"{done} were canceled, the last {len(tasks) - len(out)} names were not looked at"
                            if out else "nothing was written")
                 raise _queue_full(self.node, f"cancel of {len(tasks)} name(s)", written=written) from None
         return out
+
+    def _cancel_run(self, args: list[Any]) -> list[str]:
+        """One cancel.lua call: its answer per id. A follower named to an executor (sync.lua) may be started there
+        the moment its dependency ends, and a cancel reaches the executor a moment after it is written: the
+        executor started it then in about every second cancel made just before the dependency ended. So for each
+        such follower the call waits until that executor says it dropped it ('cancelack'), or is gone (its
+        heartbeat expired: its tasks were killed with it), or CANCEL_ACK_WAIT passed (a hung executor)."""
+        res = self._run("cancel", args)
+        n = len(args) - 2
+        acks = res[n:]
+        for eid, job in zip(acks[::2], acks[1::2]):
+            key, deadline = self.keys.cancel_ack(job), time.monotonic() + CANCEL_ACK_WAIT
+            while time.monotonic() < deadline:
+                got = self.r.blpop([key], timeout=0.5)
+                if got is not None and got[1] == eid:
+                    break
+                if got is None and not self.r.exists(self.keys.alive(eid)):
+                    break
+            else:
+                log.warning("cancel of %s: executor %s did not say it dropped it", job, eid)
+        return res[:n]
 
     def cancel_all(self) -> dict[str, str]:
         """End every job of the namespace that is not final; returns the jobs it ended, each 'CANCELED' or
@@ -466,7 +488,7 @@ class Store(Submission):
 
         def cancel(batch: list[str]) -> None:
             try:
-                res = self._run("cancel", [now(), "known", *batch])
+                res = self._cancel_run([now(), "known", *batch])
             except redis.OutOfMemoryError:   # this batch wrote nothing; the ones before it did
                 written = f"{len(ended)} job(s) were ended" if ended else "nothing was written"
                 raise _queue_full(self.node, "cancel of every job", written=written) from None
@@ -631,6 +653,11 @@ class Store(Submission):
                 self.r.rpush(self.keys.running(eid), got[1])
             return got[1] if got else None
         return self.r.blmove(self.keys.ready(eid), self.keys.running(eid), timeout, "LEFT", "RIGHT")
+
+    def cancel_acked(self, eid: str, job: str) -> None:
+        """Tell the canceling client that the follower ``job`` named to us was dropped (see _cancel_run)."""
+        key = self.keys.cancel_ack(job)
+        self.r.pipeline(transaction=False).rpush(key, eid).expire(key, 60).execute()
 
     def control(self, eid: str, timeout: float) -> str | None:
         res = self.r.blpop([self.keys.control(eid)], timeout=timeout)

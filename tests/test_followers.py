@@ -3,6 +3,8 @@ it on the same cores the moment the dependency succeeds and reports both in one 
 show a follower running before its dependency succeeded, nor run one that was canceled, nor lose its cores."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from qcgpj import Jobs, Manager
@@ -58,8 +60,12 @@ def test_a_follower_canceled_or_omitted_meanwhile_is_refused_and_its_cores_come_
     got = store.sync("e", 1)
     (a, _), = got
     b, _ = got.followers["a"]
-    assert m.cancel(["b"]) == {"b": "canceled"}
-    assert client.lrange(store.keys.control("e"), 0, -1) == ["cancel b"]   # the executor drops its follower
+    with ThreadPoolExecutor(1) as pool:   # the cancel returns once the executor said it dropped its follower
+        canceled = pool.submit(m.cancel, ["b"])
+        assert client.blpop([store.keys.control("e")], timeout=30)[1] == "cancelack b"
+        assert not canceled.done()
+        store.cancel_acked("e", "b")   # as the executor does once it forgot b
+        assert canceled.result(timeout=30) == {"b": "canceled"}
     got = store.sync("e", 0, finished=[_succeeded(a, b)])
     assert got.stopped == [b.raw] and m.status(["a", "b"]) == {"a": "SUCCEED", "b": "CANCELED"}
     assert client.lrange(store.keys.running("e"), 0, -1) == []
@@ -122,3 +128,47 @@ def test_a_follower_canceled_while_its_parent_runs_never_starts(cluster):
     Path(cluster.workdir, "go").touch()
     assert m.wait4(["p"], timeout=60) == {"p": "SUCCEED"}
     assert not Path(cluster.workdir, "f.out").exists() and "may not run" not in cluster.logs()
+
+
+def test_a_follower_canceled_just_before_its_parent_ends_never_starts(cluster):
+    """The cancel returned, then the parent ended at once (it reads a fifo the test then writes): the executor may
+    not have taken the cancel in yet when the parent's end reaches it, and started the follower anyway (about
+    every second time: its output file was there). A cancel of a named follower now returns only once the
+    executor holding it has dropped it."""
+    m = cluster.serving(1)
+    for i in range(30):
+        fifo = Path(cluster.workdir, f"fifo{i}")
+        os.mkfifo(fifo)
+        m.submit(Jobs().add(name=f"p{i}", script=f"read x < {fifo}")
+                 .add(name=f"f{i}", exec="/bin/true", stdout=f"f{i}.out", after=[f"p{i}"]))
+        wait_for(m, lambda: executing(m, [f"p{i}"]) == 1, what="the parent running")
+        assert m.cancel([f"f{i}"]) == {f"f{i}": "canceled"}
+        fd = os.open(fifo, os.O_WRONLY)
+        os.write(fd, b"go\n")
+        os.close(fd)
+        assert m.wait4([f"p{i}"], timeout=60) == {f"p{i}": "SUCCEED"}
+        assert not Path(cluster.workdir, f"f{i}.out").exists(), f"trial {i}: the canceled follower ran"
+    assert m.status([f"f{i}" for i in range(30)]) == {f"f{i}": "CANCELED" for i in range(30)}
+
+
+def test_a_report_sent_again_after_its_answer_was_lost_keeps_its_follower_running(redis_url):
+    """The executor sends a report again when the call failed, which may be after Redis took it (a connection cut
+    after the script ran, Redis killed after writing it). The second call found the parent's end taken, so it
+    refused the follower ('!b'): the executor killed b, which Redis showed EXECUTING on it, with no process, until
+    its reconcile gave it back to run again. The start taken by the first call now stands."""
+    m = _chain(redis_url, "fol4", "a", "b", "c")
+    store, client = _store(redis_url, "fol4")
+    got = store.sync("e", 1)
+    (a, _), = got
+    b, _ = got.followers["a"]
+    report = [_succeeded(a, b)]
+    store.sync("e", 0, finished=report)   # taken; its answer never reached the executor
+    got = store.sync("e", 0, finished=report)
+    assert got.stopped == [] and got.followers["b"][0].task == "c"
+    assert m.status(["a", "b", "c"]) == {"a": "SUCCEED", "b": "EXECUTING", "c": "QUEUED"}
+    assert client.lrange(store.keys.running("e"), 0, -1) == [b.raw]
+    assert client.hget(store.keys.exec("e"), "free") == "0"
+    store.sync("e", 0, finished=[_succeeded(b)])
+    assert m.status(["b"]) == {"b": "SUCCEED"} and client.llen(store.keys.running("e")) == 0
+    store.close()
+    client.close()

@@ -6,7 +6,8 @@
 -- mode 'known': a later batch of such a cancel, whose ids were all known at the check: one gone since then was
 --   removed, which only a final job can be, so it is answered 'final' and the others are canceled.
 -- Running work is killed by its executor on a "cancel <id>" control message; its late report is then ignored
--- because the state is already final.
+-- because the state is already final. After the answers come (executor, job) pairs: named followers whose
+-- executor was sent "cancelack <job>" and answers on the job's cancel_ack list once it dropped the follower.
 NOW = ARGV[1]
 local MODE = ARGV[2]
 local FIRST = 3
@@ -62,8 +63,17 @@ local function cancel_iterations(name, jk)
   end
 end
 
-local function notify(tid)
-  for _, e in ipairs(redis.call('SMEMBERS', K_live)) do redis.call('RPUSH', K_control(e), 'cancel ' .. tid) end
+local acks = {}   -- (executor, job) pairs: named followers whose executor must say it dropped them (see below)
+local function notify(tid, hint)
+  for _, e in ipairs(redis.call('SMEMBERS', K_live)) do
+    if e == hint then   -- it may start the follower the moment its parent ends: the caller waits for its word
+      redis.call('RPUSH', K_control(e), 'cancelack ' .. tid)
+      acks[#acks + 1] = e
+      acks[#acks + 1] = tid
+    else
+      redis.call('RPUSH', K_control(e), 'cancel ' .. tid)
+    end
+  end
 end
 for i = FIRST, #ARGV do
   local tid = ARGV[i]
@@ -79,8 +89,11 @@ for i = FIRST, #ARGV do
     count_whole(jk, 'CANCELED')
     cancel_iterations(name, jk)
     work[#work + 1] = {'job_final', name, nil, 'CANCELED'}
-    -- (a follower named to an executor, see sync.lua, may be started there the moment its dependency ends)
-    if st == 'SCHEDULED' or st == 'EXECUTING' or redis.call('HGET', jk, 'hint') then notify(name) end
+    -- A follower named to an executor (see sync.lua) may be started there the moment its dependency ends, and
+    -- the cancel reaches the executor a little later: while its dependency runs (QUEUED), the caller waits
+    -- until that executor has dropped it, so that a follower whose cancel returned never starts.
+    local hint = redis.call('HGET', jk, 'hint')
+    if st == 'SCHEDULED' or st == 'EXECUTING' or hint then notify(name, st == 'QUEUED' and hint or nil) end
     out[#out + 1] = 'canceled'
   else
     local n, it0 = tonumber(redis.call('HGET', jk, 'n') or '0'), tonumber(redis.call('HGET', jk, 'it0') or '0')
@@ -100,4 +113,5 @@ for i = FIRST, #ARGV do
   end
 end
 propagate()
+for _, v in ipairs(acks) do out[#out + 1] = v end   -- after the answers, one per id
 return out

@@ -94,15 +94,22 @@ local alive = est ~= false and est ~= 'DEAD' and est ~= 'LEFT'
 -- A follower the executor started as its dependency (the finished entry just taken, `ok` if it counted) ended:
 -- its start counts only if that end made it ready (and nothing else ended it): then it runs here, as if placed
 -- and started now. Else the executor is told to stop it ('!entry'): Redis never saw it run.
+-- The same report sent again (the answer to the call that took it was lost: a connection cut, Redis killed after
+-- writing it) finds its follower's start taken already: it runs here, and stopping it would leave it EXECUTING in
+-- Redis with no process until the executor's reconcile gave it back, to run again.
 local function followed(entry, t0, ok)
   local tid, c = parse_entry(entry)
   local jk = K_job(tid)
-  if ok and alive and redis.call('HGET', jk, 'state') == 'READY' and redis.call('LREM', K_pending, -1, tid) == 1 then
-    local t, cores = split_start(t0)
+  local t, cores = split_start(t0)
+  local h = redis.call('HMGET', jk, 'state', 'executor', 'start', 'kids')
+  if ok and alive and h[1] == 'READY' and redis.call('LREM', K_pending, -1, tid) == 1 then
     redis.call('HSET', jk, 'state', 'EXECUTING', 'start', t, 'executor', eid, 'alloc', cores)
     redis.call('RPUSH', running, entry)
     credit = credit - c
-    if redis.call('HGET', jk, 'kids') then name_follower(tid, c, 2) end
+    if h[4] then name_follower(tid, c, 2) end
+  elseif not ok and alive and h[1] == 'EXECUTING' and h[2] == eid and h[3] == t
+      and redis.call('LPOS', running, entry) then
+    if h[4] then name_follower(tid, c, 2) end   -- (named in the answer that was lost)
   else
     out[#out + 1] = '!' .. entry
     out[#out + 1] = ''
