@@ -29,6 +29,18 @@ def salloc(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedP
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def worker_in_salloc(redis_url: str, tmp_path: Path, *salloc_args: str) -> None:
+    """An InputQueue, and one worker inside ``salloc ARGS`` that serves until idle; it must exit 0."""
+    cluster = Cluster(redis_url, tmp_path)
+    cluster.inputqueue()
+    try:
+        res = salloc(*salloc_args, sys.executable, "-m", "qcgpj", "worker", "--redis-url", redis_url, "--wd",
+                     str(tmp_path), "--exit-when-idle", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr + cluster.logs()
+    finally:
+        cluster.stop()
+
+
 def test_discovery_reads_the_allocation(slurm, tmp_path):
     probe = ("import json; from qcgpj.resources import discover; "
              "print(json.dumps([[n.name, len(n.cores)] for n in discover()]))")
@@ -61,14 +73,7 @@ def test_worker_in_salloc_uses_both_nodes(slurm, redis_url, tmp_path):
              .add(name="omp", exec="/bin/sh", args=["-c", "echo $OMP_NUM_THREADS $OMP_PROC_BIND"], model="threads",
                   numCores=2,
                   stdout="omp.out"))
-    cluster = Cluster(redis_url, tmp_path)
-    cluster.inputqueue()
-    try:
-        res = salloc("-N2", "--ntasks-per-node=2", sys.executable, "-m", "qcgpj", "worker", "--redis-url",
-                     redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
-        assert res.returncode == 0, res.stderr + cluster.logs()
-    finally:
-        cluster.stop()
+    worker_in_salloc(redis_url, tmp_path, "-N2", "--ntasks-per-node=2")
     assert m.status(["spread", "wide", "omp"]) == {"spread": "SUCCEED", "wide": "SUCCEED", "omp": "SUCCEED"}
     used = {(tmp_path / f"spread.{i}").read_text().split()[0] for i in range(8)}
     assert used == {"node1", "node2"}                       # 4 cores over 2 nodes: both were needed
@@ -107,14 +112,7 @@ def test_steps_are_bound_to_the_cores_qcgpj_chose(slurm, redis_url, tmp_path):
              .add(name="one", script=f"echo $QCGPJ_CORES $({show})", iteration=2, stdout="one.${it}",
                   stderr="one.${it}.err")
              .add(name="ranks", script=show, model="srunmpi", numCores=2, stdout="ranks.out"))
-    cluster = Cluster(redis_url, tmp_path)
-    cluster.inputqueue()
-    try:
-        res = salloc("-N1", "--nodelist=node1", "--ntasks-per-node=2", sys.executable, "-m", "qcgpj", "worker",
-                     "--redis-url", redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
-        assert res.returncode == 0, res.stderr + cluster.logs()
-    finally:
-        cluster.stop()
+    worker_in_salloc(redis_url, tmp_path, "-N1", "--nodelist=node1", "--ntasks-per-node=2")
     assert m.status(["one", "ranks"]) == {"one": "SUCCEED", "ranks": "SUCCEED"}
     cpus = sorted(os.sched_getaffinity(0))
     for i in range(2):    # QCGPJ_CORES: the CPU the task was bound to, one of the allocation's on node1
@@ -238,14 +236,7 @@ def test_steps_do_not_take_the_allocations_layout_as_their_own(slurm, redis_url,
                   stderr="ranks.err")
              .add(name="one", script=show, numCores=3, stdout="one.out", stderr="one.err")
              .add(name="omp", script=show, model="threads", numCores=4, stdout="omp.out", stderr="omp.err"))
-    cluster = Cluster(redis_url, tmp_path)
-    cluster.inputqueue()
-    try:
-        res = salloc("-N2", "--ntasks-per-node=2", "-c2", sys.executable, "-m", "qcgpj", "worker", "--redis-url",
-                     redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
-        assert res.returncode == 0, res.stderr + cluster.logs()
-    finally:
-        cluster.stop()
+    worker_in_salloc(redis_url, tmp_path, "-N2", "--ntasks-per-node=2", "-c2")
     assert m.status(["ranks", "one", "omp"]) == {"ranks": "SUCCEED", "one": "SUCCEED", "omp": "SUCCEED"}
     assert (tmp_path / "ranks.out").read_text().splitlines() == ["1 unset"] * 6
     assert (tmp_path / "one.out").read_text() == "3 unset\n"
@@ -270,14 +261,7 @@ def test_tasks_may_start_steps_of_their_own_side_by_side(slurm, redis_url, tmp_p
                   stderr="inner.${it}.err")
              .add(name="mpi", exec="/bin/sh", args=["-c", both], model="openmpi", model_opts={"mpirun": str(mpirun)},
                   iteration=2, wt="20s", stderr="mpi.${it}.err"))
-    cluster = Cluster(redis_url, tmp_path)
-    cluster.inputqueue()
-    try:
-        res = salloc("-N1", "--nodelist=node1", "--ntasks-per-node=4", sys.executable, "-m", "qcgpj", "worker",
-                     "--redis-url", redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
-        assert res.returncode == 0, res.stderr + cluster.logs()
-    finally:
-        cluster.stop()
+    worker_in_salloc(redis_url, tmp_path, "-N1", "--nodelist=node1", "--ntasks-per-node=4")
     errors = [(tmp_path / f"{job}.{i}.err").read_text() for job in ("inner", "mpi") for i in range(2)]
     assert m.status(["inner", "mpi"]) == {"inner": "SUCCEED", "mpi": "SUCCEED"}, errors
 
@@ -289,14 +273,7 @@ def test_a_range_of_cores_is_not_spread_over_nodes_its_process_cannot_use(slurm,
     m = Manager(redis_url)
     m.submit(Jobs().add(name="range", script="echo $QCGPJ_NCORES $QCGPJ_NODES", numCores={"min": 2, "max": 6},
                         stdout="range.out"))
-    cluster = Cluster(redis_url, tmp_path)
-    cluster.inputqueue()
-    try:
-        res = salloc("-N2", "--ntasks-per-node=4", sys.executable, "-m", "qcgpj", "worker", "--redis-url",
-                     redis_url, "--wd", str(tmp_path), "--exit-when-idle", cwd=tmp_path)
-        assert res.returncode == 0, res.stderr + cluster.logs()
-    finally:
-        cluster.stop()
+    worker_in_salloc(redis_url, tmp_path, "-N2", "--ntasks-per-node=4")
     assert m.status(["range"]) == {"range": "SUCCEED"}
     ncores, nodes = (tmp_path / "range.out").read_text().split()
     assert (ncores, nodes.count(",")) == ("4", 0), (ncores, nodes)
