@@ -471,12 +471,14 @@ class Executor:
             entry = self._local[i]
             alloc = self.allocator.allocate(entry.cores, entry.nodes or None, entry.gpus)
             if alloc is None:
+                if not self.allocator.free:   # no core free: none can start (and a busy executor's pass stops here)
+                    break
                 why = self.allocator.unfit(entry.cores, entry.nodes or None, entry.gpus)
                 if why:   # it would wait here for ever: it ends FAILED now, saying why
                     del self._local[i]
                     self._finish(Slot(entry, Allocation(()), now(), message=f"executor {self.eid}: {why}"), None)
                     continue
-                if not self.allocator.free or not self._may_pass(entry, i):   # (no core free: none can start)
+                if not self._may_pass(entry, i):
                     break
                 i += 1
                 continue
@@ -588,13 +590,14 @@ class Executor:
     def _stop_follower(self, raw: str) -> None:
         """A follower started here may not run (its job was canceled, or its parent's end did not count): Redis
         never saw it start, so it is stopped and nothing of it is reported."""
-        self._unfollow(Entry.parse(raw).task)
+        task = Entry.parse(raw).task
+        self._unfollow(task)
         for rep in [r for r in self._finished if r.entry == raw]:
             self._finished.remove(rep)
             if rep.follower:
                 self._stop_follower(rep.follower)
         self._held = [h for h in self._held if h[1].entry.raw != raw]
-        slot = self._running.get(Entry.parse(raw).task)
+        slot = self._running.get(task)
         if slot is not None and slot.entry.raw == raw:
             log.info("executor %s: %s may not run after all: stopping it", self.eid, slot.entry.task)
             self._void.add(id(slot))

@@ -79,7 +79,7 @@ for i = FIRST, #ARGV do
   local tid = ARGV[i]
   local name, it = split_tid(tid)
   local jk = K_job(name)
-  local st = redis.call('HGET', jk, 'state')
+  local st, hint = unpack(redis.call('HMGET', jk, 'state', 'hint'))
   if not st then
     out[#out + 1] = GONE
   elseif FINAL[st] then
@@ -92,7 +92,6 @@ for i = FIRST, #ARGV do
     -- A follower named to an executor (see sync.lua) may be started there the moment its dependency ends, and
     -- the cancel reaches the executor a little later: while its dependency runs (QUEUED), the caller waits
     -- until that executor has dropped it, so that a follower whose cancel returned never starts.
-    local hint = redis.call('HGET', jk, 'hint')
     if st == 'SCHEDULED' or st == 'EXECUTING' or hint then notify(name, st == 'QUEUED' and hint or nil) end
     out[#out + 1] = 'canceled'
   else
