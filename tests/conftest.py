@@ -116,7 +116,9 @@ def _slurm_skip_reason(info: SlurmInfo) -> str:
     return reason
 
 
+@pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    _group_for_xdist(items)
     slurm_items = [item for item in items if item.get_closest_marker("slurm")]
     if not slurm_items:
         return
@@ -126,6 +128,15 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=_slurm_skip_reason(info))
     for item in slurm_items:
         item.add_marker(skip)
+
+
+def _group_for_xdist(items) -> None:
+    """The suite runs on two processes (setup.cfg: ``-n 2 --dist loadgroup``): each file's tests stay together,
+    in order, on one of them (module fixtures are made once), and the Slurm tests all on one, since they share
+    the test cluster's two nodes."""
+    for item in items:
+        group = "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

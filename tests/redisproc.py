@@ -201,7 +201,9 @@ class RedisServer:
                 "--appendfsync", "everysec",
                 "--daemonize", "no",
                 "--logfile", "",
-                "--loglevel", "notice"]
+                "--loglevel", "notice",
+                # A replica's first sync starts at once (Redis 7 waits 5 s for more replicas to share it).
+                "--repl-diskless-sync-delay", "0"]
         if self.password:
             args += ["--requirepass", self.password]
         for name, value in self.config.items():

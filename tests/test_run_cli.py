@@ -259,14 +259,14 @@ def test_progress_running_is_what_executes_not_what_is_claimed_ahead(tmp_path, m
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
-def test_hint_when_no_executor_serves_the_namespace(tmp_path, redis_url):
+def test_hint_when_no_executor_serves_the_namespace(tmp_path, fresh_redis):
+    redis_url = fresh_redis.url   # a server of its own: any client blocked in XREAD is this run
     write(tmp_path / "jobs.json", [{"name": "a", "execution": {"exec": "/bin/true"}}])
     run = " ".join(qcgpj_cmd("run", "jobs.json", "--redis-url", redis_url, "-n", "lonely"))
     with Terminal(f"cd {tmp_path} && PYTHONPATH={REPO} QCGPJ_HINT_AFTER=1 {run}") as term:
         until(lambda: any("no executor serves namespace 'lonely'" in line for line in term.lines()), 60,
               "the hint")
-    # The terminal closed (SIGHUP): the run stops waiting and leaves; on the session's shared server, a run
-    # still blocked in XREAD would also be taken for the `wait` of the next tests.
+    # The terminal closed (SIGHUP): the run stops waiting and leaves.
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     until(lambda: not _blocked_in_xread(r), 60, "the run gone after its terminal closed")
 
@@ -415,9 +415,10 @@ def _blocked_in_xread(r: redis.Redis) -> bool:
 
 
 @pytest.mark.parametrize("names", [["a", "b"], []])
-def test_wait_says_when_the_queue_lost_its_jobs(tmp_path, redis_url, names):
+def test_wait_says_when_the_queue_lost_its_jobs(tmp_path, fresh_redis, names):
     """No executor: the jobs stay queued; Redis then loses them (FLUSHALL stands for a restart without
     persistence). `wait` must not report '0 jobs' or success."""
+    redis_url = fresh_redis.url   # a server of its own: any client blocked in XREAD is this `wait`
     m = Manager(redis_url)
     m.submit([{"name": n, "execution": {"exec": "/bin/true"}} for n in ("a", "b")])
     p = start("wait", "--redis-url", redis_url, *names, cwd=tmp_path)
@@ -429,7 +430,8 @@ def test_wait_says_when_the_queue_lost_its_jobs(tmp_path, redis_url, names):
     assert p.returncode == 1 and "lost 2 job(s)" in err, err
 
 
-def test_wait4all_raises_lost_jobs(redis_url):
+def test_wait4all_raises_lost_jobs(fresh_redis):
+    redis_url = fresh_redis.url   # a server of its own: any client blocked in XREAD is this wait4all
     m = Manager(redis_url)
     m.submit([{"name": "a", "execution": {"exec": "/bin/true"}}])
     r = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -198,7 +198,7 @@ def test_durable_submit_with_appendfsync_always():
 
 
 def test_durable_submit_waits_for_a_replica():
-    with RedisServer(config={"repl-diskless-sync-delay": "0"}) as primary, \
+    with RedisServer() as primary, \
             RedisServer(config={"replicaof": f"127.0.0.1 {primary.port}"}) as replica:
         r = primary.client()
         deadline = time.monotonic() + 60
